@@ -1,0 +1,1 @@
+"""secure-export relay: receives Azure Monitor Secure Webhook alerts and drives ITSM incidents."""

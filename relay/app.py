@@ -1,0 +1,154 @@
+"""The relay's aiohttp application: routes, health, metrics, and the order things start and stop in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.intake import MAX_BODY_BYTES, METRICS_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
+from relay.metrics import IntakeMetrics
+from relay.settings import Settings
+from relay.signing_keys import SigningKeys
+from relay.store import Store, StoreUnavailable, open_store
+from relay.tokens import TokenValidator
+
+log = logging.getLogger("relay.app")
+
+KEYS_KEY = web.AppKey("signing_keys", SigningKeys)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+SHUTDOWN_TIMEOUT_SECONDS = 20  # under Container Apps' default 30 s termination grace period
+READY_CHECK_TIMEOUT_SECONDS = 2
+
+
+@web.middleware
+async def never_500(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """An unexpected error answers 503 (Azure retries it; nothing acknowledged is lost), never 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return web.json_response({"error": "temporarily unavailable"}, status=503, headers={"Retry-After": "5"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks = {"signing_keys": app[KEYS_KEY].loaded}
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+            await app[STORE_KEY].ping()
+        checks["store"] = True
+    except (StoreUnavailable, TimeoutError):
+        checks["store"] = False
+    ok = all(checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    store = request.app.get(STORE_KEY)
+    if store is not None:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                metrics.pending.set(await store.pending())
+        except (StoreUnavailable, TimeoutError):
+            pass  # keep the last value; readiness reports the outage
+    body = generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    keys: SigningKeys | None = None,
+    metrics: IntakeMetrics | None = None,
+) -> web.Application:
+    """Build the relay. Starting it opens the store and loads signing keys; stopping closes them."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[never_500])
+    store = store or open_store(settings.store_url)
+    keys = keys or SigningKeys(settings.metadata_url, settings.tenant_id)
+    metrics = metrics or IntakeMetrics()
+    app[SETTINGS_KEY] = settings
+    app[STORE_KEY] = store
+    app[KEYS_KEY] = keys
+    app[VALIDATOR_KEY] = TokenValidator(settings, keys)
+    app[METRICS_KEY] = metrics
+
+    app.router.add_post("/alerts", post_alert)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics_handler)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        yield
+        await store.close()
+
+    async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
+        await keys.start()
+        if not keys.loaded:
+            log.warning("no signing keys yet: /readyz fails and tokens are refused until they load")
+        yield
+        await keys.stop()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(keys_ctx)
+    if settings.metrics_port is not None:
+        app.cleanup_ctx.append(_metrics_site(settings, app))
+    return app
+
+
+def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no-untyped-def]
+    """/metrics on its own port, so that a public ingress need not expose it."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        side = web.Application()
+        side[METRICS_KEY] = main[METRICS_KEY]
+        side[STORE_KEY] = main[STORE_KEY]
+        side.router.add_get("/metrics", metrics_handler)
+        runner = web.AppRunner(side, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+        yield
+        await runner.cleanup()
+
+    return ctx
+
+
+def run(settings: Settings) -> None:
+    app = create_app(settings)
+    log.info("relay listening on %s:%d with %s", settings.host, settings.port, describe(settings))
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        access_log_format='%a "%r" %s %b %Tfs',
+        print=None,
+    )
+
+
+def describe(settings: Settings) -> str:
+    """A one-line, secret-free summary of the effective settings for the start-up log."""
+    return json.dumps({
+        "tenant": settings.tenant_id,
+        "audiences": list(settings.audiences),
+        "allowed_app_ids": list(settings.allowed_app_ids),
+        "required_role": settings.required_role,
+        "metadata_url": settings.metadata_url,
+        "store": settings.store_url.split("://")[0] if "://" in settings.store_url else "azure-storage",
+    })

@@ -1,0 +1,126 @@
+"""POST /alerts: check the token, then read, parse and durably commit the alert.
+
+Status contract: 202 committed; 200 seen before; 401 any token failure (reason only in the log and
+the metric); 400 malformed JSON; 415 not JSON; 413 over 256 KiB (reading stops); 422 JSON that is
+not the common schema; 503 when the store cannot commit, so that Azure retries. Never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from relay.alerts import SchemaError, parse_alert
+from relay.metrics import IntakeMetrics
+from relay.store import Event, Store, StoreUnavailable
+from relay.tokens import TokenRejected, TokenValidator
+
+log = logging.getLogger("relay.intake")
+
+MAX_BODY_BYTES = 256 * 1024  # Azure's cap on a common-schema payload
+BODY_READ_TIMEOUT_SECONDS = 10
+RETRY_AFTER_SECONDS = "5"
+
+STORE_KEY = web.AppKey("store", Store)
+VALIDATOR_KEY = web.AppKey("validator", TokenValidator)
+METRICS_KEY = web.AppKey("metrics", IntakeMetrics)
+
+_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+async def post_alert(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    metrics = app[METRICS_KEY]
+
+    def done(outcome: str, resp: web.StreamResponse) -> web.StreamResponse:
+        metrics.requests.labels(outcome).inc()
+        return resp
+
+    # The token first: an unauthenticated caller gets nothing read and learns nothing.
+    try:
+        caller = await app[VALIDATOR_KEY].validate(request.headers.get("Authorization"))
+    except TokenRejected as exc:
+        metrics.auth_failures.labels(exc.reason).inc()
+        log.warning("refused token from %s: %s", request.remote, exc)
+        resp = _json(401, {"error": "invalid_token"}, _UNAUTHORIZED_HEADERS)
+        return done("unauthorized", resp)
+
+    if request.content_type != "application/json":
+        return done("unsupported_media_type", _closing(_json(
+            415, {"error": "unsupported media type", "detail": "send Content-Type: application/json"}
+        )))
+    encoding = request.headers.get("Content-Encoding", "identity").lower()
+    if encoding != "identity":
+        return done("unsupported_media_type", _closing(_json(
+            415, {"error": "unsupported content encoding", "detail": f"{encoding[:20]} is not accepted"}
+        )))
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return done("too_large", _too_large())
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
+            body = await _read_bounded(request)
+    except TimeoutError:
+        return done("body_timeout", _closing(_json(408, {"error": "request body not received in time"})))
+    if body is None:
+        return done("too_large", _too_large())
+
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:  # also UnicodeDecodeError
+        return done("malformed_json", _json(400, {"error": "malformed JSON", "detail": str(exc)[:200]}))
+    try:
+        alert = parse_alert(doc)
+    except SchemaError as exc:
+        return done("invalid_schema", _json(422, {
+            "error": "not a common alert schema payload", "field": exc.field, "detail": exc.message,
+        }))
+
+    event = Event.from_alert(alert, body)
+    started = time.perf_counter()
+    try:
+        new = await app[STORE_KEY].accept(event)
+    except StoreUnavailable as exc:
+        log.error("store could not commit alert %s: %s", alert.correlation_key, exc)
+        return done("unavailable", _json(
+            503, {"error": "store unavailable, retry later"}, {"Retry-After": RETRY_AFTER_SECONDS}
+        ))
+    metrics.commit_seconds.observe(time.perf_counter() - started)
+    if new:
+        log.info(
+            "accepted %s %s (%s) from app %s",
+            alert.condition, alert.correlation_key, alert.essentials.monitoring_service, caller.app_id,
+        )
+        return done("accepted", _json(202, {"status": "accepted", "key": event.key}))
+    return done("duplicate", _json(200, {"status": "duplicate", "key": event.key}))
+
+
+async def _read_bounded(request: web.Request) -> bytes | None:
+    """The body, or None as soon as it passes MAX_BODY_BYTES (the rest is never read)."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+
+
+def _too_large() -> web.Response:
+    return _closing(_json(413, {"error": "body too large", "detail": f"the limit is {MAX_BODY_BYTES} bytes"}))
+
+
+def _closing(resp: web.Response) -> web.Response:
+    # Unread body bytes may follow; close rather than drain them.
+    resp.force_close()
+    return resp

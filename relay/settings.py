@@ -1,0 +1,98 @@
+"""The relay's environment contract: every RELAY_* variable, parsed and checked once at start."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Azure Monitor's first-party "AzNS AAD Webhook" app, which sends Secure Webhook calls
+# (Microsoft's action-group setup script: "$azureMonitorActionGroupsAppId ... Do not change").
+AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
+# The app role Microsoft's script creates and assigns to that app.
+DEFAULT_ROLE = "ActionGroupsSecureWebhook"
+DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+
+STORE_PREFIXES = ("sqlite://", "azure-storage://", "DefaultEndpointsProtocol=", "UseDevelopmentStorage=")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class SettingsError(ValueError):
+    """A RELAY_* variable is missing or malformed; the message names it and says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    tenant_id: str
+    audiences: tuple[str, ...]
+    allowed_app_ids: tuple[str, ...] = (AZURE_MONITOR_APP_ID,)
+    required_role: str = DEFAULT_ROLE
+    openid_config_url: str = DEFAULT_OPENID_CONFIG_URL.format(tenant="{tenant}")
+    store_url: str = "sqlite:///./relay.db"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    metrics_port: int | None = None
+    config_path: str | None = None
+
+    @property
+    def metadata_url(self) -> str:
+        return self.openid_config_url.replace("{tenant}", self.tenant_id)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        tenant = _required(env, "RELAY_TENANT_ID")
+        if not _GUID.match(tenant):
+            raise SettingsError(f"RELAY_TENANT_ID must be a tenant GUID (got {tenant!r})")
+        audiences = _list(env, "RELAY_AUDIENCES", required=True)
+        apps = _list(env, "RELAY_ALLOWED_APP_IDS") or (AZURE_MONITOR_APP_ID,)
+        for app in apps:
+            if not _GUID.match(app):
+                raise SettingsError(f"RELAY_ALLOWED_APP_IDS must be comma-separated app GUIDs (got {app!r})")
+        role = env.get("RELAY_REQUIRED_ROLE", "").strip() or DEFAULT_ROLE
+        url = env.get("RELAY_OPENID_CONFIG_URL", "").strip() or DEFAULT_OPENID_CONFIG_URL
+        if not url.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+            raise SettingsError(
+                f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback), got {url!r}"
+            )
+        store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+        if not store.startswith(STORE_PREFIXES):
+            raise SettingsError(
+                "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
+                f"connection string (got {store[:40]!r})"
+            )
+        return cls(
+            tenant_id=tenant.lower(),
+            audiences=audiences,
+            allowed_app_ids=tuple(a.lower() for a in apps),
+            required_role=role,
+            openid_config_url=url,
+            store_url=store,
+            host=env.get("RELAY_HOST", "").strip() or "0.0.0.0",
+            port=_port(env, "RELAY_PORT", 8080),
+            metrics_port=_port(env, "RELAY_METRICS_PORT", None),
+            config_path=env.get("RELAY_CONFIG", "").strip() or None,
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise SettingsError(f"{name} is required but not set")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str, required: bool = False) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if required and not items:
+        raise SettingsError(f"{name} is required: a comma-separated list, e.g. api://<client-id>,<client-id>")
+    return items
+
+
+def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SettingsError(f"{name} must be a port number from 1 to 65535 (got {raw!r})")
+    return int(raw)

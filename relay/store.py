@@ -1,0 +1,131 @@
+"""The durable store between intake and delivery: the contract every backend implements.
+
+Intake calls `accept`, which records an event and enqueues it for delivery in one atomic step.
+The delivery worker `claim`s events (at most one in flight per alert, oldest first), then
+`complete`s, `retry_later`s or `dead_letter`s each claim. Ticket records keep what we know of each
+alert's ticket in each target, guarded by a version so that two workers can never both act on one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay.alerts import Alert
+
+
+class StoreUnavailable(Exception):
+    """The store cannot commit or answer right now; intake answers 503 so that Azure retries."""
+
+
+class VersionConflict(Exception):
+    """A ticket record changed since it was read; re-read it and decide again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One delivery from Azure, as stored: its idempotency key, what it is about, and the raw body."""
+
+    key: str
+    alert_id: str
+    condition: str
+    occurred_at: str
+    body: bytes = field(repr=False)
+
+    @classmethod
+    def from_alert(cls, alert: Alert, body: bytes) -> Event:
+        return cls(
+            key=idempotency_key(alert.essentials.alert_id, alert.condition, alert.occurred_at),
+            alert_id=alert.essentials.alert_id,
+            condition=alert.condition,
+            occurred_at=alert.occurred_at,
+            body=body,
+        )
+
+
+def idempotency_key(alert_id: str, condition: str, occurred_at: str) -> str:
+    """alert id + condition + time: a retry maps to the same key; Fired, Resolved, Fired are three."""
+    # ARM ids are case-insensitive; Azure may change the case between retries of one notification.
+    raw = f"{alert_id.lower()}|{condition}|{occurred_at}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A leased event. `receipt` proves the lease; `attempts` counts earlier delivery attempts."""
+
+    event: Event
+    receipt: str
+    attempts: int
+    handle: str  # the backend's id of the queued delivery
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    event: Event
+    attempts: int
+    error: str
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRecord:
+    """What we know of one alert's ticket in one target. `data` belongs to the lifecycle code."""
+
+    target: str
+    key: str
+    data: dict[str, Any]
+    version: str | None = None  # None: never stored
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def accept(self, event: Event) -> bool:
+        """Durably record and enqueue; True if new, False if this key was seen before."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store can commit."""
+        ...
+
+    async def pending(self) -> int:
+        """Events waiting for delivery (queued or leased)."""
+        ...
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to `limit` due events, never two of one alert at once, each alert's oldest first."""
+        ...
+
+    async def complete(self, claim: Claim) -> None: ...
+
+    async def retry_later(self, claim: Claim, delay_seconds: float, error: str) -> None: ...
+
+    async def dead_letter(self, claim: Claim, error: str) -> None: ...
+
+    async def dead_letters(self) -> list[DeadLetter]: ...
+
+    async def replay(self, ids: list[str] | None) -> int:
+        """Re-enqueue the named dead letters (all when None); returns how many."""
+        ...
+
+    async def get_ticket(self, target: str, key: str) -> TicketRecord | None: ...
+
+    async def put_ticket(self, record: TicketRecord) -> TicketRecord:
+        """Write if `record.version` is still current (None: must not exist); else VersionConflict."""
+        ...
+
+
+def open_store(url: str) -> Store:
+    """Build the backend named by RELAY_STORE (not yet opened)."""
+    if url.startswith("sqlite://"):
+        from relay.sqlite_store import SqliteStore
+
+        return SqliteStore.from_url(url)
+    raise ValueError(
+        f"unsupported store {url!r}: use sqlite:///path/to/relay.db"
+    )

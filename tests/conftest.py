@@ -1,0 +1,43 @@
+"""Shared fixtures: the development token issuer, sample payloads, and a running relay."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.dev_issuer import DevIssuer
+
+SAMPLES = Path(__file__).parent / "samples"
+COMMON_SCHEMA = "azureMonitorCommonAlertSchema"
+
+
+def load_sample(name: str) -> dict[str, Any]:
+    return json.loads((SAMPLES / name).read_text())
+
+
+def full_sample_names() -> list[str]:
+    return sorted(p.name for p in SAMPLES.glob("*.json") if json.loads(p.read_text()).get("schemaId") == COMMON_SCHEMA)
+
+
+def require_e2e() -> bool:
+    """Under REQUIRE_E2E=1 (CI), a missing external system fails the test instead of skipping it."""
+    return os.environ.get("REQUIRE_E2E") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if require_e2e():
+        pytest.fail(f"REQUIRE_E2E=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[DevIssuer]:
+    iss = DevIssuer()
+    await iss.start()
+    yield iss
+    await iss.stop()
