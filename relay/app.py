@@ -77,7 +77,13 @@ def create_app(
     metrics: IntakeMetrics | None = None,
 ) -> web.Application:
     """Build the relay. Starting it opens the store and loads signing keys; stopping closes them."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[never_500])
+    # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
+    # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[never_500],
+        handler_args={"max_field_size": 16384},
+    )
     store = store or open_store(settings.store_url)
     keys = keys or SigningKeys(settings.metadata_url, settings.tenant_id)
     metrics = metrics or IntakeMetrics()

@@ -229,3 +229,22 @@ async def test_metrics_port_moves_metrics_off_the_public_listener(aiohttp_client
 async def test_unknown_route_and_wrong_method_are_not_500(client):
     assert (await client.get("/alerts")).status == 405
     assert (await client.get("/nope")).status == 404
+
+
+async def test_every_bad_token_kind_gets_401_with_its_reason_logged_and_counted(client, issuer, caplog):
+    from tests.test_tokens import forged
+
+    caplog.set_level(logging.WARNING, logger="relay.intake")
+    cases = forged(issuer)
+    for label, (header, reason) in cases.items():
+        caplog.clear()
+        resp = await post(client, body_of(METRIC), header)
+        assert resp.status == 401, f"{label}: got {resp.status}"
+        assert resp.headers.get("WWW-Authenticate") == 'Bearer error="invalid_token"', label
+        assert await resp.json() == {"error": "invalid_token"}, f"{label}: the body must not say why"
+        assert f"refused token from 127.0.0.1: {reason}" in caplog.text, f"{label}: reason {reason} not logged"
+        if header and " " in header and len(header) < 8000:
+            assert header.split(" ", 1)[1] not in caplog.text, f"{label}: the token was logged"
+    metrics = await (await client.get("/metrics")).text()
+    for reason in {r for _, r in cases.values()}:
+        assert f'relay_auth_failures_total{{reason="{reason}"}}' in metrics, reason
