@@ -151,29 +151,33 @@ class SqliteStore:
                     fut.set_result(new)
 
     def _insert_batch(self, events: list[Event]) -> list[bool]:
+        # A handful of statements per batch, not per event: this thread then holds the GIL only
+        # briefly and the event loop keeps serving requests while SQLite writes and fsyncs.
         db = self._db()
         now = time.time()
-        results = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for ev in events:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now),
-                )
-                if cur.rowcount == 1:
-                    db.execute(
-                        "INSERT INTO deliveries (seq, alert_id, available_at) VALUES (?, ?, ?)",
-                        (cur.lastrowid, ev.alert_id.lower(), now),
-                    )
-                    results.append(True)
-                else:
-                    results.append(False)
+            before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now) for ev in events],
+            )
+            db.execute(
+                "INSERT INTO deliveries (seq, alert_id, available_at)"
+                " SELECT seq, lower(alert_id), ? FROM events WHERE seq > ?",
+                (now, before),
+            )
+            inserted = {row[0] for row in db.execute("SELECT key FROM events WHERE seq > ?", (before,))}
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        # A key inserted by this batch is new for its first holder only; later copies are duplicates.
+        results = []
+        for ev in events:
+            results.append(ev.key in inserted)
+            inserted.discard(ev.key)
         return results
 
     async def ping(self) -> None:
