@@ -22,7 +22,9 @@ T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- A plain rowid (no AUTOINCREMENT): events are never deleted from the top, so a new row's seq
+    -- is always above every earlier one, which _insert_batch relies on.
+    seq INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     alert_id TEXT NOT NULL,
     condition TEXT NOT NULL,
