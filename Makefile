@@ -6,28 +6,44 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: demo test lint plan bench clean
 
+# Set-up steps write to stderr, so that `make plan` keeps stdout for its JSON even on a first run.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@echo "creating $(VENV)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
 
 # The relay and its runtime dependencies only (what the container image gets).
 $(VENV)/.relay-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
-	touch $@
+	@echo "installing the relay into $(VENV)" >&2
+	@$(PIP) install -e . >&2
+	@touch $@
 
 # Everything: relay + Pulumi SDKs + test tools.
 $(VENV)/.all-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[infra,test]"
-	touch $@ $(VENV)/.relay-installed
+	@echo "installing the relay, the Pulumi SDKs and the test tools into $(VENV)" >&2
+	@$(PIP) install -e ".[infra,test]" >&2
+	@touch $@ $(VENV)/.relay-installed
 
 demo: $(VENV)/.relay-installed
 	$(BIN)/python -m devtools.demo
 
-test: $(VENV)/.all-installed
+# Azurite (the Azure Storage emulator) for the storage tests, when Node.js is there; without it
+# those tests skip and say why (CI sets REQUIRE_E2E=1, which turns the skip into a failure).
+node_modules/.installed: package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error >&2 && touch $@; \
+	else echo "npm not found: Azure Storage tests will be skipped (install Node.js 20+)"; fi
+
+test: $(VENV)/.all-installed node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check .
 
+# Offline preview of a Pulumi stack: the resources and inputs `pulumi up` would declare for
+# stacks/Pulumi.$(STACK).yaml, as sorted JSON on stdout (notes on stderr); no cloud, no credentials.
+STACK ?= dev
+plan: $(VENV)/.all-installed
+	@$(BIN)/python -m infra.plan $(STACK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .demo
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .demo

@@ -1,8 +1,11 @@
 """`make demo`: run the relay locally on embedded defaults and feed it Azure's official sample alerts.
 
 It starts a development token issuer on loopback, starts `relay serve` on SQLite, posts every bundled
-common-schema sample with a token shaped like Azure Monitor's, posts them again (Azure retries), shows
-what the relay refuses, prints what was accepted, and exits 0. Nothing is left running.
+common-schema sample with a token shaped like Azure Monitor's, posts them again (Azure retries), plays
+one alert's life (fired, retried, resolved, fired again), shows what the relay refuses, and prints the
+incident calls the delivery worker made. Targets: the dry-run target by default (it writes the calls it
+would make to .demo/dry-run.jsonl); a real Request Tracker when RT_URL and RT_TOKEN are set.
+Nothing is left running; it exits 0 when everything behaved.
 """
 
 from __future__ import annotations
@@ -68,6 +71,83 @@ async def post(http: aiohttp.ClientSession, url: str, body: bytes, auth: str | N
         return resp.status, payload
 
 
+def demo_config() -> tuple[str, str]:
+    """The routing file for the demo, and a one-line description of where incidents go."""
+    if os.environ.get("RT_URL") and os.environ.get("RT_TOKEN"):
+        queue = os.environ.get("RT_QUEUE", "Azure Alerts")
+        return (
+            "targets:\n"
+            "  rt:\n"
+            "    kind: request_tracker\n"
+            f"    base_url: {json.dumps(os.environ['RT_URL'])}\n"
+            "    auth: {type: token, token_env: RT_TOKEN}\n"
+            f"    queue: {json.dumps(queue)}\n"
+            f"    asset_catalog: {json.dumps(os.environ.get('RT_ASSET_CATALOG', 'Azure resources'))}\n"
+            "    ci_binding: create_if_missing\n"
+            "routes:\n"
+            "  - target: rt\n",
+            f"Request Tracker at {os.environ['RT_URL']} (queue {queue})",
+        )
+    return (
+        "targets:\n"
+        "  preview:\n"
+        "    kind: dry_run\n"
+        f"    path: {json.dumps(str(WORKDIR / 'dry-run.jsonl'))}\n"
+        "routes:\n"
+        "  - target: preview\n",
+        f"the dry-run target (calls written to {WORKDIR / 'dry-run.jsonl'})",
+    )
+
+
+def episode_bodies() -> list[tuple[str, bytes]]:
+    """One metric alert's life: fired, the same delivery again, resolved, then fired again later."""
+    resolved = json.loads((SAMPLES / "metric-static-resolved.json").read_text())
+    ess = resolved["data"]["essentials"]
+    ess["alertId"] = ess["alertId"].rsplit("/", 1)[0] + "/0d3m0000-0000-4000-8000-000000000001"
+    fired = json.loads(json.dumps(resolved))
+    fired["data"]["essentials"]["monitorCondition"] = "Fired"
+    del fired["data"]["essentials"]["resolvedDateTime"]
+    refired = json.loads(json.dumps(fired))
+    refired["data"]["essentials"]["firedDateTime"] = "2019-03-22T16:00:00.0000000Z"
+    return [
+        ("Fired", json.dumps(fired).encode()),
+        ("Fired (Azure retry)", json.dumps(fired).encode()),
+        ("Resolved", json.dumps(resolved).encode()),
+        ("Fired again later", json.dumps(refired).encode()),
+    ]
+
+
+async def wait_delivered(http: aiohttp.ClientSession, base: str) -> float:
+    """Wait (up to a minute) until the worker has drained the queue; returns what is still pending."""
+    deadline = time.monotonic() + 60
+    pending = -1.0
+    while time.monotonic() < deadline:
+        async with http.get(f"{base}/metrics") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith("relay_pending_deliveries "):
+                    pending = float(line.split()[-1])
+        if pending == 0:
+            return 0
+        await asyncio.sleep(0.3)
+    return pending
+
+
+def summarise_dry_run(path: Path) -> None:
+    if not path.exists():
+        print("   (no calls written)")
+        return
+    calls = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    made = [c for c in calls if c.get("call") != "find"]
+    counts: dict[str, int] = {}
+    for c in made:
+        counts[c["call"]] = counts.get(c["call"], 0) + 1
+    print("   " + ", ".join(f"{n} {call}" for call, n in sorted(counts.items())))
+    for c in made:
+        if "0d3m" in (c.get("correlation_key") or ""):
+            ticket = (c.get("ticket") or {}).get("number") or ""
+            print(f"   {c['call']:8} {c['correlation_key']:44} {ticket}")
+
+
 async def drive(base: str, issuer: DevIssuer) -> int:
     url = f"{base}/alerts"
     auth = issuer.authorization("2.0")
@@ -86,7 +166,12 @@ async def drive(base: str, issuer: DevIssuer) -> int:
         statuses = [(await post(http, url, p.read_bytes(), auth))[0] for p in samples]
         print(f"   {statuses.count(200)} answered 200 (already seen), {statuses.count(202)} stored twice")
 
-        print("\n3. What the relay refuses")
+        print("\n3. One alert's life: fired, retried, resolved, fired again")
+        for label, body in episode_bodies():
+            status, _ = await post(http, url, body, auth)
+            print(f"   {status}  {label}")
+
+        print("\n4. What the relay refuses")
         sample = samples[0].read_bytes()
         noncommon = (SAMPLES / "noncommon-metric-static.json").read_bytes()
         checks = [
@@ -104,19 +189,25 @@ async def drive(base: str, issuer: DevIssuer) -> int:
             detail = payload.get("field") or payload.get("error") or ""
             print(f"   {status}  {label:30} {detail}")
 
-        async with http.get(f"{base}/metrics") as resp:
-            metrics = await resp.text()
-    pending = [line for line in metrics.splitlines() if line.startswith("relay_pending_deliveries")]
+        pending = await wait_delivered(http, base)
+    print(f"\n5. Incident calls made by the delivery worker ({pending:.0f} deliveries still pending)")
+    dry_run = WORKDIR / "dry-run.jsonl"
+    if dry_run.exists() or not os.environ.get("RT_URL"):
+        summarise_dry_run(dry_run)
+    else:
+        print(f"   see the tickets in Request Tracker at {os.environ['RT_URL']}")
     print(f"\nAccepted {accepted} of {len(samples)} samples; duplicates were not stored twice.")
-    if pending:
-        print(f"Store: {WORKDIR / 'relay.db'} ({pending[0].split()[-1]} deliveries queued for the worker)")
-    return 0 if accepted == len(samples) and statuses.count(200) == len(samples) else 1
+    print(f"Store: {WORKDIR / 'relay.db'}; relay log: {WORKDIR / 'relay.log'}")
+    ok = accepted == len(samples) and statuses.count(200) == len(samples) and pending == 0
+    return 0 if ok else 1
 
 
 def main() -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir()
     issuer = DevIssuer()
+    config, destination = demo_config()
+    (WORKDIR / "relay.yaml").write_text(config)
     with issuer.serving_in_thread():
         port = free_port()
         env = {
@@ -126,9 +217,10 @@ def main() -> int:
             "RELAY_HOST": "127.0.0.1",
             "RELAY_PORT": str(port),
             "RELAY_LOG_LEVEL": "WARNING",
+            "RELAY_CONFIG": str(WORKDIR / "relay.yaml"),
         }
         log = (WORKDIR / "relay.log").open("w")
-        print(f"Starting the relay on http://127.0.0.1:{port} (SQLite store, log in {WORKDIR / 'relay.log'})")
+        print(f"Starting the relay on http://127.0.0.1:{port}: SQLite store, incidents to {destination}")
         proc = subprocess.Popen([sys.executable, "-m", "relay", "serve"], env=env, stdout=log, stderr=log)
         try:
             base = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ missing `configurationItems`). Everything else stays in `raw`, so nothing unknow
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -139,8 +140,16 @@ class Alert:
 
     @property
     def correlation_key(self) -> str:
-        """The alert GUID: the last segment of alertId (fits ServiceNow's 100-char correlation_id)."""
-        return self.essentials.alert_id.rstrip("/").rsplit("/", 1)[-1]
+        """The alert GUID: the last segment of alertId (fits ServiceNow's 100-char correlation_id).
+
+        Some alert ids end in a name, not a GUID (activity-log test actions carry the rule id, cost
+        alerts `.../alerts/<budget alert name>`); two such alerts of different rules can share that
+        name, so they are keyed by a hash of the whole (case-insensitive) id instead.
+        """
+        last = self.essentials.alert_id.rstrip("/").rsplit("/", 1)[-1]
+        if _GUID.match(last):
+            return last.lower()
+        return "id-" + hashlib.sha256(self.essentials.alert_id.lower().encode()).hexdigest()[:40]
 
     @property
     def condition(self) -> str:
@@ -193,6 +202,7 @@ def parse_alert(doc: Any) -> Alert:
     return Alert(essentials=essentials, context=context, custom_properties=custom, raw=doc)
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
 
 

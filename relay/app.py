@@ -75,8 +75,12 @@ def create_app(
     store: Store | None = None,
     keys: SigningKeys | None = None,
     metrics: IntakeMetrics | None = None,
+    deliver: bool = False,
 ) -> web.Application:
-    """Build the relay. Starting it opens the store and loads signing keys; stopping closes them."""
+    """Build the relay. Starting it opens the store and loads signing keys; stopping closes them.
+
+    deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
+    """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
     app = web.Application(
@@ -113,6 +117,14 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(keys_ctx)
+    # --- delivery worker: after the store opens, stops before it closes ---
+    if deliver:
+        from relay.worker import delivery_hooks
+
+        hooks = delivery_hooks(settings.config_path, store, metrics.registry)
+        app.cleanup_ctx.append(hooks.context)
+        app.on_shutdown.append(hooks.on_shutdown)
+    # --- end delivery worker ---
     if settings.metrics_port is not None:
         app.cleanup_ctx.append(_metrics_site(settings, app))
     return app
@@ -136,7 +148,7 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
 
 
 def run(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(settings, deliver=True)
     log.info("relay listening on %s:%d with %s", settings.host, settings.port, describe(settings))
     web.run_app(
         app,
@@ -156,5 +168,8 @@ def describe(settings: Settings) -> str:
         "allowed_app_ids": list(settings.allowed_app_ids),
         "required_role": settings.required_role,
         "metadata_url": settings.metadata_url,
-        "store": settings.store_url.split("://")[0] if "://" in settings.store_url else "azure-storage",
+        # Only the scheme: a connection string holds an account key and must never reach a log.
+        "store": settings.store_url.split("://")[0]
+        if settings.store_url.startswith(("sqlite://", "azure-storage://"))
+        else "azure-storage (connection string)",
     })

@@ -14,6 +14,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay", description="Azure Monitor Secure Webhook to ITSM relay")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the relay (configured by RELAY_* environment variables)")
+    # --- delivery operations (check-config, dead-letters) ---
+    check = sub.add_parser("check-config", help="validate a RELAY_CONFIG file: what is wrong, with line and key")
+    check.add_argument("file", help="the routing/targets YAML file")
+    dead = sub.add_parser("dead-letters", help="list or replay events that could not be delivered")
+    dead.add_argument("--store", default=None,
+                      help="store URL (default: RELAY_STORE, else sqlite:///./relay.db)")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", help="show dead letters with their last error")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = dead_sub.add_parser("replay", help="put dead letters back in the delivery queue")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    # --- end delivery operations ---
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("RELAY_LOG_LEVEL", "INFO").upper(),
@@ -21,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return _serve()
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "dead-letters":
+        return _dead_letters(args, parser)
     return 2
 
 
@@ -31,9 +48,69 @@ def _serve() -> int:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
     from relay.app import run
+    from relay.routing import ConfigError
+    from relay.targets.target_config import TargetConfigError
 
-    run(settings)
+    try:
+        run(settings)
+    except (ConfigError, TargetConfigError) as exc:  # RELAY_CONFIG, or a secret it names, is wrong
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+# --- delivery operations (check-config, dead-letters) ---
+
+def _check_config(path: str) -> int:
+    from relay.routing import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except OSError as exc:
+        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(path), file=sys.stderr)
+        count = len(exc.problems)
+        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    targets = ", ".join(f"{name} ({cfg.kind})" for name, cfg in config.targets.items())
+    print(f"{path}: OK: {len(config.targets)} target(s): {targets}; {len(config.routes)} route(s)")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import asyncio
+
+    from relay.dead_letters import list_command, replay_command
+    from relay.store import StoreUnavailable, open_store
+
+    if args.action == "replay" and bool(args.ids) == bool(args.all):
+        parser.error("dead-letters replay: give dead letter ids or --all (not both)")
+    url = args.store or os.environ.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        await store.open()
+        try:
+            if args.action == "list":
+                return await list_command(store, sys.stdout, json_lines=args.json)
+            return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"relay: store unavailable: {exc}", file=sys.stderr)
+        return 2
+
+# --- end delivery operations ---
 
 
 if __name__ == "__main__":

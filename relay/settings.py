@@ -58,7 +58,7 @@ class Settings:
         if not store.startswith(STORE_PREFIXES):
             raise SettingsError(
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
-                f"connection string (got {store[:40]!r})"
+                f"connection string (got {store.split(';')[0][:20]!r}...)"
             )
         return cls(
             tenant_id=tenant.lower(),

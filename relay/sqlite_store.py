@@ -101,6 +101,7 @@ class SqliteStore:
             except asyncio.CancelledError:
                 pass
             self._writer = None
+        self._wake = None  # accept() after close must fail, not wait for a writer that is gone
         for _, fut in self._batch:
             if not fut.done():
                 fut.set_exception(StoreUnavailable("store closed"))
@@ -112,7 +113,11 @@ class SqliteStore:
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            pending = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # the executor is shut down: the store was closed
+            raise StoreUnavailable("sqlite: store is closed") from exc
+        try:
+            return await pending
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
@@ -183,7 +188,8 @@ class SqliteStore:
         return results
 
     async def ping(self) -> None:
-        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+        # Take and release the write lock: SELECT 1 succeeds even when nothing can commit.
+        await self._run(self._in_tx, lambda db: None)
 
     async def pending(self) -> int:
         return await self._run(lambda: self._db().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
@@ -210,16 +216,19 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             # Only the head of each alert's queue is claimable, so one alert's events go in order;
-            # a leased or backing-off head holds the events behind it.
+            # a leased or backing-off head holds the events behind it. A replayed dead letter goes
+            # back in at its old place, ahead of an event that may be leased: none while one is.
             rows = db.execute(
                 """
                 SELECT d.seq, d.attempts, e.key, e.alert_id, e.condition, e.occurred_at, e.body
                 FROM deliveries d JOIN events e ON e.seq = d.seq
                 WHERE d.available_at <= ? AND (d.lease_until IS NULL OR d.lease_until <= ?)
                   AND d.seq = (SELECT MIN(d2.seq) FROM deliveries d2 WHERE d2.alert_id = d.alert_id)
+                  AND NOT EXISTS (SELECT 1 FROM deliveries d3
+                                  WHERE d3.alert_id = d.alert_id AND d3.lease_until > ?)
                 ORDER BY d.seq LIMIT ?
                 """,
-                (now, now, limit),
+                (now, now, now, limit),
             ).fetchall()
             claims = []
             for seq, attempts, key, alert_id, condition, occurred_at, body in rows:

@@ -120,12 +120,24 @@ class Store(Protocol):
         ...
 
 
+AZURE_CONNECTION_STRING_PREFIXES = ("DefaultEndpointsProtocol=", "UseDevelopmentStorage=")
+
+
 def open_store(url: str) -> Store:
     """Build the backend named by RELAY_STORE (not yet opened)."""
     if url.startswith("sqlite://"):
         from relay.sqlite_store import SqliteStore
 
         return SqliteStore.from_url(url)
+    if url.startswith("azure-storage://") or url.startswith(AZURE_CONNECTION_STRING_PREFIXES):
+        from relay.azure_store import AzureStorageStore
+
+        return AzureStorageStore.from_url(url)
+    # A mistyped connection string may hold an account key: never echo it.
+    secret = "key=" in url.lower() or "signature=" in url.lower()
+    shown = "a value holding a key (not shown)" if secret else repr(url)
     raise ValueError(
-        f"unsupported store {url!r}: use sqlite:///path/to/relay.db"
+        f"unsupported store {shown}: use sqlite:///path/to/relay.db, azure-storage://<account> "
+        "(managed identity) or an Azure Storage connection string (DefaultEndpointsProtocol=... or "
+        "UseDevelopmentStorage=true)"
     )

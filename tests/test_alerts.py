@@ -255,3 +255,24 @@ def test_arbitrary_json_never_crashes_the_parser(value):
         parse_alert(value)
     except SchemaError:
         pass
+
+
+def test_correlation_key_is_the_alert_guid():
+    alert = parse_alert(load_sample("testaction-metric-static-fired.json"))
+    assert alert.correlation_key == "eeeeeeee-4444-5555-6666-ffffffffffff"
+
+
+def test_alerts_ending_in_the_same_name_get_different_correlation_keys():
+    activity = parse_alert(load_sample("testaction-activitylog-administrative-fired.json"))
+    budget = parse_alert(load_sample("testaction-budget-fired.json"))
+    assert activity.essentials.alert_id.endswith("/Test_Alert")
+    assert budget.essentials.alert_id.endswith("/Test_Alert")
+    assert activity.correlation_key != budget.correlation_key
+    assert len(activity.correlation_key) <= 64 and activity.correlation_key.startswith("id-")
+
+
+def test_correlation_key_ignores_the_case_of_the_alert_id():
+    doc = load_sample("testaction-budget-fired.json")
+    upper = copy.deepcopy(doc)
+    upper["data"]["essentials"]["alertId"] = doc["data"]["essentials"]["alertId"].upper()
+    assert parse_alert(doc).correlation_key == parse_alert(upper).correlation_key

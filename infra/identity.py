@@ -1,0 +1,112 @@
+"""The Entra side of Secure Webhook: the API application Azure Monitor requests tokens for, its app
+role, and that role granted to Azure Monitor's action-group service principal.
+
+It does what Microsoft's PowerShell script does (azure-monitor-docs, alerts/action-groups.md, "Secure
+webhook"), minus two of its gaps: the role is assigned by its id, not as `AppRoles[0]`; and the
+deploying identity owns the application, without which Azure refuses to save the action group
+(`AadWebhookResourceNotOwnedByCaller`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_azuread as azuread
+
+# Azure Monitor's first-party "AzNS AAD Webhook" application: action groups get their tokens as its
+# service principal ($azureMonitorActionGroupsAppId in Microsoft's script: "Required. Do not change.").
+AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
+# The app role value Microsoft's script creates; the relay requires it in the token's `roles` claim.
+SECURE_WEBHOOK_ROLE = "ActionGroupsSecureWebhook"
+# Fixed forever: a new id would replace the role and silently drop Azure Monitor's assignment.
+SECURE_WEBHOOK_ROLE_ID = "5f2a7c1e-9b3d-4e8a-a6c4-2d1f0b7e9a35"
+# Tokens in the v2.0 format (`aud` is the client id, `iss` ends in /v2.0), as action-groups.md advises.
+ACCESS_TOKEN_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SecureWebhookIdentityArgs:
+    display_name: str
+    identifier_uri: str | None  # None: api://<client id>, which every tenant's URI policy accepts
+    extra_owners: Sequence[str] = ()  # object ids owning the application besides the deploying identity
+
+
+class SecureWebhookIdentity(pulumi.ComponentResource):
+    """The Entra application and role assignment that make Azure Monitor's token acceptable.
+
+    Outputs: `client_id`, `application_object_id` (what the action group's receiver names),
+    `identifier_uri` (the token audience for v1 tokens), and `ordering_dependencies`: the resources
+    that must exist before an action group may reference the application.
+    """
+
+    def __init__(self, name: str, args: SecureWebhookIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("secure-export:entra:SecureWebhookIdentity", name, None, opts)
+        deployer = azuread.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        owners = deployer.object_id.apply(lambda me: sorted({me, *args.extra_owners}))
+
+        self.application = azuread.Application(
+            f"{name}-app",
+            display_name=args.display_name,
+            sign_in_audience="AzureADMyOrg",
+            owners=owners,
+            api=azuread.ApplicationApiArgs(requested_access_token_version=ACCESS_TOKEN_VERSION),
+            app_roles=[
+                azuread.ApplicationAppRoleArgs(
+                    id=SECURE_WEBHOOK_ROLE_ID,
+                    value=SECURE_WEBHOOK_ROLE,
+                    display_name=SECURE_WEBHOOK_ROLE,
+                    description="Azure Monitor action groups may call the secure webhook",
+                    allowed_member_types=["Application"],
+                    enabled=True,
+                )
+            ],
+            # The identifier URI is its own resource (below), so that it can name the client id.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["identifier_uris"]),
+        )
+        self.identifier_uri_resource = azuread.ApplicationIdentifierUri(
+            f"{name}-identifier-uri",
+            application_id=self.application.id,
+            identifier_uri=args.identifier_uri or self.application.client_id.apply(lambda client: f"api://{client}"),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.service_principal = azuread.ServicePrincipal(
+            f"{name}-sp",
+            client_id=self.application.client_id,
+            # Entra issues tokens for this API only to principals holding one of its roles.
+            app_role_assignment_required=True,
+            owners=owners,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        # One per tenant, shared by every action group: adopt it if present, create it if not (as the
+        # script does), and never delete it on destroy.
+        self.azure_monitor_service_principal = azuread.ServicePrincipal(
+            f"{name}-azure-monitor-sp",
+            client_id=AZURE_MONITOR_APP_ID,
+            use_existing=True,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
+        self.role_assignment = azuread.AppRoleAssignment(
+            f"{name}-azure-monitor-role",
+            app_role_id=self.application.app_role_ids.apply(lambda ids: ids[SECURE_WEBHOOK_ROLE]),
+            principal_object_id=self.azure_monitor_service_principal.object_id,
+            resource_object_id=self.service_principal.object_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        self.client_id: pulumi.Output[str] = self.application.client_id
+        self.application_object_id: pulumi.Output[str] = self.application.object_id
+        self.identifier_uri: pulumi.Output[str] = self.identifier_uri_resource.identifier_uri
+        self.ordering_dependencies: list[pulumi.Resource] = [
+            self.application,  # carries the owners
+            self.identifier_uri_resource,  # else AadWebhookApplicationUriNotFound
+            self.role_assignment,
+        ]
+        self.register_outputs(
+            {
+                "client_id": self.client_id,
+                "application_object_id": self.application_object_id,
+                "identifier_uri": self.identifier_uri,
+            }
+        )

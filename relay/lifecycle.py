@@ -1,0 +1,333 @@
+"""The ticket lifecycle: one pure function from (event, what we know of its ticket, route policy) to an action.
+
+No I/O, no clock, no config lookups: `decide` reads like the lifecycle table in docs/lifecycle.md, and
+the worker (the imperative shell) carries out what it returns. Around it sit the pure helpers that turn
+an alert into the facts `decide` needs: which ticket an event concerns (`ticket_keys`) and when.
+
+The state of one ticket key keeps a mark per alert that joined it: the firing episode (its
+firedDateTime) and whether that episode resolved. Episodes make the decision order-proof: a late
+Fired of an episode that already resolved, or any event of an older episode, is recorded and makes
+no call, so nothing moves a ticket backwards; a ticket resolves once every alert on it has resolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from relay.alerts import Alert, ServiceHealthContext
+
+MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
+# Service Health stages that only inform about an incident already handled (the post-incident review):
+# they add a note to the ticket and never open one.
+UPDATE_STAGES = frozenset({"rca"})
+
+
+class Kind(StrEnum):
+    FIRED = "fired"
+    RESOLVED = "resolved"
+    UPDATE = "update"  # informational follow-up: notes an existing ticket, never opens one
+
+
+class Action(StrEnum):
+    CREATE = "create"  # open the first incident for this key
+    NEW = "new"  # open a new incident: the previous one was resolved and the alert fired again
+    NOTE = "note"  # add a work note to the open (or, for updates, resolved) incident
+    RESOLVE = "resolve"
+    REOPEN = "reopen"
+    NOTHING = "nothing"  # already applied, or a repeat the route does not want noted
+    RECORD = "record"  # remember the event; no call (it is out of order, or there is no ticket to move)
+
+    @property
+    def calls_target(self) -> bool:
+        return self not in (Action.NOTHING, Action.RECORD)
+
+    @property
+    def opens_incident(self) -> bool:
+        return self in (Action.CREATE, Action.NEW)
+
+
+ON_REPEAT = ("note", "nothing")
+ON_REFIRE = ("new", "reopen", "ignore")
+ON_RESOLVE = ("resolve", "note", "nothing")
+INCIDENT_PER = ("alert", "configuration_item")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A route's lifecycle choices (see docs/configuration.md)."""
+
+    on_repeat: str = "note"  # fired again while the incident is open
+    on_refire: str = "new"  # fired again after the incident was resolved
+    on_resolve: str = "resolve"  # the alert resolved
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What `decide` needs of one event. Times are `instant()` strings, so they compare as text."""
+
+    alert: str  # the alert (or Service Health thread) this event belongs to
+    kind: Kind
+    fired_at: str  # identifies the firing episode
+    occurred_at: str  # when this state happened
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The latest firing episode seen of one alert on a ticket key."""
+
+    fired_at: str
+    resolved: bool
+    at: str  # the time of the latest event applied for this alert
+
+
+@dataclass(frozen=True, slots=True)
+class TicketState:
+    """What we know of one ticket key in one target (stored as `TicketRecord.data`)."""
+
+    ticket_id: str | None = None
+    ticket_number: str | None = None
+    open: bool = False
+    generation: int = 0  # incidents opened under this key so far
+    last_at: str = ""  # time of the latest event that changed the ticket
+    alerts: Mapping[str, Mark] = field(default_factory=dict)
+
+    def with_ticket(self, ticket_id: str, number: str | None) -> TicketState:
+        return replace(self, ticket_id=ticket_id, ticket_number=number)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "ticket_id": self.ticket_id,
+            "ticket_number": self.ticket_number,
+            "open": self.open,
+            "generation": self.generation,
+            "last_at": self.last_at,
+            "alerts": {k: [m.fired_at, m.resolved, m.at] for k, m in self.alerts.items()},
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> TicketState:
+        return cls(
+            ticket_id=data.get("ticket_id"),
+            ticket_number=data.get("ticket_number"),
+            open=bool(data.get("open", False)),
+            generation=int(data.get("generation", 0)),
+            last_at=str(data.get("last_at", "")),
+            alerts={k: Mark(str(v[0]), bool(v[1]), str(v[2])) for k, v in (data.get("alerts") or {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str  # why, in a few words, for logs and the dry-run output
+    state: TicketState  # what to store once the call succeeded (CREATE/NEW: the shell adds the ticket id)
+
+
+def decide(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
+    """The lifecycle table. Every branch returns; none does I/O."""
+    st = state or TicketState()
+    mark = st.alerts.get(event.alert)
+
+    if mark is not None and event.fired_at < mark.fired_at:
+        return Decision(Action.RECORD, "event of an earlier firing episode", st)
+    if mark is not None and event.fired_at == mark.fired_at:
+        if event.kind is Kind.FIRED and mark.resolved:
+            return Decision(Action.RECORD, "fired after its own resolve arrived (out of order)", st)
+        if event.kind is not Kind.RESOLVED or mark.resolved:
+            return Decision(Action.NOTHING, "already applied", st)
+
+    if event.kind is Kind.FIRED:
+        return _fired(event, st, policy)
+    if event.kind is Kind.RESOLVED:
+        return _resolved(event, st, policy)
+    return _update(event, st, mark, policy)
+
+
+def _fired(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
+    marked = _with_mark(st, event.alert, Mark(event.fired_at, False, event.occurred_at))
+    if st.ticket_id is None:
+        return Decision(Action.CREATE, "fired, no ticket yet", _opened(marked, event, new_ticket=True))
+    if event.occurred_at < st.last_at:
+        return Decision(Action.RECORD, "older than the ticket's last state", marked)
+    if st.open:
+        if policy.on_repeat == "note":
+            return Decision(Action.NOTE, "fired again while open", _touched(marked, event))
+        return Decision(Action.NOTHING, "fired again while open (on_repeat: nothing)", marked)
+    if policy.on_refire == "new":
+        return Decision(Action.NEW, "fired after resolve (on_refire: new)", _opened(marked, event, new_ticket=True))
+    if policy.on_refire == "reopen":
+        return Decision(Action.REOPEN, "fired after resolve (on_refire: reopen)",
+                        _opened(marked, event, new_ticket=False))
+    return Decision(Action.RECORD, "fired after resolve (on_refire: ignore)", marked)
+
+
+def _resolved(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
+    marked = _with_mark(st, event.alert, Mark(event.fired_at, True, event.occurred_at))
+    if st.ticket_id is None:
+        return Decision(Action.RECORD, "resolved, no ticket (resolved before fired, or unknown alert)", marked)
+    if not st.open:
+        return Decision(Action.RECORD, "resolved, ticket already resolved", marked)
+    if any(not m.resolved for m in marked.alerts.values()):
+        return Decision(Action.RECORD, "resolved, other alerts on this ticket still firing", marked)
+    # No staleness check here: every alert on the ticket has resolved, so resolving only moves forward.
+    if policy.on_resolve == "resolve":
+        return Decision(Action.RESOLVE, "resolved", replace(_touched(marked, event), open=False))
+    if policy.on_resolve == "note":
+        return Decision(Action.NOTE, "resolved (on_resolve: note)", _touched(marked, event))
+    return Decision(Action.RECORD, "resolved (on_resolve: nothing)", marked)
+
+
+def _update(event: EventFacts, st: TicketState, mark: Mark | None, policy: Policy) -> Decision:
+    marked = _with_mark(st, event.alert, Mark(event.fired_at, mark.resolved if mark else True, event.occurred_at))
+    if st.ticket_id is None:
+        return Decision(Action.RECORD, "update, no ticket", marked)
+    if policy.on_repeat == "nothing":
+        return Decision(Action.NOTHING, "update (on_repeat: nothing)", marked)
+    return Decision(Action.NOTE, "update", _touched(marked, event))
+
+
+def _opened(st: TicketState, event: EventFacts, new_ticket: bool) -> TicketState:
+    st = _touched(st, event)
+    if new_ticket:
+        return replace(st, ticket_id=None, ticket_number=None, open=True, generation=st.generation + 1)
+    return replace(st, open=True)
+
+
+def _touched(st: TicketState, event: EventFacts) -> TicketState:
+    return replace(st, last_at=max(st.last_at, event.occurred_at))
+
+
+def _with_mark(st: TicketState, alert: str, mark: Mark) -> TicketState:
+    alerts = {**st.alerts, alert: mark}
+    if len(alerts) > MAX_MARKS:
+        # Forget resolved alerts first, oldest first; a firing alert is forgotten only if all are firing.
+        order = sorted(alerts, key=lambda k: (not alerts[k].resolved, alerts[k].at))
+        for k in order[: len(alerts) - MAX_MARKS]:
+            if k != alert:
+                del alerts[k]
+    return replace(st, alerts=alerts)
+
+
+# -- from an alert to facts -----------------------------------------------------------------------
+
+_INSTANT = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def instant(text: str) -> str:
+    """An ISO 8601 time as fixed-width UTC text with nanoseconds, so that times compare as strings.
+
+    Azure writes 3 or 7 fractional digits ("...24.3713213Z"); as plain text "24.3Z" > "24.31Z".
+    """
+    m = _INSTANT.match(text.strip())
+    if not m:
+        raise ValueError(f"not an ISO 8601 time: {text[:40]!r}")
+    whole, frac, tz = m.groups()
+    offset = "+00:00" if tz in (None, "Z") else (tz if ":" in tz else f"{tz[:3]}:{tz[3:]}")
+    dt = datetime.fromisoformat(whole + offset).astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + "." + (frac or "").ljust(9, "0")[:9] + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class TicketKey:
+    """One ticket an event concerns: its store key and the CIs its incident carries."""
+
+    key: str
+    configuration_items: tuple[str, ...]
+
+
+def configuration_items(alert: Alert) -> tuple[str, ...]:
+    """`configurationItems`, falling back to `alertTargetIDs` (ARM ids)."""
+    return alert.essentials.configuration_items or alert.essentials.target_ids
+
+
+def event_facts(alert: Alert) -> EventFacts:
+    """The lifecycle facts of one alert notification."""
+    ctx = alert.context
+    stage = (ctx.stage or "").lower() if isinstance(ctx, ServiceHealthContext) else ""
+    if alert.resolves:
+        kind = Kind.RESOLVED
+    elif stage in UPDATE_STAGES:
+        kind = Kind.UPDATE
+    else:
+        kind = Kind.FIRED
+    return EventFacts(
+        alert=_thread(alert) or alert.correlation_key.lower(),
+        kind=kind,
+        fired_at=instant(alert.essentials.fired_at),
+        occurred_at=instant(alert.occurred_at),
+    )
+
+
+def ticket_keys(alert: Alert, incident_per: str) -> list[TicketKey]:
+    """The ticket keys an alert maps to: one per alert (default) or one per (alert rule, CI).
+
+    Per alert: the alert GUID, or `sh-<trackingId>-<subscription>` for Service Health, whose every
+    notification (Active, updates, Resolved) is a new alert of one incident. Per CI (ITSMC parity):
+    `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident.
+    """
+    cis = configuration_items(alert)
+    if incident_per == "configuration_item" and cis:
+        thread = _thread(alert) or (alert.essentials.alert_rule_id or alert.essentials.alert_rule or "").lower()
+        if thread:
+            keys = {}
+            for ci in cis:
+                digest = hashlib.sha256(f"{thread}|{ci.lower()}".encode()).hexdigest()[:32]
+                keys.setdefault(f"ci-{digest}", TicketKey(f"ci-{digest}", (ci,)))
+            return list(keys.values())
+    return [TicketKey(_thread(alert) or _safe(alert.correlation_key.lower()), cis)]
+
+
+def correlation_key(key: str, generation: int) -> str:
+    """What the target stores and searches: the key, with `.N` for the N-th incident of one key."""
+    return key if generation <= 1 else f"{key}.{generation}"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _safe(text: str, limit: int = 40) -> str:
+    """Text made safe for a correlation field: kept when short and plain, else a hash."""
+    if text and len(text) <= limit and not _SAFE.search(text):
+        return text
+    return "h-" + hashlib.sha256(text.encode()).hexdigest()[: min(32, limit - 2)]
+
+
+def _thread(alert: Alert) -> str | None:
+    """Service Health notifications of one incident share its tracking id (per subscription)."""
+    ctx = alert.context
+    if not isinstance(ctx, ServiceHealthContext) or not ctx.tracking_id:
+        return None
+    sub = subscription_of(alert) or ""
+    return "sh-" + _safe(ctx.tracking_id.lower(), 20) + ("-" + _safe(sub.lower()) if sub else "")
+
+
+_SUBSCRIPTION = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)
+
+
+def subscription_of(alert: Alert) -> str | None:
+    """The subscription id, from the first target id or else the alert id."""
+    for text in (*alert.essentials.target_ids, alert.essentials.alert_id):
+        m = _SUBSCRIPTION.search(text)
+        if m:
+            return m.group(1)
+    return None
+
+
+_RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
+
+
+def resource_group_of(alert: Alert) -> str | None:
+    """`targetResourceGroup`, else the resource group in the first target id that has one."""
+    if alert.essentials.target_resource_group:
+        return alert.essentials.target_resource_group
+    for rid in alert.essentials.target_ids:
+        m = _RESOURCE_GROUP.search(rid)
+        if m:
+            return m.group(1)
+    return None

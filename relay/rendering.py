@@ -1,0 +1,222 @@
+"""What a target is sent: incidents rendered from an alert and a route, and the texts of work notes.
+
+Templates run in Jinja2's sandbox over the alert's own JSON names (`essentials.alertRule`,
+`alertContext...`, `customProperties...`) plus a few conveniences (`title`, `resource`, `ci`, ...).
+Text too long for a vendor field is cut with a visible marker (`truncate`), never refused.
+A missing name renders empty (alert types differ in what they carry; a rule that works for metric
+alerts must not lose a log alert's ticket). A template that fails outright falls back to the default
+and says so in the description: an alert is never dropped for a template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import ChainableUndefined, Template, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from relay.alerts import Alert, LogContext, MetricContext, ServiceHealthContext
+from relay.lifecycle import Action, Kind, resource_group_of, subscription_of
+from relay.targets import Incident
+from relay.targets.vendor_api import truncate
+
+log = logging.getLogger("relay.rendering")
+
+# Field lengths per target kind. ServiceNow: incident.short_description 160, description 4000
+# (dictionary defaults; instances can differ). BMC Helix: Description 100 [verify on instance],
+# Detailed_Decription 4000. Request Tracker: Subject 200; content has no practical limit.
+FIELD_LIMITS: dict[str, dict[str, int]] = {
+    "servicenow": {"summary": 160, "description": 4000, "note": 4000},
+    "bmc_helix": {"summary": 100, "description": 4000, "note": 4000},
+    "request_tracker": {"summary": 200, "description": 64000, "note": 64000},
+    "dry_run": {"summary": 160, "description": 4000, "note": 4000},
+    "forward": {"summary": 160, "description": 4000, "note": 4000},
+}
+
+# Default severity -> vendor fields, per target kind (a target's `severity:` block overrides them).
+# ServiceNow impact x urgency (1 High, 2 Medium, 3 Low) through the default priority lookup gives
+# Sev0 P1, Sev1 P2, Sev2 P3, Sev3 P4, Sev4 P5. BMC Helix uses its Impact/Urgency choice strings.
+# Request Tracker's default PriorityAsString is Low 0, Medium 50, High 100.
+SEVERITY_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "servicenow": {
+        "Sev0": {"impact": "1", "urgency": "1"},
+        "Sev1": {"impact": "1", "urgency": "2"},
+        "Sev2": {"impact": "2", "urgency": "2"},
+        "Sev3": {"impact": "2", "urgency": "3"},
+        "Sev4": {"impact": "3", "urgency": "3"},
+    },
+    "bmc_helix": {
+        "Sev0": {"Impact": "1-Extensive/Widespread", "Urgency": "1-Critical"},
+        "Sev1": {"Impact": "2-Significant/Large", "Urgency": "2-High"},
+        "Sev2": {"Impact": "3-Moderate/Limited", "Urgency": "2-High"},
+        "Sev3": {"Impact": "3-Moderate/Limited", "Urgency": "3-Medium"},
+        "Sev4": {"Impact": "4-Minor/Localized", "Urgency": "4-Low"},
+    },
+    "request_tracker": {
+        "Sev0": {"Priority": 100},
+        "Sev1": {"Priority": 75},
+        "Sev2": {"Priority": 50},
+        "Sev3": {"Priority": 25},
+        "Sev4": {"Priority": 0},
+    },
+}
+
+DEFAULT_SUMMARY = "[{{ severity }}] {{ title }}{% if resource %} on {{ resource }}{% endif %}"
+DEFAULT_DESCRIPTION = """\
+Azure Monitor alert: {{ title }}
+Severity: {{ severity }} | Signal: {{ essentials.signalType or "-" }} | Service: {{ essentials.monitoringService }}
+Condition: {{ essentials.monitorCondition or "Fired" }} at {{ essentials.firedDateTime }}\
+{% if essentials.resolvedDateTime %}, resolved at {{ essentials.resolvedDateTime }}{% endif %}
+{% if essentials.description %}Description: {{ essentials.description }}
+{% endif %}{% for c in criteria %}Metric: {{ c.metricName }} {{ c.operator }} {{ c.threshold }} \
+({{ c.timeAggregation }}), value {{ c.metricValue }}
+{% endfor %}{% if search_query %}Query: {{ search_query }}
+{% endif %}{% if configuration_items %}Configuration items: {{ configuration_items | join(", ") }}
+{% endif %}{% for r in essentials.alertTargetIDs or [] %}Resource: {{ r }}
+{% endfor %}Alert id: {{ essentials.alertId }}
+{% if essentials.investigationLink %}Investigate: {{ essentials.investigationLink }}
+{% endif %}"""
+
+_env = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+def compile_template(source: str) -> Template:
+    """Compile a template; raises jinja2.TemplateSyntaxError (with `.lineno`) when it is malformed."""
+    return _env.from_string(source)
+
+
+_DEFAULT_SUMMARY = compile_template(DEFAULT_SUMMARY)
+_DEFAULT_DESCRIPTION = compile_template(DEFAULT_DESCRIPTION)
+
+
+def template_context(alert: Alert, cis: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = alert.raw.get("data") or {}
+    e = alert.essentials
+    ctx = alert.context
+    cis = cis or e.configuration_items or e.target_ids
+    title = e.alert_rule or e.monitoring_service
+    if isinstance(ctx, ServiceHealthContext) and ctx.title:
+        title = ctx.title
+    resource = cis[0].rstrip("/").rsplit("/", 1)[-1] if cis else ""
+    return {
+        "schemaId": alert.raw.get("schemaId"),
+        "data": data,
+        "essentials": data.get("essentials") or {},
+        "alertContext": data.get("alertContext") or {},
+        "customProperties": alert.custom_properties,
+        "title": title,
+        "severity": e.severity or "Sev?",
+        "condition": alert.condition,
+        "resource": resource,
+        "ci": cis[0] if len(cis) == 1 else "",
+        "configuration_items": list(cis),
+        "subscription": subscription_of(alert) or "",
+        "resource_group": resource_group_of(alert) or "",
+        "correlation_key": alert.correlation_key,
+        "criteria": list(ctx.criteria) if isinstance(ctx, MetricContext) else [],
+        "search_query": ctx.search_query if isinstance(ctx, LogContext) else None,
+    }
+
+
+def render(template: Template, context: Mapping[str, Any], fallback: Template | None = None) -> tuple[str, str | None]:
+    """(text, error): on a failing template, the fallback's text and what went wrong."""
+    try:
+        return template.render(context).strip(), None
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if fallback is None:
+            return "", error
+        return fallback.render(context).strip(), error
+
+
+def render_incident(
+    alert: Alert,
+    *,
+    kind: str,
+    correlation_key: str,
+    configuration_items: tuple[str, ...],
+    summary: Template | None = None,
+    description: Template | None = None,
+    fields: Mapping[str, Any] | None = None,
+    severity_fields: Mapping[str, Mapping[str, Any]] | None = None,
+    body: bytes = b"",
+) -> Incident:
+    """The incident a target should hold for this alert (or one CI of it), truncated to the kind's limits."""
+    context = template_context(alert, configuration_items)
+    limits = FIELD_LIMITS.get(kind, FIELD_LIMITS["dry_run"])
+    problems = []
+    summary_text, err = render(summary or _DEFAULT_SUMMARY, context, _DEFAULT_SUMMARY)
+    if err:
+        problems.append(f"summary template failed ({err}); the default was used")
+    description_text, err = render(description or _DEFAULT_DESCRIPTION, context, _DEFAULT_DESCRIPTION)
+    if err:
+        problems.append(f"description template failed ({err}); the default was used")
+    merged: dict[str, Any] = {}
+    sev = alert.essentials.severity
+    table = {**SEVERITY_FIELDS.get(kind, {}), **(severity_fields or {})}
+    if sev and sev in table:
+        merged.update(table[sev])
+    for name, value in (fields or {}).items():
+        if isinstance(value, Template):
+            text, err = render(value, context)
+            if err:
+                problems.append(f"field {name} template failed ({err}); the field was left out")
+                continue
+            merged[name] = text
+        else:
+            merged[name] = value
+    if problems:
+        log.warning("alert %s: %s", alert.correlation_key, "; ".join(problems))
+        description_text = "\n".join(problems) + "\n\n" + description_text
+    return Incident(
+        correlation_key=correlation_key,
+        summary=truncate(" ".join(summary_text.split()) or "Azure Monitor alert", limits["summary"]),
+        description=truncate(description_text, limits["description"]),
+        severity=sev,
+        fields=merged,
+        configuration_items=configuration_items,
+        resource_ids=alert.essentials.target_ids,
+        fired_at=alert.essentials.fired_at,
+        resolved_at=alert.essentials.resolved_at,
+        body=body,
+    )
+
+
+def note_text(action: Action, kind: Kind, alert: Alert, target_kind: str) -> str:
+    """The work note for a NOTE, RESOLVE or REOPEN: what happened, when, and which alert."""
+    e = alert.essentials
+    title = template_context(alert)["title"]
+    if kind is Kind.RESOLVED:
+        when = e.resolved_at or alert.occurred_at
+        verb = "Resolved automatically: " if action is Action.RESOLVE else ""
+        text = f"{verb}Azure Monitor alert {title} resolved at {when} (resolvedDateTime)."
+    elif kind is Kind.UPDATE:
+        ctx = alert.context
+        stage = ctx.stage if isinstance(ctx, ServiceHealthContext) else None
+        tracking = ctx.tracking_id if isinstance(ctx, ServiceHealthContext) else None
+        text = f"Azure Service Health update ({stage or 'update'}) for {tracking or title}: {title}."
+    elif action is Action.REOPEN:
+        text = f"Reopened: Azure Monitor alert {title} fired again at {e.fired_at} after it was resolved."
+    else:
+        text = f"Azure Monitor alert {title} fired again at {e.fired_at}."
+    text += f"\nAlert id: {e.alert_id}"
+    limit = FIELD_LIMITS.get(target_kind, FIELD_LIMITS["dry_run"])["note"]
+    return truncate(text, limit)
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    """An incident as plain JSON (the dry-run output); the raw body is left out."""
+    return {
+        "correlation_key": incident.correlation_key,
+        "summary": incident.summary,
+        "description": incident.description,
+        "severity": incident.severity,
+        "fields": json.loads(json.dumps(dict(incident.fields), default=str)),
+        "configuration_items": list(incident.configuration_items),
+        "resource_ids": list(incident.resource_ids),
+        "fired_at": incident.fired_at,
+        "resolved_at": incident.resolved_at,
+    }

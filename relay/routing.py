@@ -1,0 +1,515 @@
+"""RELAY_CONFIG: the targets and the ordered routes, loaded, validated with line numbers, and matched.
+
+The whole file is checked before the relay starts (and by `relay check-config`), and every problem is
+reported with its line and dotted key. Secrets are only ever names of environment variables
+(`password_env: SNOW_PASSWORD`); an inline secret is a config error. Without RELAY_CONFIG, every
+alert goes to the `dry_run` target, which writes what it would send as JSON lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from jinja2 import Template, TemplateSyntaxError
+
+from relay.alerts import SEVERITIES, Alert
+from relay.lifecycle import (
+    INCIDENT_PER,
+    ON_REFIRE,
+    ON_REPEAT,
+    ON_RESOLVE,
+    Policy,
+    resource_group_of,
+    subscription_of,
+)
+from relay.rendering import compile_template
+from relay.targets import TARGET_MODULES, build_target
+from relay.targets.target_config import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS, TargetConfigError
+
+Path = tuple[str | int, ...]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Keys that would hold a secret inline; `value` only inside `auth` (header auth uses value_env).
+INLINE_SECRET_KEYS = ("password", "client_secret", "token", "secret", "api_key", "apikey")
+MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
+              "custom_properties")
+ROUTE_KEYS = ("match", "target", "fields", "on_refire", "on_repeat", "on_resolve", "incident_per", "summary",
+              "description", "continue")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str  # dotted key: targets.snow.auth.password
+    message: str
+    line: int | None = None
+
+    def format(self, source: str) -> str:
+        """`file:line: key: message`, the shape editors and CI logs link to."""
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path or '(document)'}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """RELAY_CONFIG is wrong; `problems` lists every problem with its line and key."""
+
+    def __init__(self, problems: list[Problem], source: str = "RELAY_CONFIG") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(p.format(source) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Every given key must match; within a key, any of its patterns (case-insensitive, `*` globs)."""
+
+    severity: tuple[str, ...] = ()
+    monitoring_service: tuple[str, ...] = ()
+    alert_rule: tuple[str, ...] = ()
+    signal_type: tuple[str, ...] = ()
+    subscription: tuple[str, ...] = ()
+    resource_group: tuple[str, ...] = ()
+    custom_properties: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def matches(self, alert: Alert) -> bool:
+        e = alert.essentials
+        checks: list[tuple[tuple[str, ...], str | None]] = [
+            (self.severity, e.severity),
+            (self.monitoring_service, e.monitoring_service),
+            (self.alert_rule, e.alert_rule),
+            (self.signal_type, _compact(e.signal_type)),
+            (self.subscription, subscription_of(alert)),
+            (self.resource_group, resource_group_of(alert)),
+        ]
+        for patterns, value in checks:
+            if patterns and not _any_match(patterns, value):
+                return False
+        for key, patterns in self.custom_properties.items():
+            value = alert.custom_properties.get(key)
+            if value is None or not _any_match(patterns, str(value)):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    target: str
+    match: Match = field(default_factory=Match)
+    policy: Policy = field(default_factory=Policy)
+    incident_per: str = "alert"
+    fields: Mapping[str, Any] = field(default_factory=dict)  # strings are compiled templates
+    summary: Template | None = None
+    description: Template | None = None
+    continue_: bool = False
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    max_attempts: int = 24
+    backoff_base_seconds: float = 2.0
+    backoff_max_seconds: float = 600.0
+    circuit_failures: int = 5
+    circuit_open_seconds: float = 30.0
+    lease_seconds: float = 300.0
+    shutdown_grace_seconds: float = 20.0  # under Container Apps' 30 s termination grace period
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """What the delivery core reads of a target block; the target module reads `block` itself."""
+
+    name: str
+    kind: str
+    block: Mapping[str, Any]  # the `targets.<name>` mapping as written
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides SEVERITY_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    targets: Mapping[str, TargetConfig]
+    routes: tuple[Route, ...]
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+    def routes_for(self, alert: Alert) -> list[Route]:
+        """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""
+        chosen: list[Route] = []
+        for route in self.routes:
+            if route.match.matches(alert):
+                if all(r.target != route.target for r in chosen):
+                    chosen.append(route)
+                if not route.continue_:
+                    break
+        return chosen
+
+
+def default_config() -> RelayConfig:
+    """No RELAY_CONFIG: everything to a dry-run target on stdout."""
+    return RelayConfig(
+        targets={"dry_run": TargetConfig(name="dry_run", kind="dry_run", block={"kind": "dry_run"})},
+        routes=(Route(target="dry_run"),),
+    )
+
+
+def load_config(path: str) -> RelayConfig:
+    """Read and validate the file, including each target's own options; raises ConfigError (or OSError)."""
+    with open(path, encoding="utf-8") as f:
+        return parse_config(f.read(), source=path, check_target_options=True)
+
+
+def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: bool = False) -> RelayConfig:
+    """Validate the whole document; raises ConfigError listing every problem found.
+
+    check_target_options: also let each target module check its block (no I/O, secrets not read).
+    """
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            doc = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([Problem("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}", line)],
+                          source) from None
+    lines: dict[Path, int] = {}
+    v = _Validator(lines)
+    if node is not None:
+        _index(node, (), lines, v.problems)
+    config = v.document(doc)
+    if config is not None and check_target_options:
+        for name, cfg in config.targets.items():
+            if not any(p.path.startswith(f"targets.{name}.") for p in v.problems):  # one complaint per key
+                v.problems.extend(_target_problems(name, cfg, lines))
+    if v.problems or config is None:
+        raise ConfigError(sorted(v.problems, key=lambda p: (p.line or 0, p.path)), source)
+    return config
+
+
+def _target_problems(name: str, cfg: TargetConfig, lines: Mapping[Path, int]) -> list[Problem]:
+    try:
+        build_target(name, cfg.block, env=_Placeholders())
+    except (TargetConfigError, ValueError) as exc:
+        return [_target_problem(name, str(exc), lines)]
+    except ImportError as exc:
+        path: Path = ("targets", name, "kind")
+        return [Problem(_dotted(path), f"the {cfg.kind} target is not available ({exc})", _line(lines, path))]
+    return []
+
+
+class _Placeholders(Mapping[str, str]):
+    """An environment in which every variable is set: check-config validates shape, not secrets."""
+
+    def __getitem__(self, key: str) -> str:
+        return "check-config-placeholder"
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_TARGET_MESSAGE = re.compile(r"^target '(?P<name>[^']*)': (?P<key>[A-Za-z0-9_.]+)\b:? ?(?P<rest>.*)$", re.DOTALL)
+
+
+def _target_problem(name: str, message: str, lines: Mapping[Path, int]) -> Problem:
+    """A target module's complaint ("target 'snow': auth.password_env is required") with its line."""
+    m = _TARGET_MESSAGE.match(message)
+    if m is None or m.group("key") in ("the", "a", "an"):  # a sentence, not a key
+        path: Path = ("targets", name)
+        return Problem(_dotted(path), message, _line(lines, path))
+    path = ("targets", name, *m.group("key").split("."))
+    return Problem(_dotted(path), m.group("rest") or message, _line(lines, path))
+
+
+def _compact(value: str | None) -> str | None:
+    return value.replace(" ", "") if value is not None else None
+
+
+def _any_match(patterns: Iterable[str], value: str | None) -> bool:
+    if value is None:
+        return False
+    v = value.lower()
+    return any(fnmatch.fnmatchcase(v, p.lower()) for p in patterns)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+def _index(node: yaml.Node, path: Path, lines: dict[Path, int], dups: list[Problem]) -> None:
+    """Record the line of every key and item; report duplicate keys (YAML would keep the last silently)."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                dups.append(Problem(_dotted((*path, key)), "duplicate key", key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _index(value_node, (*path, key), lines, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*path, i), lines, dups)
+
+
+def _dotted(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line(lines: Mapping[Path, int], path: Path) -> int | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+class _Validator:
+    def __init__(self, lines: Mapping[Path, int]) -> None:
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def bad(self, path: Path, message: str) -> None:
+        self.problems.append(Problem(_dotted(path), message, _line(self.lines, path)))
+
+    def mapping(self, value: Any, path: Path, allowed: Iterable[str] | None = None) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.bad(path, f"must be a mapping (got {_type(value)})")
+            return None
+        if allowed is not None:
+            allowed = tuple(allowed)
+            for key in value:
+                if key not in allowed:
+                    self.bad((*path, str(key)), f"unknown key; expected one of {', '.join(allowed)}")
+        return value
+
+    def document(self, doc: Any) -> RelayConfig | None:
+        if doc is None:
+            self.bad((), "the file is empty; it needs targets: and routes: (see docs/configuration.md)")
+            return None
+        root = self.mapping(doc, (), ("targets", "routes", "delivery"))
+        if root is None:
+            return None
+        targets = self.targets(root.get("targets"))
+        routes = self.routes(root.get("routes"), targets)
+        delivery = self.delivery(root.get("delivery"))
+        return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery)
+
+    # targets ---------------------------------------------------------------------------------------
+
+    def targets(self, value: Any) -> dict[str, TargetConfig]:
+        path: Path = ("targets",)
+        if value is None:
+            self.bad(path, "is required: a mapping of target names to their settings")
+            return {}
+        raw = self.mapping(value, path)
+        if not raw:
+            if raw is not None:
+                self.bad(path, "must name at least one target")
+            return {}
+        out = {}
+        for name, body in raw.items():
+            tpath = (*path, str(name))
+            if not isinstance(name, str) or not _NAME.match(name):
+                self.bad(tpath, "target names use letters, digits, _ and - (at most 64)")
+                continue
+            cfg = self.target(name, body, tpath)
+            if cfg is not None:
+                out[name] = cfg
+        return out
+
+    def target(self, name: str, value: Any, path: Path) -> TargetConfig | None:
+        body = self.mapping(value, path)
+        if body is None:
+            return None
+        kind = body.get("kind")
+        if kind not in TARGET_MODULES:
+            self.bad((*path, "kind"), f"must be one of {', '.join(TARGET_MODULES)} (got {kind!r})")
+            return None
+        timeout = self.number(body.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS), (*path, "timeout_seconds"),
+                              0.1, 600)
+        concurrency = self.integer(body.get("max_concurrency", DEFAULT_MAX_CONCURRENCY), (*path, "max_concurrency"),
+                                   1, 256)
+        severity = self.severity(body.get("severity"), (*path, "severity"))
+        self.no_inline_secrets(body, path)
+        return TargetConfig(name=name, kind=kind, block=body, timeout_seconds=timeout,
+                            max_concurrency=concurrency, severity=severity)
+
+    def no_inline_secrets(self, body: Mapping[str, Any], path: Path) -> None:
+        """Secrets only as names of environment variables: `password_env: SNOW_PASSWORD`."""
+        for key, value in body.items():
+            if key in INLINE_SECRET_KEYS or (key == "value" and path[-1:] == ("auth",)):
+                self.bad((*path, key), f"inline secrets are not allowed; put the secret in an environment "
+                                       f"variable and name it with {key}_env: VARIABLE_NAME")
+            elif isinstance(value, dict):
+                self.no_inline_secrets(value, (*path, str(key)))
+
+    def severity(self, value: Any, path: Path) -> dict[str, dict[str, Any]]:
+        if value is None:
+            return {}
+        body = self.mapping(value, path, SEVERITIES)
+        out = {}
+        for sev, fields in (body or {}).items():
+            f = self.mapping(fields, (*path, sev))
+            if f is not None and sev in SEVERITIES:
+                out[sev] = self.scalars(f, (*path, sev))
+        return out
+
+    def scalars(self, body: Mapping[str, Any], path: Path) -> dict[str, Any]:
+        out = {}
+        for k, v in body.items():
+            if not isinstance(v, (str, int, float, bool)):
+                self.bad((*path, str(k)), f"must be a string, number or boolean (got {_type(v)})")
+            else:
+                out[str(k)] = v
+        return out
+
+    def number(self, value: Any, path: Path, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            self.bad(path, f"must be a number from {low:g} to {high:g} (got {value!r})")
+            return low
+        return float(value)
+
+    def integer(self, value: Any, path: Path, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.bad(path, f"must be a whole number from {low} to {high} (got {value!r})")
+            return low
+        return value
+
+    # routes ----------------------------------------------------------------------------------------
+
+    def routes(self, value: Any, targets: Mapping[str, TargetConfig]) -> list[Route]:
+        path: Path = ("routes",)
+        if value is None:
+            self.bad(path, "is required: a list of routes (a route without match: takes every alert)")
+            return []
+        if not isinstance(value, list) or not value:
+            self.bad(path, "must be a non-empty list of routes")
+            return []
+        return [r for i, item in enumerate(value) if (r := self.route(item, (*path, i), i, targets))]
+
+    def route(self, value: Any, path: Path, index: int, targets: Mapping[str, TargetConfig]) -> Route | None:
+        body = self.mapping(value, path, ROUTE_KEYS)
+        if body is None:
+            return None
+        target = body.get("target")
+        if not isinstance(target, str) or not target:
+            self.bad((*path, "target"), "is required: the name of a target")
+        elif target not in targets and not any(p.path == f"targets.{target}" or p.path.startswith(f"targets.{target}.")
+                                               for p in self.problems):  # already reported there
+            names = ", ".join(targets) or "none defined"
+            self.bad((*path, "target"), f"no target named {target!r} (targets: {names})")
+        policy = Policy(
+            on_repeat=self.choice(body, "on_repeat", ON_REPEAT, path),
+            on_refire=self.choice(body, "on_refire", ON_REFIRE, path),
+            on_resolve=self.choice(body, "on_resolve", ON_RESOLVE, path),
+        )
+        incident_per = self.choice(body, "incident_per", INCIDENT_PER, path)
+        cont = body.get("continue", False)
+        if not isinstance(cont, bool):
+            self.bad((*path, "continue"), "must be true or false")
+            cont = False
+        fields = {}
+        raw_fields = body.get("fields")
+        if raw_fields is not None:
+            f = self.mapping(raw_fields, (*path, "fields"))
+            for k, v in self.scalars(f or {}, (*path, "fields")).items():
+                fields[k] = self.template(v, (*path, "fields", k)) if isinstance(v, str) and "{" in v else v
+        return Route(
+            target=target if isinstance(target, str) else "",
+            match=self.match(body.get("match"), (*path, "match")),
+            policy=policy,
+            incident_per=incident_per,
+            fields=fields,
+            summary=self.template(body.get("summary"), (*path, "summary")),
+            description=self.template(body.get("description"), (*path, "description")),
+            continue_=cont,
+            index=index,
+        )
+
+    def choice(self, body: Mapping[str, Any], key: str, choices: tuple[str, ...], path: Path) -> str:
+        value = body.get(key, choices[0])
+        if value not in choices:
+            self.bad((*path, key), f"must be one of {', '.join(choices)} (got {value!r})")
+            return choices[0]
+        return value
+
+    def template(self, value: Any, path: Path) -> Template | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.bad(path, f"must be a template string (got {_type(value)})")
+            return None
+        try:
+            return compile_template(value)
+        except TemplateSyntaxError as exc:
+            self.bad(path, f"template syntax error on its line {exc.lineno}: {exc.message}")
+            return None
+
+    def match(self, value: Any, path: Path) -> Match:
+        if value is None:
+            return Match()
+        body = self.mapping(value, path, MATCH_KEYS)
+        if body is None:
+            return Match()
+        kw: dict[str, Any] = {}
+        for key in MATCH_KEYS:
+            if key not in body:
+                continue
+            if key == "custom_properties":
+                props = self.mapping(body[key], (*path, key))
+                kw[key] = {str(k): self.patterns(v, (*path, key, str(k))) for k, v in (props or {}).items()}
+                continue
+            patterns = self.patterns(body[key], (*path, key))
+            if key == "severity":
+                for p in patterns:
+                    if p not in SEVERITIES:
+                        self.bad((*path, key), f"{p!r} is not a severity; use {', '.join(SEVERITIES)}")
+            if key == "signal_type":
+                patterns = tuple(p.replace(" ", "") for p in patterns)
+            kw[key] = patterns
+        return Match(**kw)
+
+    def patterns(self, value: Any, path: Path) -> tuple[str, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in items):
+            self.bad(path, "must be a string or a non-empty list of strings")
+            return ()
+        return tuple(str(x) for x in items)
+
+    # delivery --------------------------------------------------------------------------------------
+
+    def delivery(self, value: Any) -> DeliverySettings:
+        path: Path = ("delivery",)
+        if value is None:
+            return DeliverySettings()
+        keys = {f.name: f.type for f in dataclasses.fields(DeliverySettings)}
+        body = self.mapping(value, path, keys)
+        if body is None:
+            return DeliverySettings()
+        kw: dict[str, Any] = {}
+        for key, typ in keys.items():
+            if key in body:
+                if typ == "int":
+                    kw[key] = self.integer(body[key], (*path, key), 1, 1000)
+                else:
+                    kw[key] = self.number(body[key], (*path, key), 0.001, 86400)
+        return DeliverySettings(**kw)
+
+
+def _type(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), type(value).__name__)

@@ -1,0 +1,519 @@
+"""BMC Helix ITSM target: incidents through the AR System REST API, CIs from the CMDB REST API.
+
+Create goes through `HPD:IncidentInterface_Create`; search, update and resolve through
+`HPD:IncidentInterface`; work notes are `HPD:WorkLog` entries. Helix has no standard correlation
+field, so the key lives in a configurable one. It speaks that one API and says whether a failure is
+worth retrying; lifecycle, retries and dead letters live outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from relay.targets import Incident, TargetError, Ticket
+from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references, truncate
+
+log = logging.getLogger("relay.targets.bmc_helix")
+
+KIND = "bmc_helix"
+CREATE_FORM = "HPD:IncidentInterface_Create"
+INCIDENT_FORM = "HPD:IncidentInterface"
+WORK_LOG_FORM = "HPD:WorkLog"
+ENTRY_PATH = "/api/arsys/v1/entry/"
+LOGIN_PATH = "/api/jwt/login"
+LOGOUT_PATH = "/api/jwt/logout"
+CMDB_PATH = "/api/cmdb/v1.0/instances"
+# An AR-JWT lives about an hour by default (configurable on the server); XSOAR caches it 3600 s.
+DEFAULT_TOKEN_LIFETIME = 3600.0
+OPEN_STATUSES = ("New", "Assigned", "In Progress", "Pending")
+RESOLVED = "Resolved"
+# Allowed values of the interface's selection fields (BMC's HPD:IncidentInterface_Create field list).
+IMPACTS = ("1-Extensive/Widespread", "2-Significant/Large", "3-Moderate/Limited", "4-Minor/Localized")
+URGENCIES = ("1-Critical", "2-High", "3-Medium", "4-Low")
+SERVICE_TYPES = (
+    "User Service Restoration",
+    "User Service Request",
+    "Infrastructure Restoration",
+    "Infrastructure Event",
+)
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "summary": 100, "work_log_summary": 100}
+CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
+# Route fields with a Helix name; other route fields go through only if they look like Helix field
+# names (a capital letter or a space), so a ServiceNow-style `category` never reaches the form.
+# `caller` -> Login_ID: the customer's login on the create interface [verify on the instance].
+ROUTE_FIELD_NAMES: Mapping[str, str] = {
+    "assignment_group": "Assigned Group",
+    "impact": "Impact",
+    "urgency": "Urgency",
+    "caller": "Login_ID",
+}
+
+OPTION_KEYS = frozenset(
+    {
+        "correlation_field",
+        "status_reason",
+        "reopen_status",
+        "initial_status",
+        "service_type",
+        "reported_source",
+        "defaults",
+        "resolve_values",
+        "work_log_type",
+        "ci_binding",
+        "cmdb_dataset",
+        "cmdb_namespace",
+        "ci_class",
+        "ci_create_class",
+        "ci_id_attribute",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BmcHelixOptions:
+    """Target-specific options. Values marked [verify] in the research depend on the instance."""
+
+    # No standard correlation field exists on HPD:Help Desk; "Vendor Ticket Number" is writable on
+    # the create interface and searchable on HPD:IncidentInterface [verify]; use a custom field if not.
+    correlation_field: str = "Vendor Ticket Number"
+    status_reason: str = "Automated Resolution Reported"  # [verify] the exact string on the instance
+    reopen_status: str = "In Progress"
+    initial_status: str = "Assigned"  # create with an assigned group so the incident can move on
+    service_type: str = "Infrastructure Event"  # Resolution is only recommended, not required, here
+    reported_source: str = "Systems Management"
+    defaults: Mapping[str, str] = field(default_factory=dict)  # Company, First_Name, Assigned Group...
+    resolve_values: Mapping[str, str] = field(default_factory=dict)  # e.g. Assignee, if resolve needs one
+    work_log_type: str = "General Information"
+    ci_binding: str = "bind_if_found"
+    cmdb_dataset: str = "BMC.ASSET"
+    cmdb_namespace: str = "BMC.CORE"
+    ci_class: str = "BMC_BaseElement"  # the base class: a search spans every CI class
+    ci_create_class: str = "BMC_ComputerSystem"  # [verify] the class Azure resources belong in
+    ci_id_attribute: str | None = None  # the attribute holding the ARM id, if discovery fills one [verify]
+
+
+DEFAULTS = BmcHelixOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class BoundCI:
+    name: str
+    recon_id: str
+    form_name: str
+
+
+class BmcHelixTarget:
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, name: str, http: VendorHTTP, options: BmcHelixOptions) -> None:
+        self.name = name
+        self.http = http
+        self.options = options
+        self._entry_ids: dict[str, str] = {}  # Incident Number -> HPD:IncidentInterface entry id
+
+    # -- the Target protocol ---------------------------------------------------------------------
+
+    async def find(self, incident: Incident) -> Ticket | None:
+        """The open incident carrying the key; else the latest Resolved one (resolved=True); else None.
+
+        Two open incidents with one key is an error a person must settle; Closed and Cancelled
+        incidents are history and never returned.
+        """
+        key = self._key(incident)
+        corr = _field(self.options.correlation_field)
+        statuses = " OR ".join(f"'Status' = {_quote(s)}" for s in OPEN_STATUSES)
+        rows = await self._search(f"{corr} = {_quote(key)} AND ({statuses})", limit=2)
+        self._verify_rows(rows, key, OPEN_STATUSES)
+        if len(rows) > 1:
+            numbers = ", ".join(str(r.get("Incident Number")) for r in rows)
+            raise TargetError(
+                f"{self.name}: more than one open incident carries {self.options.correlation_field} {key!r} "
+                f"({numbers}); resolve or cancel the duplicates in Helix, then replay",
+                retryable=False,
+            )
+        if rows:
+            return self._ticket(rows[0], resolved=False)
+        rows = await self._search(f"{corr} = {_quote(key)} AND 'Status' = {_quote(RESOLVED)}", limit=1)
+        self._verify_rows(rows, key, (RESOLVED,))
+        return self._ticket(rows[0], resolved=True) if rows else None
+
+    async def create(self, incident: Incident) -> Ticket:
+        key = self._key(incident)
+        ci = await self._bind_ci(incident)
+        values: dict[str, Any] = {
+            "Impact": IMPACTS[2],
+            "Urgency": URGENCIES[2],
+            **self.options.defaults,
+            **self._route_values(incident),
+            "Description": truncate(incident.summary, FIELD_LIMITS["summary"]),
+            "Detailed_Decription": incident.description,  # sic: the product spells it this way
+            "Status": self.options.initial_status,
+            "Reported Source": self.options.reported_source,
+            "Service_Type": self.options.service_type,
+            "z1D_Action": "CREATE",
+            self.options.correlation_field: key,
+        }
+        if ci is not None:
+            values.update(HPD_CI=ci.name, HPD_CI_ReconID=ci.recon_id, HPD_CI_FormName=ci.form_name)
+        reply = await self.http.request(
+            "POST",
+            ENTRY_PATH + CREATE_FORM,
+            params={"fields": "values(Incident Number)"},
+            json_body={"values": values},
+        )
+        body = self._json(reply, "create incident", ok=(200, 201))
+        number = (body.get("values") or {}).get("Incident Number") if isinstance(body, dict) else None
+        if not number:
+            raise self.http.bad_answer(reply, "create incident", "the answer carries no Incident Number")
+        return Ticket(id=str(number), number=str(number))
+
+    async def note(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        summary = truncate(
+            text.splitlines()[0] if text else "Azure Monitor", FIELD_LIMITS["work_log_summary"]
+        )
+        values = {
+            "Incident Number": self._number(ticket),
+            "Work Log Type": self.options.work_log_type,
+            "Description": summary,
+            "Detailed Description": text,
+            "View Access": "Internal",
+            "Secure Work Log": "No",
+        }
+        reply = await self.http.request("POST", ENTRY_PATH + WORK_LOG_FORM, json_body={"values": values})
+        self._check(reply, f"add work log to {self._number(ticket)}", ok=(200, 201, 204))
+
+    async def resolve(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        values = {
+            **self.options.resolve_values,
+            "Status": RESOLVED,
+            "Status_Reason": self.options.status_reason,
+            "Resolution": text,
+        }
+        await self._modify(ticket, values, "resolve")
+
+    async def reopen(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        # Status_Reason values belong to a status: clear the Resolved one when leaving it.
+        await self._modify(ticket, {"Status": self.options.reopen_status, "Status_Reason": None}, "reopen")
+        await self.note(ticket, incident, text)
+
+    async def close(self) -> None:
+        auth = self.http.auth
+        token = auth.take() if isinstance(auth, TokenAuth) else None
+        if token is not None:
+            try:  # release the server-side session; a failure here changes nothing for us
+                await self.http.request(
+                    "POST", LOGOUT_PATH, headers={"Authorization": f"AR-JWT {token}"}, authenticate=False
+                )
+            except TargetError as exc:
+                log.info("%s: logout failed: %s", self.name, exc)
+        await self.http.close()
+
+    # -- AR REST ---------------------------------------------------------------------------------
+
+    def _key(self, incident: Incident) -> str:
+        return checked_key(self.name, incident, max_length=FIELD_LIMITS["correlation_key"])
+
+    def _number(self, ticket: Ticket) -> str:
+        return ticket.number or ticket.id
+
+    async def _search(self, qualification: str, *, limit: int) -> list[dict[str, Any]]:
+        corr = self.options.correlation_field
+        params = {
+            "q": qualification,
+            "fields": f"values(Request ID,Incident Number,Status,{corr})",
+            "limit": str(limit),
+            "sort": "Submit Date.desc",
+        }
+        reply = await self.http.request("GET", ENTRY_PATH + INCIDENT_FORM, params=params)
+        body = self._json(reply, f"search {INCIDENT_FORM}")
+        entries = body.get("entries") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise self.http.bad_answer(reply, f"search {INCIDENT_FORM}", "the answer has no 'entries' list")
+        if len(entries) > limit:
+            raise self.http.bad_answer(
+                reply, f"search {INCIDENT_FORM}", f"it returned {len(entries)} for limit={limit}"
+            )
+        rows = []
+        for entry in entries:
+            values = dict(entry.get("values") or {}) if isinstance(entry, dict) else {}
+            if not values.get("Request ID"):
+                values["Request ID"] = _self_entry_id(entry)
+            rows.append(values)
+        return rows
+
+    def _verify_rows(self, rows: list[dict[str, Any]], key: str, statuses: tuple[str, ...]) -> None:
+        """Each row must carry the key and an asked-for status, or the search cannot be trusted."""
+        corr = self.options.correlation_field
+        for row in rows:
+            if str(row.get(corr, "")).lower() != key.lower() or row.get("Status") not in statuses:
+                raise TargetError(
+                    f"{self.name}: a search for {corr} {key!r} returned {row.get('Incident Number')} "
+                    f"({corr} {row.get(corr)!r}, Status {row.get('Status')!r}); refusing to pick a ticket",
+                    retryable=False,
+                )
+
+    def _ticket(self, row: Mapping[str, Any], *, resolved: bool) -> Ticket:
+        number = str(row.get("Incident Number") or "")
+        if not number:
+            raise TargetError(f"{self.name}: a search row carries no Incident Number", retryable=False)
+        if row.get("Request ID"):
+            self._entry_ids[number] = str(row["Request ID"])
+        return Ticket(id=number, number=number, resolved=resolved)
+
+    async def _entry_id(self, number: str) -> str:
+        """The HPD:IncidentInterface entry id of an incident, looked up by Incident Number."""
+        if number in self._entry_ids:
+            return self._entry_ids[number]
+        params = {
+            "q": f"'Incident Number' = {_quote(number)}",
+            "fields": "values(Request ID,Incident Number)",
+            "limit": "2",
+        }
+        reply = await self.http.request("GET", ENTRY_PATH + INCIDENT_FORM, params=params)
+        body = self._json(reply, f"look up {number}")
+        entries = [
+            e for e in (body.get("entries") or []) if (e.get("values") or {}).get("Incident Number") == number
+        ]
+        if len(entries) != 1:
+            raise TargetError(
+                f"{self.name}: {INCIDENT_FORM} has {len(entries)} entries for Incident Number {number}",
+                retryable=False,
+                status=404 if not entries else None,
+            )
+        entry_id = (entries[0].get("values") or {}).get("Request ID") or _self_entry_id(entries[0])
+        if not entry_id:
+            raise self.http.bad_answer(reply, f"look up {number}", "the entry has no Request ID")
+        self._entry_ids[number] = str(entry_id)
+        return str(entry_id)
+
+    async def _modify(self, ticket: Ticket, values: Mapping[str, Any], what: str) -> None:
+        number = self._number(ticket)
+        entry_id = await self._entry_id(number)
+        reply = await self.http.request(
+            "PUT", f"{ENTRY_PATH}{INCIDENT_FORM}/{entry_id}", json_body={"values": values}
+        )
+        self._check(reply, f"{what} {number}", ok=(200, 204))
+
+    def _check(self, reply: Reply, what: str, ok: tuple[int, ...]) -> None:
+        if reply.status not in ok:
+            raise self.http.failure(reply, what, _ar_error_text(reply))
+        if reply.body and not reply.is_json:
+            raise self.http.not_json(reply, what)
+
+    def _json(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
+        if reply.status not in ok:
+            raise self.http.failure(reply, what, _ar_error_text(reply))
+        if not reply.is_json:
+            raise self.http.not_json(reply, what)
+        try:
+            return reply.json()
+        except ValueError:
+            raise self.http.not_json(reply, what) from None
+
+    def _route_values(self, incident: Incident) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for name, raw in incident.fields.items():
+            if raw is None or raw == "":
+                continue
+            helix = ROUTE_FIELD_NAMES.get(name)
+            if helix is None:
+                if not (any(c.isupper() for c in name) or " " in name):
+                    log.debug("%s: route field %r has no Helix field; not sent", self.name, name)
+                    continue
+                helix = name
+            values[helix] = _selection(helix, raw)
+        return values
+
+    # -- CMDB ------------------------------------------------------------------------------------
+
+    async def _bind_ci(self, incident: Incident) -> BoundCI | None:
+        """The first of the incident's CIs found in the CMDB (created if the option says so).
+
+        Helix holds one CI per incident (`HPD_CI_ReconID`); a lookup refused for good leaves the
+        incident unbound, a retryable failure fails the create so it is tried again.
+        """
+        if self.options.ci_binding == "none":
+            return None
+        for ref in ci_references(incident):
+            try:
+                bound = await self._lookup_ci(ref)
+                if bound is None and self.options.ci_binding == "create_if_missing":
+                    await self._create_ci(ref)
+                    bound = await self._lookup_ci(ref)
+            except TargetError as exc:
+                if exc.retryable:
+                    raise
+                log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
+                continue
+            if bound is not None:
+                return bound
+            log.info("%s: CI %s not found in the CMDB", self.name, ref.arm_id or ref.name)
+        return None
+
+    async def _lookup_ci(self, ref: CIRef) -> BoundCI | None:
+        lookups: list[tuple[str, str]] = []
+        if self.options.ci_id_attribute and ref.arm_id:
+            lookups.append((self.options.ci_id_attribute, ref.arm_id))
+        lookups.append(("Name", ref.name))
+        for attribute, value in lookups:
+            found = await self._cmdb_search(attribute, value)
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                log.warning("%s: %d CIs have %s %r; left unbound", self.name, len(found), attribute, value)
+                return None
+        return None
+
+    async def _cmdb_search(self, attribute: str, value: str) -> list[BoundCI]:
+        o = self.options
+        params = {
+            "qualification": f"{_field(attribute)} = {_quote(value)}",
+            "attributes": ",".join(dict.fromkeys(["Name", "ReconciliationIdentity", attribute])),
+            "limit": "2",
+        }
+        path = f"{CMDB_PATH}/{o.cmdb_dataset}/{o.cmdb_namespace}/{o.ci_class}"
+        reply = await self.http.request("GET", path, params=params)
+        body = self._json(reply, "CMDB search")
+        found = []
+        for instance in (body.get("instances") or []) if isinstance(body, dict) else []:
+            attrs = instance.get("attributes") or {}
+            if str(attrs.get(attribute, "")).lower() != value.lower():
+                continue  # a qualification the server ignored, or a different case
+            recon = str(attrs.get("ReconciliationIdentity") or "")
+            if recon in ("", "0"):  # not reconciled yet: nothing to bind to
+                continue
+            key = instance.get("class_name_key") or {}
+            form = f"{key.get('namespace', o.cmdb_namespace)}:{key.get('name', o.ci_class)}"
+            found.append(BoundCI(name=str(attrs.get("Name") or value), recon_id=recon, form_name=form))
+        return found
+
+    async def _create_ci(self, ref: CIRef) -> None:
+        o = self.options
+        attributes = {"Name": ref.name, "ShortDescription": ref.arm_id or ref.name}
+        if o.ci_id_attribute and ref.arm_id:
+            attributes[o.ci_id_attribute] = ref.arm_id
+        instance = {
+            "class_name_key": {"name": o.ci_create_class, "namespace": o.cmdb_namespace},
+            "dataset_id": o.cmdb_dataset,
+            "attributes": attributes,
+        }
+        reply = await self.http.request("POST", CMDB_PATH, json_body={"instances": [instance]})
+        self._check(reply, f"create CI {o.ci_create_class}", ok=(200, 201))
+        log.info("%s: created CI %s in %s", self.name, ref.arm_id or ref.name, o.ci_create_class)
+
+
+def _quote(value: str) -> str:
+    """An AR qualification string literal: double quotes, an embedded one doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _field(name: str) -> str:
+    return f"'{name}'"
+
+
+def _self_entry_id(entry: Any) -> str:
+    """The entry id from an entry's `_links.self` href (the last path segment)."""
+    try:
+        href = entry["_links"]["self"][0]["href"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return str(href).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _selection(field_name: str, value: Any) -> str:
+    """Impact/Urgency given as 1-4 become Helix's labels; anything else goes as written."""
+    choices = {"Impact": IMPACTS, "Urgency": URGENCIES}.get(field_name)
+    text = str(value).strip()
+    if choices and text.isdigit() and 1 <= int(text) <= len(choices):
+        return choices[int(text) - 1]
+    return text
+
+
+def _ar_error_text(reply: Reply) -> str | None:
+    """AR System errors: a list of status objects (`messageNumber`, `messageText`, ...)."""
+    if not reply.is_json:
+        return None
+    try:
+        body = reply.json()
+    except ValueError:
+        return None
+    items = body if isinstance(body, list) else [body]
+    parts = []
+    for item in items:
+        if isinstance(item, dict) and item.get("messageText"):
+            text = f"ARERR {item.get('messageNumber', '?')}: {item['messageText']}"
+            if item.get("messageAppendedText"):
+                text += f" ({item['messageAppendedText']})"
+            parts.append(text)
+    return "; ".join(parts) or None
+
+
+def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> BmcHelixTarget:
+    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    opts = Options(name, cfg)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    base_url = opts.base_url()
+    correlation_field = opts.str("correlation_field", DEFAULTS.correlation_field, max_length=254)
+    if "'" in correlation_field:
+        raise TargetConfigError(f"{opts.where('correlation_field')} must not contain a single quote")
+    ci_id_attribute = opts.str("ci_id_attribute", None)
+    if ci_id_attribute is not None and "'" in ci_id_attribute:
+        raise TargetConfigError(f"{opts.where('ci_id_attribute')} must not contain a single quote")
+    service_type = opts.choice("service_type", SERVICE_TYPES, DEFAULTS.service_type)
+    options = BmcHelixOptions(
+        correlation_field=correlation_field,
+        status_reason=opts.str("status_reason", DEFAULTS.status_reason),
+        reopen_status=opts.choice("reopen_status", ("Assigned", "In Progress", "Pending"), "In Progress"),
+        initial_status=opts.choice("initial_status", ("New", "Assigned", "In Progress"), "Assigned"),
+        service_type=service_type,
+        reported_source=opts.str("reported_source", DEFAULTS.reported_source),
+        defaults=opts.string_map("defaults"),
+        resolve_values=opts.string_map("resolve_values"),
+        work_log_type=opts.str("work_log_type", DEFAULTS.work_log_type),
+        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
+        cmdb_dataset=opts.str("cmdb_dataset", "BMC.ASSET"),
+        cmdb_namespace=opts.str("cmdb_namespace", "BMC.CORE"),
+        ci_class=opts.str("ci_class", "BMC_BaseElement"),
+        ci_create_class=opts.str("ci_create_class", "BMC_ComputerSystem"),
+        ci_id_attribute=ci_id_attribute,
+    )
+    if service_type.endswith("Restoration"):
+        log.info(
+            "%s: %s incidents need a Resolution to resolve; the relay always sends one", name, service_type
+        )
+    http = VendorHTTP(
+        target=name,
+        base_url=base_url,
+        timeout_seconds=opts.timeout_seconds(),
+        max_connections=opts.max_concurrency(),
+        auth=_auth(opts, env),
+        logger=log,
+    )
+    return BmcHelixTarget(name, http, options)
+
+
+def _auth(opts: Options, env: Mapping[str, str]) -> TokenAuth:
+    auth = opts.section("auth")
+    auth.choice("type", ("ar_jwt",), "ar_jwt")
+    auth.reject_unknown({"type", "username", "password_env", "auth_string"})
+    form = {"username": auth.str("username"), "password": auth.secret("password_env", env)}
+    if auth.has("auth_string"):
+        form["authString"] = auth.str("auth_string")
+
+    async def login(http: VendorHTTP) -> tuple[str, float | None]:
+        reply = await http.request("POST", LOGIN_PATH, form=form, authenticate=False)
+        if reply.status != 200:
+            raise http.failure(reply, "AR-JWT login", _ar_error_text(reply))
+        if reply.content_type == "text/html":
+            raise http.not_json(reply, "AR-JWT login")
+        token = reply.text().strip()
+        if not token or any(c.isspace() for c in token):
+            raise http.bad_answer(reply, "AR-JWT login", "the body is not a token")
+        return token, None
+
+    return TokenAuth("AR-JWT", login, default_lifetime=DEFAULT_TOKEN_LIFETIME)

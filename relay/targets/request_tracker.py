@@ -1,0 +1,388 @@
+"""Request Tracker 5 target: tickets through REST2, CIs as RT Assets linked to the ticket.
+
+The correlation key lives in a ticket custom field. RT drops a custom field it does not know, or
+that is not applied to the ticket's queue, without an error: the ticket would then lose its key and
+every retry would open a duplicate. So before the first search or create, the target checks that the
+field is applied to the queue, and refuses to work (for good) if it is not.
+It speaks that one API and says whether a failure is worth retrying; lifecycle, retries and dead
+letters live outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from relay.targets import Incident, TargetError, Ticket
+from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.vendor_api import (
+    Auth,
+    CIRef,
+    Reply,
+    StaticAuth,
+    VendorHTTP,
+    checked_key,
+    ci_references,
+    truncate,
+)
+
+log = logging.getLogger("relay.targets.request_tracker")
+
+KIND = "request_tracker"
+REST2 = "/REST/2.0"
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 255, "summary": 200, "asset_name": 255}
+CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
+# Ticket fields a route may set on create (RT's names); `queue` picks another queue.
+TICKET_FIELDS = frozenset(
+    {
+        "Priority",
+        "InitialPriority",
+        "FinalPriority",
+        "Requestor",
+        "Cc",
+        "AdminCc",
+        "Owner",
+        "Due",
+        "Starts",
+        "TimeEstimated",
+    }
+)
+# Characters with a meaning in TicketSQL/AssetSQL string literals: refused rather than escaped.
+_SQL_UNSAFE = "'\"\\"
+
+OPTION_KEYS = frozenset(
+    {"queue", "custom_field", "asset_catalog", "ci_binding", "requestor", "resolved_status", "reopen_status"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTrackerOptions:
+    queue: str = "General"
+    custom_field: str = "AzureAlertId"
+    asset_catalog: str = "General assets"  # the catalog RT 5 ships with
+    ci_binding: str = "bind_if_found"
+    requestor: str | None = None
+    resolved_status: str = "resolved"  # RT's default lifecycle: new/open/stalled -> resolved
+    reopen_status: str = "open"  # the lifecycle's "Re-open" action
+
+
+class RequestTrackerTarget:
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, name: str, http: VendorHTTP, options: RequestTrackerOptions) -> None:
+        self.name = name
+        self.http = http
+        self.options = options
+        self._checked_queues: set[str] = set()
+
+    # -- the Target protocol ---------------------------------------------------------------------
+
+    async def find(self, incident: Incident) -> Ticket | None:
+        """The active ticket carrying the key; else the latest resolved one (resolved=True); else None.
+
+        Two active tickets with one key is an error a person must settle.
+        """
+        key = self._key(incident)
+        await self._check_queue(self.options.queue)
+        cf = f"'CF.{{{self.options.custom_field}}}' = '{key}'"
+        rows = await self._search(f"{cf} AND Status = '__Active__'", per_page=2)
+        self._verify_rows(rows, key, active=True)
+        if len(rows) > 1:
+            ids = ", ".join(f"#{r.get('id')}" for r in rows)
+            raise TargetError(
+                f"{self.name}: more than one active ticket carries {self.options.custom_field} {key!r} "
+                f"({ids}); resolve or merge the duplicates in RT, then replay",
+                retryable=False,
+            )
+        if rows:
+            return Ticket(id=str(rows[0]["id"]), number=str(rows[0]["id"]), resolved=False)
+        rows = await self._search(f"{cf} AND Status = '{self.options.resolved_status}'", per_page=1)
+        self._verify_rows(rows, key, active=False)
+        return Ticket(id=str(rows[0]["id"]), number=str(rows[0]["id"]), resolved=True) if rows else None
+
+    async def create(self, incident: Incident) -> Ticket:
+        key = self._key(incident)
+        queue = str(incident.fields.get("queue") or self.options.queue)
+        await self._check_queue(queue)
+        assets = await self._bind_assets(incident)
+        body: dict[str, Any] = {
+            **self._route_fields(incident),
+            "Queue": queue,
+            "Subject": truncate(incident.summary, FIELD_LIMITS["summary"]),
+            "Content": incident.description,
+            "ContentType": "text/plain",
+            "CustomFields": {self.options.custom_field: key},
+        }
+        if self.options.requestor and "Requestor" not in body:
+            body["Requestor"] = self.options.requestor
+        if assets:
+            body["RefersTo"] = [f"asset:{asset_id}" for asset_id in assets]
+        reply = await self.http.request("POST", f"{REST2}/ticket", json_body=body)
+        created = self._json(reply, "create ticket", ok=(201,))
+        ticket_id = created.get("id") if isinstance(created, dict) else None
+        if not ticket_id:
+            raise self.http.bad_answer(reply, "create ticket", "the answer carries no ticket id")
+        return Ticket(id=str(ticket_id), number=str(ticket_id))
+
+    async def note(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        await self._comment(ticket, {"Content": text, "ContentType": "text/plain"}, "comment on")
+
+    async def resolve(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        await self._set_status(ticket, self.options.resolved_status, text, "resolve")
+
+    async def reopen(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        await self._set_status(ticket, self.options.reopen_status, text, "reopen")
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    # -- REST2 -----------------------------------------------------------------------------------
+
+    def _key(self, incident: Incident) -> str:
+        return checked_key(
+            self.name, incident, max_length=FIELD_LIMITS["correlation_key"], forbidden=_SQL_UNSAFE
+        )
+
+    async def _check_queue(self, queue: str) -> None:
+        """The queue exists and the correlation custom field applies to it (once per queue)."""
+        if queue in self._checked_queues:
+            return
+        reply = await self.http.request("GET", f"{REST2}/queue/{quote(queue, safe='')}")
+        if reply.status == 404:
+            raise TargetError(
+                f"{self.name}: RT has no queue {queue!r} visible to this account; create it or fix 'queue'",
+                retryable=False,
+                status=404,
+            )
+        record = self._json(reply, f"read queue {queue!r}")
+        queue_id = record.get("id") if isinstance(record, dict) else None
+        if not queue_id:
+            raise self.http.bad_answer(reply, f"read queue {queue!r}", "the answer carries no id")
+        cf = self.options.custom_field
+        reply = await self.http.request(
+            "POST",
+            f"{REST2}/queue/{queue_id}/customfields",
+            json_body=[{"field": "Name", "value": cf}],
+        )
+        found = self._json(reply, f"list custom fields of queue {queue!r}")
+        if not isinstance(found, dict) or not found.get("items"):
+            raise TargetError(
+                f"{self.name}: custom field {cf!r} is not applied to queue {queue!r}: RT would drop the "
+                "correlation key silently and every retry would open a duplicate ticket. Create the field "
+                "(Freeform, single value, for tickets) and apply it to the queue",
+                retryable=False,
+            )
+        self._checked_queues.add(queue)
+
+    async def _search(self, query: str, *, per_page: int) -> list[dict[str, Any]]:
+        form = {
+            "query": query,
+            "fields": "Status,CustomFields",
+            "per_page": str(per_page),
+            "orderby": "id",
+            "order": "DESC",
+        }
+        reply = await self.http.request("POST", f"{REST2}/tickets", form=form)
+        body = self._json(reply, "search tickets")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise self.http.bad_answer(reply, "search tickets", "the answer has no 'items' list")
+        if len(items) > per_page:
+            problem = f"it returned {len(items)} for per_page={per_page}"
+            raise self.http.bad_answer(reply, "search tickets", problem)
+        return items
+
+    def _verify_rows(self, rows: list[dict[str, Any]], key: str, *, active: bool) -> None:
+        """Each row must carry the key (and the asked-for status), or the search cannot be trusted."""
+        cf = self.options.custom_field
+        resolved = self.options.resolved_status
+        for row in rows:
+            values = [
+                str(v)
+                for field in row.get("CustomFields") or []
+                if isinstance(field, dict) and field.get("name") == cf
+                for v in field.get("values") or []
+            ]
+            status = row.get("Status")
+            wrong_status = status == resolved if active else status != resolved
+            if key.lower() not in (v.lower() for v in values) or wrong_status:
+                raise TargetError(
+                    f"{self.name}: a search for {cf} {key!r} returned ticket #{row.get('id')} "
+                    f"({cf} {values!r}, Status {status!r}); refusing to pick a ticket",
+                    retryable=False,
+                )
+
+    async def _comment(self, ticket: Ticket, body: Mapping[str, Any], what: str) -> Any:
+        reply = await self.http.request("POST", f"{REST2}/ticket/{ticket.id}/comment", json_body=dict(body))
+        return self._json(reply, f"{what} ticket #{ticket.id}", ok=(200, 201))
+
+    async def _set_status(self, ticket: Ticket, status: str, text: str, what: str) -> None:
+        """Comment and change status in one call, then read the ticket back: RT answers 201 with a
+        message, not an error, when a lifecycle refuses the change."""
+        messages = await self._comment(
+            ticket, {"Content": text, "ContentType": "text/plain", "Status": status}, what
+        )
+        reply = await self.http.request("GET", f"{REST2}/ticket/{ticket.id}")
+        record = self._json(reply, f"read ticket #{ticket.id}")
+        got = record.get("Status") if isinstance(record, dict) else None
+        if got != status:
+            said = "; ".join(str(m) for m in messages) if isinstance(messages, list) else str(messages)
+            raise TargetError(
+                f"{self.name}: {what} of ticket #{ticket.id} left Status {got!r}, not {status!r}: {said}",
+                retryable=False,
+            )
+
+    def _json(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
+        if reply.status not in ok:
+            raise self.http.failure(reply, what, _rt_message(reply))
+        if not reply.is_json:
+            raise self.http.not_json(reply, what)
+        try:
+            return reply.json()
+        except ValueError:
+            raise self.http.not_json(reply, what) from None
+
+    def _route_fields(self, incident: Incident) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, value in incident.fields.items():
+            if value is None or value == "" or name == "queue":
+                continue
+            if name in TICKET_FIELDS:
+                values[name] = value
+            else:
+                log.debug("%s: route field %r is not an RT ticket field; not sent", self.name, name)
+        return values
+
+    # -- assets ----------------------------------------------------------------------------------
+
+    async def _bind_assets(self, incident: Incident) -> list[str]:
+        """Ids of the assets named by the incident's CIs (the ARM id, else the CI's name).
+
+        An asset lookup refused for good leaves the CI unlinked; a retryable failure fails the
+        create so it is tried again.
+        """
+        if self.options.ci_binding == "none":
+            return []
+        ids: list[str] = []
+        for ref in ci_references(incident):
+            name = asset_name(ref)
+            if len(name) > FIELD_LIMITS["asset_name"] or any(c in _SQL_UNSAFE or ord(c) < 32 for c in name):
+                log.warning("%s: CI %r cannot be an asset name; left unlinked", self.name, name)
+                continue
+            try:
+                asset_id = await self._find_asset(name)
+                if asset_id is None and self.options.ci_binding == "create_if_missing":
+                    asset_id = await self._create_asset(name, ref)
+            except TargetError as exc:
+                if exc.retryable:
+                    raise
+                log.warning("%s: asset %r left unlinked: %s", self.name, name, exc)
+                continue
+            if asset_id is None:
+                log.info("%s: no asset %r in catalog %r", self.name, name, self.options.asset_catalog)
+            elif asset_id not in ids:
+                ids.append(asset_id)
+        return ids
+
+    async def _find_asset(self, name: str) -> str | None:
+        # LIKE is case-insensitive in every RT database; the exact comparison below drops the child
+        # resources a substring match also finds.
+        catalog = self.options.asset_catalog
+        form = {"query": f"Catalog = '{catalog}' AND Name LIKE '{name}'", "fields": "Name", "per_page": "100"}
+        reply = await self.http.request("POST", f"{REST2}/assets", form=form)
+        body = self._json(reply, "search assets")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise self.http.bad_answer(reply, "search assets", "the answer has no 'items' list")
+        exact = [i for i in items if str(i.get("Name", "")).lower() == name.lower()]
+        if len(exact) > 1:
+            log.warning("%s: %d assets named %r in %r; left unlinked", self.name, len(exact), name, catalog)
+            return None
+        return str(exact[0]["id"]) if exact else None
+
+    async def _create_asset(self, name: str, ref: CIRef) -> str:
+        body = {
+            "Name": name,
+            "Catalog": self.options.asset_catalog,
+            "Description": f"Azure resource {ref.name}" if ref.arm_id else ref.name,
+        }
+        reply = await self.http.request("POST", f"{REST2}/asset", json_body=body)
+        created = self._json(reply, f"create asset {name!r}", ok=(201,))
+        asset_id = created.get("id") if isinstance(created, dict) else None
+        if not asset_id:
+            raise self.http.bad_answer(reply, "create asset", "the answer carries no asset id")
+        log.info("%s: created asset #%s %r", self.name, asset_id, name)
+        return str(asset_id)
+
+
+def asset_name(ref: CIRef) -> str:
+    """The asset that stands for a CI is named by its ARM id (as Azure sends it), else by its name."""
+    return ref.arm_id or ref.name
+
+
+def _rt_message(reply: Reply) -> str | None:
+    if not reply.is_json:
+        return None
+    try:
+        body = reply.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return None
+
+
+def from_config(
+    name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ
+) -> RequestTrackerTarget:
+    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    opts = Options(name, cfg)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    base_url = opts.base_url()
+    if base_url.endswith(REST2):
+        base_url = base_url[: -len(REST2)]
+    custom_field = opts.str("custom_field", "AzureAlertId")
+    if any(c in custom_field for c in "{}'\"\\"):
+        raise TargetConfigError(f"{opts.where('custom_field')} must not hold braces, quotes or backslashes")
+    names = {}
+    for key, default in (
+        ("queue", "General"),
+        ("asset_catalog", "General assets"),
+        ("resolved_status", "resolved"),
+        ("reopen_status", "open"),
+    ):
+        names[key] = opts.str(key, default)
+        if any(c in names[key] for c in _SQL_UNSAFE):
+            raise TargetConfigError(f"{opts.where(key)} must not contain quotes or backslashes")
+    options = RequestTrackerOptions(
+        queue=names["queue"],
+        custom_field=custom_field,
+        asset_catalog=names["asset_catalog"],
+        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
+        requestor=opts.str("requestor", None),
+        resolved_status=names["resolved_status"],
+        reopen_status=names["reopen_status"],
+    )
+    http = VendorHTTP(
+        target=name,
+        base_url=base_url,
+        timeout_seconds=opts.timeout_seconds(),
+        max_connections=opts.max_concurrency(),
+        auth=_auth(opts, env),
+        logger=log,
+    )
+    return RequestTrackerTarget(name, http, options)
+
+
+def _auth(opts: Options, env: Mapping[str, str]) -> Auth:
+    auth = opts.section("auth")
+    kind = auth.choice("type", ("token", "basic"), "token")
+    if kind == "token":
+        auth.reject_unknown({"type", "token_env"})
+        return StaticAuth(f"token {auth.secret('token_env', env)}")
+    auth.reject_unknown({"type", "username", "password_env"})
+    return StaticAuth.basic(auth.str("username"), auth.secret("password_env", env))

@@ -1,0 +1,452 @@
+"""ServiceNow target: incidents through the Table API, configuration items bound from `cmdb_ci`.
+
+It speaks that one API and says whether a failure is worth retrying; lifecycle, retries and dead
+letters live outside. The guards here come from peers' bugs: ServiceNow ignores a query clause it
+cannot apply and returns every row, so each row of a search must prove it carries the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from relay.targets import Incident, TargetError, Ticket
+from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.vendor_api import (
+    Auth,
+    CIRef,
+    Reply,
+    StaticAuth,
+    TokenAuth,
+    VendorHTTP,
+    checked_key,
+    ci_references,
+    truncate,
+)
+
+log = logging.getLogger("relay.targets.servicenow")
+
+KIND = "servicenow"
+# Incident `state` choices (ServiceNow state model): we resolve (6) and reopen to In Progress (2);
+# Closed (7) needs itil_admin and makes the record read-only, so the relay never sets it.
+STATE_IN_PROGRESS = "2"
+STATE_RESOLVED = "6"
+STATE_CLOSED = "7"
+STATE_CANCELED = "8"
+# Vendor field lengths: `correlation_id` as Kibana's connector enforces it (the dictionary length,
+# [verify] on the instance); `short_description` is 160 in the base system.
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "summary": 160, "close_notes": 4000}
+CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
+# Route fields with a name other than their incident column; everything else goes through as a column.
+ROUTE_FIELD_COLUMNS: Mapping[str, str] = {"caller": "caller_id"}
+# Columns the target owns: a route field cannot overwrite them.
+OWNED_COLUMNS = frozenset(
+    {
+        "correlation_id",
+        "correlation_display",
+        "state",
+        "close_code",
+        "close_notes",
+        "cmdb_ci",
+        "short_description",
+        "description",
+        "work_notes",
+        "sys_id",
+        "number",
+    }
+)
+OAUTH_TOKEN_PATH = "/oauth_token.do"
+DEFAULT_TOKEN_LIFETIME = 1800.0  # ServiceNow's default access-token lifespan (KB0778194)
+_TICKET_FIELDS = "sys_id,number,state,correlation_id"
+
+OPTION_KEYS = frozenset(
+    {
+        "table",
+        "correlation_display",
+        "close_code",
+        "ci_binding",
+        "ci_class",
+        "affected_cis",
+        "input_display_value",
+        "defaults",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceNowOptions:
+    """Target-specific options, with the defaults documented in the README's configuration example."""
+
+    table: str = "incident"
+    correlation_display: str = "Azure Monitor"
+    close_code: str = "Solution provided"  # the choice list is instance-specific: configure it
+    ci_binding: str = "bind_if_found"
+    ci_class: str = "cmdb_ci"  # the table a missing CI is created in (create_if_missing)
+    affected_cis: bool = True  # CIs after the first become task_ci rows ("Affected CIs")
+    input_display_value: bool = False  # route fields give reference fields by name, not sys_id
+    defaults: Mapping[str, str] = field(default_factory=dict)  # static columns on every new incident
+
+
+class ServiceNowTarget:
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, name: str, http: VendorHTTP, options: ServiceNowOptions) -> None:
+        self.name = name
+        self.http = http
+        self.options = options
+
+    # -- the Target protocol ---------------------------------------------------------------------
+
+    async def find(self, incident: Incident) -> Ticket | None:
+        """The open incident carrying the key; else the latest Resolved one (resolved=True); else None.
+
+        Two open incidents with one key is an error a person must settle. Closed and Canceled
+        incidents are read-only history and never returned.
+        """
+        key = self._key(incident)
+        table = self.options.table
+        rows = await self._query(
+            table, f"correlation_id={key}^stateNOT IN6,7,8^ORDERBYDESCsys_created_on", _TICKET_FIELDS, 2
+        )
+        self._verify_rows(rows, key, exclude_states={STATE_RESOLVED, STATE_CLOSED, STATE_CANCELED})
+        if len(rows) > 1:
+            numbers = ", ".join(str(r.get("number") or r.get("sys_id")) for r in rows)
+            raise TargetError(
+                f"{self.name}: more than one open incident carries correlation_id {key!r} ({numbers}); "
+                "resolve or merge the duplicates in ServiceNow, then replay",
+                retryable=False,
+            )
+        if rows:
+            return self._ticket(rows[0], resolved=False)
+        rows = await self._query(
+            table, f"correlation_id={key}^state={STATE_RESOLVED}^ORDERBYDESCsys_created_on", _TICKET_FIELDS, 1
+        )
+        self._verify_rows(rows, key, only_state=STATE_RESOLVED)
+        return self._ticket(rows[0], resolved=True) if rows else None
+
+    async def create(self, incident: Incident) -> Ticket:
+        key = self._key(incident)
+        cis = await self._bind_cis(incident)
+        values: dict[str, str] = dict(self.options.defaults)
+        values.update(self._route_columns(incident))
+        values.update(
+            short_description=truncate(incident.summary, FIELD_LIMITS["summary"]),
+            description=incident.description,
+            correlation_id=key,
+            correlation_display=self.options.correlation_display,
+        )
+        if cis:
+            values["cmdb_ci"] = cis[0]
+        reply = await self.http.request(
+            "POST", f"/api/now/table/{self.options.table}", params=self._write_params(), json_body=values
+        )
+        record = self._result(reply, "create incident", ok=(200, 201))
+        if not isinstance(record, dict) or not record.get("sys_id"):
+            raise self.http.bad_answer(reply, "create incident", "the result carries no sys_id")
+        ticket = self._ticket(record, resolved=False)
+        if str(record.get("correlation_id", "")).lower() != key.lower():
+            log.error(
+                "%s: incident %s was created but its correlation_id reads %r, not %r: a crash before the "
+                "relay records it would create a duplicate (is correlation_id writable by this account?)",
+                self.name,
+                ticket.number,
+                record.get("correlation_id"),
+                key,
+            )
+        if self.options.affected_cis:
+            for ci in cis[1:]:
+                await self._add_affected_ci(ticket, ci)
+        return ticket
+
+    async def note(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        await self._patch(ticket, {"work_notes": text}, "add work note")
+
+    async def resolve(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        record = await self._patch(
+            ticket,
+            {
+                "state": STATE_RESOLVED,
+                "close_code": self.options.close_code,
+                "close_notes": truncate(text, FIELD_LIMITS["close_notes"]),
+            },
+            "resolve incident",
+        )
+        self._expect_state(record, STATE_RESOLVED, ticket, "resolve")
+
+    async def reopen(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        record = await self._patch(
+            ticket, {"state": STATE_IN_PROGRESS, "work_notes": text}, "reopen incident"
+        )
+        self._expect_state(record, STATE_IN_PROGRESS, ticket, "reopen")
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    # -- Table API -------------------------------------------------------------------------------
+
+    def _key(self, incident: Incident) -> str:
+        return checked_key(self.name, incident, max_length=FIELD_LIMITS["correlation_key"], forbidden="^")
+
+    async def _query(self, table: str, query: str, fields: str, limit: int) -> list[dict[str, Any]]:
+        params = {
+            "sysparm_query": query,
+            "sysparm_fields": fields,
+            "sysparm_limit": str(limit),
+            "sysparm_exclude_reference_link": "true",
+        }
+        reply = await self.http.request("GET", f"/api/now/table/{table}", params=params)
+        rows = self._result(reply, f"search {table}")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise self.http.bad_answer(reply, f"search {table}", "the result is not a list of records")
+        if len(rows) > limit:
+            raise self.http.bad_answer(
+                reply, f"search {table}", f"it returned {len(rows)} rows for sysparm_limit={limit}"
+            )
+        return rows
+
+    async def _patch(self, ticket: Ticket, values: Mapping[str, str], what: str) -> dict[str, Any]:
+        reply = await self.http.request(
+            "PATCH",
+            f"/api/now/table/{self.options.table}/{ticket.id}",
+            params=self._write_params(),
+            json_body=dict(values),
+        )
+        record = self._result(reply, f"{what} {ticket.number or ticket.id}")
+        if not isinstance(record, dict):
+            raise self.http.bad_answer(reply, what, "the result is not a record")
+        return record
+
+    def _write_params(self) -> dict[str, str]:
+        params = {"sysparm_fields": _TICKET_FIELDS, "sysparm_exclude_reference_link": "true"}
+        if self.options.input_display_value:
+            params["sysparm_input_display_value"] = "true"
+        return params
+
+    def _result(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
+        if reply.status not in ok:
+            raise self.http.failure(reply, what, _error_text(reply))
+        if not reply.is_json:
+            raise self.http.not_json(reply, what)
+        try:
+            data = reply.json()
+        except ValueError:
+            raise self.http.not_json(reply, what) from None
+        if not isinstance(data, dict) or "result" not in data:
+            raise self.http.bad_answer(reply, what, "the body has no 'result'")
+        return data["result"]
+
+    def _verify_rows(
+        self,
+        rows: list[dict[str, Any]],
+        key: str,
+        *,
+        exclude_states: set[str] | None = None,
+        only_state: str | None = None,
+    ) -> None:
+        """Every row must carry the key and the asked-for state: otherwise the clause was ignored."""
+        for row in rows:
+            carried = str(row.get("correlation_id", ""))
+            state = str(row.get("state", ""))
+            wrong_state = (exclude_states is not None and state in exclude_states) or (
+                only_state is not None and state != only_state
+            )
+            if carried.lower() != key.lower() or wrong_state:
+                raise TargetError(
+                    f"{self.name}: ServiceNow answered a search for correlation_id {key!r} with "
+                    f"{row.get('number') or row.get('sys_id')!s} "
+                    f"(correlation_id {carried!r}, state {state!r}): "
+                    "it ignored a query clause (field missing, renamed or not readable by this account); "
+                    "refusing to pick a ticket from an unfiltered list",
+                    retryable=False,
+                )
+
+    def _ticket(self, record: Mapping[str, Any], *, resolved: bool) -> Ticket:
+        return Ticket(
+            id=str(record["sys_id"]), number=str(record.get("number") or "") or None, resolved=resolved
+        )
+
+    def _expect_state(self, record: Mapping[str, Any], state: str, ticket: Ticket, what: str) -> None:
+        got = str(record.get("state", ""))
+        if got != state:
+            raise TargetError(
+                f"{self.name}: {what} of {ticket.number or ticket.id} left state {got!r}, not {state!r} "
+                "(a business rule, data policy or ACL refused the change)",
+                retryable=False,
+            )
+
+    def _route_columns(self, incident: Incident) -> dict[str, str]:
+        columns: dict[str, str] = {}
+        for name, value in incident.fields.items():
+            if value is None or value == "":
+                continue
+            column = ROUTE_FIELD_COLUMNS.get(name, name)
+            if column in OWNED_COLUMNS:
+                log.warning("%s: route field %r would overwrite %s; ignored", self.name, name, column)
+                continue
+            columns[column] = str(value)
+        return columns
+
+    # -- configuration items ---------------------------------------------------------------------
+
+    async def _bind_cis(self, incident: Incident) -> list[str]:
+        """sys_ids of the incident's CIs, first by `object_id` (the ARM id), then by name.
+
+        A CI that cannot be looked up for a reason a retry cannot fix is left unbound (the incident
+        matters more than the binding); a retryable failure fails the create so it is tried again.
+        """
+        if self.options.ci_binding == "none":
+            return []
+        bound: list[str] = []
+        for ref in ci_references(incident):
+            if any("^" in v or any(ord(c) < 32 for c in v) for v in (ref.arm_id or "", ref.name)):
+                log.warning("%s: CI %r cannot be put in an encoded query; left unbound", self.name, ref)
+                continue
+            try:
+                sys_id = await self._lookup_ci(ref)
+                if sys_id is None and self.options.ci_binding == "create_if_missing":
+                    sys_id = await self._create_ci(ref)
+            except TargetError as exc:
+                if exc.retryable:
+                    raise
+                log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
+                continue
+            if sys_id is None:
+                log.info("%s: CI %s not found in cmdb_ci; left unbound", self.name, ref.arm_id or ref.name)
+            elif sys_id not in bound:
+                bound.append(sys_id)
+        return bound
+
+    async def _lookup_ci(self, ref: CIRef) -> str | None:
+        if ref.arm_id:
+            # Encoded-query equality is case-insensitive on ServiceNow's database; the comparison
+            # below also guards against an ignored clause.
+            rows = await self._query("cmdb_ci", f"object_id={ref.arm_id}", "sys_id,name,object_id", 2)
+            rows = [r for r in rows if str(r.get("object_id", "")).lower() == ref.arm_id.lower()]
+            if len(rows) == 1:
+                return str(rows[0]["sys_id"])
+            if len(rows) > 1:
+                log.warning("%s: more than one CI has object_id %r; left unbound", self.name, ref.arm_id)
+                return None
+        rows = await self._query("cmdb_ci", f"name={ref.name}", "sys_id,name", 2)
+        rows = [r for r in rows if str(r.get("name", "")).lower() == ref.name.lower()]
+        if len(rows) > 1:
+            log.warning("%s: more than one CI is named %r; left unbound", self.name, ref.name)
+            return None
+        return str(rows[0]["sys_id"]) if rows else None
+
+    async def _create_ci(self, ref: CIRef) -> str:
+        values = {"name": ref.name}
+        if ref.arm_id:
+            values["object_id"] = ref.arm_id
+        reply = await self.http.request(
+            "POST",
+            f"/api/now/table/{self.options.ci_class}",
+            params={"sysparm_fields": "sys_id,name", "sysparm_exclude_reference_link": "true"},
+            json_body=values,
+        )
+        record = self._result(reply, f"create CI in {self.options.ci_class}", ok=(200, 201))
+        if not isinstance(record, dict) or not record.get("sys_id"):
+            raise self.http.bad_answer(reply, "create CI", "the result carries no sys_id")
+        log.info("%s: created CI %s for %s", self.name, record["sys_id"], ref.arm_id or ref.name)
+        return str(record["sys_id"])
+
+    async def _add_affected_ci(self, ticket: Ticket, ci_sys_id: str) -> None:
+        try:
+            reply = await self.http.request(
+                "POST",
+                "/api/now/table/task_ci",
+                params={"sysparm_fields": "sys_id", "sysparm_exclude_reference_link": "true"},
+                json_body={"task": ticket.id, "ci_item": ci_sys_id},
+            )
+            self._result(reply, "add affected CI", ok=(200, 201))
+        except TargetError as exc:
+            # The incident exists: failing now would make the caller create it again.
+            log.warning("%s: affected CI %s not added to %s: %s", self.name, ci_sys_id, ticket.number, exc)
+
+
+def _error_text(reply: Reply) -> str | None:
+    """ServiceNow's `{"error": {"message", "detail"}}`, or None to show the raw body."""
+    if not reply.is_json:
+        return None
+    try:
+        error = reply.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(error, dict):
+        return None
+    parts = [str(error.get(k)) for k in ("message", "detail") if error.get(k)]
+    return ": ".join(parts) or None
+
+
+def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> ServiceNowTarget:
+    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    opts = Options(name, cfg)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    base_url = opts.base_url()
+    defaults = opts.string_map("defaults")
+    owned = sorted(set(defaults) & OWNED_COLUMNS)
+    if owned:
+        raise TargetConfigError(f"{opts.where('defaults')}: {owned[0]} is set by the relay itself")
+    options = ServiceNowOptions(
+        table=opts.str("table", "incident"),
+        correlation_display=opts.str("correlation_display", "Azure Monitor", max_length=100),
+        close_code=opts.str("close_code", "Solution provided"),
+        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
+        ci_class=opts.str("ci_class", "cmdb_ci"),
+        affected_cis=opts.bool("affected_cis", True),
+        input_display_value=opts.bool("input_display_value", False),
+        defaults=defaults,
+    )
+    http = VendorHTTP(
+        target=name,
+        base_url=base_url,
+        timeout_seconds=opts.timeout_seconds(),
+        max_connections=opts.max_concurrency(),
+        auth=_auth(opts, env),
+        logger=log,
+    )
+    return ServiceNowTarget(name, http, options)
+
+
+def _auth(opts: Options, env: Mapping[str, str]) -> Auth:
+    auth = opts.section("auth")
+    kind = auth.choice("type", ("basic", "oauth"), "basic")
+    if kind == "basic":
+        auth.reject_unknown({"type", "username", "password_env"})
+        return StaticAuth.basic(auth.str("username"), auth.secret("password_env", env))
+    auth.reject_unknown({"type", "client_id", "client_secret_env"})
+    client_id = auth.str("client_id")
+    client_secret = auth.secret("client_secret_env", env)
+
+    async def login(http: VendorHTTP) -> tuple[str, float | None]:
+        # Form-encoded, as documented for oauth_token.do (a JSON body is refused).
+        reply = await http.request(
+            "POST",
+            OAUTH_TOKEN_PATH,
+            form={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret},
+            authenticate=False,
+        )
+        if reply.status != 200:
+            raise http.failure(reply, "OAuth token request (client credentials)")
+        if not reply.is_json:
+            raise http.not_json(reply, "OAuth token request")
+        try:
+            data = reply.json()
+            token = data["access_token"]
+        except (ValueError, KeyError, TypeError):
+            raise http.bad_answer(reply, "OAuth token request", "the body has no access_token") from None
+        if not isinstance(token, str) or not token:
+            raise http.bad_answer(reply, "OAuth token request", "access_token is empty")
+        return token, _seconds(data.get("expires_in"))
+
+    return TokenAuth("Bearer", login, default_lifetime=DEFAULT_TOKEN_LIFETIME)
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,373 @@
+"""What every vendor target shares: one pooled HTTP session, a timeout on every call, one fresh login
+on 401, the answer to "is this failure worth retrying?" (with Retry-After), and the guards on the
+correlation key and on field lengths.
+
+What a vendor's body means stays in the vendor's module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from relay.targets import Incident, TargetError, is_retryable_status
+
+# Statuses whose Retry-After we honour (RFC 9110 §10.2.3 allows it on 3xx too; vendors send it on these).
+RETRY_AFTER_STATUSES = (429, 503)
+_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete HTTP answer, read before the connection went back to the pool."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    method: str
+    path: str
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def is_json(self) -> bool:
+        kind = self.content_type
+        return kind == "application/json" or kind.endswith("+json")
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Auth(Protocol):
+    """Where the Authorization header comes from."""
+
+    async def header(self, http: VendorHTTP) -> str:
+        """The Authorization header value to send now (may log in first)."""
+        ...
+
+    def expired(self, header: str) -> bool:
+        """A call sent with `header` got 401: forget it. True if asking again may get a fresh one."""
+        ...
+
+
+class StaticAuth:
+    """Credentials that never change during a run: HTTP basic, or a fixed API token."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    @classmethod
+    def basic(cls, username: str, password: str) -> StaticAuth:
+        raw = f"{username}:{password}".encode()
+        return cls("Basic " + base64.b64encode(raw).decode("ascii"))
+
+    async def header(self, http: VendorHTTP) -> str:
+        return self._value
+
+    def expired(self, header: str) -> bool:
+        return False
+
+    def __repr__(self) -> str:  # never show the secret
+        return "StaticAuth(<redacted>)"
+
+
+class TokenAuth:
+    """A bearer-style token fetched by a login call, cached until it expires or the server says 401.
+
+    Concurrent calls share one login; a 401 forgets only the token that call used, so a burst of
+    401s on the same stale token leads to one new login, not one each.
+    """
+
+    def __init__(
+        self,
+        scheme: str,
+        login: Callable[[VendorHTTP], Awaitable[tuple[str, float | None]]],
+        *,
+        default_lifetime: float,
+        margin: float = 60.0,
+    ) -> None:
+        self._scheme = scheme
+        self._login = login
+        self._default_lifetime = default_lifetime
+        self._margin = margin
+        self._token: str | None = None
+        self._good_until = 0.0
+        self._lock = asyncio.Lock()
+        self.logins = 0
+
+    async def header(self, http: VendorHTTP) -> str:
+        async with self._lock:
+            if self._token is None or time.monotonic() >= self._good_until:
+                token, lifetime = await self._login(http)
+                self.logins += 1
+                life = lifetime if lifetime and lifetime > 0 else self._default_lifetime
+                self._token = token
+                self._good_until = time.monotonic() + max(life - self._margin, life / 2)
+            return f"{self._scheme} {self._token}"
+
+    def expired(self, header: str) -> bool:
+        if self._token is not None and header == f"{self._scheme} {self._token}":
+            self._token = None
+        return True
+
+    def take(self) -> str | None:
+        """Hand over the cached token (to log it out) and forget it."""
+        token, self._token = self._token, None
+        return token
+
+    def __repr__(self) -> str:
+        return f"TokenAuth({self._scheme}, <redacted>)"
+
+
+class VendorHTTP:
+    """One target's HTTP client: a lazily created pooled session and an explicit timeout per call."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        base_url: str,
+        timeout_seconds: float,
+        max_connections: int,
+        auth: Auth | None,
+        logger: logging.Logger,
+        user_agent: str = "secure-export-relay",
+    ) -> None:
+        self.target = target
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self.max_connections = max_connections
+        self.auth = auth
+        self.log = logger
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=self.timeout,
+                headers={"User-Agent": self._user_agent},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        authenticate: bool = True,
+    ) -> Reply:
+        """Send one call. A 401 makes the auth log in again and the call is sent once more."""
+        sent_with = await self.auth.header(self) if authenticate and self.auth else None
+        reply = await self._send(method, path, params, json_body, form, headers, sent_with)
+        if reply.status == 401 and sent_with is not None and self.auth and self.auth.expired(sent_with):
+            self.log.info("%s: %s %s answered 401; logging in again once", self.target, method, path)
+            sent_with = await self.auth.header(self)
+            reply = await self._send(method, path, params, json_body, form, headers, sent_with)
+        return reply
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        form: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        authorization: str | None,
+    ) -> Reply:
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if authorization is not None:
+            hdrs["Authorization"] = authorization
+        kwargs: dict[str, Any] = {"headers": hdrs, "timeout": self.timeout, "allow_redirects": False}
+        if params:
+            kwargs["params"] = dict(params)
+        if json_body is not None:
+            kwargs["json"] = json_body
+        elif form is not None:
+            kwargs["data"] = dict(form)
+        try:
+            async with self._get_session().request(method, self.base_url + path, **kwargs) as resp:
+                body = await resp.read()
+                reply = Reply(resp.status, resp.headers, body, method, path)
+        except TimeoutError as exc:
+            raise TargetError(
+                f"{self.target}: {method} {path} timed out after {self.timeout.total:g}s",
+                retryable=True,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TargetError(
+                f"{self.target}: {method} {path} failed: {type(exc).__name__}: {exc}",
+                retryable=True,
+            ) from exc
+        self.log.debug("%s: %s %s -> %s", self.target, method, path, reply.status)
+        return reply
+
+    def failure(self, reply: Reply, what: str, detail: str | None = None) -> TargetError:
+        """The TargetError for a non-success reply: retryable or not, with Retry-After when given."""
+        status = reply.status
+        if 200 <= status < 300:  # a success we did not expect: a page in the way, or a changed API
+            if not reply.is_json:
+                return self.not_json(reply, what)
+            return self.bad_answer(reply, what, "that status is not what this call answers")
+        text = (detail if detail is not None else reply.text()).strip().replace("\n", " ")[:_DETAIL_CHARS]
+        hint = ""
+        if 300 <= status < 400:
+            hint = f" (redirected to {reply.headers.get('Location', '?')}: wrong base_url, or a login page)"
+        elif status == 401:
+            hint = " (check the credentials)"
+        elif status == 403:
+            hint = " (the account lacks a role or the record is read-only)"
+        retry_after = (
+            parse_retry_after(reply.headers.get("Retry-After")) if status in RETRY_AFTER_STATUSES else None
+        )
+        return TargetError(
+            f"{self.target}: {what} failed: HTTP {status}{hint}: {text or '(empty body)'}",
+            retryable=is_retryable_status(status),
+            retry_after=retry_after,
+            status=status,
+        )
+
+    def not_json(self, reply: Reply, what: str) -> TargetError:
+        """A success status whose body is not JSON: a login page, a proxy, a hibernating instance."""
+        return TargetError(
+            f"{self.target}: {what} answered HTTP {reply.status} "
+            f"with {reply.content_type or 'no content type'} "
+            "instead of JSON (instance asleep, or a proxy/login page in the way); will retry",
+            retryable=True,
+            status=reply.status,
+        )
+
+    def bad_answer(self, reply: Reply, what: str, problem: str) -> TargetError:
+        """A success reply we cannot use: the vendor changed, or something in between did."""
+        return TargetError(
+            f"{self.target}: {what} answered HTTP {reply.status} but {problem}",
+            retryable=False,
+            status=reply.status,
+        )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def truncate(text: str, limit: int, marker: str = " …[truncated]") -> str:
+    """Fit `text` into a vendor field of `limit` characters, saying that it was cut."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(marker):
+        return text[:limit]
+    return text[: limit - len(marker)].rstrip() + marker
+
+
+def checked_key(target: str, incident: Incident, *, max_length: int, forbidden: str = "") -> str:
+    """The incident's correlation key, refused when a search on it could match the wrong tickets.
+
+    An empty key matched unrelated incidents in a peer tool (and closed them); a key with the query
+    language's separators would change the query. Neither is retryable.
+    """
+    key = incident.correlation_key
+    if not key or not key.strip() or key != key.strip():
+        raise TargetError(
+            f"{target}: refusing an empty or padded correlation key {key!r}: a search on it would match "
+            "unrelated tickets",
+            retryable=False,
+        )
+    if len(key) > max_length:
+        raise TargetError(
+            f"{target}: correlation key is {len(key)} characters, over the {max_length} the field holds; "
+            "use the alert GUID (or a hash) as the key",
+            retryable=False,
+        )
+    bad = sorted({c for c in key if c in forbidden or ord(c) < 32})
+    if bad:
+        raise TargetError(
+            f"{target}: correlation key {key!r} contains {bad!r}, which the search language would interpret",
+            retryable=False,
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class CIRef:
+    """One configuration item to look up in a CMDB: its ARM id when known, and the name it goes by."""
+
+    arm_id: str | None
+    name: str
+
+
+def ci_references(incident: Incident) -> list[CIRef]:
+    """The incident's configuration items, each paired with its ARM id when the alert carries one.
+
+    `configuration_items` says which CIs this incident is about (names or ARM ids); a name takes the
+    ARM id of the `resource_ids` entry it names. Duplicates (in any case) are dropped.
+    """
+    ids_by_name: dict[str, str] = {}
+    for rid in incident.resource_ids:
+        if is_arm_id(rid.strip()):
+            ids_by_name.setdefault(arm_name(rid.strip()).lower(), rid.strip())
+    refs: list[CIRef] = []
+    seen: set[str] = set()
+    for raw in incident.configuration_items:
+        item = raw.strip()
+        if not item:
+            continue
+        ref = CIRef(item, arm_name(item)) if is_arm_id(item) else CIRef(ids_by_name.get(item.lower()), item)
+        identity = (ref.arm_id or ref.name).lower()
+        if identity not in seen:
+            seen.add(identity)
+            refs.append(ref)
+    return refs
+
+
+def is_arm_id(value: str) -> bool:
+    return value.lower().startswith("/subscriptions/")
+
+
+def arm_name(arm_id: str) -> str:
+    """The resource name: the last segment of an ARM id."""
+    return [part for part in arm_id.split("/") if part][-1]

@@ -1,0 +1,504 @@
+"""The delivery worker: claims stored events, decides with `lifecycle.decide`, calls targets, records outcomes.
+
+Events of one alert go in order (the store leases one per alert at a time); different alerts run in
+parallel, at most `max_concurrency` per target. Failures a retry can fix go back to the store with a
+backoff delay (`retry_later`, so nothing sleeps holding a slot); the rest, and events past the attempt
+limit, become dead letters. Before opening an incident the worker writes its intent to the ticket
+record and asks the target for a ticket with the correlation key, so a crash between the ITSM call and
+recording its result still yields exactly one incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from relay.alerts import Alert, SchemaError, parse_alert_json
+from relay.delivery_metrics import DeliveryMetrics
+from relay.lifecycle import (
+    Action,
+    EventFacts,
+    TicketKey,
+    TicketState,
+    correlation_key,
+    decide,
+    event_facts,
+    ticket_keys,
+)
+from relay.rendering import note_text, render_incident
+from relay.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
+from relay.routing import RelayConfig, Route, default_config, load_config
+from relay.store import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.targets import Forwarder, Target, TargetError, Ticket, build_target, is_forwarder
+
+log = logging.getLogger("relay.worker")
+
+FORWARDED_KEYS_KEPT = 50  # event keys remembered per alert per forwarder, to skip re-forwarding on retry
+RECORD_RETRIES = 8  # re-reads after a VersionConflict before giving the event back to the store
+BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again soon
+
+
+class _Retry(Exception):
+    """Try this event again later, in `after` seconds; not a sign of the target's health."""
+
+    def __init__(self, message: str, after: float) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+class _KeyLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
+@dataclass
+class _Outcome:
+    target: str
+    error: str | None = None
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
+    """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
+    return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        config: RelayConfig,
+        targets: Mapping[str, Target | Forwarder],
+        *,
+        metrics: DeliveryMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.targets = dict(targets)
+        self.metrics = metrics or DeliveryMetrics()
+        self.settings = config.delivery
+        self.wall_clock = wall_clock
+        self.rng = rng
+        self._slots = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in config.targets.items()}
+        self.breakers = {
+            name: CircuitBreaker(
+                name,
+                failures=self.settings.circuit_failures,
+                open_seconds=self.settings.circuit_open_seconds,
+                clock=clock,
+                on_change=lambda state, n=name: self.metrics.circuit_state.labels(n).set(int(state)),
+            )
+            for name in config.targets
+        }
+        for name in config.targets:
+            self.metrics.circuit_state.labels(name).set(0)
+        # Claims in flight: enough to keep every target's slots busy, bounded.
+        self.capacity = max(1, min(512, sum(cfg.max_concurrency for cfg in config.targets.values())))
+        self._key_locks = _KeyLocks()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._shutdown_started: float | None = None
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    def notify(self) -> None:
+        """Something new may be claimable (intake accepted an event): look now rather than at the next poll."""
+        self._wake.set()
+
+    def begin_shutdown(self) -> None:
+        """Stop claiming; in-flight deliveries go on (call `stop` to wait for them)."""
+        if self._shutdown_started is None:
+            self._shutdown_started = self._clock()
+        self._stopping.set()
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop claiming, let in-flight work finish within the grace period (counted from
+        `begin_shutdown`), give the rest back to the store, close the targets."""
+        self.begin_shutdown()
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        assert self._shutdown_started is not None
+        grace = max(0.0, grace - (self._clock() - self._shutdown_started))
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        if self._inflight:
+            _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            if pending:
+                log.warning("shutdown: releasing %d deliveries still in flight after %gs", len(pending), grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        for target in self.targets.values():
+            try:
+                await target.close()
+            except Exception:  # closing must not stop the others from closing
+                log.exception("closing target %s", target.name)
+
+    async def _run(self) -> None:
+        lease = self.settings.lease_seconds
+        while not self._stopping.is_set():
+            free = self.capacity - len(self._inflight)
+            if free <= 0:
+                await self._wait(self.settings.poll_seconds)
+                continue
+            try:
+                claims = await self.store.claim(free, lease)
+            except StoreUnavailable as exc:
+                log.warning("store unavailable while claiming: %s", exc)
+                await self._wait(self.settings.poll_seconds)
+                continue
+            except Exception:  # the loop must outlive any one failure, or delivery stops for good
+                log.exception("claiming from the store failed")
+                await self._wait(self.settings.poll_seconds)
+                continue
+            if not claims:
+                await self._wait(self.settings.poll_seconds)
+                continue
+            for claim in claims:
+                task = asyncio.create_task(self._handle(claim), name=f"deliver-{claim.handle}")
+                self._inflight.add(task)
+                self.metrics.in_flight.set(len(self._inflight))
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self.metrics.in_flight.set(len(self._inflight))
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        if self._stopping.is_set():
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    # -- one claimed event ---------------------------------------------------------------------------
+
+    async def _handle(self, claim: Claim) -> None:
+        try:
+            # Never hold an event past its lease: another claim of it would run beside this one.
+            async with asyncio.timeout(self.settings.lease_seconds * 0.9):
+                await self._deliver(claim)
+        except asyncio.CancelledError:
+            # Shutdown: give the event back at once, for the next process to deliver.
+            await asyncio.shield(self._settle(self.store.retry_later(claim, 0, "released at shutdown")))
+            raise
+        except TimeoutError:
+            await self._retry(claim, [_Outcome("*", "delivery did not finish within the lease")])
+        except StoreUnavailable as exc:
+            # The outcome cannot be recorded; the lease runs out and the event is delivered again.
+            log.error("store unavailable while delivering %s: %s", claim.event.key[:12], exc)
+        except Exception as exc:
+            log.exception("unexpected error delivering %s", claim.event.key[:12])
+            try:
+                await self._retry(claim, [_Outcome("*", f"unexpected {type(exc).__name__}: {exc}")])
+            except Exception:
+                log.exception("could not give %s back to the store; its lease will expire", claim.event.key[:12])
+
+    async def _deliver(self, claim: Claim) -> None:
+        event = claim.event
+        try:
+            alert = parse_alert_json(event.body)
+        except (ValueError, SchemaError) as exc:
+            self.metrics.dead_letters.labels("unparseable").inc()
+            await self.store.dead_letter(claim, f"the stored body is not a common-schema alert: {exc}")
+            return
+        routes = self.config.routes_for(alert)
+        if not routes:
+            log.warning("alert %s (%s) matched no route; not delivered", alert.correlation_key,
+                        alert.essentials.alert_rule)
+            self.metrics.unrouted.inc()
+            await self.store.complete(claim)
+            return
+        failures = []
+        for route in routes:
+            outcome = await self._deliver_to(route, alert, event)
+            if outcome is not None:
+                failures.append(outcome)
+        if not failures:
+            await self.store.complete(claim)
+        elif all(f.retryable for f in failures):
+            await self._retry(claim, failures)
+        else:
+            for f in failures:
+                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
+            self.metrics.dead_letters.labels("non_retryable").inc()
+            error = _describe(failures)
+            log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
+            await self.store.dead_letter(claim, error)
+
+    async def _retry(self, claim: Claim, failures: list[_Outcome]) -> None:
+        error = _describe(failures)
+        attempts = claim.attempts + 1
+        if attempts >= self.settings.max_attempts:
+            for f in failures:
+                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
+            self.metrics.dead_letters.labels("attempts_exhausted").inc()
+            log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error)
+            await self.store.dead_letter(claim, f"gave up after {attempts} attempts: {error}")
+            return
+        retry_after = max((f.retry_after for f in failures if f.retry_after is not None), default=None)
+        delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
+                              cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
+        log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
+        await self.store.retry_later(claim, delay, error)
+
+    async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Outcome | None:
+        """Deliver to one route's target; None on success, else what went wrong."""
+        name = route.target
+        target = self.targets[name]
+        # A backstop over the target's own per-call timeouts (a delivery may make several calls),
+        # well inside the lease.
+        deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.lease_seconds * 0.8)
+        try:
+            async with self._slots[name]:
+                async with asyncio.timeout(deadline):
+                    if is_forwarder(target):
+                        await self._forward(target, alert, event)  # type: ignore[arg-type]
+                    else:
+                        facts = event_facts(alert)
+                        for key in ticket_keys(alert, route.incident_per):
+                            await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
+            return None
+        except CircuitOpen as exc:
+            self.metrics.deliveries.labels(name, "circuit_open").inc()
+            return _Outcome(name, str(exc), retryable=True, retry_after=exc.retry_in)
+        except _Retry as exc:
+            self.metrics.deliveries.labels(name, "retry").inc()
+            return _Outcome(name, str(exc), retryable=True, retry_after=exc.after)
+        except TargetError as exc:
+            if exc.retryable:
+                self.metrics.deliveries.labels(name, "retry").inc()
+            return _Outcome(name, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
+        except TimeoutError:
+            self.metrics.deliveries.labels(name, "retry").inc()
+            return _Outcome(name, f"{name}: delivery did not finish in {deadline:g}s", retryable=True)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a bug in a target or here: retried, and dead-lettered past the limit
+            log.exception("%s: unexpected error delivering alert %s", name, alert.correlation_key)
+            self.metrics.deliveries.labels(name, "retry").inc()
+            return _Outcome(name, f"{name}: unexpected {type(exc).__name__}: {exc}", retryable=True)
+
+    # -- lifecycle targets ---------------------------------------------------------------------------
+
+    async def _apply(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
+                     key: TicketKey) -> None:
+        # Alerts sharing a ticket key (one incident per CI, Service Health threads) take turns here;
+        # across processes the record's version does the same job.
+        async with self._key_locks.hold((target.name, key.key)):
+            for _ in range(RECORD_RETRIES):
+                if await self._apply_once(route, target, alert, event, facts, key):
+                    return
+            raise _Retry(f"{target.name}: ticket record {key.key} kept changing under this delivery",
+                         BUSY_RETRY_SECONDS)
+
+    async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
+                          key: TicketKey) -> bool:
+        """One read-decide-call-record round; False when the record changed meanwhile (decide again)."""
+        record = await self.store.get_ticket(target.name, key.key)
+        data = record.data if record else {}
+        state = TicketState.from_data(data) if record else None
+        version = record.version if record else None
+        decision = decide(facts, state, route.policy)
+        action = decision.action
+        log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
+
+        if not action.calls_target:
+            if state is None or decision.state != state:
+                keep = {"pending": data["pending"]} if "pending" in data else {}
+                if not await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version):
+                    return False
+            self.metrics.deliveries.labels(target.name, str(action)).inc()
+            return True
+
+        cfg = self.config.targets[target.name]
+        incident = render_incident(
+            alert,
+            kind=cfg.kind,
+            correlation_key=correlation_key(key.key, decision.state.generation),
+            configuration_items=key.configuration_items,
+            summary=route.summary,
+            description=route.description,
+            fields=route.fields,
+            severity_fields=cfg.severity,
+            body=event.body,
+        )
+        outcome = str(action)
+        if action.opens_incident:
+            pending = data.get("pending")
+            if pending:
+                left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
+                if left > 0:
+                    raise _Retry(f"{target.name}: another delivery is opening the incident for {key.key}", left)
+            # The intent, guarded by the record's version: of two workers, only one gets to create.
+            # It outlives a crash; once it is older than a lease, the next delivery finds and adopts.
+            base = {k: v for k, v in data.items() if k != "pending"}
+            intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
+            version = await self._put(target.name, key.key, intent, version, want_version=True)
+            if version is False:
+                return False
+            try:
+                found = await self._call(target, "find", target.find, incident)
+                if found is not None and not found.resolved:
+                    ticket, outcome = found, "adopt"
+                    log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
+                             found.number or found.id, incident.correlation_key)
+                else:
+                    ticket = await self._call(target, "create", target.create, incident)
+            except BaseException:
+                # Nothing was opened (or we cannot know): drop the intent so the retry need not wait it out.
+                await asyncio.shield(self._put(target.name, key.key, base, version))
+                raise
+            new_state = decision.state.with_ticket(ticket.id, ticket.number)
+        else:
+            assert state is not None and state.ticket_id is not None  # decide() only notes known tickets
+            ticket = Ticket(id=state.ticket_id, number=state.ticket_number, resolved=not state.open)
+            text = note_text(action, facts.kind, alert, cfg.kind)
+            call = {Action.NOTE: target.note, Action.RESOLVE: target.resolve, Action.REOPEN: target.reopen}[action]
+            await self._call(target, str(action), call, ticket, incident, text)
+            new_state = decision.state
+        if await self._put(target.name, key.key, new_state.to_data(), version) is False:
+            log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
+                        action)
+            return False
+        log.info("%s: %s %s for %s (%s)", target.name, outcome, new_state.ticket_number or new_state.ticket_id,
+                 incident.correlation_key, decision.reason)
+        self.metrics.deliveries.labels(target.name, outcome).inc()
+        return True
+
+    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None,
+                   want_version: bool = False) -> Any:
+        """Write a ticket record if unchanged since read; False on a conflict (else True, or the new version)."""
+        try:
+            stored = await self.store.put_ticket(TicketRecord(target=target, key=key, data=data, version=version))
+        except VersionConflict:
+            return False
+        return stored.version if want_version else True
+
+    async def _call(self, target: Target | Forwarder, call: str, fn: Any, *args: Any) -> Any:
+        """One call to a target, through its circuit breaker and timed."""
+        breaker = self.breakers[target.name]
+        breaker.before_call()
+        started = time.perf_counter()
+        try:
+            result = await fn(*args)
+        except TargetError as exc:
+            if exc.retryable:
+                breaker.failed()
+            else:
+                breaker.succeeded()  # the target answered: it is healthy, the request was wrong
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            breaker.failed()
+            raise TargetError(f"{target.name}: {call} failed: {type(exc).__name__}: {exc}", retryable=True) from exc
+        except BaseException:
+            breaker.released()
+            raise
+        finally:
+            self.metrics.call_seconds.labels(target.name, call).observe(time.perf_counter() - started)
+        breaker.succeeded()
+        return result
+
+    # -- forwarders ----------------------------------------------------------------------------------
+
+    async def _forward(self, target: Forwarder, alert: Alert, event: Event) -> None:
+        """Pass the body on once per event (a retry of the event for another target skips this one)."""
+        key = "fwd-" + alert.correlation_key.lower()
+        record = await self.store.get_ticket(target.name, key)
+        sent = list(record.data.get("forwarded", [])) if record else []
+        if event.key in sent:
+            self.metrics.deliveries.labels(target.name, "nothing").inc()
+            return
+        await self._call(target, "forward", target.forward, event.body)
+        self.metrics.deliveries.labels(target.name, "forward").inc()
+        for _ in range(RECORD_RETRIES):
+            sent = ([*sent, event.key])[-FORWARDED_KEYS_KEPT:]
+            version = record.version if record else None
+            if await self._put(target.name, key, {"forwarded": sent}, version):
+                return
+            record = await self.store.get_ticket(target.name, key)
+            sent = list(record.data.get("forwarded", [])) if record else []
+
+    async def _settle(self, op: Any) -> None:
+        try:
+            await op
+        except StoreUnavailable as exc:
+            log.error("could not release a claim at shutdown (its lease will expire): %s", exc)
+
+
+def _describe(failures: list[_Outcome]) -> str:
+    return "; ".join(f.error or f"{f.target}: failed" for f in failures)[:3900]
+
+
+@dataclass(frozen=True)
+class DeliveryHooks:
+    """How the app runs the worker: `context` for `app.cleanup_ctx`, `on_shutdown` for `app.on_shutdown`."""
+
+    context: Callable[[web.Application], AsyncIterator[None]]
+    on_shutdown: Callable[[web.Application], Awaitable[None]]
+    config: RelayConfig
+
+
+def delivery_hooks(config_path: str | None, store: Store, registry: CollectorRegistry | None = None,
+                   env: Mapping[str, str] | None = None) -> DeliveryHooks:
+    """Load RELAY_CONFIG (default: dry run to stdout) and build the targets now, so that a bad file or
+    a missing secret stops the relay at start; the worker itself starts with the app."""
+    config = load_config(config_path) if config_path else default_config()
+    targets = build_targets(config, env)
+    running: list[Worker] = []
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry))
+        running.append(worker)
+        await worker.start()
+        log.info("delivering to %s", ", ".join(f"{n} ({c.kind})" for n, c in config.targets.items()))
+        yield
+        await worker.stop()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Stop claiming as soon as shutdown begins; in-flight work finishes while handlers drain.
+        for worker in running:
+            worker.begin_shutdown()
+
+    return DeliveryHooks(context=context, on_shutdown=on_shutdown, config=config)

@@ -1,0 +1,444 @@
+"""The Request Tracker target against a real RT 5: the lifecycle an alert takes, and RT's quirks.
+
+One RT serves the whole session; each test uses its own correlation keys, so tests never see each
+other's tickets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from devtools.dev_issuer import DevIssuer
+from relay.targets import Incident, TargetError, Ticket, request_tracker
+from tests.conftest import load_sample
+from tests.relay_process import RelayProcess
+from tests.rt_server import RunningRT
+
+pytestmark = pytest.mark.e2e
+
+SUB = "/subscriptions/0f0e0d0c-0b0a-0908-0706-050403020100"
+
+
+class RTAdmin:
+    """Raw REST2 calls for arranging and checking, independent of the code under test."""
+
+    def __init__(self, rt: RunningRT, session: aiohttp.ClientSession) -> None:
+        self.rt = rt
+        self.session = session
+        self.headers = {"Authorization": f"token {rt.token}"}
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.rt.url}/REST/2.0{path}", headers=self.headers) as resp:
+            assert resp.status == 200, f"GET {path}: {resp.status} {await resp.text()}"
+            return await resp.json()
+
+    async def post(self, path: str, body: Any) -> Any:
+        async with self.session.post(
+            f"{self.rt.url}/REST/2.0{path}", json=body, headers=self.headers
+        ) as resp:
+            assert resp.status == 201, f"POST {path}: {resp.status} {await resp.text()}"
+            return await resp.json()
+
+    async def tickets_with_key(self, key: str) -> list[dict[str, Any]]:
+        form = {"query": f"'CF.{{{self.rt.custom_field}}}' = '{key}'", "fields": "Status"}
+        async with self.session.post(
+            f"{self.rt.url}/REST/2.0/tickets", data=form, headers=self.headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            return (await resp.json())["items"]
+
+    async def ticket(self, ticket_id: str) -> dict[str, Any]:
+        return await self.get(f"/ticket/{ticket_id}")
+
+    async def comments(self, ticket_id: str) -> list[str]:
+        history = await self.get(f"/ticket/{ticket_id}/history?fields=Type,Data&per_page=100")
+        texts = []
+        for item in history["items"]:
+            if item.get("Type") == "Comment":
+                attachments = await self.get(f"/transaction/{item['id']}/attachments?fields=Content")
+                # in a collection RT gives the content as text (only /attachment/:id gives Base64)
+                texts.extend(str(a.get("Content", "")).strip() for a in attachments["items"])
+        return texts
+
+    async def add_asset(self, name: str) -> str:
+        return (await self.post("/asset", {"Name": name, "Catalog": self.rt.catalog}))["id"]
+
+    async def assets_named(self, name: str) -> list[dict[str, Any]]:
+        form = {"query": f"Catalog = '{self.rt.catalog}' AND Name = '{name}'", "fields": "Name"}
+        async with self.session.post(
+            f"{self.rt.url}/REST/2.0/assets", data=form, headers=self.headers
+        ) as resp:
+            return (await resp.json())["items"]
+
+
+def linked_assets(ticket: dict[str, Any]) -> list[str]:
+    return [
+        link["id"]
+        for link in ticket["_hyperlinks"]
+        if link.get("ref") == "refers-to" and link["type"] == "asset"
+    ]
+
+
+def custom_field(ticket: dict[str, Any], name: str) -> list[str]:
+    return [v for cf in ticket.get("CustomFields", []) if cf["name"] == name for v in cf["values"]]
+
+
+def new_alert(resource: str | None = None, key: str | None = None) -> Incident:
+    name = f"vm-{uuid.uuid4().hex[:8]}"
+    vm = resource or f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/{name}"
+    return Incident(
+        correlation_key=key or str(uuid.uuid4()),
+        summary=f"[Sev1] CPU over 90% on {vm.rsplit('/', 1)[-1]}",
+        description=f"Azure Monitor alert cpu-high\nResource: {vm}",
+        severity="Sev1",
+        fields={"Priority": 75},
+        configuration_items=(vm.rsplit("/", 1)[-1],),
+        resource_ids=(vm,),
+    )
+
+
+@pytest.fixture
+async def admin(rt_server: RunningRT) -> AsyncIterator[RTAdmin]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield RTAdmin(rt_server, session)
+
+
+def make_target(rt: RunningRT, **options: Any) -> request_tracker.RequestTrackerTarget:
+    cfg = {
+        "kind": "request_tracker",
+        "base_url": rt.url,
+        "auth": {"type": "token", "token_env": "RT_TOKEN"},
+        "queue": rt.queue,
+        "custom_field": rt.custom_field,
+        "asset_catalog": rt.catalog,
+        "timeout_seconds": 30,
+        **options,
+    }
+    return request_tracker.from_config(
+        "rt-e2e", cfg, env={"RT_TOKEN": rt.token, "RT_PASSWORD": rt.root_password}
+    )
+
+
+@pytest.fixture
+async def target(rt_server: RunningRT) -> AsyncIterator[request_tracker.RequestTrackerTarget]:
+    t = make_target(rt_server)
+    yield t
+    await t.close()
+
+
+async def test_fire_opens_one_ticket_carrying_the_key_and_linked_to_its_asset(rt_server, admin, target):
+    alert = new_alert()
+    asset_id = await admin.add_asset(alert.resource_ids[0])
+    assert await target.find(alert) is None
+    ticket = await target.create(alert)
+    stored = await admin.ticket(ticket.id)
+    assert custom_field(stored, rt_server.custom_field) == [alert.correlation_key]
+    assert stored["Status"] == "new" and stored["Subject"] == alert.summary
+    assert linked_assets(stored) == [asset_id], "the ticket must refer to the asset named by the ARM id"
+    assert [t["id"] for t in await admin.tickets_with_key(alert.correlation_key)] == [ticket.id]
+
+
+async def test_create_if_missing_creates_the_asset_named_by_the_arm_id(rt_server, admin):
+    alert = new_alert()
+    target = make_target(rt_server, ci_binding="create_if_missing")
+    try:
+        ticket = await target.create(alert)
+    finally:
+        await target.close()
+    [asset] = await admin.assets_named(alert.resource_ids[0])
+    assert linked_assets(await admin.ticket(ticket.id)) == [asset["id"]]
+
+
+async def test_an_asset_named_in_another_case_is_still_linked(rt_server, admin, target):
+    alert = new_alert()
+    asset_id = await admin.add_asset(alert.resource_ids[0].replace("virtualmachines", "virtualMachines"))
+    ticket = await target.create(alert)
+    assert linked_assets(await admin.ticket(ticket.id)) == [asset_id]
+
+
+async def test_repeats_keep_one_ticket_and_add_comments(rt_server, admin, target):
+    alert = new_alert()
+    ticket = await target.create(alert)
+    for n in (1, 2):
+        found = await target.find(alert)
+        assert found == Ticket(ticket.id, ticket.id, resolved=False), "a repeat must find the open ticket"
+        await target.note(found, alert, f"fired again ({n})")
+    assert len(await admin.tickets_with_key(alert.correlation_key)) == 1
+    assert await admin.comments(ticket.id) == ["fired again (1)", "fired again (2)"]
+
+
+async def test_resolve_resolves_the_ticket_and_find_reports_it_resolved(rt_server, admin, target):
+    alert = new_alert()
+    ticket = await target.create(alert)
+    await target.resolve(ticket, alert, "Resolved automatically at 2026-01-01T10:30:00Z (resolvedDateTime).")
+    assert (await admin.ticket(ticket.id))["Status"] == "resolved"
+    assert await target.find(alert) == Ticket(ticket.id, ticket.id, resolved=True)
+    await target.resolve(ticket, alert, "resolved again")  # a repeated Resolved changes nothing
+
+
+async def test_refire_with_reopen_policy_reopens_the_same_ticket(rt_server, admin, target):
+    alert = new_alert()
+    ticket = await target.create(alert)
+    await target.resolve(ticket, alert, "resolved")
+    await target.reopen(ticket, alert, "Reopened: fired again after it was resolved.")
+    assert (await admin.ticket(ticket.id))["Status"] == "open"
+    assert await target.find(alert) == Ticket(ticket.id, ticket.id, resolved=False)
+    assert len(await admin.tickets_with_key(alert.correlation_key)) == 1
+
+
+async def test_refire_with_new_policy_opens_a_second_ticket_under_the_next_key(rt_server, admin, target):
+    first = new_alert()
+    ticket = await target.create(first)
+    await target.resolve(ticket, first, "resolved")
+    second = Incident(
+        **{
+            **{f: getattr(first, f) for f in first.__dataclass_fields__},
+            "correlation_key": f"{first.correlation_key}.2",
+        }
+    )
+    assert await target.find(second) is None
+    successor = await target.create(second)
+    assert successor.id != ticket.id
+    assert await target.find(first) == Ticket(ticket.id, ticket.id, resolved=True)
+    assert await target.find(second) == Ticket(successor.id, successor.id, resolved=False)
+
+
+async def test_two_active_tickets_with_one_key_is_an_error(rt_server, admin, target):
+    key = str(uuid.uuid4())
+    for _ in range(2):
+        await admin.post(
+            "/ticket",
+            {"Queue": rt_server.queue, "Subject": "dup", "CustomFields": {rt_server.custom_field: key}},
+        )
+    with pytest.raises(TargetError) as info:
+        await target.find(new_alert(key=key))
+    assert not info.value.retryable
+
+
+async def test_a_queue_without_the_custom_field_is_refused_before_any_ticket_exists(rt_server, admin):
+    alert = new_alert()
+    target = make_target(rt_server, queue="General")
+    try:
+        with pytest.raises(TargetError, match="not applied to queue 'General'") as info:
+            await target.create(alert)
+    finally:
+        await target.close()
+    assert not info.value.retryable
+    assert await admin.tickets_with_key(alert.correlation_key) == []
+
+
+async def test_a_status_the_lifecycle_does_not_know_is_reported_with_rts_message(rt_server, admin):
+    alert = new_alert()
+    target = make_target(rt_server, resolved_status="done")
+    try:
+        ticket = await target.create(alert)
+        with pytest.raises(TargetError, match="isn't a valid status") as info:
+            await target.resolve(ticket, alert, "r")
+    finally:
+        await target.close()
+    assert not info.value.retryable
+    assert (await admin.ticket(ticket.id))["Status"] == "new"
+
+
+async def test_a_comment_on_a_ticket_rt_does_not_have_is_not_retryable(rt_server, target):
+    with pytest.raises(TargetError) as info:
+        await target.note(Ticket("999999", "999999"), new_alert(), "n")
+    assert (info.value.status, info.value.retryable) == (400, False)
+
+
+async def test_basic_auth_as_root_works_and_a_wrong_token_is_not_retryable(rt_server):
+    alert = new_alert()
+    basic = make_target(rt_server, auth={"type": "basic", "username": "root", "password_env": "RT_PASSWORD"})
+    wrong = request_tracker.from_config(
+        "rt-e2e",
+        {"base_url": rt_server.url, "auth": {"type": "token", "token_env": "T"}, "queue": rt_server.queue},
+        env={"T": "1-14-00000000000000000000000000000000"},
+    )
+    try:
+        assert await basic.find(alert) is None
+        with pytest.raises(TargetError) as info:
+            await wrong.find(alert)
+    finally:
+        await basic.close()
+        await wrong.close()
+    assert (info.value.status, info.value.retryable) == (401, False)
+
+
+# -- the relay itself: POST /alerts -> store -> worker -> RT -------------------------------------------
+
+RELAY_CONFIG = """\
+targets:
+  rt:
+    kind: request_tracker
+    base_url: {url}
+    auth: {{type: token, token_env: RT_TOKEN}}
+    queue: {queue}
+    custom_field: {cf}
+    asset_catalog: {catalog}
+    timeout_seconds: 30
+  rt_reopen:
+    kind: request_tracker
+    base_url: {url}
+    auth: {{type: token, token_env: RT_TOKEN}}
+    queue: {queue}
+    custom_field: {cf}
+    asset_catalog: {catalog}
+    ci_binding: create_if_missing
+    timeout_seconds: 30
+routes:
+  - match: {{alert_rule: "e2e-reopen-*"}}
+    target: rt_reopen
+    on_refire: reopen
+  - target: rt
+    on_refire: new
+delivery:
+  poll_seconds: 0.1
+  backoff_base_seconds: 0.2
+  backoff_max_seconds: 2
+"""
+
+
+def alert_body(guid: str, rule: str, vm: str, fired: str, resolved: str | None = None) -> bytes:
+    doc = load_sample("testaction-metric-static-fired.json")
+    e = doc["data"]["essentials"]
+    e["alertId"] = f"{SUB}/providers/Microsoft.AlertsManagement/alerts/{guid}"
+    e["alertRule"] = rule
+    e["severity"] = "Sev1"
+    e["alertTargetIDs"] = [vm]
+    e["configurationItems"] = [vm.rsplit("/", 1)[-1]]
+    e["firedDateTime"] = fired
+    e["monitorCondition"] = "Resolved" if resolved else "Fired"
+    if resolved:
+        e["resolvedDateTime"] = resolved
+    return json.dumps(doc).encode()
+
+
+@pytest.fixture
+async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        RELAY_CONFIG.format(
+            url=rt_server.url, queue=rt_server.queue, cf=rt_server.custom_field, catalog=rt_server.catalog
+        )
+    )
+    issuer = DevIssuer()
+    with issuer.serving_in_thread():
+        env = {
+            **issuer.relay_env(),
+            "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
+            "RELAY_CONFIG": str(config),
+            "RT_TOKEN": rt_server.token,
+            "RELAY_LOG_LEVEL": "INFO",
+        }
+        process = RelayProcess(env, tmp_path / "relay.log")
+        await asyncio.to_thread(process.start)
+        try:
+            yield process, issuer
+        finally:
+            process.stop()
+
+
+async def post_alert(
+    http: aiohttp.ClientSession, relay: RelayProcess, issuer: DevIssuer, body: bytes
+) -> None:
+    headers = {"Authorization": issuer.authorization(), "Content-Type": "application/json"}
+    async with http.post(f"{relay.url}/alerts", data=body, headers=headers) as resp:
+        assert resp.status in (200, 202), f"the relay refused an alert: {resp.status} {await resp.text()}"
+
+
+async def until_rt(what: str, check: Any, relay: RelayProcess, limit: float = 90.0) -> Any:
+    """Poll RT until `check()` returns something truthy; `limit` only guards against a hang."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            log_tail = "\n".join(relay.log_path.read_text(errors="replace").splitlines()[-25:])
+            pytest.fail(f"RT never showed {what}; relay log tail:\n{log_tail}")
+        await asyncio.sleep(0.25)
+
+
+async def test_the_relay_opens_dedups_resolves_and_opens_anew_on_refire(rt_server, admin, relay):
+    process, issuer = relay
+    guid = str(uuid.uuid4())
+    vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/relay-{guid[:8]}"
+    asset_id = await admin.add_asset(vm)
+    t0, t1, t2, t3 = (f"2026-01-01T10:{m:02d}:00.000Z" for m in (0, 5, 10, 20))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):  # Azure's retries and a second action group: one event
+            await post_alert(http, process, issuer, alert_body(guid, "e2e-cpu", vm, t0))
+
+        async def the_ticket() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(guid)
+
+        [ticket] = await until_rt("a ticket for the fired alert", the_ticket, process)
+        stored = await admin.ticket(ticket["id"])
+        assert linked_assets(stored) == [asset_id], "the ticket must refer to the alert's asset"
+
+        await post_alert(
+            http, process, issuer, alert_body(guid, "e2e-cpu", vm, t1)
+        )  # fired again, still open
+
+        async def noted() -> list[str]:
+            return await admin.comments(ticket["id"])
+
+        await until_rt("a comment for the repeat", noted, process)
+        assert len(await admin.tickets_with_key(guid)) == 1, "a repeat must not open a second ticket"
+
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-cpu", vm, t1, resolved=t2))
+
+        async def resolved() -> bool:
+            return (await admin.ticket(ticket["id"]))["Status"] == "resolved"
+
+        await until_rt("the ticket resolved", resolved, process)
+        assert any(t2.replace(".000Z", "") in c for c in await admin.comments(ticket["id"])), (
+            "the resolve comment must carry resolvedDateTime"
+        )
+
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-cpu", vm, t3))  # on_refire: new
+
+        async def successor() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(f"{guid}.2")
+
+        [second] = await until_rt("a second ticket for the re-fire", successor, process)
+    assert second["id"] != ticket["id"]
+    assert (await admin.ticket(ticket["id"]))["Status"] == "resolved", "the first ticket stays resolved"
+    assert linked_assets(await admin.ticket(second["id"])) == [asset_id]
+
+
+async def test_the_relay_reopens_on_refire_when_the_route_says_so(rt_server, admin, relay):
+    process, issuer = relay
+    guid = str(uuid.uuid4())
+    vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/reopen-{guid[:8]}"
+    t0, t1, t2 = (f"2026-01-01T11:{m:02d}:00.000Z" for m in (0, 5, 10))
+    async with aiohttp.ClientSession() as http:
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-reopen-cpu", vm, t0))
+
+        async def the_ticket() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(guid)
+
+        [ticket] = await until_rt("a ticket for the fired alert", the_ticket, process)
+        [asset] = await admin.assets_named(vm)
+        assert linked_assets(await admin.ticket(ticket["id"])) == [asset["id"]], "create_if_missing made it"
+
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-reopen-cpu", vm, t0, resolved=t1))
+
+        def status_is(status: str) -> Any:
+            async def check() -> bool:
+                return (await admin.ticket(ticket["id"]))["Status"] == status
+
+            return check
+
+        await until_rt("the ticket resolved", status_is("resolved"), process)
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-reopen-cpu", vm, t2))
+        await until_rt("the ticket reopened", status_is("open"), process)
+    assert [t["id"] for t in await admin.tickets_with_key(guid)] == [ticket["id"]]
+    assert await admin.tickets_with_key(f"{guid}.2") == []

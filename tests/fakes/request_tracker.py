@@ -1,0 +1,260 @@
+"""A fake Request Tracker 5: the REST2 surface the relay uses, checked against RT 5.0.3 itself.
+
+The end-to-end suite runs the real RT; this fake exists for what a real RT will not do on demand
+(429, 5xx, slow answers, resets, HTML pages) and for fast unit tests. It keeps RT's quirks:
+- a custom field that does not exist, or is not applied to the ticket's queue, is dropped on create
+  without an error;
+- a comment whose `Status` the lifecycle refuses answers 201 with a message, not an error;
+- a comment on a ticket that does not exist answers 400 "Message could not be recorded";
+- searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood).
+Auth: `Authorization: token <t>` or basic.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes import FakeServer
+
+# RT's default lifecycle: which status may follow which.
+TRANSITIONS = {
+    "new": {"open", "stalled", "resolved", "rejected", "deleted"},
+    "open": {"new", "stalled", "resolved", "rejected", "deleted"},
+    "stalled": {"new", "open", "rejected", "resolved", "deleted"},
+    "resolved": {"new", "open", "stalled", "rejected", "deleted"},
+    "rejected": {"new", "open", "stalled", "resolved", "deleted"},
+    "deleted": {"new", "open", "stalled", "rejected", "resolved"},
+}
+ACTIVE = ("new", "open", "stalled")
+_CONDITION = re.compile(
+    r"^\s*(?P<field>'CF\.\{[^}]+\}'|\w+)\s*(?P<op>=|!=|LIKE)\s*'(?P<value>(?:[^'\\]|\\.)*)'\s*$"
+)
+
+
+def _message(status: int, text: str) -> web.Response:
+    return web.json_response({"message": text}, status=status)
+
+
+class FakeRequestTracker(FakeServer):
+    def __init__(
+        self,
+        *,
+        token: str = "1-14-0123456789abcdef0123456789abcdef",
+        username: str = "root",
+        password: str = "password",
+    ) -> None:
+        super().__init__()
+        self.token = token
+        self.username = username
+        self.password = password
+        self.queues: dict[str, dict[str, Any]] = {"General": {"id": 1, "cfs": set()}}
+        self.catalogs = {"General assets"}
+        self.tickets: dict[int, dict[str, Any]] = {}
+        self.assets: dict[int, dict[str, Any]] = {}
+        self.comments: dict[int, list[str]] = {}
+
+    # -- seeding and inspection ------------------------------------------------------------------
+
+    def add_queue(self, name: str, custom_fields: tuple[str, ...] = ()) -> None:
+        self.queues[name] = {"id": len(self.queues) + 1, "cfs": set(custom_fields)}
+
+    def add_ticket(self, queue: str, status: str = "new", **cfs: str) -> dict[str, Any]:
+        ticket = {
+            "id": len(self.tickets) + 1,
+            "Queue": queue,
+            "Status": status,
+            "Subject": "seeded",
+            "CustomFields": dict(cfs),
+            "RefersTo": [],
+        }
+        self.tickets[ticket["id"]] = ticket
+        return ticket
+
+    def add_asset(self, name: str, catalog: str = "General assets") -> dict[str, Any]:
+        asset = {"id": len(self.assets) + 1, "Name": name, "Catalog": catalog}
+        self.assets[asset["id"]] = asset
+        return asset
+
+    # -- server ----------------------------------------------------------------------------------
+
+    def routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/REST/2.0/queue/{name}", self.get_queue)
+        r.add_post("/REST/2.0/queue/{id}/customfields", self.queue_custom_fields)
+        r.add_post("/REST/2.0/tickets", self.search_tickets)
+        r.add_post("/REST/2.0/ticket", self.create_ticket)
+        r.add_get("/REST/2.0/ticket/{id}", self.get_ticket)
+        r.add_post("/REST/2.0/ticket/{id}/comment", self.comment)
+        r.add_post("/REST/2.0/assets", self.search_assets)
+        r.add_post("/REST/2.0/asset", self.create_asset)
+
+    def error_body(self, status: int) -> Any:
+        return {"message": f"injected {status}"}
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if header == f"token {self.token}":
+            return True
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            return (user, password) == (self.username, self.password)
+        return False
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        queue = self.queues.get(request.match_info["name"])
+        if queue is None:
+            return _message(404, "Not Found")
+        return web.json_response({"id": str(queue["id"]), "Name": request.match_info["name"]})
+
+    async def queue_custom_fields(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        queue = next((q for q in self.queues.values() if str(q["id"]) == request.match_info["id"]), None)
+        if queue is None:
+            return _message(404, "Not Found")
+        wanted = {c.get("value") for c in await request.json() if c.get("field") == "Name"}
+        items = [{"type": "customfield", "id": name} for name in sorted(queue["cfs"]) if name in wanted]
+        return web.json_response({"items": items, "count": len(items), "total": len(items), "page": 1})
+
+    async def search_tickets(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        form = await request.post()
+        try:
+            conditions = _parse(str(form.get("query", "")))
+        except ValueError as exc:
+            return _message(400, str(exc))
+        rows = [t for t in self.tickets.values() if all(self._ticket_holds(t, *c) for c in conditions)]
+        rows.sort(key=lambda t: t["id"], reverse=form.get("order") == "DESC")
+        per_page = int(str(form.get("per_page", "20")))
+        items = [self._ticket_json(t) for t in rows[:per_page]]
+        return web.json_response(
+            {"items": items, "count": len(items), "total": len(rows), "page": 1, "per_page": per_page}
+        )
+
+    async def create_ticket(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        body = await request.json()
+        queue = self.queues.get(body.get("Queue", ""))
+        if queue is None:
+            return _message(400, "Could not create ticket. Queue not set")
+        # RT drops custom fields that are not applied to the queue, silently.
+        cfs = {k: v for k, v in (body.get("CustomFields") or {}).items() if k in queue["cfs"]}
+        ticket = self.add_ticket(body["Queue"], **cfs)
+        ticket.update(
+            Subject=body.get("Subject"),
+            Content=body.get("Content"),
+            Priority=body.get("Priority"),
+            Requestor=body.get("Requestor"),
+        )
+        ticket["RefersTo"] = list(body.get("RefersTo") or [])
+        return web.json_response(
+            {"id": str(ticket["id"]), "type": "ticket"},
+            status=201,
+            headers={"Location": f"/REST/2.0/ticket/{ticket['id']}"},
+        )
+
+    async def get_ticket(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        ticket = self.tickets.get(int(request.match_info["id"]))
+        if ticket is None:
+            return _message(404, "Not Found")
+        return web.json_response(self._ticket_json(ticket))
+
+    async def comment(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        ticket = self.tickets.get(int(request.match_info["id"]))
+        if ticket is None:
+            return _message(400, "Message could not be recorded")
+        body = await request.json()
+        self.comments.setdefault(ticket["id"], []).append(body.get("Content", ""))
+        messages = ["Comments added"]
+        status = body.get("Status")
+        if status:
+            if status not in TRANSITIONS:
+                messages.append(f"Status '{status}' isn't a valid status for this ticket.")
+            elif status not in TRANSITIONS[ticket["Status"]]:
+                messages.append(f"You can't change status from '{ticket['Status']}' to '{status}'.")
+            else:
+                messages.append(f"Status changed from '{ticket['Status']}' to '{status}'")
+                ticket["Status"] = status
+        return web.json_response(messages, status=201)
+
+    async def search_assets(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        form = await request.post()
+        try:
+            conditions = _parse(str(form.get("query", "")))
+        except ValueError as exc:
+            return _message(400, str(exc))
+        rows = [
+            a
+            for a in self.assets.values()
+            if all(_holds(str(a.get(f, "")), op, v) for f, op, v in conditions)
+        ]
+        items = [{"id": str(a["id"]), "type": "asset", "Name": a["Name"]} for a in rows]
+        return web.json_response({"items": items, "count": len(items), "total": len(items), "page": 1})
+
+    async def create_asset(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        body = await request.json()
+        if body.get("Catalog") not in self.catalogs:
+            return _message(400, "Invalid Catalog")
+        asset = self.add_asset(body["Name"], body["Catalog"])
+        return web.json_response({"id": str(asset["id"]), "type": "asset"}, status=201)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _ticket_holds(self, ticket: dict[str, Any], field: str, op: str, value: str) -> bool:
+        if field.startswith("'CF.{"):
+            actual = str(ticket["CustomFields"].get(field[5:-2], ""))
+        elif field == "Status" and value == "__Active__":
+            return (ticket["Status"] in ACTIVE) == (op == "=")
+        else:
+            actual = str(ticket.get(field, ""))
+        return _holds(actual, op, value)
+
+    def _ticket_json(self, ticket: dict[str, Any]) -> dict[str, Any]:
+        cfs = [
+            {"name": name, "values": [value], "type": "customfield"}
+            for name, value in ticket["CustomFields"].items()
+        ]
+        links = [
+            {"ref": "refers-to", "type": "asset", "id": uri.split(":", 1)[1]} for uri in ticket["RefersTo"]
+        ]
+        return {
+            "id": str(ticket["id"]),
+            "type": "ticket",
+            "Status": ticket["Status"],
+            "Subject": ticket["Subject"],
+            "CustomFields": cfs,
+            "_hyperlinks": links,
+        }
+
+
+def _parse(query: str) -> list[tuple[str, str, str]]:
+    conditions = []
+    for part in re.split(r"\s+AND\s+", query.strip()):
+        m = _CONDITION.match(part)
+        if m is None:
+            raise ValueError(f"Wrong query, expecting a VALUE in '{part}'")
+        conditions.append((m["field"], m["op"], re.sub(r"\\(.)", r"\1", m["value"])))
+    return conditions
+
+
+def _holds(actual: str, op: str, value: str) -> bool:
+    if op == "LIKE":
+        return value.lower() in actual.lower()
+    equal = actual == value  # SQLite compares case-sensitively
+    return equal if op == "=" else not equal

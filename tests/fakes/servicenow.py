@@ -1,0 +1,358 @@
+"""A fake ServiceNow instance: the Table API surface the relay uses, from ServiceNow's documentation.
+
+Implemented: `POST /oauth_token.do` (form-encoded client credentials or password grant; JSON is
+refused), basic and bearer auth, and for `incident`, `cmdb_ci` (and `cmdb_ci_*` class tables, which
+share the base table's rows) and `task_ci`: `GET` with `sysparm_query` / `sysparm_fields` /
+`sysparm_limit` / `sysparm_offset` and `X-Total-Count`, `POST` (201 + Location), `PATCH`/`PUT`.
+
+Behaviour kept from the real thing, because the relay must survive it:
+- an invalid query clause (unknown or unreadable field) is IGNORED and every row matches, unless
+  `invalid_query_returns_no_rows` (the `glide.invalid_query.returns_no_rows` property) is set;
+- unknown fields in a write are dropped silently; values come back as strings;
+- string comparisons are case-insensitive (the instance database's collation);
+- Resolved (6) and Closed (7) need `close_code` and `close_notes` (data policy, 403);
+- Closed incidents are read-only (ACL, 403); journal fields (`work_notes`, `comments`) append.
+Failure modes come from `FakeServer.inject`; `expire_tokens()` makes every issued token answer 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes import FakeServer
+
+INCIDENT_COLUMNS = frozenset(
+    {
+        "sys_id",
+        "number",
+        "state",
+        "active",
+        "short_description",
+        "description",
+        "correlation_id",
+        "correlation_display",
+        "urgency",
+        "impact",
+        "priority",
+        "caller_id",
+        "assignment_group",
+        "category",
+        "subcategory",
+        "contact_type",
+        "cmdb_ci",
+        "close_code",
+        "close_notes",
+        "work_notes",
+        "comments",
+        "sys_created_on",
+        "sys_class_name",
+    }
+)
+CI_COLUMNS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "sys_created_on"})
+TASK_CI_COLUMNS = frozenset({"sys_id", "task", "ci_item", "sys_created_on"})
+JOURNAL_FIELDS = ("work_notes", "comments")
+_CLAUSE = re.compile(
+    r"^(?P<field>[a-z0-9_.]+?)"
+    r"(?P<op>NOT IN|IN|!=|=|LIKE|STARTSWITH|ENDSWITH|ISNOTEMPTY|ISEMPTY)"
+    r"(?P<value>.*)$",
+    re.DOTALL,
+)
+
+
+def _error(status: int, message: str, detail: str | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "detail": detail}, "status": "failure"}, status=status
+    )
+
+
+class FakeServiceNow(FakeServer):
+    def __init__(
+        self,
+        *,
+        username: str = "relay",
+        password: str = "relay-password",
+        client_id: str = "relay-client",
+        client_secret: str = "relay-secret",
+        invalid_query_returns_no_rows: bool = False,
+        unreadable_columns: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__()
+        self.username = username
+        self.password = password
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.invalid_query_returns_no_rows = invalid_query_returns_no_rows
+        # Columns this account may not read (an ACL): queries on them are invalid, results omit them.
+        self.unreadable_columns = unreadable_columns
+        self.incidents: dict[str, dict[str, str]] = {}
+        self.cis: dict[str, dict[str, str]] = {}
+        self.task_cis: dict[str, dict[str, str]] = {}
+        self.journal: dict[str, list[tuple[str, str]]] = {}
+        self.tokens: set[str] = set()
+        self.tokens_issued = 0
+        self._seq = 0
+
+    # -- seeding and inspection ------------------------------------------------------------------
+
+    def add_incident(self, **values: Any) -> dict[str, str]:
+        record = self._new_record("incident", {"state": "1", **{k: str(v) for k, v in values.items()}})
+        self.incidents[record["sys_id"]] = record
+        return record
+
+    def add_ci(self, name: str, object_id: str = "", sys_class_name: str = "cmdb_ci") -> dict[str, str]:
+        record = self._new_record(
+            "cmdb_ci", {"name": name, "object_id": object_id, "sys_class_name": sys_class_name}
+        )
+        self.cis[record["sys_id"]] = record
+        return record
+
+    def expire_tokens(self) -> None:
+        self.tokens.clear()
+
+    def notes(self, sys_id: str, journal_field: str = "work_notes") -> list[str]:
+        return [text for name, text in self.journal.get(sys_id, []) if name == journal_field]
+
+    def incidents_with(self, **match: str) -> list[dict[str, str]]:
+        return [r for r in self.incidents.values() if all(r.get(k) == v for k, v in match.items())]
+
+    # -- server ----------------------------------------------------------------------------------
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/oauth_token.do", self.oauth_token)
+        app.router.add_get("/api/now/table/{table}", self.list_records)
+        app.router.add_get("/api/now/v1/table/{table}", self.list_records)
+        app.router.add_post("/api/now/table/{table}", self.create_record)
+        app.router.add_post("/api/now/v1/table/{table}", self.create_record)
+        for method in ("PATCH", "PUT"):
+            app.router.add_route(method, "/api/now/table/{table}/{sys_id}", self.update_record)
+            app.router.add_route(method, "/api/now/v1/table/{table}/{sys_id}", self.update_record)
+
+    def error_body(self, status: int) -> Any:
+        if status == 429:
+            return {
+                "error": {"message": "Rate limit exceeded", "detail": "Rate limit rule 'relay' exceeded"},
+                "status": "failure",
+            }
+        return {
+            "error": {"message": "Internal server error", "detail": f"injected {status}"},
+            "status": "failure",
+        }
+
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/x-www-form-urlencoded":
+            return web.json_response(
+                {"error": "server_error", "error_description": "access_denied"}, status=401
+            )
+        form = await request.post()
+        grant = form.get("grant_type")
+        ok_client = (
+            form.get("client_id") == self.client_id and form.get("client_secret") == self.client_secret
+        )
+        ok_user = grant != "password" or (
+            form.get("username") == self.username and form.get("password") == self.password
+        )
+        if grant not in ("client_credentials", "password") or not ok_client or not ok_user:
+            return web.json_response(
+                {"error": "server_error", "error_description": "access_denied"}, status=401
+            )
+        token = secrets.token_urlsafe(24)
+        self.tokens.add(token)
+        self.tokens_issued += 1
+        return web.json_response(
+            {"access_token": token, "scope": "useraccount", "token_type": "Bearer", "expires_in": 1799}
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return header[len("Bearer ") :] in self.tokens
+        if header.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(header[len("Basic ") :]).decode().partition(":")
+            except ValueError:
+                return False
+            return user == self.username and password == self.password
+        return False
+
+    def _table(self, name: str) -> tuple[dict[str, dict[str, str]], frozenset[str], str | None] | None:
+        """(rows, columns, class filter) for a table name; CI class tables share cmdb_ci's rows."""
+        if name == "incident":
+            return self.incidents, INCIDENT_COLUMNS, None
+        if name == "task_ci":
+            return self.task_cis, TASK_CI_COLUMNS, None
+        if name == "cmdb_ci":
+            return self.cis, CI_COLUMNS, None
+        if name.startswith("cmdb_ci_"):
+            return self.cis, CI_COLUMNS, name
+        return None
+
+    async def list_records(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "User Not Authenticated", "Required to provide Auth information")
+        table = self._table(request.match_info["table"])
+        if table is None:
+            return _error(400, f"Invalid table {request.match_info['table']}")
+        rows, columns, cls = table
+        readable = columns - self.unreadable_columns
+        candidates = [r for r in rows.values() if cls is None or r.get("sys_class_name") == cls]
+        matched = self._apply_query(candidates, request.query.get("sysparm_query", ""), readable)
+        total = len(matched)
+        offset = int(request.query.get("sysparm_offset", "0"))
+        limit = int(request.query.get("sysparm_limit", "10000"))
+        page = matched[offset : offset + limit]
+        fields = request.query.get("sysparm_fields")
+        result = [self._project(r, fields, readable) for r in page]
+        return web.json_response({"result": result}, headers={"X-Total-Count": str(total)})
+
+    async def create_record(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "User Not Authenticated", "Required to provide Auth information")
+        name = request.match_info["table"]
+        table = self._table(name)
+        if table is None:
+            return _error(400, f"Invalid table {name}")
+        rows, columns, cls = table
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Exception while reading request", "The payload is not valid JSON.")
+        values = {k: str(v) for k, v in body.items() if k in columns and k not in ("sys_id", "number")}
+        journal = {k: values.pop(k) for k in JOURNAL_FIELDS if k in values}
+        if name == "incident":
+            values.setdefault("state", "1")
+            refused = self._data_policy({}, values)
+            if refused:
+                return refused
+        if cls is not None:
+            values["sys_class_name"] = cls
+        elif name == "cmdb_ci":
+            values.setdefault("sys_class_name", "cmdb_ci")
+        record = self._new_record(name, values)
+        rows[record["sys_id"]] = record
+        for field_name, text in journal.items():
+            self.journal.setdefault(record["sys_id"], []).append((field_name, text))
+        location = f"{self.url}/api/now/table/{name}/{record['sys_id']}"
+        result = self._project(record, request.query.get("sysparm_fields"), columns - self.unreadable_columns)
+        return web.json_response({"result": result}, status=201, headers={"Location": location})
+
+    async def update_record(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "User Not Authenticated", "Required to provide Auth information")
+        name = request.match_info["table"]
+        table = self._table(name)
+        if table is None:
+            return _error(400, f"Invalid table {name}")
+        rows, columns, _ = table
+        record = rows.get(request.match_info["sys_id"])
+        if record is None:
+            return _error(
+                404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
+            )
+        if name == "incident" and record.get("state") == "7":
+            return _error(403, "Operation Failed", "ACL Exception Update Failed due to security constraints")
+        body = await request.json()
+        values = {k: str(v) for k, v in body.items() if k in columns and k not in ("sys_id", "number")}
+        journal = {k: values.pop(k) for k in JOURNAL_FIELDS if k in values}
+        if name == "incident":
+            refused = self._data_policy(record, values)
+            if refused:
+                return refused
+        record.update(values)
+        if name == "incident":
+            record["active"] = "false" if record.get("state") in ("7", "8") else "true"
+        for field_name, text in journal.items():
+            self.journal.setdefault(record["sys_id"], []).append((field_name, text))
+        result = self._project(record, request.query.get("sysparm_fields"), columns - self.unreadable_columns)
+        return web.json_response({"result": result})
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _data_policy(self, current: dict[str, str], values: dict[str, str]) -> web.Response | None:
+        merged = {**current, **values}
+        if merged.get("state") in ("6", "7") and not (merged.get("close_code") and merged.get("close_notes")):
+            return _error(
+                403,
+                "Operation Failed",
+                "Data Policy Exception: The following fields are mandatory: "
+                "Resolution code, Resolution notes",
+            )
+        return None
+
+    def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
+        self._seq += 1
+        record = {
+            "sys_id": secrets.token_hex(16),
+            "sys_created_on": f"2026-01-01 {self._seq // 3600:02d}:{self._seq // 60 % 60:02d}:"
+            f"{self._seq % 60:02d}",
+            **values,
+        }
+        if table == "incident":
+            record["number"] = f"INC{10000 + self._seq:07d}"
+            record["active"] = "false" if record.get("state") in ("7", "8") else "true"
+            for name in JOURNAL_FIELDS:
+                record[name] = ""
+        return record
+
+    def _project(
+        self, record: dict[str, str], fields: str | None, readable: frozenset[str]
+    ) -> dict[str, str]:
+        names = [f for f in fields.split(",") if f] if fields else sorted(record)
+        return {n: record.get(n, "") for n in names if n in readable and (fields or n in record)}
+
+    def _apply_query(
+        self, rows: list[dict[str, str]], query: str, readable: frozenset[str]
+    ) -> list[dict[str, str]]:
+        groups: list[list[tuple[str, str, str]]] = []  # AND of (OR of conditions)
+        order: list[tuple[str, bool]] = []
+        for part in query.split("^") if query else []:
+            is_or = part.startswith("OR") and not part.startswith("ORDERBY")
+            clause = part[2:] if is_or else part
+            if clause.startswith("ORDERBYDESC"):
+                order.append((clause[len("ORDERBYDESC") :], True))
+                continue
+            if clause.startswith("ORDERBY"):
+                order.append((clause[len("ORDERBY") :], False))
+                continue
+            m = _CLAUSE.match(clause)
+            if m is None or m["field"] not in readable:
+                # An invalid clause: ServiceNow ignores it (returns everything) unless told otherwise.
+                if self.invalid_query_returns_no_rows:
+                    return []
+                continue
+            condition = (m["field"], m["op"], m["value"])
+            if is_or and groups:
+                groups[-1].append(condition)
+            else:
+                groups.append([condition])
+        matched = [r for r in rows if all(any(_holds(r, *c) for c in group) for group in groups)]
+        for field_name, descending in reversed(order):
+            matched.sort(key=lambda r, f=field_name: r.get(f, ""), reverse=descending)
+        return matched
+
+
+def _holds(record: dict[str, str], field_name: str, op: str, value: str) -> bool:
+    actual = record.get(field_name, "").lower()
+    expected = value.lower()
+    if op == "=":
+        return actual == expected
+    if op == "!=":
+        return actual != expected
+    if op in ("IN", "NOT IN"):
+        inside = actual in [v.strip() for v in expected.split(",")]
+        return inside if op == "IN" else not inside
+    if op == "LIKE":
+        return expected in actual
+    if op == "STARTSWITH":
+        return actual.startswith(expected)
+    if op == "ENDSWITH":
+        return actual.endswith(expected)
+    if op == "ISEMPTY":
+        return actual == ""
+    if op == "ISNOTEMPTY":
+        return actual != ""
+    return False

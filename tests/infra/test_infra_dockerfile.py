@@ -1,0 +1,105 @@
+"""relay/Dockerfile: a slim Python base, a non-root user, the relay's runtime dependencies only (no
+Pulumi SDK), and `relay serve` as the entry point. Docker does not run here; the file is read."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+
+import pytest
+
+from infra.plan import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "relay" / "Dockerfile"
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with line continuations joined and comments dropped."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_every_stage_starts_from_a_slim_python_image() -> None:
+    bases = [args.split()[0] for keyword, args in instructions() if keyword == "FROM"]
+    assert bases, "no FROM line"
+    for base in bases:
+        assert re.fullmatch(r"python:3\.(\d+)-slim(-\w+)?", base), f"{base} is not a slim Python image"
+        minimum = int(re.search(r">=\s*3\.(\d+)", PYPROJECT["project"]["requires-python"]).group(1))
+        assert int(re.match(r"python:3\.(\d+)", base).group(1)) >= minimum, f"{base} is older than requires-python"
+
+
+def test_final_stage_runs_as_a_non_root_user() -> None:
+    users = [args for keyword, args in final_stage() if keyword == "USER"]
+    assert users, "the image runs as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"USER {users[-1]} is root"
+    entry = [i for i, (keyword, _) in enumerate(final_stage()) if keyword == "ENTRYPOINT"]
+    last_user = max(i for i, (keyword, _) in enumerate(final_stage()) if keyword == "USER")
+    assert entry and last_user < entry[0], "USER comes after the entry point"
+
+
+def test_entry_point_is_relay_serve() -> None:
+    entrypoints = [args for keyword, args in final_stage() if keyword == "ENTRYPOINT"]
+    commands = [args for keyword, args in final_stage() if keyword == "CMD"]
+    command = json.loads(entrypoints[-1]) + (json.loads(commands[-1]) if commands else [])
+    assert command == ["relay", "serve"], command
+    assert PYPROJECT["project"]["scripts"]["relay"], "pyproject has no `relay` console script"
+
+
+def test_image_installs_the_relay_without_extras() -> None:
+    pip_runs = [args for keyword, args in instructions() if keyword == "RUN" and re.search(r"\bpip\b", args)]
+    assert pip_runs, "the image installs nothing with pip"
+    for run in pip_runs:
+        for command in run.split("&&"):
+            words = shlex.split(command)
+            if "pip" not in words or not {"install", "wheel"} & set(words):
+                continue
+            targets = [w for w in words[words.index("pip") + 2 :] if not w.startswith("-") and w != "/wheels"]
+            assert targets and set(targets) <= {".", PYPROJECT["project"]["name"]}, f"pip installs {targets}: {command}"
+            assert not any("[" in w for w in words), f"the image installs extras: {command}"
+            assert "-r" not in words and "--requirement" not in words, (
+                f"the image installs a requirements file: {command}"
+            )
+    copied = {
+        source
+        for keyword, args in instructions()
+        if keyword == "COPY" and "--from" not in args
+        for source in args.split()[:-1]
+    }
+    assert copied <= {"pyproject.toml", "README.md", "relay"}, f"the image copies more than the relay: {copied}"
+
+
+def test_image_dependency_set_has_no_pulumi_sdk() -> None:
+    # The image installs the project without extras, so it gets exactly [project].dependencies.
+    runtime = {requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    assert runtime, "no runtime dependencies found in pyproject.toml"
+    assert not {name for name in runtime if name.startswith("pulumi")}, f"Pulumi in the relay's dependencies: {runtime}"
+    infra = {requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["infra"]}
+    assert {"pulumi", "pulumi-azure-native", "pulumi-azuread", "pulumi-docker-build"} <= infra, (
+        "the Pulumi SDKs should come with the `infra` extra, which the image does not install"
+    )
+
+
+@pytest.mark.parametrize("module", ["infra", "tests"])
+def test_image_build_never_copies_the_pulumi_program_or_tests(module: str) -> None:
+    copies = " ".join(args for keyword, args in instructions() if keyword in ("COPY", "ADD"))
+    assert not re.search(rf"(^|\s){module}(/|\s|$)", copies), f"the image copies {module}/"

@@ -1,0 +1,318 @@
+"""Issue 4, item 2: relay hosting (store, Key Vault, identity and its roles, registry and image,
+Container Apps), for every example stack, from the mock run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from pathlib import Path
+from typing import Any
+
+from infra import config, hosting, relay_config
+from infra.identity import AZURE_MONITOR_APP_ID
+from infra.plan import PROGRAM_DIR, REPO_ROOT, Declared, Plan
+from tests.infra.harness import (
+    PREBUILT_IMAGE,
+    SOVEREIGN_OPENID_URL,
+    stack_config,
+    stack_value,
+    stand_in_secret,
+)
+
+CONTAINER_APP = "azure-native:app:ContainerApp"
+ROLE_ASSIGNMENT = "azure-native:authorization:RoleAssignment"
+STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
+QUEUE = "azure-native:storage:Queue"
+TABLE = "azure-native:storage:Table"
+BLOB_CONTAINER = "azure-native:storage:BlobContainer"
+VAULT = "azure-native:keyvault:Vault"
+VAULT_SECRET = "azure-native:keyvault:Secret"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+REGISTRY = "azure-native:containerregistry:Registry"
+IMAGE = "docker-build:index:Image"
+WORKSPACE = "azure-native:operationalinsights:Workspace"
+ENVIRONMENT = "azure-native:app:ManagedEnvironment"
+RESOURCE_GROUP = "azure-native:resources:ResourceGroup"
+
+
+def parsed(stack: str) -> config.StackConfig:
+    raw, secret_keys = stack_config(stack)
+    return config.parse(raw, stack=stack, secret_keys=secret_keys)
+
+
+def container(plan: Plan) -> dict[str, Any]:
+    (only,) = plan.one(CONTAINER_APP).inputs["template"]["containers"]
+    return only
+
+
+def env(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {var["name"]: var for var in container(plan)["env"]}
+
+
+def env_value(plan: Plan, name: str) -> str:
+    assert name in env(plan), f"the Container App does not set {name}"
+    return env(plan)[name]["value"]
+
+
+def by_name(plan: Plan, type_: str, azure_name_input: str, azure_name: str) -> Declared:
+    return next(r for r in plan.of_type(type_) if r.inputs[azure_name_input] == azure_name)
+
+
+def test_everything_lives_in_the_stacks_resource_group_and_region(stack_plan: Plan, stack: str) -> None:
+    cfg = parsed(stack)
+    group = stack_plan.one(RESOURCE_GROUP)
+    assert group.inputs["resourceGroupName"] == cfg.names.resource_group
+    assert group.inputs["location"] == cfg.azure.location
+    for resource in stack_plan.resources:
+        # Role assignments live on the resource they grant; alert rules have their own locations.
+        if resource.type.startswith("azure-native:") and resource.type not in (RESOURCE_GROUP, ROLE_ASSIGNMENT):
+            assert resource.inputs["resourceGroupName"] == group.outputs["name"], f"{resource.name} is elsewhere"
+            if "location" in resource.inputs and not resource.type.startswith("azure-native:monitor:"):
+                assert resource.inputs["location"] == cfg.azure.location, f"{resource.name} is in another region"
+
+
+def test_log_analytics_workspace_receives_the_container_apps_logs(stack_plan: Plan, stack: str) -> None:
+    workspace = stack_plan.one(WORKSPACE)
+    assert workspace.inputs["sku"] == {"name": "PerGB2018"}
+    assert workspace.inputs["retentionInDays"] == parsed(stack).relay.log_retention_days
+    logs = stack_plan.one(ENVIRONMENT).inputs["appLogsConfiguration"]
+    assert logs["destination"] == "log-analytics"
+    assert logs["logAnalyticsConfiguration"]["customerId"] == workspace.outputs["customerId"]
+    assert "appLogsConfiguration" in stack_plan.one(ENVIRONMENT).secret_inputs, "the workspace key is not secret"
+
+
+def test_storage_holds_the_relays_queues_table_and_container(stack_plan: Plan, stack: str) -> None:
+    account = stack_plan.one(STORAGE_ACCOUNT)
+    assert account.inputs["accountName"] == parsed(stack).names.storage_account
+    assert account.inputs["sku"] == {"name": parsed(stack).storage_sku}
+    declared = {
+        (QUEUE, "queueName", "relay-events"),
+        (QUEUE, "queueName", "relay-events-poison"),
+        (TABLE, "tableName", "relaystate"),
+        (BLOB_CONTAINER, "containerName", "relay-payloads"),
+    }
+    for type_, name_input, name in declared:
+        resource = by_name(stack_plan, type_, name_input, name)
+        assert resource.inputs["accountName"] == account.outputs["name"], f"{name} is not in the relay's account"
+    assert (hosting.EVENTS_QUEUE, hosting.POISON_QUEUE, hosting.STATE_TABLE, hosting.PAYLOAD_CONTAINER) == (
+        "relay-events",
+        "relay-events-poison",
+        "relaystate",
+        "relay-payloads",
+    ), "the relay's storage names changed: the relay (relay/azure_store.py) uses these"
+
+
+def test_storage_accepts_only_entra_tokens_over_tls(stack_plan: Plan) -> None:
+    account = stack_plan.one(STORAGE_ACCOUNT).inputs
+    assert account["allowSharedKeyAccess"] is False, "account keys would bypass the identity's roles"
+    assert account["allowBlobPublicAccess"] is False
+    assert account["enableHttpsTrafficOnly"] is True and account["minimumTlsVersion"] == "TLS1_2"
+    assert by_name(stack_plan, BLOB_CONTAINER, "containerName", "relay-payloads").inputs["publicAccess"] == "None"
+
+
+def test_key_vault_holds_each_itsm_secret_as_a_secret(stack_plan: Plan, stack: str) -> None:
+    cfg = parsed(stack)
+    vault = stack_plan.one(VAULT)
+    properties = vault.inputs["properties"]
+    assert properties["enableRbacAuthorization"] is True, "access policies would bypass the identity's roles"
+    assert properties["tenantId"] == cfg.azure.tenant_id
+    assert properties.get("enablePurgeProtection") == (True if cfg.key_vault.purge_protection else None)
+    assert properties["softDeleteRetentionInDays"] == cfg.key_vault.soft_delete_retention_days
+    secrets = {s.inputs["secretName"]: s for s in stack_plan.of_type(VAULT_SECRET)}
+    assert sorted(secrets) == sorted(hosting.secret_name(n) for n in cfg.itsm_secrets), "one Key Vault secret per env"
+    for name in cfg.itsm_secrets:
+        secret = secrets[hosting.secret_name(name)]
+        assert secret.inputs["vaultName"] == vault.outputs["name"]
+        assert secret.inputs["properties"]["value"] == stand_in_secret(name)
+        assert "properties" in secret.secret_inputs, f"{name} would be stored in the state in clear"
+
+
+def test_itsm_secret_values_appear_nowhere_but_in_key_vault(stack_plan: Plan, stack: str) -> None:
+    values = [stand_in_secret(name) for name in parsed(stack).itsm_secrets]
+    for resource in stack_plan.resources:
+        if resource.type != VAULT_SECRET:
+            text = json.dumps(resource.inputs)
+            assert not any(v in text for v in values), f"an ITSM secret value leaked into {resource.name}"
+    assert not any(v in json.dumps(stack_plan.outputs) for v in values), "an ITSM secret leaked into the outputs"
+
+
+def test_relay_identity_gets_one_least_privilege_role_per_resource(stack_plan: Plan, stack: str) -> None:
+    identity = stack_plan.one(IDENTITY)
+    subscription = parsed(stack).azure.subscription_id
+    expected = {
+        (hosting.STORAGE_QUEUE_DATA_CONTRIBUTOR, by_name(stack_plan, QUEUE, "queueName", "relay-events").id),
+        (hosting.STORAGE_QUEUE_DATA_CONTRIBUTOR, by_name(stack_plan, QUEUE, "queueName", "relay-events-poison").id),
+        (hosting.STORAGE_TABLE_DATA_CONTRIBUTOR, stack_plan.one(TABLE).id),
+        (hosting.STORAGE_BLOB_DATA_CONTRIBUTOR, stack_plan.one(BLOB_CONTAINER).id),
+        (hosting.KEY_VAULT_SECRETS_USER, stack_plan.one(VAULT).id),
+        (hosting.ACR_PULL, stack_plan.one(REGISTRY).id),
+    }
+    granted = set()
+    for assignment in stack_plan.of_type(ROLE_ASSIGNMENT):
+        inputs = assignment.inputs
+        assert inputs["principalId"] == identity.outputs["principalId"], f"{assignment.name} is for someone else"
+        assert inputs["principalType"] == "ServicePrincipal"
+        prefix = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/"
+        assert inputs["roleDefinitionId"].startswith(prefix), inputs["roleDefinitionId"]
+        granted.add((inputs["roleDefinitionId"].removeprefix(prefix), inputs["scope"]))
+    assert granted == expected, f"roles granted {sorted(granted)} differ from {sorted(expected)}"
+    built_in = {
+        "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+        "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+        "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+        "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+    }
+    assert {role for role, _ in granted} == set(built_in), "a role id is not the Azure built-in role it names"
+
+
+def test_image_is_built_from_relay_dockerfile_and_pushed_to_the_stacks_registry(stack_plan: Plan) -> None:
+    registry = stack_plan.one(REGISTRY)
+    image = stack_plan.one(IMAGE)
+    # Pulumi runs `main: infra/` from inside infra/, so the paths are relative to it.
+    assert (PROGRAM_DIR / image.inputs["context"]["location"]).resolve() == REPO_ROOT
+    assert (PROGRAM_DIR / image.inputs["dockerfile"]["location"]).resolve() == REPO_ROOT / "relay" / "Dockerfile"
+    assert image.inputs["push"] is True and image.inputs["platforms"] == ["linux/amd64"]
+    assert all(tag.startswith(f"{registry.outputs['loginServer']}/") for tag in image.inputs["tags"]), image.inputs
+    assert image.inputs["registries"][0]["address"] == registry.outputs["loginServer"]
+    assert "registries" in image.secret_inputs, "the registry password would be stored in clear"
+    assert image.inputs["buildOnPreview"] is False, "previews would need Docker"
+    assert registry.inputs["adminUserEnabled"] is True, "pushing needs the registry's credentials"
+    assert container(stack_plan)["image"] == image.outputs["ref"], "the app does not run the image just built"
+
+
+def test_prebuilt_image_from_config_replaces_the_build(run_variant_plan: Plan) -> None:
+    assert not run_variant_plan.of_type(IMAGE), "an image is built although config names a prebuilt one"
+    assert run_variant_plan.one(REGISTRY).inputs["adminUserEnabled"] is False, "admin credentials left enabled"
+    assert container(run_variant_plan)["image"] == PREBUILT_IMAGE
+
+
+def test_container_app_pulls_with_its_identity_not_a_password(stack_plan: Plan) -> None:
+    app = stack_plan.one(CONTAINER_APP).inputs
+    identity = stack_plan.one(IDENTITY)
+    assert app["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity.id]}
+    (registry,) = app["configuration"]["registries"]
+    assert registry == {"server": stack_plan.one(REGISTRY).outputs["loginServer"], "identity": identity.id}
+
+
+def test_container_app_runs_in_the_stacks_environment(stack_plan: Plan, stack: str) -> None:
+    app = stack_plan.one(CONTAINER_APP)
+    assert app.inputs["environmentId"] == stack_plan.one(ENVIRONMENT).id
+    assert app.inputs["containerAppName"] == parsed(stack).names.container_app
+
+
+def test_ingress_is_external_https_only_on_the_relay_port(stack_plan: Plan, stack: str) -> None:
+    ingress = stack_plan.one(CONTAINER_APP).inputs["configuration"]["ingress"]
+    assert ingress["external"] is True
+    assert ingress["allowInsecure"] is False, "plain HTTP would reach the relay"
+    assert ingress["targetPort"] == 8080 == int(env_value(stack_plan, "RELAY_PORT"))
+    assert ingress["targetPort"] != parsed(stack).relay.metrics_port, "the metrics port is public"
+    assert ingress["traffic"] == [{"latestRevision": True, "weight": 100}]
+
+
+def test_liveness_and_readiness_probe_the_relays_health_endpoints(stack_plan: Plan) -> None:
+    probes = {probe["type"]: probe for probe in container(stack_plan)["probes"]}
+    assert probes["Liveness"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert probes["Readiness"]["httpGet"] == {"path": "/readyz", "port": 8080}
+
+
+def test_replicas_scale_on_http_concurrency_and_queue_length(stack_plan: Plan, stack: str) -> None:
+    relay = parsed(stack).relay
+    scale = stack_plan.one(CONTAINER_APP).inputs["template"]["scale"]
+    assert (scale["minReplicas"], scale["maxReplicas"]) == (relay.min_replicas, relay.max_replicas)
+    rules = {rule["name"]: rule for rule in scale["rules"]}
+    assert rules["http-concurrency"]["http"]["metadata"] == {"concurrentRequests": str(relay.http_concurrent_requests)}
+    queue = rules["events-queue-length"]["azureQueue"]
+    assert queue["queueName"] == "relay-events" == hosting.EVENTS_QUEUE
+    assert queue["accountName"] == stack_plan.one(STORAGE_ACCOUNT).outputs["name"]
+    assert queue["queueLength"] == relay.queue_length
+    assert queue["identity"] == stack_plan.one(IDENTITY).id, "the queue scaler would need storage keys"
+
+
+def test_cpu_and_memory_follow_config(stack_plan: Plan, stack: str) -> None:
+    relay = parsed(stack).relay
+    assert container(stack_plan)["resources"] == {"cpu": relay.cpu, "memory": relay.memory}
+
+
+def test_container_sets_the_relays_environment_contract(stack_plan: Plan, stack: str) -> None:
+    cfg = parsed(stack)
+    app = stack_plan.one("azuread:index/application:Application")
+    uri = stack_plan.one("azuread:index/applicationIdentifierUri:ApplicationIdentifierUri")
+    assert env_value(stack_plan, "RELAY_TENANT_ID") == cfg.azure.tenant_id
+    assert env_value(stack_plan, "RELAY_AUDIENCES").split(",") == [
+        uri.inputs["identifierUri"],
+        app.outputs["clientId"],
+    ], "the relay must accept both v1 (Application ID URI) and v2 (client id) audiences"
+    assert env_value(stack_plan, "RELAY_ALLOWED_APP_IDS") == AZURE_MONITOR_APP_ID
+    assert env_value(stack_plan, "RELAY_REQUIRED_ROLE") == "ActionGroupsSecureWebhook"
+    assert env_value(stack_plan, "RELAY_STORE") == f"azure-storage://{stack_plan.one(STORAGE_ACCOUNT).outputs['name']}"
+    assert env_value(stack_plan, "AZURE_CLIENT_ID") == stack_plan.one(IDENTITY).outputs["clientId"]
+    assert (env_value(stack_plan, "RELAY_HOST"), env_value(stack_plan, "RELAY_PORT")) == ("0.0.0.0", "8080")
+    assert env_value(stack_plan, "RELAY_METRICS_PORT") == str(cfg.relay.metrics_port)
+    assert "RELAY_OPENID_CONFIG_URL" not in env(stack_plan), "the public cloud needs no metadata override"
+
+
+def test_sovereign_cloud_metadata_url_reaches_the_relay(run_variant_plan: Plan) -> None:
+    assert env_value(run_variant_plan, "RELAY_OPENID_CONFIG_URL") == SOVEREIGN_OPENID_URL
+
+
+def test_relay_config_is_mounted_from_a_secret_volume_at_relay_config(stack_plan: Plan, stack: str) -> None:
+    cfg = parsed(stack)
+    app = stack_plan.one(CONTAINER_APP).inputs
+    path = env_value(stack_plan, "RELAY_CONFIG")
+    (mount,) = container(stack_plan)["volumeMounts"]
+    (volume,) = app["template"]["volumes"]
+    assert mount["volumeName"] == volume["name"] and volume["storageType"] == "Secret"
+    (item,) = volume["secrets"]
+    assert posixpath.join(mount["mountPath"], item["path"]) == path, "RELAY_CONFIG points outside the mounted file"
+    secrets = {secret["name"]: secret for secret in app["configuration"]["secrets"]}
+    rendered = relay_config.render(cfg.targets, cfg.routes, cfg.delivery)
+    assert secrets[item["secretRef"]]["value"] == rendered, "the mounted file is not the stack's relay config"
+    assert env_value(stack_plan, hosting.CONFIG_DIGEST_ENV) == hashlib.sha256(rendered.encode()).hexdigest(), (
+        "a config change would not roll a new revision"
+    )
+
+
+def test_itsm_secrets_reach_the_relay_as_key_vault_references(stack_plan: Plan, stack: str) -> None:
+    cfg = parsed(stack)
+    app = stack_plan.one(CONTAINER_APP).inputs
+    identity = stack_plan.one(IDENTITY)
+    secrets = {secret["name"]: secret for secret in app["configuration"]["secrets"]}
+    vault_secrets = {s.inputs["secretName"]: s for s in stack_plan.of_type(VAULT_SECRET)}
+    for name in cfg.itsm_secrets:
+        variable = env(stack_plan)[name]
+        assert set(variable) == {"name", "secretRef"}, f"{name} is set to a plain value"
+        reference = secrets[variable["secretRef"]]
+        vault_secret = vault_secrets[variable["secretRef"]]
+        assert reference == {
+            "name": variable["secretRef"],
+            "keyVaultUrl": vault_secret.outputs["properties"]["secretUri"],
+            "identity": identity.id,
+        }, f"{name} is not a Key Vault reference read with the relay's identity"
+        assert "/<version>" not in reference["keyVaultUrl"], "a versioned reference would ignore rotations"
+
+
+def test_replicas_get_longer_to_stop_than_the_relays_shutdown_grace(stack_plan: Plan, stack: str) -> None:
+    grace = parsed(stack).delivery.get("shutdown_grace_seconds", config.RELAY_SHUTDOWN_GRACE_SECONDS)
+    window = stack_plan.one(CONTAINER_APP).inputs["template"]["terminationGracePeriodSeconds"]
+    assert window >= grace + config.TERMINATION_MARGIN_SECONDS and window >= 30, (
+        f"Container Apps kills the relay {window} s after SIGTERM, before its {grace} s shutdown grace ends"
+    )
+
+
+def test_container_app_starts_only_after_its_roles_are_granted(stack_plan: Plan) -> None:
+    app = stack_plan.one(CONTAINER_APP)
+    missing = [a.name for a in stack_plan.of_type(ROLE_ASSIGNMENT) if a.urn not in app.dependencies]
+    assert not missing, f"the first revision could start without {missing}"
+
+
+def test_relay_dockerfile_named_by_the_program_exists() -> None:
+    assert hosting.DOCKERFILE == REPO_ROOT / "relay" / "Dockerfile"
+    assert Path(hosting.DOCKERFILE).is_file()
+
+
+def test_plan_records_the_stack_files_image_repository_per_environment(stack_plan: Plan, stack: str) -> None:
+    (tag,) = stack_plan.one(IMAGE).inputs["tags"]
+    assert tag.endswith(f"/secure-export-relay:{parsed(stack).names.environment}"), tag
+    assert stack_value(stack, "relay").get("image") is None

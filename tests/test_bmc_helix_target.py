@@ -1,0 +1,420 @@
+"""The BMC Helix target against the fake AR System: AR-JWT, interface forms, CMDB binding, failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from relay.targets import Incident, TargetError, Ticket, bmc_helix
+from relay.targets.target_config import TargetConfigError
+from tests.fakes.bmc_helix import FakeBmcHelix
+
+KEY = "0f3c2d8e-9a4b-4c1d-8e7f-6a5b4c3d2e1f"
+VM = (
+    "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/RG-Web"
+    "/providers/Microsoft.Compute/virtualMachines/web-01"
+)
+CUSTOMER = {"First_Name": "Allen", "Last_Name": "Allbrook", "Company": "Calbro Services"}
+
+
+def an_incident(key: str = KEY, cis: tuple[str, ...] = (), **fields: Any) -> Incident:
+    return Incident(
+        correlation_key=key,
+        summary="CPU over 90% on web-01",
+        description="Metric alert 'cpu-high' fired at 2026-01-01T10:00:00Z",
+        severity="Sev1",
+        fields=fields,
+        configuration_items=cis,
+    )
+
+
+def make_target(fake: FakeBmcHelix, **options: Any) -> bmc_helix.BmcHelixTarget:
+    cfg = {
+        "kind": "bmc_helix",
+        "base_url": fake.url,
+        "auth": {"type": "ar_jwt", "username": fake.username, "password_env": "HELIX_PASSWORD"},
+        "timeout_seconds": 5,
+        "defaults": CUSTOMER,
+        **options,
+    }
+    return bmc_helix.from_config("helix-test", cfg, env={"HELIX_PASSWORD": fake.password})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBmcHelix]:
+    server = FakeBmcHelix()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def target(fake: FakeBmcHelix) -> AsyncIterator[bmc_helix.BmcHelixTarget]:
+    t = make_target(fake)
+    yield t
+    await t.close()
+
+
+async def expect_error(coro: Any) -> TargetError:
+    with pytest.raises(TargetError) as info:
+        await coro
+    return info.value
+
+
+# -- create ----------------------------------------------------------------------------------------
+
+
+async def test_create_goes_through_the_create_interface_with_the_key_in_the_correlation_field(fake, target):
+    ticket = await target.create(an_incident(assignment_group="Cloud Ops", impact=2, urgency=1))
+    record = fake.incidents[ticket.id]
+    assert ticket == Ticket(id=record["Incident Number"], number=record["Incident Number"])
+    assert record["Vendor Ticket Number"] == KEY
+    assert (record["Impact"], record["Urgency"]) == ("2-Significant/Large", "1-Critical")
+    assert record["Assigned Group"] == "Cloud Ops"
+    assert (record["Service_Type"], record["Reported Source"]) == (
+        "Infrastructure Event",
+        "Systems Management",
+    )
+    assert record["Detailed_Decription"].startswith("Metric alert"), "the product's own spelling"
+    [call] = fake.calls_to("HPD:IncidentInterface_Create", "POST")
+    assert call.query["fields"] == "values(Incident Number)"
+    assert call.json()["values"]["z1D_Action"] == "CREATE"
+
+
+async def test_create_uses_a_configured_correlation_field(fake):
+    fake.fields = fake.fields | {"AzureAlertId"}
+    target = make_target(fake, correlation_field="AzureAlertId")
+    try:
+        ticket = await target.create(an_incident())
+        assert fake.incidents[ticket.id]["AzureAlertId"] == KEY
+        assert (await target.find(an_incident())).id == ticket.id
+    finally:
+        await target.close()
+
+
+async def test_servicenow_style_route_fields_never_reach_the_form(fake, target):
+    ticket = await target.create(an_incident(category="Software", contact_type="monitoring"))
+    sent = fake.calls_to("HPD:IncidentInterface_Create")[0].json()["values"]
+    assert "category" not in sent and "contact_type" not in sent
+    assert ticket.id in fake.incidents
+
+
+async def test_a_customer_unknown_to_helix_is_refused_for_good(fake):
+    target = make_target(fake, defaults={"First_Name": "No", "Last_Name": "Body"})
+    try:
+        error = await expect_error(target.create(an_incident()))
+    finally:
+        await target.close()
+    assert (error.status, error.retryable) == (400, False)
+    assert "ARERR 1291053" in str(error), "the AR error number and text must reach the dead letter"
+
+
+async def test_create_binds_the_ci_found_by_name_through_hpd_ci_reconid(fake, target):
+    ci = fake.add_ci("web-01")
+    ticket = await target.create(an_incident(cis=(VM,)))
+    record = fake.incidents[ticket.id]
+    assert record["HPD_CI_ReconID"] == ci.attributes["ReconciliationIdentity"]
+    assert (record["HPD_CI"], record["HPD_CI_FormName"]) == ("web-01", "BMC.CORE:BMC_ComputerSystem")
+    [lookup] = fake.calls_to("/api/cmdb/v1.0/instances/BMC.ASSET/BMC.CORE/BMC_BaseElement")
+    assert lookup.query["qualification"] == "'Name' = \"web-01\""
+
+
+async def test_create_looks_up_the_arm_id_first_when_an_attribute_holds_it(fake):
+    fake.add_ci("web-01")  # a namesake in another subscription
+    ci = fake.add_ci("web-01", CloudResourceId=VM.lower())
+    target = make_target(fake, ci_id_attribute="CloudResourceId")
+    try:
+        ticket = await target.create(an_incident(cis=(VM,)))
+    finally:
+        await target.close()
+    assert fake.incidents[ticket.id]["HPD_CI_ReconID"] == ci.attributes["ReconciliationIdentity"]
+
+
+async def test_an_unreconciled_ci_is_not_bound(fake, target):
+    fake.add_ci("web-01", recon_id="0")
+    ticket = await target.create(an_incident(cis=(VM,)))
+    assert "HPD_CI_ReconID" not in fake.incidents[ticket.id]
+
+
+async def test_a_missing_ci_is_left_unbound_by_default(fake, target):
+    ticket = await target.create(an_incident(cis=(VM,)))
+    assert "HPD_CI_ReconID" not in fake.incidents[ticket.id]
+    assert fake.cis == [] and not fake.calls_to("/api/cmdb/v1.0/instances", "POST")
+
+
+async def test_create_if_missing_creates_the_ci_and_binds_it(fake):
+    target = make_target(fake, ci_binding="create_if_missing")
+    try:
+        ticket = await target.create(an_incident(cis=(VM,)))
+    finally:
+        await target.close()
+    [ci] = fake.cis
+    assert (ci.class_name, ci.attributes["Name"], ci.attributes["ShortDescription"]) == (
+        "BMC_ComputerSystem",
+        "web-01",
+        VM,
+    )
+    assert fake.incidents[ticket.id]["HPD_CI_ReconID"] == ci.attributes["ReconciliationIdentity"]
+
+
+# -- find ------------------------------------------------------------------------------------------
+
+
+async def test_find_returns_the_open_incident_carrying_the_key(fake, target):
+    fake.add_incident(**{"Vendor Ticket Number": "another-alert"})
+    record = fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "In Progress"})
+    ticket = await target.find(an_incident())
+    assert ticket == Ticket(id=record["Incident Number"], number=record["Incident Number"], resolved=False)
+    call = fake.calls_to("HPD:IncidentInterface", "GET")[0]
+    assert call.query["limit"] == "2"
+    assert call.query["q"].startswith(f"'Vendor Ticket Number' = \"{KEY}\" AND (")
+
+
+async def test_find_returns_none_when_no_incident_carries_the_key(fake, target):
+    fake.add_incident(**{"Vendor Ticket Number": "another-alert"})
+    assert await target.find(an_incident()) is None
+
+
+async def test_find_returns_the_latest_resolved_incident_when_none_is_open(fake, target):
+    fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Resolved"})
+    latest = fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Resolved"})
+    fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Closed"})
+    ticket = await target.find(an_incident())
+    assert ticket == Ticket(id=latest["Incident Number"], number=latest["Incident Number"], resolved=True)
+
+
+async def test_two_open_incidents_with_one_key_is_an_error_a_person_must_settle(fake, target):
+    a = fake.add_incident(**{"Vendor Ticket Number": KEY})
+    b = fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Pending"})
+    error = await expect_error(target.find(an_incident()))
+    assert not error.retryable
+    assert a["Incident Number"] in str(error) and b["Incident Number"] in str(error)
+
+
+async def test_a_correlation_field_missing_from_the_form_is_an_error_not_an_empty_result(fake):
+    target = make_target(fake, correlation_field="AzureAlertId")
+    try:
+        error = await expect_error(target.find(an_incident()))
+    finally:
+        await target.close()
+    assert (error.status, error.retryable) == (400, False)
+    assert "AzureAlertId" in str(error)
+
+
+async def test_a_key_with_a_double_quote_is_escaped_in_the_qualification(fake, target):
+    record = fake.add_incident(**{"Vendor Ticket Number": 'a"b'})
+    assert (await target.find(an_incident(key='a"b'))).id == record["Incident Number"]
+    assert (
+        fake.calls_to("HPD:IncidentInterface", "GET")[0]
+        .query["q"]
+        .startswith('\'Vendor Ticket Number\' = "a""b"')
+    )
+
+
+@pytest.mark.parametrize("key", ["", " ", "x" * 101, "a\nb"])
+async def test_unsafe_keys_are_refused_without_calling_helix(fake, target, key):
+    assert not (await expect_error(target.find(an_incident(key=key)))).retryable
+    assert not (await expect_error(target.create(an_incident(key=key)))).retryable
+    assert fake.calls == []
+
+
+# -- note, resolve, reopen -------------------------------------------------------------------------
+
+
+async def test_note_adds_an_hpd_work_log_entry(fake, target):
+    ticket = await target.create(an_incident())
+    await target.note(ticket, an_incident(), "fired again at 10:05")
+    assert fake.work_log_texts(ticket.id) == ["fired again at 10:05"]
+    assert fake.work_logs[0]["Work Log Type"] == "General Information"
+
+
+async def test_resolve_puts_status_resolved_with_reason_and_resolution_on_the_interface_entry(fake, target):
+    ticket = await target.create(an_incident())
+    await target.resolve(ticket, an_incident(), "Alert resolved at 2026-01-01T10:30:00Z")
+    record = fake.incidents[ticket.id]
+    assert (record["Status"], record["Status_Reason"]) == ("Resolved", "Automated Resolution Reported")
+    assert record["Resolution"] == "Alert resolved at 2026-01-01T10:30:00Z"
+    [put] = fake.calls_to("/HPD:IncidentInterface/", "PUT")
+    assert put.path.endswith(f"{ticket.id}|{ticket.id}"), "PUT goes to the join form's entry id"
+
+
+async def test_resolve_after_find_uses_the_entry_id_the_search_returned(fake, target):
+    record = fake.add_incident(**{"Vendor Ticket Number": KEY})
+    ticket = await target.find(an_incident())
+    await target.resolve(ticket, an_incident(), "resolved")
+    assert record["Status"] == "Resolved"
+    assert len(fake.calls_to("HPD:IncidentInterface", "GET")) == 1, "no second lookup by Incident Number"
+
+
+async def test_resolve_sends_configured_values_when_the_instance_needs_an_assignee(fake):
+    fake.require_assignee_to_resolve = True
+    bare = make_target(fake)
+    with_assignee = make_target(
+        fake, resolve_values={"Assignee": "Relay Bot"}, status_reason="No Further Action Required"
+    )
+    try:
+        ticket = await bare.create(an_incident())
+        error = await expect_error(bare.resolve(ticket, an_incident(), "resolved"))
+        assert (error.status, error.retryable) == (400, False)
+        await with_assignee.resolve(ticket, an_incident(), "resolved")
+    finally:
+        await bare.close()
+        await with_assignee.close()
+    assert fake.incidents[ticket.id]["Status_Reason"] == "No Further Action Required"
+
+
+async def test_reopen_moves_back_to_in_progress_and_logs_why(fake, target):
+    ticket = await target.create(an_incident())
+    await target.resolve(ticket, an_incident(), "resolved")
+    await target.reopen(ticket, an_incident(), "fired again after resolve")
+    record = fake.incidents[ticket.id]
+    assert (record["Status"], record["Status_Reason"]) == ("In Progress", None)
+    assert fake.work_log_texts(ticket.id) == ["fired again after resolve"]
+
+
+async def test_a_closed_incident_refuses_resolve_for_good(fake, target):
+    record = fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Closed"})
+    error = await expect_error(
+        target.resolve(Ticket(record["Incident Number"], record["Incident Number"]), an_incident(), "r")
+    )
+    assert (error.status, error.retryable) == (400, False)
+
+
+async def test_an_incident_number_unknown_to_helix_is_not_retryable(fake, target):
+    error = await expect_error(
+        target.resolve(Ticket("INC000000999999", "INC000000999999"), an_incident(), "r")
+    )
+    assert not error.retryable
+
+
+# -- auth ------------------------------------------------------------------------------------------
+
+
+async def test_login_is_form_encoded_and_the_token_is_sent_as_ar_jwt(fake, target):
+    ticket = await target.create(an_incident())
+    await target.note(ticket, an_incident(), "n")
+    [login] = fake.calls_to("/api/jwt/login")
+    assert login.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert login.form() == {"username": "relay", "password": fake.password}
+    others = [c for c in fake.calls if not c.path.startswith("/api/jwt/")]
+    assert others and all(c.headers["Authorization"].startswith("AR-JWT ") for c in others)
+
+
+async def test_an_expired_token_logs_in_again_once_and_repeats_the_call(fake, target):
+    ticket = await target.create(an_incident())
+    fake.expire_tokens()
+    await target.note(ticket, an_incident(), "after expiry")
+    assert fake.logins == 2
+    assert fake.work_log_texts(ticket.id) == ["after expiry"]
+
+
+async def test_a_refused_login_is_not_retryable(fake, target):
+    fake.password = "rotated"
+    error = await expect_error(target.find(an_incident()))
+    assert (error.status, error.retryable) == (401, False)
+    assert "login" in str(error)
+
+
+async def test_close_logs_the_token_out(fake):
+    target = make_target(fake)
+    await target.find(an_incident())
+    await target.close()
+    assert fake.logouts == 1 and fake.tokens == set()
+
+
+async def test_the_password_never_appears_in_logs_or_errors(fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    target = make_target(fake)
+    fake.inject("status", status=500, path="/api/arsys/")
+    try:
+        error = await expect_error(target.find(an_incident()))
+    finally:
+        await target.close()
+    tokens = {c.headers.get("Authorization", "") for c in fake.calls} - {""}
+    for secret in [fake.password, *tokens]:
+        assert secret not in caplog.text and secret not in str(error), "a secret leaked"
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+async def test_429_is_retryable_with_retry_after(fake, target):
+    fake.inject("status", status=429, retry_after="30", path="/api/arsys/")
+    error = await expect_error(target.find(an_incident()))
+    assert (error.status, error.retryable, error.retry_after) == (429, True, 30.0)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_errors_are_retryable_and_show_the_ar_message(fake, target, status):
+    fake.inject("status", status=status, path="/api/arsys/")
+    error = await expect_error(target.create(an_incident()))
+    assert (error.status, error.retryable) == (status, True)
+    assert "ARERR 9999" in str(error)
+
+
+async def test_a_slow_answer_times_out_as_retryable(fake):
+    target = make_target(fake, timeout_seconds=0.2)
+    fake.inject("slow", delay=2.0, path="/api/arsys/")
+    try:
+        error = await expect_error(target.find(an_incident()))
+    finally:
+        await target.close()
+    assert error.retryable and "timed out" in str(error)
+
+
+async def test_a_connection_reset_is_retryable(fake, target):
+    fake.inject("reset", path="/api/arsys/")
+    assert (await expect_error(target.create(an_incident()))).retryable
+
+
+async def test_an_html_page_instead_of_json_is_retryable(fake, target):
+    fake.inject("html", path="/api/arsys/")
+    error = await expect_error(target.find(an_incident()))
+    assert error.retryable and "text/html" in str(error)
+
+
+async def test_a_reset_after_create_leaves_an_incident_that_find_adopts(fake, target):
+    fake.inject("reset_after", path="HPD:IncidentInterface_Create")
+    assert (await expect_error(target.create(an_incident()))).retryable
+    [record] = fake.incidents.values()
+    assert (await target.find(an_incident())).id == record["Incident Number"]
+
+
+async def test_a_retryable_cmdb_failure_fails_the_create_before_anything_is_written(fake, target):
+    fake.inject("status", status=503, path="/api/cmdb/")
+    assert (await expect_error(target.create(an_incident(cis=(VM,))))).retryable
+    assert fake.incidents == {}
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def base_cfg(**extra: Any) -> dict[str, Any]:
+    return {
+        "base_url": "https://helix.example.com",
+        "auth": {"type": "ar_jwt", "username": "u", "password_env": "P"},
+        **extra,
+    }
+
+
+def test_config_rejects_an_unknown_option_by_name():
+    with pytest.raises(TargetConfigError, match="status_reson"):
+        bmc_helix.from_config("h", base_cfg(status_reson="x"), env={"P": "p"})
+
+
+def test_config_rejects_an_unknown_service_type():
+    with pytest.raises(TargetConfigError, match="service_type"):
+        bmc_helix.from_config("h", base_cfg(service_type="Infrastructure"), env={"P": "p"})
+
+
+def test_config_names_the_unset_password_variable():
+    with pytest.raises(TargetConfigError, match="password_env names the environment variable P"):
+        bmc_helix.from_config("h", base_cfg(), env={})
+
+
+def test_config_refuses_a_quote_in_the_correlation_field():
+    with pytest.raises(TargetConfigError, match="correlation_field"):
+        bmc_helix.from_config("h", base_cfg(correlation_field="a'b"), env={"P": "p"})

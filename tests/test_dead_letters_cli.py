@@ -1,0 +1,121 @@
+"""`relay dead-letters list` and `relay dead-letters replay [ID | --all]` against a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from relay.alerts import parse_alert_json
+from relay.cli import main
+from relay.sqlite_store import SqliteStore
+from relay.store import Event
+from tests.conftest import SAMPLES
+
+
+def body_for(n: int) -> bytes:
+    doc = json.loads((SAMPLES / "testaction-metric-static-fired.json").read_bytes())
+    doc["data"]["essentials"]["alertId"] = (
+        f"/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/00000000-0000-4000-8000-{n:012d}"
+    )
+    return json.dumps(doc).encode()
+
+
+async def seed(db, errors: list[str]) -> list[str]:
+    """Accept one event per error, claim them, and dead-letter each with its error; returns the ids."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        for n in range(len(errors)):
+            body = body_for(n)
+            await store.accept(Event.from_alert(parse_alert_json(body), body))
+        claims = sorted(await store.claim(10, 30), key=lambda c: int(c.handle))
+        for claim, error in zip(claims, errors, strict=True):
+            await store.dead_letter(claim, error)
+        return [d.id for d in await store.dead_letters()]
+    finally:
+        await store.close()
+
+
+async def state(db) -> tuple[int, list[str]]:
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        return await store.pending(), [d.id for d in await store.dead_letters()]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "relay.db"
+
+
+def run(*args: str) -> int:
+    return main(list(args))
+
+
+def test_list_shows_each_dead_letter_with_its_error(db, capsys):
+    ids = asyncio.run(seed(db, ["snow: create failed: HTTP 403 (the account lacks a role)", "HTTP 400 bad field"]))
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "list") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["ID", "DEAD", "AT", "(UTC)", "ATTEMPTS", "CONDITION", "ALERT", "ERROR"]
+    assert out[1].split()[0] == ids[0] and "HTTP 403 (the account lacks a role)" in out[1]
+    assert "00000000-0000-4000-8000-000000000000" in out[1] and "Fired" in out[1]
+    assert out[2].split()[0] == ids[1] and out[2].endswith("HTTP 400 bad field")
+
+
+def test_list_json_gives_one_object_per_line(db, capsys):
+    asyncio.run(seed(db, ["boom"]))
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "list", "--json") == 0
+    [line] = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert record["error"] == "boom" and record["attempts"] == 1 and record["condition"] == "Fired"
+    assert record["alert_id"].endswith("00000000-0000-4000-8000-000000000000")
+
+
+def test_store_comes_from_relay_store_when_not_given(db, capsys, monkeypatch):
+    asyncio.run(seed(db, ["boom"]))
+    monkeypatch.setenv("RELAY_STORE", f"sqlite:///{db}")
+    assert run("dead-letters", "list") == 0
+    assert "boom" in capsys.readouterr().out
+
+
+def test_empty_store_says_so(db, capsys):
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "list") == 0
+    assert capsys.readouterr().out.strip() == "no dead letters"
+
+
+def test_replay_one_puts_it_back_in_the_queue(db, capsys):
+    ids = asyncio.run(seed(db, ["a", "b"]))
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "replay", ids[1]) == 0
+    assert "replayed 1 dead letter" in capsys.readouterr().out
+    assert asyncio.run(state(db)) == (1, [ids[0]])
+
+
+def test_replay_all(db, capsys):
+    asyncio.run(seed(db, ["a", "b", "c"]))
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "replay", "--all") == 0
+    assert "replayed 3 dead letters" in capsys.readouterr().out
+    assert asyncio.run(state(db)) == (3, [])
+
+
+def test_replay_with_an_unknown_id_replays_nothing_and_fails(db, capsys):
+    ids = asyncio.run(seed(db, ["a"]))
+    assert run("dead-letters", "--store", f"sqlite:///{db}", "replay", ids[0], "999") == 1
+    assert "no dead letter with id '999'" in capsys.readouterr().err
+    assert asyncio.run(state(db)) == (0, ids)
+
+
+@pytest.mark.parametrize("args", [["replay"], ["replay", "1", "--all"]])
+def test_replay_needs_ids_or_all_but_not_both(db, args, capsys):
+    with pytest.raises(SystemExit) as info:
+        run("dead-letters", "--store", f"sqlite:///{db}", *args)
+    assert info.value.code == 2
+    assert "give dead letter ids or --all" in capsys.readouterr().err
+
+
+def test_unsupported_store_url_exits_2(capsys):
+    assert run("dead-letters", "--store", "mysql://x", "list") == 2
+    assert "unsupported store" in capsys.readouterr().err

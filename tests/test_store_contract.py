@@ -1,0 +1,571 @@
+"""The store contract, written once and run on every backend: SQLite, and Azure Storage on Azurite.
+
+The `backend` fixture hands out replicas: store instances sharing one backend, as relay processes
+would. A few Azure-only tests at the end pin what only that backend can get wrong (the window
+between its table write and its queue send, unreadable queue messages, URL parsing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ServiceRequestError
+
+from relay.azure_store import INLINE_BODY_LIMIT, AzureStorageStore
+from relay.sqlite_store import SqliteStore
+from relay.store import (
+    Claim,
+    Event,
+    Store,
+    StoreUnavailable,
+    TicketRecord,
+    VersionConflict,
+    idempotency_key,
+    open_store,
+)
+from tests.azurite import Azurite, StorageCut, unique_names
+
+pytest_plugins = ["tests.azurite"]
+
+ALERT = "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.AlertsManagement/alerts/{}"
+T0 = "2025-01-01T00:00:00Z"
+# Long enough that nothing in a test outlives it: "not claimable now" must not depend on timing.
+LONG = 120.0
+WAIT_SECONDS = 60
+
+
+def event(alert: str | int, condition: str = "Fired", at: str = T0, body: bytes | None = None) -> Event:
+    alert_id = ALERT.format(alert)
+    if body is None:
+        body = json.dumps({"alertId": alert_id, "monitorCondition": condition, "at": at}).encode()
+    return Event(idempotency_key(alert_id, condition, at), alert_id, condition, at, body)
+
+
+# -- backends --------------------------------------------------------------------------------------
+
+
+class SqliteWriteLock:
+    """A SQLite outage: another connection holds the write lock, so nothing can commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+
+    def cut(self) -> None:
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def restore(self) -> None:
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+
+
+class Backend:
+    name = ""
+
+    def __init__(self) -> None:
+        self.stores: list[Store] = []
+
+    def make(self) -> Store:
+        raise NotImplementedError
+
+    async def replica(self) -> Store:
+        store = self.make()
+        await store.open()
+        self.stores.append(store)
+        return store
+
+    async def breakable_replica(self) -> tuple[Store, SqliteWriteLock | StorageCut]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        for s in self.stores:
+            await s.close()
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def make(self) -> Store:
+        return SqliteStore(self.path)
+
+    async def breakable_replica(self) -> tuple[Store, SqliteWriteLock | StorageCut]:
+        store = await self.replica()
+        # Under a held lock each write waits busy_timeout (5 s in production) before failing.
+        await store._run(lambda: store._db().execute("PRAGMA busy_timeout=200"))  # type: ignore[attr-defined]
+        return store, SqliteWriteLock(self.path)
+
+
+class AzureBackend(Backend):
+    name = "azure-storage"
+
+    def __init__(self, azurite: Azurite) -> None:
+        super().__init__()
+        self.azurite = azurite
+        self.names = unique_names()
+        self.cuts: list[StorageCut] = []
+
+    def make(self, connection_string: str | None = None) -> Store:
+        return AzureStorageStore(connection_string=connection_string or self.azurite.connection_string,
+                                 names=self.names)
+
+    async def breakable_replica(self) -> tuple[Store, SqliteWriteLock | StorageCut]:
+        cut = StorageCut(self.azurite)
+        self.cuts.append(cut)
+        store = self.make(cut.connection_string)
+        await store.open()
+        self.stores.append(store)
+        return store, cut
+
+    async def close(self) -> None:
+        await super().close()
+        for c in self.cuts:
+            c.close()
+
+
+@pytest.fixture(params=["sqlite", "azure-storage"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        b: Backend = SqliteBackend(tmp_path / "relay.db")
+    else:
+        b = AzureBackend(request.getfixturevalue("azurite"))
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.replica()
+
+
+async def claim_eventually(store: Store, limit: int = 10, lease: float = LONG) -> list[Claim]:
+    """Claim until something comes back: for what becomes due after a lease or a delay ends."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        got = await store.claim(limit, lease)
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"nothing became claimable within {WAIT_SECONDS}s")
+        await asyncio.sleep(0.1)
+
+
+async def drain(*replicas: Store) -> list[Claim]:
+    """Claim and complete everything, round-robin over the replicas; returns the claims in order."""
+    done: list[Claim] = []
+    deadline = time.monotonic() + WAIT_SECONDS
+    while await replicas[0].pending():
+        for r in replicas:
+            for c in await r.claim(10, LONG):
+                done.append(c)
+                await r.complete(c)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{await replicas[0].pending()} events still pending after {WAIT_SECONDS}s")
+    return done
+
+
+def keys(claims: list[Claim]) -> list[str]:
+    return [c.event.key for c in claims]
+
+
+# -- accept and deduplication ------------------------------------------------------------------------
+
+
+async def test_accept_records_a_new_event_and_refuses_its_duplicate(store):
+    e = event(1)
+    assert await store.accept(e) is True
+    assert await store.accept(e) is False, "the same idempotency key must be reported as a duplicate"
+    assert await store.pending() == 1
+    [c] = await store.claim(10, LONG)
+    assert c.event == e and c.event.body == e.body
+    assert c.attempts == 0
+
+
+async def test_idempotency_key_ignores_alert_id_case_but_separates_condition_and_time(store):
+    assert await store.accept(event("Mixed-Case"))
+    assert not await store.accept(event("mixed-case")), "ARM ids are case-insensitive: same alert, same key"
+    assert await store.accept(event("Mixed-Case", "Resolved", "2025-01-01T00:05:00Z"))
+    assert await store.accept(event("Mixed-Case", at="2025-01-01T00:10:00Z")), "a re-fire is a new event"
+    assert await store.pending() == 3
+
+
+async def test_concurrent_duplicates_on_two_replicas_are_recorded_once(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    e = event(1)
+    results = await asyncio.gather(*((r1 if i % 2 else r2).accept(e) for i in range(10)))
+    assert sorted(results) == [False] * 9 + [True]
+    assert await r1.pending() == 1 and await r2.pending() == 1
+
+
+# -- claim: leases and per-alert order ----------------------------------------------------------------
+
+
+async def test_claim_leases_only_the_oldest_event_of_each_alert_across_replicas(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    a1, a2, a3 = event("a", at="t1"), event("a", "Resolved", at="t2"), event("a", at="t3")
+    b1 = event("b")
+    for e in (a1, a2, a3, b1):
+        assert await (r1 if e is a2 else r2).accept(e)
+    first = await r1.claim(10, LONG)
+    assert sorted(keys(first)) == sorted([a1.key, b1.key]), "only each alert's oldest event may be leased"
+    assert await r2.claim(10, LONG) == [], "a leased alert must not hand its next event to another replica"
+    assert await r1.pending() == 4, "leased events are still pending"
+    for c in first:
+        await r1.complete(c)
+    [second] = await claim_eventually(r2)
+    assert second.event.key == a2.key
+    await r2.complete(second)
+    [third] = await claim_eventually(r1)
+    assert third.event.key == a3.key
+    await r1.complete(third)
+    assert await r1.pending() == 0
+    assert await r2.claim(10, LONG) == []
+
+
+async def test_claim_hands_out_at_most_limit_events(store):
+    for i in range(5):
+        await store.accept(event(i))
+    assert len(await store.claim(2, LONG)) == 2
+    rest = await claim_eventually(store, limit=10)
+    assert len(rest) == 3
+
+
+async def test_alert_id_case_variants_share_one_queue(store):
+    fired, resolved = event("Case-Alert"), event("case-alert", "Resolved", "2025-01-01T00:05:00Z")
+    await store.accept(fired)
+    await store.accept(resolved)
+    [c] = await store.claim(10, LONG)
+    assert c.event.key == fired.key, "the Resolved of the same alert (other case) must wait for its Fired"
+    await store.complete(c)
+    [c] = await claim_eventually(store)
+    assert c.event.key == resolved.key
+
+
+async def test_expired_lease_is_reclaimed_by_another_replica_and_the_old_claim_goes_stale(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    e = event(1)
+    await r1.accept(e)
+    [lost] = await r1.claim(10, lease_seconds=1)  # this replica "dies" holding the lease
+    [again] = await claim_eventually(r2)
+    assert again.event.key == e.key
+    assert again.attempts == 1, "an expired lease counts as an attempt (it may be a poison event)"
+    assert again.receipt != lost.receipt
+    await r1.complete(lost)
+    assert await r1.pending() == 1, "a claim whose lease was taken over must not complete the event"
+    await r1.retry_later(lost, 0, "late")
+    await r1.dead_letter(lost, "late")
+    assert await r1.dead_letters() == [], "a stale claim must not dead-letter the event"
+    await r2.complete(again)
+    assert await r2.pending() == 0
+
+
+async def test_completed_event_is_never_handed_out_again(store):
+    await store.accept(event(1))
+    [c] = await store.claim(10, lease_seconds=1)
+    await store.complete(c)
+    assert await store.pending() == 0
+    assert not await store.accept(event(1)), "a completed event's key must still deduplicate"
+    assert await store.claim(10, LONG) == []
+
+
+# -- retries and dead letters ---------------------------------------------------------------------------
+
+
+async def test_retry_later_holds_the_event_and_the_rest_of_its_alert_until_the_delay(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    a1, a2 = event("a"), event("a", "Resolved", "t2")
+    await r1.accept(a1)
+    await r1.accept(a2)
+    [c] = await r1.claim(10, LONG)
+    await r1.retry_later(c, LONG, "ServiceNow answered 503")
+    assert await r2.claim(10, LONG) == [], "a backing-off event must hold its alert's later events"
+    assert await r2.pending() == 2
+
+
+async def test_retry_later_hands_the_event_out_again_after_the_delay(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    await r1.accept(event(1))
+    [c] = await r1.claim(10, LONG)
+    await r1.retry_later(c, 1, "ServiceNow answered 503")
+    [again] = await claim_eventually(r2)
+    assert again.event.key == c.event.key
+    assert again.attempts == 1
+
+
+async def test_dead_letter_is_listed_with_its_error_and_releases_the_alert(store):
+    a1, a2 = event("a"), event("a", "Resolved", "t2")
+    await store.accept(a1)
+    await store.accept(a2)
+    [c] = await store.claim(10, LONG)
+    await store.dead_letter(c, "ServiceNow answered 400: invalid category")
+    [dl] = await store.dead_letters()
+    assert dl.event == a1 and dl.event.body == a1.body
+    assert dl.error == "ServiceNow answered 400: invalid category"
+    assert dl.attempts == 1
+    assert await store.pending() == 1, "a dead letter is no longer pending"
+    [nxt] = await claim_eventually(store)
+    assert nxt.event.key == a2.key, "dead-lettering the head must let the alert's next event go"
+
+
+async def test_replay_requeues_the_named_dead_letters_and_rejects_unknown_ids(store):
+    for i in (1, 2):
+        await store.accept(event(i))
+    for c in await store.claim(10, LONG):
+        await store.dead_letter(c, "boom")
+    dls = await store.dead_letters()
+    assert len(dls) == 2
+    with pytest.raises(KeyError):
+        await store.replay([dls[0].id, "no-such-dead-letter"])
+    assert len(await store.dead_letters()) == 2, "a replay naming an unknown id must move nothing"
+    assert await store.replay([dls[0].id]) == 1
+    assert [d.id for d in await store.dead_letters()] == [dls[1].id]
+    [c] = await claim_eventually(store)
+    assert c.event == dls[0].event
+    assert c.attempts == 0, "a replayed event starts with a fresh attempt count"
+    assert await store.replay(None) == 1
+    assert await store.dead_letters() == []
+    [c] = await claim_eventually(store)
+    assert c.event == dls[1].event
+
+
+async def test_replayed_event_waits_while_another_event_of_its_alert_is_leased(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    a1, a2 = event("a"), event("a", "Resolved", "t2")
+    await r1.accept(a1)
+    await r1.accept(a2)
+    [c1] = await r1.claim(10, LONG)
+    await r1.dead_letter(c1, "boom")
+    [c2] = await claim_eventually(r1)
+    assert c2.event.key == a2.key
+    assert await r1.replay(None) == 1
+    assert await r2.claim(10, LONG) == [], "never two events of one alert leased at once, replays included"
+    await r1.complete(c2)
+    [c] = await claim_eventually(r2)
+    assert c.event.key == a1.key
+
+
+# -- ticket records -----------------------------------------------------------------------------------
+
+
+async def test_ticket_record_is_created_once_and_updated_only_from_its_current_version(store):
+    assert await store.get_ticket("servicenow", "alert-1") is None
+    data = {"sys_id": "abc", "state": "open", "nested": {"n": [1, 2]}}
+    v1 = await store.put_ticket(TicketRecord("servicenow", "alert-1", data))
+    assert v1.version is not None
+    with pytest.raises(VersionConflict):
+        await store.put_ticket(TicketRecord("servicenow", "alert-1", {"sys_id": "other"}))
+    got = await store.get_ticket("servicenow", "alert-1")
+    assert got == v1 and got.data == data
+    resolved = {**data, "state": "resolved"}
+    v2 = await store.put_ticket(TicketRecord("servicenow", "alert-1", resolved, v1.version))
+    assert v2.version != v1.version
+    with pytest.raises(VersionConflict):
+        await store.put_ticket(TicketRecord("servicenow", "alert-1", {"state": "stale"}, v1.version))
+    assert (await store.get_ticket("servicenow", "alert-1")).data["state"] == "resolved"
+    assert await store.get_ticket("bmc_helix", "alert-1") is None, "records are per target"
+
+
+async def test_two_replicas_racing_on_one_ticket_record_only_one_wins(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+
+    async def put(r: Store, rec: TicketRecord) -> bool:
+        try:
+            await r.put_ticket(rec)
+            return True
+        except VersionConflict:
+            return False
+
+    created = await asyncio.gather(put(r1, TicketRecord("servicenow", "k", {"by": "r1"})),
+                                   put(r2, TicketRecord("servicenow", "k", {"by": "r2"})))
+    assert sorted(created) == [False, True], "exactly one replica may create the incident record"
+    current = await r1.get_ticket("servicenow", "k")
+    updated = await asyncio.gather(put(r1, TicketRecord("servicenow", "k", {"by": "r1"}, current.version)),
+                                   put(r2, TicketRecord("servicenow", "k", {"by": "r2"}, current.version)))
+    assert sorted(updated) == [False, True], "exactly one replica may update from one version"
+
+
+# -- replicas, sizes, outages ----------------------------------------------------------------------------
+
+
+async def test_two_replicas_deliver_every_event_once_in_order_per_alert(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    alerts, per_alert = 8, 4
+    accepted: dict[str, list[str]] = {}
+
+    async def feed(a: int) -> None:  # one alert's events in order, alternating replicas
+        for n in range(per_alert):
+            e = event(f"order-{a}", ("Fired", "Resolved")[n % 2], f"2025-01-01T00:0{n}:00Z")
+            assert await (r1, r2)[n % 2].accept(e)
+            accepted.setdefault(e.alert_id.lower(), []).append(e.key)
+
+    await asyncio.gather(*(feed(a) for a in range(alerts)))
+    delivered: dict[str, list[str]] = {}
+    in_flight: set[str] = set()
+    total = alerts * per_alert
+
+    async def work(r: Store) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while sum(map(len, delivered.values())) < total:
+            if time.monotonic() > deadline:
+                pytest.fail(f"only {sum(map(len, delivered.values()))} of {total} delivered")
+            claims = await r.claim(3, LONG)
+            for c in claims:
+                alert = c.event.alert_id.lower()
+                assert alert not in in_flight, f"two events of {alert} were leased at once"
+                in_flight.add(alert)
+            await asyncio.sleep(0)  # let the other replica claim while these are held
+            for c in claims:
+                delivered.setdefault(c.event.alert_id.lower(), []).append(c.event.key)
+                in_flight.discard(c.event.alert_id.lower())
+                await r.complete(c)
+            if not claims:
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(work(r1), work(r2))
+    assert delivered == accepted, "every event once, each alert's in acceptance order"
+    assert await r1.pending() == 0
+
+
+@pytest.mark.parametrize("size", [1, INLINE_BODY_LIMIT, INLINE_BODY_LIMIT + 1, 70_000, 200_000, 256 * 1024])
+async def test_bodies_come_back_byte_identical_whatever_their_size(store, size):
+    body = os.urandom(size)
+    e = event(f"size-{size}", body=body)
+    assert await store.accept(e)
+    assert not await store.accept(e)
+    [c] = await store.claim(10, LONG)
+    assert c.event.body == body, f"a {size}-byte body changed on its way through the store"
+    await store.dead_letter(c, "keep it")
+    [dl] = await store.dead_letters()
+    assert dl.event.body == body
+    await store.replay(None)
+    [c] = await claim_eventually(store)
+    assert c.event.body == body
+
+
+async def test_backend_outage_raises_store_unavailable_and_loses_nothing_acknowledged(backend):
+    store, outage = await backend.breakable_replica()
+    before, during = event("before"), event("during")
+    assert await store.accept(before)
+    outage.cut()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.accept(during)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.claim(10, LONG)
+        with pytest.raises(StoreUnavailable):
+            await store.put_ticket(TicketRecord("servicenow", "k", {}))
+    finally:
+        outage.restore()
+    await store.ping()
+    await store.accept(during)  # Azure retries what got a 503
+    delivered = await drain(store)
+    assert sorted(keys(delivered)) == sorted([before.key, during.key])
+
+
+async def test_closed_store_refuses_with_store_unavailable(backend):
+    store = await backend.replica()
+    backend.stores.remove(store)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.accept(event(1)), 10)  # wait_for: a hang is a failure too
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.ping(), 10)
+
+
+# -- Azure Storage only ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def azure(azurite: Azurite) -> AsyncIterator[AzureStorageStore]:
+    s = AzureStorageStore(connection_string=azurite.connection_string, names=unique_names())
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_azure_accept_cut_off_before_its_queue_send_is_queued_by_azures_retry(azure, monkeypatch):
+    e = event(1)
+    send = azure._q.send_message
+
+    async def storage_dies(*args, **kwargs):
+        raise ServiceRequestError("connection reset")
+
+    monkeypatch.setattr(azure._q, "send_message", storage_dies)
+    with pytest.raises(StoreUnavailable):
+        await azure.accept(e)  # recorded in the table, never queued, never acknowledged
+    monkeypatch.setattr(azure._q, "send_message", send)
+    assert await azure.accept(e) is False, "the retry is a duplicate of the recorded event"
+    [c] = await claim_eventually(azure)
+    assert c.event.key == e.key, "the retry must queue the event the first attempt recorded"
+
+
+async def test_azure_sweep_wakes_an_event_whose_accept_died_and_was_never_retried(azure, monkeypatch):
+    e, fresh = event("stranded"), event("fresh")
+    send = azure._q.send_message
+
+    async def storage_dies(*args, **kwargs):
+        raise ServiceRequestError("connection reset")
+
+    monkeypatch.setattr(azure._q, "send_message", storage_dies)
+    with pytest.raises(StoreUnavailable):
+        await azure.accept(e)  # recorded, never queued; this time Azure gives up
+    monkeypatch.setattr(azure._q, "send_message", send)
+    await azure.accept(fresh)
+    assert await azure.sweep() == 0, "nothing has been due long enough to count as stranded"
+    [c] = await azure.claim(10, LONG)
+    assert c.event.key == fresh.key, "without a wake-up the stranded event is invisible to claims"
+    assert await azure.sweep(stranded_after=0) == 1, "only the stranded alert needs waking (fresh is leased)"
+    [c] = await claim_eventually(azure)
+    assert c.event.key == e.key
+
+
+async def test_azure_unreadable_queue_message_goes_to_the_poison_queue(azure):
+    await azure._q.send_message("not a token")
+    await azure.accept(event(1))
+    [c] = await claim_eventually(azure)
+    assert c.event.key == event(1).key
+    poisoned = [m.content for m in await azure._poison.peek_messages(max_messages=32)]
+    assert poisoned == ["not a token"]
+
+
+async def test_azure_redundant_wakeups_are_dropped_from_the_queue(azure):
+    e1, e2, e3 = event("a"), event("a", "Resolved", "t2"), event("a", at="t3")
+    for e in (e1, e2, e3):
+        await azure.accept(e)
+    [c] = await azure.claim(10, LONG)
+    assert c.event.key == e1.key
+    props = await azure._q.get_queue_properties()
+    assert props.approximate_message_count == 1, "only the leased event's token should remain"
+    await azure.complete(c)
+    [c] = await claim_eventually(azure)
+    assert c.event.key == e2.key
+
+
+def test_open_store_picks_the_backend_from_the_url():
+    s = open_store("azure-storage://relaydemo01")
+    assert isinstance(s, AzureStorageStore) and s.account == "relaydemo01"
+    s = open_store("UseDevelopmentStorage=true")
+    assert isinstance(s, AzureStorageStore) and s.account == "devstoreaccount1"
+    s = open_store("DefaultEndpointsProtocol=https;AccountName=acct1;AccountKey=c2VjcmV0;EndpointSuffix=x")
+    assert s.account == "acct1" and "c2VjcmV0" not in repr(s)
+    assert isinstance(open_store("sqlite:///relay.db"), SqliteStore)
+    with pytest.raises(ValueError, match="3-24 lowercase"):
+        open_store("azure-storage://Not_An_Account")
+    with pytest.raises(ValueError) as err:
+        open_store("defaultendpointsprotocol=https;AccountKey=c2VjcmV0")
+    assert "c2VjcmV0" not in str(err.value), "an unsupported store URL holding a key must not be echoed"
