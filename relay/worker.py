@@ -237,6 +237,16 @@ class Worker:
 
     async def _deliver(self, claim: Claim) -> None:
         event = claim.event
+        if claim.attempts >= self.settings.max_attempts:
+            # Earlier leases ended with no outcome recorded: a delivery that kills the process (or
+            # outlives every lease) would otherwise come back forever.
+            self.metrics.dead_letters.labels("attempts_exhausted").inc()
+            log.error("dead letter %s: leased %d times without an outcome", claim.handle, claim.attempts)
+            await self.store.dead_letter(
+                claim, f"gave up after {claim.attempts} attempts that ended without an outcome "
+                "(the relay stopped or the lease ran out while delivering it)",
+            )
+            return
         try:
             alert = parse_alert_json(event.body)
         except (ValueError, SchemaError) as exc:

@@ -318,6 +318,20 @@ async def test_events_past_the_attempt_limit_become_dead_letters_with_the_last_e
     assert metric(worker, "relay_dead_letters_total", reason="attempts_exhausted") == 1
 
 
+async def test_event_whose_leases_keep_ending_without_an_outcome_is_dead_lettered(store, running):
+    # Three leases that expired unanswered (as if the relay died delivering it each time).
+    await accept(store, alert_body())
+    for _ in range(3):
+        assert len(await store.claim(10, lease_seconds=0.0)) == 1
+    target = FakeTarget()
+    worker = await running(store, make_config(max_attempts=3), {"itsm": target})
+    await until(lambda: drained(store), "event given up")
+    [dead] = await store.dead_letters()
+    assert "without an outcome" in dead.error
+    assert target.calls == [], "an event that keeps killing deliveries must not be tried again"
+    assert metric(worker, "relay_dead_letters_total", reason="attempts_exhausted") == 1
+
+
 async def test_non_retryable_failure_is_dead_lettered_at_once_and_the_alert_moves_on(store, running):
     target = FakeTarget()
     target.fail["create"] = [TargetError("HTTP 400: invalid assignment group", retryable=False, status=400)]

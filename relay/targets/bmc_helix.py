@@ -306,14 +306,7 @@ class BmcHelixTarget:
             raise self.http.not_json(reply, what)
 
     def _json(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
-        if reply.status not in ok:
-            raise self.http.failure(reply, what, _ar_error_text(reply))
-        if not reply.is_json:
-            raise self.http.not_json(reply, what)
-        try:
-            return reply.json()
-        except ValueError:
-            raise self.http.not_json(reply, what) from None
+        return self.http.parse_json(reply, what, _ar_error_text, ok)
 
     def _route_values(self, incident: Incident) -> dict[str, str]:
         values: dict[str, str] = {}

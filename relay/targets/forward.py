@@ -9,7 +9,6 @@ per-alert order, retries and dead letters. Auth: none, basic, bearer, or a custo
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from relay.targets import TargetError, is_retryable_status
-from relay.targets.target_config import Options, TargetConfigError
+from relay.targets.target_config import Options, TargetConfigError, is_loopback
 from relay.targets.vendor_api import RETRY_AFTER_STATUSES, parse_retry_after
 
 log = logging.getLogger("relay.targets.forward")
@@ -120,7 +119,7 @@ def _endpoint(opts: Options) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
         raise TargetConfigError(f"{opts.where('base_url')} must be an https URL without a #fragment (got {raw!r})")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise TargetConfigError(
             f"{opts.where('base_url')} must use https: the alert and credentials travel in it "
             f"(plain http is allowed only on loopback, got {raw!r})"
@@ -148,12 +147,3 @@ def _auth(opts: Options, env: Mapping[str, str]) -> tuple[str, str] | None:
     if header.lower() in RESERVED_HEADERS or not header.replace("-", "").isalnum():
         raise TargetConfigError(f"{auth.where('name')} must be a header name like X-Api-Key (got {header!r})")
     return header, auth.secret("value_env", env)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -237,14 +237,7 @@ class RequestTrackerTarget:
             )
 
     def _json(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
-        if reply.status not in ok:
-            raise self.http.failure(reply, what, _rt_message(reply))
-        if not reply.is_json:
-            raise self.http.not_json(reply, what)
-        try:
-            return reply.json()
-        except ValueError:
-            raise self.http.not_json(reply, what) from None
+        return self.http.parse_json(reply, what, _rt_message, ok)
 
     def _route_fields(self, incident: Incident) -> dict[str, Any]:
         values: dict[str, Any] = {}

@@ -226,14 +226,7 @@ class ServiceNowTarget:
         return params
 
     def _result(self, reply: Reply, what: str, ok: tuple[int, ...] = (200,)) -> Any:
-        if reply.status not in ok:
-            raise self.http.failure(reply, what, _error_text(reply))
-        if not reply.is_json:
-            raise self.http.not_json(reply, what)
-        try:
-            data = reply.json()
-        except ValueError:
-            raise self.http.not_json(reply, what) from None
+        data = self.http.parse_json(reply, what, _error_text, ok)
         if not isinstance(data, dict) or "result" not in data:
             raise self.http.bad_answer(reply, what, "the body has no 'result'")
         return data["result"]

@@ -132,7 +132,7 @@ class Options:
         parts = urlsplit(raw)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise TargetConfigError(f"{self.where('base_url')} must be an https URL (got {raw!r})")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise TargetConfigError(
                 f"{self.where('base_url')} must use https: credentials are sent on every call "
                 f"(plain http is allowed only on loopback, got {raw!r})"
@@ -150,7 +150,7 @@ class Options:
         return self.integer("max_concurrency", DEFAULT_MAX_CONCURRENCY)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -254,6 +254,23 @@ class VendorHTTP:
             status=status,
         )
 
+    def parse_json(
+        self, reply: Reply, what: str, error_text: Callable[[Reply], str], ok: tuple[int, ...] = (200,)
+    ) -> Any:
+        """The JSON of a reply whose status is in `ok`; otherwise the TargetError that says why not.
+
+        `error_text` reads the vendor's own error message from a failed reply (each API words it
+        differently).
+        """
+        if reply.status not in ok:
+            raise self.failure(reply, what, error_text(reply))
+        if not reply.is_json:
+            raise self.not_json(reply, what)
+        try:
+            return reply.json()
+        except ValueError:
+            raise self.not_json(reply, what) from None
+
     def not_json(self, reply: Reply, what: str) -> TargetError:
         """A success status whose body is not JSON: a login page, a proxy, a hibernating instance."""
         return TargetError(
