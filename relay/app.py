@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.intake import MAX_BODY_BYTES, METRICS_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
+from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
 from relay.metrics import IntakeMetrics
 from relay.settings import Settings
 from relay.signing_keys import SigningKeys
@@ -96,6 +96,7 @@ def create_app(
     app[KEYS_KEY] = keys
     app[VALIDATOR_KEY] = TokenValidator(settings, keys)
     app[METRICS_KEY] = metrics
+    app[ON_ACCEPT_KEY] = []
 
     app.router.add_post("/alerts", post_alert)
     app.router.add_get("/healthz", healthz)

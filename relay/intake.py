@@ -28,6 +28,8 @@ RETRY_AFTER_SECONDS = "5"
 STORE_KEY = web.AppKey("store", Store)
 VALIDATOR_KEY = web.AppKey("validator", TokenValidator)
 METRICS_KEY = web.AppKey("metrics", IntakeMetrics)
+# Called after each newly committed event (the delivery worker looks at once instead of at its next poll).
+ON_ACCEPT_KEY = web.AppKey("on_accept", list)
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
@@ -94,6 +96,8 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
         ))
     metrics.commit_seconds.observe(time.perf_counter() - started)
     if new:
+        for wake in app[ON_ACCEPT_KEY]:
+            wake()
         log.info(
             "accepted %s %s (%s) from app %s",
             alert.condition, alert.correlation_key, alert.essentials.monitoring_service, caller.app_id,

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
 from relay.delivery_metrics import DeliveryMetrics
+from relay.intake import ON_ACCEPT_KEY
 from relay.lifecycle import (
     Action,
     EventFacts,
@@ -502,6 +503,7 @@ def delivery_hooks(config_path: str | None, store: Store, registry: CollectorReg
         worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry))
         running.append(worker)
         await worker.start()
+        app[ON_ACCEPT_KEY].append(worker.notify)
         log.info("delivering to %s", ", ".join(f"{n} ({c.kind})" for n, c in config.targets.items()))
         yield
         await worker.stop()
