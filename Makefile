@@ -45,5 +45,11 @@ STACK ?= dev
 plan: $(VENV)/.all-installed
 	@$(BIN)/python -m infra.plan $(STACK)
 
+# Benchmarks: they start and stop everything themselves and write docs/benchmarks.md (never a test).
+bench: $(VENV)/.all-installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >&2; } || \
+	  { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .demo

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): they start and stop everything themselves and write docs/benchmarks.md."""

