@@ -29,7 +29,9 @@ FINDINGS = """## Where the aims are missed, and why
   (no thread) gave the same figure, so the thread is not the cost; per-event SQLite work is (~90-150 us
   per 4 KB event with its two indexes and WAL frames). Tried and kept: one `executemany` per batch
   instead of per-event statements, and no AUTOINCREMENT (about +10 % each in the store alone). Tried
-  and dropped: a multi-row INSERT, a shorter GIL switch interval, `wal_autocheckpoint=0` (no gain).
+  and dropped: a multi-row INSERT, a shorter GIL switch interval, `wal_autocheckpoint=0`, a 32-byte
+  blob key, and running only BEGIN and COMMIT on the store thread with the inserts on the loop (no gain
+  beyond run-to-run noise of about 15 %).
   Next steps worth measuring: a slimmer `events` row (key as a 32-byte blob, alert id hashed for the
   per-alert index), and bigger batches from more connections (Azure itself sends far fewer than 32
   at once: at most 1,500 webhook calls a minute per subscription).
