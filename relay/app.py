@@ -22,6 +22,10 @@ log = logging.getLogger("relay.app")
 KEYS_KEY = web.AppKey("signing_keys", SigningKeys)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 SHUTDOWN_TIMEOUT_SECONDS = 20  # under Container Apps' default 30 s termination grace period
+# How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
+# headers: this one also closes a connection whose request line and headers have not all arrived by then
+# (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
+KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
 
 
@@ -83,10 +87,12 @@ def create_app(
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
+    # No decompression: intake answers 415 to any Content-Encoding, so aiohttp must not inflate (or refuse
+    # with its own 400, as it does for br) a body that is never read anyway.
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[never_500],
-        handler_args={"max_field_size": 16384},
+        handler_args={"max_field_size": 16384, "auto_decompress": False},
     )
     store = store or open_store(settings.store_url)
     keys = keys or SigningKeys(settings.metadata_url, settings.tenant_id)
@@ -156,6 +162,7 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
         access_log_format='%a "%r" %s %b %Tfs',
         print=None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -32,6 +33,8 @@ METRICS_KEY = web.AppKey("metrics", IntakeMetrics)
 ON_ACCEPT_KEY = web.AppKey("on_accept", list)
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+# A \uD800-\uDFFF escape, or the UTF-8-style bytes of a surrogate (ED A0-BF): the only ways into a lone one.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
@@ -76,8 +79,12 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
 
     try:
         doc = json.loads(body)
-    except ValueError as exc:  # also UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError; RecursionError: nested too deep
         return done("malformed_json", _json(400, {"error": "malformed JSON", "detail": str(exc)[:200]}))
+    if _lone_surrogate(body, doc):
+        return done("malformed_json", _json(400, {
+            "error": "malformed JSON", "detail": "a string holds a lone UTF-16 surrogate: it is not Unicode text",
+        }))
     try:
         alert = parse_alert(doc)
     except SchemaError as exc:
@@ -106,6 +113,20 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
     return done("duplicate", _json(200, {"status": "duplicate", "key": event.key}))
 
 
+def _lone_surrogate(body: bytes, doc: object) -> bool:
+    """Whether a string in `doc` holds a lone surrogate (from a \\ud800-\\udfff escape, or from surrogate
+    bytes, which json.loads also lets through). No UTF-8 output can carry one: the store's key, a target's
+    request or a log line would fail on it, so it is refused here. Only bodies that could hold one are
+    re-encoded to find out."""
+    if _SURROGATE_HINT.search(body) is None:
+        return False
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return True
+    return False
+
+
 async def _read_bounded(request: web.Request) -> bytes | None:
     """The body, or None as soon as it passes MAX_BODY_BYTES (the rest is never read)."""
     chunks = []
@@ -125,6 +146,7 @@ def _too_large() -> web.Response:
 
 
 def _closing(resp: web.Response) -> web.Response:
-    # Unread body bytes may follow; close rather than drain them.
+    # Unread body bytes may follow: close the connection once they are discarded (aiohttp reads and drops
+    # them for up to its lingering time, 10 s, so that the client sees this answer rather than a reset).
     resp.force_close()
     return resp

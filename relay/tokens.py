@@ -184,7 +184,7 @@ def _unverified_header(token: str) -> dict:
     segment = token.split(".", 1)[0]
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise TokenRejected("malformed", "header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise TokenRejected("malformed", "header is not a JSON object")

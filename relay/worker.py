@@ -389,6 +389,7 @@ class Worker:
             version = await self._put(target.name, key.key, intent, version, want_version=True)
             if version is False:
                 return False
+            creating = False
             try:
                 found = await self._call(target, "find", target.find, incident)
                 if found is not None and not found.resolved:
@@ -396,9 +397,16 @@ class Worker:
                     log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
                              found.number or found.id, incident.correlation_key)
                 else:
+                    creating = True
                     ticket = await self._call(target, "create", target.create, incident)
-            except BaseException:
-                # Nothing was opened (or we cannot know): drop the intent so the retry need not wait it out.
+            except BaseException as exc:
+                if creating and _unanswered(exc):
+                    # The create may still land (a hung call the target finishes after we gave up): keep the
+                    # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
+                    log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
+                                target.name, incident.correlation_key)
+                    raise
+                # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
                 await asyncio.shield(self._put(target.name, key.key, base, version))
                 raise
             new_state = decision.state.with_ticket(ticket.id, ticket.number)
@@ -476,6 +484,14 @@ class Worker:
             await op
         except StoreUnavailable as exc:
             log.error("could not release a claim at shutdown (its lease will expire): %s", exc)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """A call that ended without the target's answer (timed out, connection dropped, cancelled): the target
+    may have applied it, or may still. Refused connections sent nothing; any answer means it is done."""
+    if isinstance(exc, TargetError):
+        return exc.status is None and not isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+    return isinstance(exc, TimeoutError | asyncio.CancelledError)
 
 
 def _describe(failures: list[_Outcome]) -> str:

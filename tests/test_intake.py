@@ -108,6 +108,30 @@ async def test_malformed_json_gets_400(client, issuer):
     assert (await resp.json())["error"] == "malformed JSON"
 
 
+async def test_json_nested_deeper_than_the_parser_goes_gets_400(client, issuer):
+    resp = await post(client, b"[" * 100_000 + b"]" * 100_000, issuer.authorization())
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed JSON"
+
+
+@pytest.mark.parametrize("field", ["alertId", "alertRule", "description"])
+@pytest.mark.parametrize("surrogate", [b"\\ud800", b"\\uDFFF", b"\xed\xa0\x80"], ids=["escape", "low escape", "bytes"])
+async def test_lone_surrogate_in_a_string_gets_400(client, issuer, field, surrogate):
+    doc = load_sample(METRIC)
+    doc["data"]["essentials"][field] = doc["data"]["essentials"].get(field, "") + "MARK"
+    body = json.dumps(doc).encode().replace(b"MARK", surrogate)
+    resp = await post(client, body, issuer.authorization())
+    assert resp.status == 400, await resp.text()
+    assert await client.app[STORE_KEY].events() == []
+
+
+async def test_surrogate_pair_escape_is_ordinary_text(client, issuer):
+    doc = load_sample(METRIC)
+    doc["data"]["essentials"]["description"] = "disk full \U0001F525"
+    resp = await post(client, json.dumps(doc, ensure_ascii=True).encode(), issuer.authorization())
+    assert resp.status == 202
+
+
 async def test_invalid_utf8_gets_400(client, issuer):
     resp = await post(client, b'{"a": "\xff\xfe"}', issuer.authorization())
     assert resp.status == 400
@@ -124,8 +148,9 @@ async def test_json_with_charset_is_accepted(client, issuer):
     assert resp.status == 202
 
 
-async def test_compressed_body_gets_415(client, issuer):
-    resp = await post(client, body_of(METRIC), issuer.authorization(), **{"Content-Encoding": "gzip"})
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_compressed_body_gets_415(client, issuer, encoding):
+    resp = await post(client, body_of(METRIC), issuer.authorization(), **{"Content-Encoding": encoding})
     assert resp.status == 415
 
 

@@ -45,7 +45,11 @@ async def reason_for(validator: TokenValidator, authorization: str | None) -> st
 
 
 def b64(obj: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return b64_raw(json.dumps(obj).encode())
+
+
+def b64_raw(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 async def test_valid_v2_token_is_accepted(validator, issuer):
@@ -84,6 +88,8 @@ def forged(issuer: DevIssuer):
         "garbage": ("Bearer not-a-jwt", "malformed"),
         "jwe five segments": ("Bearer a.b.c.d.e", "malformed"),
         "undecodable header": ("Bearer !!!.e30.sig", "malformed"),
+        "header nested past the JSON parser's depth": (f"Bearer {b64_raw(b'[' * 2000 + b']' * 2000)}.e30.sig",
+                                                       "malformed"),
         "alg none": (f"Bearer {none_token}", "bad_algorithm"),
         "hs256": (f"Bearer {hs_token}", "bad_algorithm"),
         "jku header": ("Bearer " + issuer.mint(headers={"jku": "https://evil.example/keys"}), "forbidden_header"),

@@ -426,6 +426,38 @@ async def test_crash_between_create_and_record_still_gives_exactly_one_incident(
     assert ticket["resolved"]
 
 
+class HungCreateTarget(FakeTarget):
+    """Its first create gets no answer in time (the relay sees a timeout) but lands a moment later."""
+
+    def __init__(self, lands_after: float) -> None:
+        super().__init__()
+        self.lands_after = lands_after
+        self.landed: asyncio.Task[None] | None = None
+
+    async def create(self, incident: Incident) -> Ticket:
+        if self.landed is not None:
+            return await super().create(incident)
+        self.calls.append(("create", incident.correlation_key))
+
+        async def land() -> None:
+            await asyncio.sleep(self.lands_after)
+            self.tickets["hung"] = {"key": incident.correlation_key, "resolved": False, "notes": [], "cis": (),
+                                    "summary": incident.summary}
+
+        self.landed = asyncio.create_task(land())
+        raise TargetError("itsm: POST /incident timed out after 5s", retryable=True)
+
+
+async def test_create_without_an_answer_is_searched_for_after_the_lease_not_created_again(store, running):
+    target = HungCreateTarget(lands_after=0.2)
+    await accept(store, alert_body())
+    await running(store, make_config(lease_seconds=0.6), {"itsm": target})
+    await until(lambda: drained(store), "event delivered")
+    await until(lambda: target.landed is not None and target.landed.done(), "the hung create landed")
+    assert len(target.tickets) == 1, f"a create that timed out and then landed was sent again: {target.calls}"
+    assert (await store.get_ticket("itsm", GUID)).data["ticket_id"] == "hung"
+
+
 async def test_two_workers_on_one_store_open_one_incident_for_a_shared_key(store, running):
     target = FakeTarget()
     target.gate = asyncio.Event()
