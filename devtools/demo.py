@@ -27,6 +27,7 @@ from devtools.dev_issuer import DevIssuer
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "samples"
 WORKDIR = ROOT / ".demo"
+DEMO_GUID = "de300000-0000-4000-8000-00000000d3e0"  # the alert whose life step 3 plays
 
 
 def free_port() -> int:
@@ -103,7 +104,7 @@ def episode_bodies() -> list[tuple[str, bytes]]:
     """One metric alert's life: fired, the same delivery again, resolved, then fired again later."""
     resolved = json.loads((SAMPLES / "metric-static-resolved.json").read_text())
     ess = resolved["data"]["essentials"]
-    ess["alertId"] = ess["alertId"].rsplit("/", 1)[0] + "/0d3m0000-0000-4000-8000-000000000001"
+    ess["alertId"] = ess["alertId"].rsplit("/", 1)[0] + "/" + DEMO_GUID
     fired = json.loads(json.dumps(resolved))
     fired["data"]["essentials"]["monitorCondition"] = "Fired"
     del fired["data"]["essentials"]["resolvedDateTime"]
@@ -132,20 +133,24 @@ async def wait_delivered(http: aiohttp.ClientSession, base: str) -> float:
     return pending
 
 
-def summarise_dry_run(path: Path) -> None:
+def summarise_dry_run(path: Path) -> list[str]:
+    """Print the calls made; return those made for the demo alert of step 3, in order."""
     if not path.exists():
         print("   (no calls written)")
-        return
+        return []
     calls = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     made = [c for c in calls if c.get("call") != "find"]
     counts: dict[str, int] = {}
     for c in made:
         counts[c["call"]] = counts.get(c["call"], 0) + 1
     print("   " + ", ".join(f"{n} {call}" for call, n in sorted(counts.items())))
+    episode = []
     for c in made:
-        if "0d3m" in (c.get("correlation_key") or ""):
+        if (c.get("correlation_key") or "").startswith(DEMO_GUID):
             ticket = (c.get("ticket") or {}).get("number") or ""
             print(f"   {c['call']:8} {c['correlation_key']:44} {ticket}")
+            episode.append(c["call"])
+    return episode
 
 
 async def drive(base: str, issuer: DevIssuer) -> int:
@@ -192,13 +197,17 @@ async def drive(base: str, issuer: DevIssuer) -> int:
         pending = await wait_delivered(http, base)
     print(f"\n5. Incident calls made by the delivery worker ({pending:.0f} deliveries still pending)")
     dry_run = WORKDIR / "dry-run.jsonl"
+    episode_ok = True
     if dry_run.exists() or not os.environ.get("RT_URL"):
-        summarise_dry_run(dry_run)
+        # The alert of step 3: one incident, resolved, then a new one for the new episode.
+        episode_ok = summarise_dry_run(dry_run) == ["create", "resolve", "create"]
+        if not episode_ok:
+            print("   the demo alert did not give create, resolve, create")
     else:
         print(f"   see the tickets in Request Tracker at {os.environ['RT_URL']}")
     print(f"\nAccepted {accepted} of {len(samples)} samples; duplicates were not stored twice.")
     print(f"Store: {WORKDIR / 'relay.db'}; relay log: {WORKDIR / 'relay.log'}")
-    ok = accepted == len(samples) and statuses.count(200) == len(samples) and pending == 0
+    ok = accepted == len(samples) and statuses.count(200) == len(samples) and pending == 0 and episode_ok
     return 0 if ok else 1
 
 
