@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from devtools.dev_issuer import DevIssuer
+from relay.targets import TargetError
 
 SAMPLES = Path(__file__).parent / "samples"
 COMMON_SCHEMA = "azureMonitorCommonAlertSchema"
@@ -22,6 +23,13 @@ def load_sample(name: str) -> dict[str, Any]:
 
 def full_sample_names() -> list[str]:
     return sorted(p.name for p in SAMPLES.glob("*.json") if json.loads(p.read_text()).get("schemaId") == COMMON_SCHEMA)
+
+
+async def expect_error(coro: Any) -> TargetError:
+    """The TargetError a target call raises (the test fails if it raises nothing)."""
+    with pytest.raises(TargetError) as info:
+        await coro
+    return info.value
 
 
 def require_e2e() -> bool:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from relay.targets import Incident, TargetError, Ticket, bmc_helix
+from relay.targets import Incident, Ticket, bmc_helix
 from relay.targets.target_config import TargetConfigError
+from tests.conftest import expect_error
 from tests.fakes.bmc_helix import FakeBmcHelix
 
 KEY = "0f3c2d8e-9a4b-4c1d-8e7f-6a5b4c3d2e1f"
@@ -56,12 +57,6 @@ async def target(fake: FakeBmcHelix) -> AsyncIterator[bmc_helix.BmcHelixTarget]:
     t = make_target(fake)
     yield t
     await t.close()
-
-
-async def expect_error(coro: Any) -> TargetError:
-    with pytest.raises(TargetError) as info:
-        await coro
-    return info.value
 
 
 # -- create ----------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from relay.targets import Incident, TargetError, Ticket, request_tracker
+from relay.targets import Incident, Ticket, request_tracker
 from relay.targets.target_config import TargetConfigError
+from tests.conftest import expect_error
 from tests.fakes.request_tracker import FakeRequestTracker
 
 KEY = "7d1e2f3a-4b5c-4d6e-8f90-a1b2c3d4e5f6"
@@ -62,12 +63,6 @@ async def target(fake: FakeRequestTracker) -> AsyncIterator[request_tracker.Requ
     t = make_target(fake)
     yield t
     await t.close()
-
-
-async def expect_error(coro: Any) -> TargetError:
-    with pytest.raises(TargetError) as info:
-        await coro
-    return info.value
 
 
 async def test_create_sets_the_key_custom_field_and_route_priority_in_the_queue(fake, target):

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from relay.targets import Incident, TargetError, Ticket, servicenow
+from relay.targets import Incident, Ticket, servicenow
 from relay.targets.target_config import TargetConfigError
+from tests.conftest import expect_error
 from tests.fakes.servicenow import FakeServiceNow
 
 KEY = "5b6c1c8e-0b7a-4a41-9f43-2d1f5a9f6c11"
@@ -63,12 +64,6 @@ async def target(fake: FakeServiceNow) -> AsyncIterator[servicenow.ServiceNowTar
     t = make_target(fake)
     yield t
     await t.close()
-
-
-async def expect_error(coro: Any) -> TargetError:
-    with pytest.raises(TargetError) as info:
-        await coro
-    return info.value
 
 
 # -- create ----------------------------------------------------------------------------------------
