@@ -1,0 +1,81 @@
+"""The relay's configuration vocabulary, defined once: names, choices, bounds and defaults.
+
+The relay's RELAY_CONFIG validator (`relay.delivery.config`), its target option readers and the Pulumi
+program's stack-config model (`infra.config`) all check against these definitions, so a value the
+stack accepts is a value the relay accepts. Standard library only: `infra/` imports this module and
+nothing else of the relay (an import-linter contract in pyproject.toml says so), and the relay's
+container image never carries the Pulumi SDKs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Azure Monitor's alert severities, as the common alert schema spells them.
+SEVERITIES = ("Sev0", "Sev1", "Sev2", "Sev3", "Sev4")
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+# A target's name: a metric label, a log field and part of the ticket records' keys.
+TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TARGET_NAME_RULE = "target names use letters, digits, _ and - (at most 64)"
+
+# A route's lifecycle choices; the first of each is the default.
+ON_REPEAT = ("note", "nothing")
+ON_REFIRE = ("new", "reopen", "ignore")
+ON_RESOLVE = ("resolve", "note", "nothing")
+INCIDENT_PER = ("alert", "configuration_item")
+
+# The keys of a route, and of its `match:`; every match key but custom_properties takes one pattern or a list.
+ROUTE_KEYS = ("match", "target", "fields", "on_refire", "on_repeat", "on_resolve", "incident_per", "summary",
+              "description", "continue")
+MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
+              "custom_properties")
+MATCH_LISTS = tuple(k for k in MATCH_KEYS if k != "custom_properties")
+# Route keys passed to the relay as written, besides match, target and fields.
+ROUTE_OPTIONS = tuple(k for k in ROUTE_KEYS if k not in ("match", "target", "fields"))
+
+# Keys that would hold a secret inline; secrets are only ever named, as `<key>_env: VARIABLE`.
+# `value` counts only inside an `auth` block (header auth names its secret with value_env).
+INLINE_SECRET_KEYS = ("password", "client_secret", "token", "secret", "api_key", "apikey")
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """An inclusive range of numbers a setting may take, and its default."""
+
+    low: float
+    high: float
+    default: float
+    whole: bool = False  # whole numbers only
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.whole and not isinstance(value, int):
+            return False
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        """What is allowed, for error messages: `a number from 0.1 to 600`."""
+        what = "a whole number" if self.whole else "a number"
+        return f"{what} from {self.low:g} to {self.high:g}"
+
+
+# Per target, read by the delivery core: each call's timeout, and deliveries at once.
+TIMEOUT_SECONDS = Bound(0.1, 600, 30.0)
+MAX_CONCURRENCY = Bound(1, 256, 4, whole=True)
+
+# The `delivery:` section of RELAY_CONFIG: retries, circuit breaker, leases and shutdown.
+DELIVERY: dict[str, Bound] = {
+    "max_attempts": Bound(1, 1000, 24, whole=True),
+    "backoff_base_seconds": Bound(0.001, 86400, 2.0),
+    "backoff_max_seconds": Bound(0.001, 86400, 600.0),
+    "circuit_failures": Bound(1, 1000, 5, whole=True),
+    "circuit_open_seconds": Bound(0.001, 86400, 30.0),
+    "lease_seconds": Bound(0.001, 86400, 300.0),
+    # Under Container Apps' default 30 s termination grace period (the stack adds its margin to it).
+    "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
+    "poll_seconds": Bound(0.001, 86400, 1.0),
+}
