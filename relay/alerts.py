@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.schema import GUID, SEVERITIES
+
 SCHEMA_ID = "azureMonitorCommonAlertSchema"
-SEVERITIES = ("Sev0", "Sev1", "Sev2", "Sev3", "Sev4")
 CONDITIONS = ("Fired", "Resolved")
 # Azure writes both spellings: "Activity Log" in most samples, "ActivityLog" in the Service Health one.
 SIGNAL_TYPES = {"Metric": "Metric", "Log": "Log", "Activity Log": "Activity Log", "ActivityLog": "Activity Log"}
@@ -147,7 +148,7 @@ class Alert:
         name, so they are keyed by a hash of the whole (case-insensitive) id instead.
         """
         last = self.essentials.alert_id.rstrip("/").rsplit("/", 1)[-1]
-        if _GUID.match(last):
+        if GUID.match(last):
             return last.lower()
         return "id-" + hashlib.sha256(self.essentials.alert_id.lower().encode()).hexdigest()[:40]
 
@@ -202,7 +203,6 @@ def parse_alert(doc: Any) -> Alert:
     return Alert(essentials=essentials, context=context, custom_properties=custom, raw=doc)
 
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
@@ -393,3 +393,36 @@ def _text(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
     return str(value)
+
+
+# -- facts about an alert, used by routing, rendering and the lifecycle ---------------------------
+
+def configuration_items(alert: Alert) -> tuple[str, ...]:
+    """`configurationItems`, falling back to `alertTargetIDs` (ARM ids)."""
+    return alert.essentials.configuration_items or alert.essentials.target_ids
+
+
+_SUBSCRIPTION = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)
+
+
+def subscription_of(alert: Alert) -> str | None:
+    """The subscription id, from the first target id or else the alert id."""
+    for text in (*alert.essentials.target_ids, alert.essentials.alert_id):
+        m = _SUBSCRIPTION.search(text)
+        if m:
+            return m.group(1)
+    return None
+
+
+_RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
+
+
+def resource_group_of(alert: Alert) -> str | None:
+    """`targetResourceGroup`, else the resource group in the first target id that has one."""
+    if alert.essentials.target_resource_group:
+        return alert.essentials.target_resource_group
+    for rid in alert.essentials.target_ids:
+        m = _RESOURCE_GROUP.search(rid)
+        if m:
+            return m.group(1)
+    return None

@@ -1,21 +1,33 @@
-"""The relay's aiohttp application: routes, health, metrics, and the order things start and stop in."""
+"""The relay's composition root: the aiohttp app, its routes, health and metrics, and the order things
+start and stop in.
+
+This is the one module that knows both flows: it builds the store, hands intake its keys, loads
+RELAY_CONFIG and builds the targets and the delivery worker, and connects the two by appending the
+worker's `notify` to intake's on-accept callbacks. Intake and delivery know nothing of each other.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from relay.delivery.config import load_config
+from relay.delivery.metrics import DeliveryMetrics
+from relay.delivery.routing import RelayConfig, default_config
+from relay.delivery.worker import Worker
 from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
-from relay.metrics import IntakeMetrics
+from relay.intake.metrics import IntakeMetrics
+from relay.intake.signing_keys import SigningKeys
+from relay.intake.tokens import TokenValidator
+from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, SQLITE_URL_PREFIX
 from relay.settings import Settings
-from relay.signing_keys import SigningKeys
 from relay.store import Store, StoreUnavailable, open_store
-from relay.tokens import TokenValidator
+from relay.targets import Forwarder, Target, build_target
 
 log = logging.getLogger("relay.app")
 
@@ -124,17 +136,42 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(keys_ctx)
-    # --- delivery worker: after the store opens, stops before it closes ---
-    if deliver:
-        from relay.worker import delivery_hooks
-
-        hooks = delivery_hooks(settings.config_path, store, metrics.registry)
-        app.cleanup_ctx.append(hooks.context)
-        app.on_shutdown.append(hooks.on_shutdown)
-    # --- end delivery worker ---
+    if deliver:  # after the store opens, so the worker stops before the store closes
+        _add_delivery(app, store, settings.config_path, metrics.registry)
     if settings.metrics_port is not None:
         app.cleanup_ctx.append(_metrics_site(settings, app))
     return app
+
+
+def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
+    """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
+    return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
+
+
+def _add_delivery(app: web.Application, store: Store, config_path: str | None,
+                  registry: CollectorRegistry | None) -> None:
+    """Load RELAY_CONFIG (default: dry run to stdout) and build the targets now, so that a bad file or a
+    missing secret stops the relay at start; the worker starts with the app and wakes on each accept."""
+    config = load_config(config_path) if config_path else default_config()
+    targets = build_targets(config)
+    running: list[Worker] = []
+
+    async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+        worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry))
+        running.append(worker)
+        await worker.start()
+        app[ON_ACCEPT_KEY].append(worker.notify)
+        log.info("delivering to %s", ", ".join(f"{n} ({c.kind})" for n, c in config.targets.items()))
+        yield
+        await worker.stop()
+
+    async def begin_shutdown(app: web.Application) -> None:
+        # Stop claiming as soon as shutdown begins; in-flight work finishes while handlers drain.
+        for worker in running:
+            worker.begin_shutdown()
+
+    app.cleanup_ctx.append(delivery_ctx)
+    app.on_shutdown.append(begin_shutdown)
 
 
 def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no-untyped-def]
@@ -178,6 +215,6 @@ def describe(settings: Settings) -> str:
         "metadata_url": settings.metadata_url,
         # Only the scheme: a connection string holds an account key and must never reach a log.
         "store": settings.store_url.split("://")[0]
-        if settings.store_url.startswith(("sqlite://", "azure-storage://"))
+        if settings.store_url.startswith((SQLITE_URL_PREFIX, AZURE_STORAGE_ACCOUNT_PREFIX))
         else "azure-storage (connection string)",
     })

@@ -48,7 +48,7 @@ def _serve() -> int:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
     from relay.app import run
-    from relay.routing import ConfigError
+    from relay.delivery.config import ConfigError
     from relay.targets.target_config import TargetConfigError
 
     try:
@@ -62,7 +62,7 @@ def _serve() -> int:
 # --- delivery operations (check-config, dead-letters) ---
 
 def _check_config(path: str) -> int:
-    from relay.routing import ConfigError, load_config
+    from relay.delivery.config import ConfigError, load_config
 
     try:
         config = load_config(path)
@@ -83,7 +83,7 @@ def _check_config(path: str) -> int:
 def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import asyncio
 
-    from relay.dead_letters import list_command, replay_command
+    from relay.delivery.dead_letters import list_command, replay_command
     from relay.store import StoreUnavailable, open_store
 
     if args.action == "replay" and bool(args.ids) == bool(args.all):

@@ -17,6 +17,14 @@ SEVERITIES = ("Sev0", "Sev1", "Sev2", "Sev3", "Sev4")
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
+# RELAY_STORE: the URL forms of the store backends (`relay.store.open_store` maps each to its backend;
+# the settings check and the stack's RELAY_STORE value use the same forms).
+SQLITE_URL_PREFIX = "sqlite://"
+AZURE_STORAGE_ACCOUNT_PREFIX = "azure-storage://"  # azure-storage://<account>: managed identity
+AZURE_CONNECTION_STRING_PREFIXES = ("DefaultEndpointsProtocol=", "UseDevelopmentStorage=")
+AZURE_STORAGE_URL_PREFIXES = (AZURE_STORAGE_ACCOUNT_PREFIX, *AZURE_CONNECTION_STRING_PREFIXES)
+STORE_URL_PREFIXES = (SQLITE_URL_PREFIX, *AZURE_STORAGE_URL_PREFIXES)
+
 # A target's name: a metric label, a log field and part of the ticket records' keys.
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TARGET_NAME_RULE = "target names use letters, digits, _ and - (at most 64)"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from relay.schema import GUID, STORE_URL_PREFIXES
 
 # Azure Monitor's first-party "AzNS AAD Webhook" app, which sends Secure Webhook calls
 # (Microsoft's action-group setup script: "$azureMonitorActionGroupsAppId ... Do not change").
@@ -13,8 +14,6 @@ AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 DEFAULT_ROLE = "ActionGroupsSecureWebhook"
 DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
 
-STORE_PREFIXES = ("sqlite://", "azure-storage://", "DefaultEndpointsProtocol=", "UseDevelopmentStorage=")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class SettingsError(ValueError):
@@ -41,12 +40,12 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         tenant = _required(env, "RELAY_TENANT_ID")
-        if not _GUID.match(tenant):
+        if not GUID.match(tenant):
             raise SettingsError(f"RELAY_TENANT_ID must be a tenant GUID (got {tenant!r})")
         audiences = _list(env, "RELAY_AUDIENCES", required=True)
         apps = _list(env, "RELAY_ALLOWED_APP_IDS") or (AZURE_MONITOR_APP_ID,)
         for app in apps:
-            if not _GUID.match(app):
+            if not GUID.match(app):
                 raise SettingsError(f"RELAY_ALLOWED_APP_IDS must be comma-separated app GUIDs (got {app!r})")
         role = env.get("RELAY_REQUIRED_ROLE", "").strip() or DEFAULT_ROLE
         url = env.get("RELAY_OPENID_CONFIG_URL", "").strip() or DEFAULT_OPENID_CONFIG_URL
@@ -55,7 +54,7 @@ class Settings:
                 f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback), got {url!r}"
             )
         store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
-        if not store.startswith(STORE_PREFIXES):
+        if not store.startswith(STORE_URL_PREFIXES):
             raise SettingsError(
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
                 f"connection string (got {store.split(';')[0][:20]!r}...)"

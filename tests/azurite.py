@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.azure_store import StorageNames
+from relay.store.azure import StorageNames
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main
-from relay.routing import ConfigError, parse_config
+from relay.delivery.config import ConfigError, parse_config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

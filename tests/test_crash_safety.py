@@ -9,8 +9,8 @@ import aiohttp
 
 from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
-from relay.sqlite_store import SqliteStore
 from relay.store import Event
+from relay.store.sqlite import SqliteStore
 from tests.conftest import load_sample
 from tests.relay_process import RelayProcess
 

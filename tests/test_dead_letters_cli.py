@@ -9,8 +9,8 @@ import pytest
 
 from relay.alerts import parse_alert_json
 from relay.cli import main
-from relay.sqlite_store import SqliteStore
 from relay.store import Event
+from relay.store.sqlite import SqliteStore
 from tests.conftest import SAMPLES
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from relay.alerts import parse_alert_json
-from relay.routing import DeliverySettings, RelayConfig, Route, TargetConfig
-from relay.sqlite_store import SqliteStore
+from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetConfig
+from relay.delivery.worker import Worker
 from relay.store import Event
+from relay.store.sqlite import SqliteStore
 from relay.targets import TargetError, build_target
 from relay.targets.forward import ForwardTarget, from_config
 from relay.targets.target_config import TargetConfigError
-from relay.worker import Worker
 from tests.conftest import SAMPLES
 from tests.fakes.receiver import RecordingReceiver
 

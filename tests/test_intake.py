@@ -10,7 +10,7 @@ import pytest
 from relay.app import create_app
 from relay.intake import STORE_KEY
 from relay.settings import Settings
-from relay.sqlite_store import SqliteStore
+from relay.store.sqlite import SqliteStore
 from tests.conftest import SAMPLES, full_sample_names, load_sample
 
 METRIC = "testaction-metric-static-fired.json"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.alerts import parse_alert
-from relay.lifecycle import (
+from relay.delivery.lifecycle import (
     MAX_MARKS,
     Action,
     EventFacts,

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from relay.alerts import Alert, parse_alert
-from relay.lifecycle import Action, Kind, Policy
-from relay.rendering import FIELD_LIMITS, SEVERITY_FIELDS, compile_template, note_text, render_incident
-from relay.routing import Match, default_config, parse_config
+from relay.delivery.config import parse_config
+from relay.delivery.lifecycle import Action, Kind, Policy
+from relay.delivery.rendering import FIELD_LIMITS, SEVERITY_FIELDS, compile_template, note_text, render_incident
+from relay.delivery.routing import Match, default_config
 from tests.conftest import load_sample
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -196,7 +197,7 @@ def test_repeat_and_reopen_notes_say_when_it_fired_again():
 
 
 def test_incident_json_is_plain_json():
-    from relay.rendering import incident_json
+    from relay.delivery.rendering import incident_json
 
     doc = incident_json(incident(alert()))
     assert json.loads(json.dumps(doc)) == doc

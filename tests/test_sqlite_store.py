@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from relay.sqlite_store import SqliteStore
 from relay.store import Event, StoreUnavailable, idempotency_key
+from relay.store.sqlite import SqliteStore
 
 
 def event(i: int, condition: str = "Fired") -> Event:

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import ServiceRequestError
 
-from relay.azure_store import INLINE_BODY_LIMIT, AzureStorageStore
-from relay.sqlite_store import SqliteStore
 from relay.store import (
     Claim,
     Event,
@@ -30,6 +28,8 @@ from relay.store import (
     idempotency_key,
     open_store,
 )
+from relay.store.azure import INLINE_BODY_LIMIT, AzureStorageStore
+from relay.store.sqlite import SqliteStore
 from tests.azurite import Azurite, StorageCut, unique_names
 
 pytest_plugins = ["tests.azurite"]

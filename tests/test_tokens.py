@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from devtools.dev_issuer import AZURE_MONITOR_APP_ID, DEV_APP_ID_URI, DevIssuer, new_rsa_key
+from relay.intake.signing_keys import SigningKeys
+from relay.intake.tokens import TokenRejected, TokenValidator
 from relay.settings import Settings
-from relay.signing_keys import SigningKeys
-from relay.tokens import TokenRejected, TokenValidator
 
 
 class FakeClock:

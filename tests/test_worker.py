@@ -12,14 +12,14 @@ from typing import Any, ClassVar
 import pytest
 
 from relay.alerts import parse_alert_json
-from relay.delivery_metrics import DeliveryMetrics
-from relay.lifecycle import Policy
-from relay.retry_policy import CircuitState
-from relay.routing import DeliverySettings, RelayConfig, Route, TargetConfig
-from relay.sqlite_store import SqliteStore
+from relay.delivery.lifecycle import Policy
+from relay.delivery.metrics import DeliveryMetrics
+from relay.delivery.retry_policy import CircuitState
+from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetConfig
+from relay.delivery.worker import Worker
 from relay.store import Event, StoreUnavailable
+from relay.store.sqlite import SqliteStore
 from relay.targets import Incident, TargetError, Ticket
-from relay.worker import Worker
 from tests.conftest import load_sample
 
 SUB = "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"
@@ -260,7 +260,7 @@ async def test_one_incident_per_configuration_item(store, running):
 
 
 async def test_unrouted_alert_is_completed_and_counted(store, running):
-    from relay.routing import Match
+    from relay.delivery.routing import Match
 
     target = FakeTarget()
     await accept(store, alert_body())

@@ -16,9 +16,9 @@ How a target module plugs in (adding a target = one module + its entry in `TARGE
   `relay check-config` calls it with an `env` in which every variable is set to a placeholder.
 - The core reads `max_concurrency` and `timeout_seconds` too (defaults in `target_config`): at most
   `max_concurrency` deliveries run at once per target, each under a deadline derived from the timeout.
-- `Incident` arrives rendered (`relay.rendering`): `summary` and `description` already cut to the
+- `Incident` arrives rendered (`relay.delivery.rendering`): `summary` and `description` already cut to the
   kind's limits. `fields` holds what to set on create: the severity mapping for the kind
-  (`relay.rendering.SEVERITY_FIELDS`, overridable per target with `severity:`) overlaid with the route's
+  (`relay.delivery.rendering.SEVERITY_FIELDS`, overridable per target with `severity:`) overlaid with the route's
   `fields:`. `configuration_items` is `essentials.configurationItems`, else `alertTargetIDs`;
   `resource_ids` is always `alertTargetIDs` (ARM ids, lower case as Azure sends them).
 - `correlation_key` is never empty, at most 64 characters of `[A-Za-z0-9._-]`: the alert GUID, or

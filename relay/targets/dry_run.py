@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any, ClassVar
 
-from relay.rendering import incident_json
+from relay.delivery.rendering import incident_json
 from relay.targets import Incident, Ticket
 from relay.targets.target_config import Options
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from devtools.dev_issuer import DevIssuer
-from relay.azure_store import AzureStorageStore
+from relay.store.azure import AzureStorageStore
 from tests.conftest import load_sample
 from tests.fakes.servicenow import FakeServiceNow
 from tests.relay_process import RelayProcess

@@ -3,7 +3,7 @@ byte at a time, wrong content types. The relay answers, or closes, within its ti
 them, and goes on serving everyone else meanwhile.
 
 The relay's timeouts are shortened here so that this takes seconds: the body read (10 s in production)
-through `relay.intake.BODY_READ_TIMEOUT_SECONDS`; through the test server's runner, the keep-alive timeout
+through `relay.intake.handler.BODY_READ_TIMEOUT_SECONDS`; through the test server's runner, the keep-alive timeout
 (75 s, `relay.app`), which is also aiohttp's only bound on how long request headers may take, and
 aiohttp's lingering time (10 s by default): after a 408, 413 or 415 it reads and drops what the client
 still sends for that long, so that the client gets the answer rather than a reset, then closes.
@@ -17,7 +17,7 @@ import json
 import pytest
 
 import relay.app
-import relay.intake
+import relay.intake.handler
 from relay.app import create_app
 from relay.intake import MAX_BODY_BYTES
 from relay.settings import Settings
@@ -34,7 +34,7 @@ DEADLINE = 10.0  # no single wait below may last longer: a hang fails the test i
 
 @pytest.fixture
 async def relay_server(aiohttp_server, issuer, tmp_path, monkeypatch):
-    monkeypatch.setattr(relay.intake, "BODY_READ_TIMEOUT_SECONDS", BODY_TIMEOUT)
+    monkeypatch.setattr(relay.intake.handler, "BODY_READ_TIMEOUT_SECONDS", BODY_TIMEOUT)
     settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}"})
     return await aiohttp_server(create_app(settings), keepalive_timeout=HEADER_TIMEOUT, lingering_time=LINGERING)
 

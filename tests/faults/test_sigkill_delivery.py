@@ -12,8 +12,8 @@ import aiohttp
 
 from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
-from relay.lifecycle import ticket_keys
-from relay.sqlite_store import SqliteStore
+from relay.delivery.lifecycle import ticket_keys
+from relay.store.sqlite import SqliteStore
 from tests.e2e.cluster import ACKNOWLEDGED, episode, incidents_by_correlation, relay_env, wait_until, write_config
 from tests.faults.servicenow_timeline import TimedServiceNow
 from tests.relay_process import RelayProcess

@@ -11,8 +11,8 @@ import aiohttp
 
 from relay.alerts import parse_alert
 from relay.app import create_app
+from relay.delivery.lifecycle import ticket_keys
 from relay.intake import STORE_KEY
-from relay.lifecycle import ticket_keys
 from relay.settings import Settings
 from tests.e2e.cluster import ACKNOWLEDGED, episode, incidents_by_correlation, wait_until
 from tests.faults.servicenow_timeline import TimedServiceNow

@@ -15,8 +15,8 @@ import aiohttp
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from devtools.dev_issuer import DevIssuer
-from relay.sqlite_store import SqliteStore
-from relay.tokens import MAX_TOKEN_BYTES
+from relay.intake.tokens import MAX_TOKEN_BYTES
+from relay.store.sqlite import SqliteStore
 from tests.conftest import SAMPLES
 from tests.faults.raw_http import exchange, request
 from tests.test_tokens import forged

@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import TextIO
 
-from relay.store import DeadLetter, Store
+from relay.store.base import DeadLetter, Store
 
 ERROR_WIDTH = 100
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from relay.intake.signing_keys import SigningKeys
 from relay.settings import Settings
-from relay.signing_keys import SigningKeys
 
 CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_BYTES = 8192

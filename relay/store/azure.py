@@ -72,7 +72,8 @@ from azure.data.tables.aio import TableClient
 from azure.storage.blob.aio import ContainerClient
 from azure.storage.queue.aio import QueueClient
 
-from relay.store import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
+from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX
+from relay.store.base import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
 
 log = logging.getLogger(__name__)
 # The SDK logs every request's URL and headers at INFO: thousands of lines an hour at the relay's
@@ -152,8 +153,8 @@ class AzureStorageStore:
     @classmethod
     def from_url(cls, url: str) -> AzureStorageStore:
         """`azure-storage://<account>` (managed identity) or a connection string (Azurite, keys)."""
-        if url.startswith("azure-storage://"):
-            return cls(account=url.removeprefix("azure-storage://").strip("/"))
+        if url.startswith(AZURE_STORAGE_ACCOUNT_PREFIX):
+            return cls(account=url.removeprefix(AZURE_STORAGE_ACCOUNT_PREFIX).strip("/"))
         return cls(connection_string=url)
 
     def __repr__(self) -> str:  # never the connection string: it may hold an account key

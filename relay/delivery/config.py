@@ -1,4 +1,4 @@
-"""RELAY_CONFIG: the targets and the ordered routes, loaded, validated with line numbers, and matched.
+"""RELAY_CONFIG: the targets and the ordered routes, loaded and validated with line numbers.
 
 The whole file is checked before the relay starts (and by `relay check-config`), and every problem is
 reported with its line and dotted key. Secrets are only ever names of environment variables
@@ -8,40 +8,37 @@ alert goes to the `dry_run` target, which writes what it would send as JSON line
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from jinja2 import Template, TemplateSyntaxError
 
-from relay.alerts import SEVERITIES, Alert
-from relay.lifecycle import (
+from relay.delivery.lifecycle import Policy
+from relay.delivery.rendering import compile_template
+from relay.delivery.routing import DeliverySettings, Match, RelayConfig, Route, TargetConfig
+from relay.schema import (
+    DELIVERY,
     INCIDENT_PER,
+    INLINE_SECRET_KEYS,
+    MATCH_KEYS,
+    MAX_CONCURRENCY,
     ON_REFIRE,
     ON_REPEAT,
     ON_RESOLVE,
-    Policy,
-    resource_group_of,
-    subscription_of,
+    ROUTE_KEYS,
+    SEVERITIES,
+    TARGET_NAME,
+    TARGET_NAME_RULE,
+    TIMEOUT_SECONDS,
+    Bound,
 )
-from relay.rendering import compile_template
 from relay.targets import TARGET_MODULES, build_target
-from relay.targets.target_config import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS, TargetConfigError
+from relay.targets.target_config import TargetConfigError
 
 Path = tuple[str | int, ...]
-
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-# Keys that would hold a secret inline; `value` only inside `auth` (header auth uses value_env).
-INLINE_SECRET_KEYS = ("password", "client_secret", "token", "secret", "api_key", "apikey")
-MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
-              "custom_properties")
-ROUTE_KEYS = ("match", "target", "fields", "on_refire", "on_repeat", "on_resolve", "incident_per", "summary",
-              "description", "continue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,101 +60,6 @@ class ConfigError(ValueError):
         self.problems = problems
         self.source = source
         super().__init__("\n".join(p.format(source) for p in problems))
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """Every given key must match; within a key, any of its patterns (case-insensitive, `*` globs)."""
-
-    severity: tuple[str, ...] = ()
-    monitoring_service: tuple[str, ...] = ()
-    alert_rule: tuple[str, ...] = ()
-    signal_type: tuple[str, ...] = ()
-    subscription: tuple[str, ...] = ()
-    resource_group: tuple[str, ...] = ()
-    custom_properties: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def matches(self, alert: Alert) -> bool:
-        e = alert.essentials
-        checks: list[tuple[tuple[str, ...], str | None]] = [
-            (self.severity, e.severity),
-            (self.monitoring_service, e.monitoring_service),
-            (self.alert_rule, e.alert_rule),
-            (self.signal_type, _compact(e.signal_type)),
-            (self.subscription, subscription_of(alert)),
-            (self.resource_group, resource_group_of(alert)),
-        ]
-        for patterns, value in checks:
-            if patterns and not _any_match(patterns, value):
-                return False
-        for key, patterns in self.custom_properties.items():
-            value = alert.custom_properties.get(key)
-            if value is None or not _any_match(patterns, str(value)):
-                return False
-        return True
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    target: str
-    match: Match = field(default_factory=Match)
-    policy: Policy = field(default_factory=Policy)
-    incident_per: str = "alert"
-    fields: Mapping[str, Any] = field(default_factory=dict)  # strings are compiled templates
-    summary: Template | None = None
-    description: Template | None = None
-    continue_: bool = False
-    index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverySettings:
-    max_attempts: int = 24
-    backoff_base_seconds: float = 2.0
-    backoff_max_seconds: float = 600.0
-    circuit_failures: int = 5
-    circuit_open_seconds: float = 30.0
-    lease_seconds: float = 300.0
-    shutdown_grace_seconds: float = 20.0  # under Container Apps' 30 s termination grace period
-    poll_seconds: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class TargetConfig:
-    """What the delivery core reads of a target block; the target module reads `block` itself."""
-
-    name: str
-    kind: str
-    block: Mapping[str, Any]  # the `targets.<name>` mapping as written
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides SEVERITY_FIELDS
-
-
-@dataclass(frozen=True, slots=True)
-class RelayConfig:
-    targets: Mapping[str, TargetConfig]
-    routes: tuple[Route, ...]
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-
-    def routes_for(self, alert: Alert) -> list[Route]:
-        """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""
-        chosen: list[Route] = []
-        for route in self.routes:
-            if route.match.matches(alert):
-                if all(r.target != route.target for r in chosen):
-                    chosen.append(route)
-                if not route.continue_:
-                    break
-        return chosen
-
-
-def default_config() -> RelayConfig:
-    """No RELAY_CONFIG: everything to a dry-run target on stdout."""
-    return RelayConfig(
-        targets={"dry_run": TargetConfig(name="dry_run", kind="dry_run", block={"kind": "dry_run"})},
-        routes=(Route(target="dry_run"),),
-    )
 
 
 def load_config(path: str) -> RelayConfig:
@@ -232,17 +134,6 @@ def _target_problem(name: str, message: str, lines: Mapping[Path, int]) -> Probl
         return Problem(_dotted(path), message, _line(lines, path))
     path = ("targets", name, *m.group("key").split("."))
     return Problem(_dotted(path), m.group("rest") or message, _line(lines, path))
-
-
-def _compact(value: str | None) -> str | None:
-    return value.replace(" ", "") if value is not None else None
-
-
-def _any_match(patterns: Iterable[str], value: str | None) -> bool:
-    if value is None:
-        return False
-    v = value.lower()
-    return any(fnmatch.fnmatchcase(v, p.lower()) for p in patterns)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -324,8 +215,8 @@ class _Validator:
         out = {}
         for name, body in raw.items():
             tpath = (*path, str(name))
-            if not isinstance(name, str) or not _NAME.match(name):
-                self.bad(tpath, "target names use letters, digits, _ and - (at most 64)")
+            if not isinstance(name, str) or not TARGET_NAME.match(name):
+                self.bad(tpath, TARGET_NAME_RULE)
                 continue
             cfg = self.target(name, body, tpath)
             if cfg is not None:
@@ -340,10 +231,10 @@ class _Validator:
         if kind not in TARGET_MODULES:
             self.bad((*path, "kind"), f"must be one of {', '.join(TARGET_MODULES)} (got {kind!r})")
             return None
-        timeout = self.number(body.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS), (*path, "timeout_seconds"),
-                              0.1, 600)
-        concurrency = self.integer(body.get("max_concurrency", DEFAULT_MAX_CONCURRENCY), (*path, "max_concurrency"),
-                                   1, 256)
+        timeout = self.bounded(body.get("timeout_seconds", TIMEOUT_SECONDS.default), (*path, "timeout_seconds"),
+                               TIMEOUT_SECONDS)
+        concurrency = int(self.bounded(body.get("max_concurrency", MAX_CONCURRENCY.default),
+                                       (*path, "max_concurrency"), MAX_CONCURRENCY))
         severity = self.severity(body.get("severity"), (*path, "severity"))
         self.no_inline_secrets(body, path)
         return TargetConfig(name=name, kind=kind, block=body, timeout_seconds=timeout,
@@ -378,17 +269,11 @@ class _Validator:
                 out[str(k)] = v
         return out
 
-    def number(self, value: Any, path: Path, low: float, high: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            self.bad(path, f"must be a number from {low:g} to {high:g} (got {value!r})")
-            return low
-        return float(value)
-
-    def integer(self, value: Any, path: Path, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.bad(path, f"must be a whole number from {low} to {high} (got {value!r})")
-            return low
-        return value
+    def bounded(self, value: Any, path: Path, bound: Bound) -> float:
+        if not bound.accepts(value):
+            self.bad(path, f"must be {bound.describe()} (got {value!r})")
+            return bound.low
+        return value if bound.whole else float(value)
 
     # routes ----------------------------------------------------------------------------------------
 
@@ -497,17 +382,10 @@ class _Validator:
         path: Path = ("delivery",)
         if value is None:
             return DeliverySettings()
-        keys = {f.name: f.type for f in dataclasses.fields(DeliverySettings)}
-        body = self.mapping(value, path, keys)
+        body = self.mapping(value, path, DELIVERY)
         if body is None:
             return DeliverySettings()
-        kw: dict[str, Any] = {}
-        for key, typ in keys.items():
-            if key in body:
-                if typ == "int":
-                    kw[key] = self.integer(body[key], (*path, key), 1, 1000)
-                else:
-                    kw[key] = self.number(body[key], (*path, key), 0.001, 86400)
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in DELIVERY.items() if key in body}
         return DeliverySettings(**kw)
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from relay.alerts import Alert, ServiceHealthContext
+from relay.alerts import Alert, ServiceHealthContext, configuration_items, subscription_of
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
 # Service Health stages that only inform about an incident already handled (the post-incident review):
@@ -52,10 +52,6 @@ class Action(StrEnum):
         return self in (Action.CREATE, Action.NEW)
 
 
-ON_REPEAT = ("note", "nothing")
-ON_REFIRE = ("new", "reopen", "ignore")
-ON_RESOLVE = ("resolve", "note", "nothing")
-INCIDENT_PER = ("alert", "configuration_item")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +237,6 @@ class TicketKey:
     configuration_items: tuple[str, ...]
 
 
-def configuration_items(alert: Alert) -> tuple[str, ...]:
-    """`configurationItems`, falling back to `alertTargetIDs` (ARM ids)."""
-    return alert.essentials.configuration_items or alert.essentials.target_ids
-
-
 def event_facts(alert: Alert) -> EventFacts:
     """The lifecycle facts of one alert notification."""
     ctx = alert.context
@@ -305,29 +296,3 @@ def _thread(alert: Alert) -> str | None:
         return None
     sub = subscription_of(alert) or ""
     return "sh-" + _safe(ctx.tracking_id.lower(), 20) + ("-" + _safe(sub.lower()) if sub else "")
-
-
-_SUBSCRIPTION = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)
-
-
-def subscription_of(alert: Alert) -> str | None:
-    """The subscription id, from the first target id or else the alert id."""
-    for text in (*alert.essentials.target_ids, alert.essentials.alert_id):
-        m = _SUBSCRIPTION.search(text)
-        if m:
-            return m.group(1)
-    return None
-
-
-_RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
-
-
-def resource_group_of(alert: Alert) -> str | None:
-    """`targetResourceGroup`, else the resource group in the first target id that has one."""
-    if alert.essentials.target_resource_group:
-        return alert.essentials.target_resource_group
-    for rid in alert.essentials.target_ids:
-        m = _RESOURCE_GROUP.search(rid)
-        if m:
-            return m.group(1)
-    return None

@@ -1,5 +1,8 @@
 """The durable store between intake and delivery: the contract every backend implements.
 
+Backends (`relay.store.sqlite`, `relay.store.azure`) import this module, never the package face
+(`relay.store`), which builds them; so the contract knows no backend and no import cycle forms.
+
 Intake calls `accept`, which records an event and enqueues it for delivery in one atomic step.
 The delivery worker `claim`s events (at most one in flight per alert, oldest first), then
 `complete`s, `retry_later`s or `dead_letter`s each claim. Ticket records keep what we know of each
@@ -118,26 +121,3 @@ class Store(Protocol):
     async def put_ticket(self, record: TicketRecord) -> TicketRecord:
         """Write if `record.version` is still current (None: must not exist); else VersionConflict."""
         ...
-
-
-AZURE_CONNECTION_STRING_PREFIXES = ("DefaultEndpointsProtocol=", "UseDevelopmentStorage=")
-
-
-def open_store(url: str) -> Store:
-    """Build the backend named by RELAY_STORE (not yet opened)."""
-    if url.startswith("sqlite://"):
-        from relay.sqlite_store import SqliteStore
-
-        return SqliteStore.from_url(url)
-    if url.startswith("azure-storage://") or url.startswith(AZURE_CONNECTION_STRING_PREFIXES):
-        from relay.azure_store import AzureStorageStore
-
-        return AzureStorageStore.from_url(url)
-    # A mistyped connection string may hold an account key: never echo it.
-    secret = "key=" in url.lower() or "signature=" in url.lower()
-    shown = "a value holding a key (not shown)" if secret else repr(url)
-    raise ValueError(
-        f"unsupported store {shown}: use sqlite:///path/to/relay.db, azure-storage://<account> "
-        "(managed identity) or an Azure Storage connection string (DefaultEndpointsProtocol=... or "
-        "UseDevelopmentStorage=true)"
-    )

@@ -15,18 +15,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
-from relay.delivery_metrics import DeliveryMetrics
-from relay.intake import ON_ACCEPT_KEY
-from relay.lifecycle import (
+from relay.delivery.lifecycle import (
     Action,
     EventFacts,
     TicketKey,
@@ -36,13 +32,14 @@ from relay.lifecycle import (
     event_facts,
     ticket_keys,
 )
-from relay.rendering import note_text, render_incident
-from relay.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
-from relay.routing import RelayConfig, Route, default_config, load_config
-from relay.store import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
-from relay.targets import Forwarder, Target, TargetError, Ticket, build_target, is_forwarder
+from relay.delivery.metrics import DeliveryMetrics
+from relay.delivery.rendering import note_text, render_incident
+from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
+from relay.delivery.routing import RelayConfig, Route
+from relay.store.base import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.targets import Forwarder, Target, TargetError, Ticket, is_forwarder
 
-log = logging.getLogger("relay.worker")
+log = logging.getLogger("relay.delivery.worker")
 
 FORWARDED_KEYS_KEPT = 50  # event keys remembered per alert per forwarder, to skip re-forwarding on retry
 RECORD_RETRIES = 8  # re-reads after a VersionConflict before giving the event back to the store
@@ -82,11 +79,6 @@ class _Outcome:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
-
-
-def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
-    """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
-    return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
 
 
 class Worker:
@@ -496,37 +488,3 @@ def _unanswered(exc: BaseException) -> bool:
 
 def _describe(failures: list[_Outcome]) -> str:
     return "; ".join(f.error or f"{f.target}: failed" for f in failures)[:3900]
-
-
-@dataclass(frozen=True)
-class DeliveryHooks:
-    """How the app runs the worker: `context` for `app.cleanup_ctx`, `on_shutdown` for `app.on_shutdown`."""
-
-    context: Callable[[web.Application], AsyncIterator[None]]
-    on_shutdown: Callable[[web.Application], Awaitable[None]]
-    config: RelayConfig
-
-
-def delivery_hooks(config_path: str | None, store: Store, registry: CollectorRegistry | None = None,
-                   env: Mapping[str, str] | None = None) -> DeliveryHooks:
-    """Load RELAY_CONFIG (default: dry run to stdout) and build the targets now, so that a bad file or
-    a missing secret stops the relay at start; the worker itself starts with the app."""
-    config = load_config(config_path) if config_path else default_config()
-    targets = build_targets(config, env)
-    running: list[Worker] = []
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry))
-        running.append(worker)
-        await worker.start()
-        app[ON_ACCEPT_KEY].append(worker.notify)
-        log.info("delivering to %s", ", ".join(f"{n} ({c.kind})" for n, c in config.targets.items()))
-        yield
-        await worker.stop()
-
-    async def on_shutdown(app: web.Application) -> None:
-        # Stop claiming as soon as shutdown begins; in-flight work finishes while handlers drain.
-        for worker in running:
-            worker.begin_shutdown()
-
-    return DeliveryHooks(context=context, on_shutdown=on_shutdown, config=config)

@@ -18,12 +18,12 @@ from typing import Any
 from jinja2 import ChainableUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from relay.alerts import Alert, LogContext, MetricContext, ServiceHealthContext
-from relay.lifecycle import Action, Kind, resource_group_of, subscription_of
+from relay.alerts import Alert, LogContext, MetricContext, ServiceHealthContext, resource_group_of, subscription_of
+from relay.delivery.lifecycle import Action, Kind
 from relay.targets import Incident
 from relay.targets.vendor_api import truncate
 
-log = logging.getLogger("relay.rendering")
+log = logging.getLogger("relay.delivery.rendering")
 
 # Field lengths per target kind. ServiceNow: incident.short_description 160, description 4000
 # (dictionary defaults; instances can differ). BMC Helix: Description 100 [verify on instance],

@@ -19,7 +19,7 @@ import aiohttp
 from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKSetError
 
-log = logging.getLogger("relay.signing_keys")
+log = logging.getLogger("relay.intake.signing_keys")
 
 REFRESH_SECONDS = 12 * 3600
 UNKNOWN_KID_COOLDOWN_SECONDS = 300

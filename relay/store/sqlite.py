@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from relay.store import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
+from relay.schema import SQLITE_URL_PREFIX
+from relay.store.base import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
 
 T = TypeVar("T")
 
@@ -70,7 +71,7 @@ class SqliteStore:
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        path = url.removeprefix("sqlite://")
+        path = url.removeprefix(SQLITE_URL_PREFIX)
         if not path.startswith("/") or path == "/":
             raise ValueError(f"malformed sqlite store URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
         path = path[1:]  # sqlite:///x.db -> x.db ; sqlite:////abs/x.db -> /abs/x.db

@@ -16,9 +16,9 @@ import time
 from aiohttp import web
 
 from relay.alerts import SchemaError, parse_alert
-from relay.metrics import IntakeMetrics
-from relay.store import Event, Store, StoreUnavailable
-from relay.tokens import TokenRejected, TokenValidator
+from relay.intake.metrics import IntakeMetrics
+from relay.intake.tokens import TokenRejected, TokenValidator
+from relay.store.base import Event, Store, StoreUnavailable
 
 log = logging.getLogger("relay.intake")
 

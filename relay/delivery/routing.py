@@ -1,0 +1,128 @@
+"""Where an alert goes: the targets and ordered routes of RELAY_CONFIG, as the worker reads them.
+
+The model and its matching only; `relay.delivery.config` turns the YAML file into these objects (and
+checks it), so the worker depends on neither PyYAML nor the validator.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import Template
+
+from relay.alerts import Alert, resource_group_of, subscription_of
+from relay.delivery.lifecycle import Policy
+from relay.schema import DELIVERY, MAX_CONCURRENCY, TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Every given key must match; within a key, any of its patterns (case-insensitive, `*` globs)."""
+
+    severity: tuple[str, ...] = ()
+    monitoring_service: tuple[str, ...] = ()
+    alert_rule: tuple[str, ...] = ()
+    signal_type: tuple[str, ...] = ()
+    subscription: tuple[str, ...] = ()
+    resource_group: tuple[str, ...] = ()
+    custom_properties: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def matches(self, alert: Alert) -> bool:
+        e = alert.essentials
+        checks: list[tuple[tuple[str, ...], str | None]] = [
+            (self.severity, e.severity),
+            (self.monitoring_service, e.monitoring_service),
+            (self.alert_rule, e.alert_rule),
+            (self.signal_type, _compact(e.signal_type)),
+            (self.subscription, subscription_of(alert)),
+            (self.resource_group, resource_group_of(alert)),
+        ]
+        for patterns, value in checks:
+            if patterns and not _any_match(patterns, value):
+                return False
+        for key, patterns in self.custom_properties.items():
+            value = alert.custom_properties.get(key)
+            if value is None or not _any_match(patterns, str(value)):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    target: str
+    match: Match = field(default_factory=Match)
+    policy: Policy = field(default_factory=Policy)
+    incident_per: str = "alert"
+    fields: Mapping[str, Any] = field(default_factory=dict)  # strings are compiled templates
+    summary: Template | None = None
+    description: Template | None = None
+    continue_: bool = False
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """The `delivery:` section; every default and bound is `relay.schema.DELIVERY`'s."""
+
+    max_attempts: int = int(DELIVERY["max_attempts"].default)
+    backoff_base_seconds: float = DELIVERY["backoff_base_seconds"].default
+    backoff_max_seconds: float = DELIVERY["backoff_max_seconds"].default
+    circuit_failures: int = int(DELIVERY["circuit_failures"].default)
+    circuit_open_seconds: float = DELIVERY["circuit_open_seconds"].default
+    lease_seconds: float = DELIVERY["lease_seconds"].default
+    shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
+    poll_seconds: float = DELIVERY["poll_seconds"].default
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """What the delivery core reads of a target block; the target module reads `block` itself."""
+
+    name: str
+    kind: str
+    block: Mapping[str, Any]  # the `targets.<name>` mapping as written
+    timeout_seconds: float = TIMEOUT_SECONDS.default
+    max_concurrency: int = int(MAX_CONCURRENCY.default)
+    severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides SEVERITY_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    targets: Mapping[str, TargetConfig]
+    routes: tuple[Route, ...]
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+    def routes_for(self, alert: Alert) -> list[Route]:
+        """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""
+        chosen: list[Route] = []
+        for route in self.routes:
+            if route.match.matches(alert):
+                if all(r.target != route.target for r in chosen):
+                    chosen.append(route)
+                if not route.continue_:
+                    break
+        return chosen
+
+
+def default_config() -> RelayConfig:
+    """No RELAY_CONFIG: everything to a dry-run target on stdout."""
+    return RelayConfig(
+        targets={"dry_run": TargetConfig(name="dry_run", kind="dry_run", block={"kind": "dry_run"})},
+        routes=(Route(target="dry_run"),),
+    )
+
+
+def _compact(value: str | None) -> str | None:
+    return value.replace(" ", "") if value is not None else None
+
+
+def _any_match(patterns: Iterable[str], value: str | None) -> bool:
+    if value is None:
+        return False
+    v = value.lower()
+    return any(fnmatch.fnmatchcase(v, p.lower()) for p in patterns)
+
+

@@ -1,0 +1,17 @@
+"""Intake: POST /alerts. Check the Entra token, parse the common-schema body, commit it to the store.
+
+`handler` is the endpoint and its status contract, `tokens` the token checks, `signing_keys` the
+tenant's JWKS, `metrics` what intake counts. The app (`relay.app`) wires these into aiohttp; intake
+knows nothing of delivery: it calls the `ON_ACCEPT_KEY` callbacks after each new commit.
+"""
+
+from relay.intake.handler import (
+    MAX_BODY_BYTES,
+    METRICS_KEY,
+    ON_ACCEPT_KEY,
+    STORE_KEY,
+    VALIDATOR_KEY,
+    post_alert,
+)
+
+__all__ = ["MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "STORE_KEY", "VALIDATOR_KEY", "post_alert"]
