@@ -34,10 +34,12 @@ node_modules/.installed: package.json package-lock.json
 
 test: $(VENV)/.all-installed node_modules/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # Offline preview of a Pulumi stack: the resources and inputs `pulumi up` would declare for
 # stacks/Pulumi.$(STACK).yaml, as sorted JSON on stdout (notes on stderr); no cloud, no credentials.

@@ -24,7 +24,7 @@ from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, 
 from relay.intake.metrics import IntakeMetrics
 from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
-from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, SQLITE_URL_PREFIX
+from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
 from relay.targets import Forwarder, Target, build_target
@@ -33,7 +33,10 @@ log = logging.getLogger("relay.app")
 
 KEYS_KEY = web.AppKey("signing_keys", SigningKeys)
 SETTINGS_KEY = web.AppKey("settings", Settings)
-SHUTDOWN_TIMEOUT_SECONDS = 20  # under Container Apps' default 30 s termination grace period
+# How long aiohttp lets requests finish at shutdown: the delivery worker's grace (by default 20 s, under
+# Container Apps' default 30 s termination grace period), so neither cuts the other short.
+SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
+DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
@@ -154,6 +157,7 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     missing secret stops the relay at start; the worker starts with the app and wakes on each accept."""
     config = load_config(config_path) if config_path else default_config()
     targets = build_targets(config)
+    app[DELIVERY_CONFIG_KEY] = config
     running: list[Worker] = []
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -198,7 +202,7 @@ def run(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
         access_log_format='%a "%r" %s %b %Tfs',
         print=None,

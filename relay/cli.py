@@ -14,7 +14,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay", description="Azure Monitor Secure Webhook to ITSM relay")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the relay (configured by RELAY_* environment variables)")
-    # --- delivery operations (check-config, dead-letters) ---
     check = sub.add_parser("check-config", help="validate a RELAY_CONFIG file: what is wrong, with line and key")
     check.add_argument("file", help="the routing/targets YAML file")
     dead = sub.add_parser("dead-letters", help="list or replay events that could not be delivered")
@@ -26,12 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     replay = dead_sub.add_parser("replay", help="put dead letters back in the delivery queue")
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
-    # --- end delivery operations ---
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("RELAY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # The Azure SDK logs every request's URL and headers at INFO: thousands of lines an hour at the
+    # relay's default level (with the Azure Storage store). Its warnings and errors still come through.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve()
     if args.command == "check-config":
@@ -58,8 +59,6 @@ def _serve() -> int:
         return 2
     return 0
 
-
-# --- delivery operations (check-config, dead-letters) ---
 
 def _check_config(path: str) -> int:
     from relay.delivery.config import ConfigError, load_config
@@ -109,8 +108,6 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except StoreUnavailable as exc:
         print(f"relay: store unavailable: {exc}", file=sys.stderr)
         return 2
-
-# --- end delivery operations ---
 
 
 if __name__ == "__main__":

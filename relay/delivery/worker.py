@@ -15,15 +15,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
 from relay.delivery.lifecycle import (
     Action,
+    Decision,
     EventFacts,
     TicketKey,
     TicketState,
@@ -37,17 +38,18 @@ from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
 from relay.store.base import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
-from relay.targets import Forwarder, Target, TargetError, Ticket, is_forwarder
+from relay.targets import Forwarder, Incident, Target, TargetError, Ticket, is_forwarder
 
 log = logging.getLogger("relay.delivery.worker")
+_T = TypeVar("_T")
 
 FORWARDED_KEYS_KEPT = 50  # event keys remembered per alert per forwarder, to skip re-forwarding on retry
 RECORD_RETRIES = 8  # re-reads after a VersionConflict before giving the event back to the store
 BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again soon
 
 
-class _Retry(Exception):
-    """Try this event again later, in `after` seconds; not a sign of the target's health."""
+class _Busy(Exception):
+    """Another delivery holds this ticket: try the event again in `after` seconds (not the target's fault)."""
 
     def __init__(self, message: str, after: float) -> None:
         super().__init__(message)
@@ -74,7 +76,9 @@ class _KeyLocks:
 
 
 @dataclass
-class _Outcome:
+class _Failure:
+    """Why a delivery to one target failed, and whether (and when) trying again can help."""
+
     target: str
     error: str | None = None
     retryable: bool = True
@@ -217,14 +221,14 @@ class Worker:
             await asyncio.shield(self._settle(self.store.retry_later(claim, 0, "released at shutdown")))
             raise
         except TimeoutError:
-            await self._retry(claim, [_Outcome("*", "delivery did not finish within the lease")])
+            await self._retry(claim, [_Failure("*", "delivery did not finish within the lease")])
         except StoreUnavailable as exc:
             # The outcome cannot be recorded; the lease runs out and the event is delivered again.
             log.error("store unavailable while delivering %s: %s", claim.event.key[:12], exc)
         except Exception as exc:
             log.exception("unexpected error delivering %s", claim.event.key[:12])
             try:
-                await self._retry(claim, [_Outcome("*", f"unexpected {type(exc).__name__}: {exc}")])
+                await self._retry(claim, [_Failure("*", f"unexpected {type(exc).__name__}: {exc}")])
             except Exception:
                 log.exception("could not give %s back to the store; its lease will expire", claim.event.key[:12])
 
@@ -270,7 +274,7 @@ class Worker:
             log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
             await self.store.dead_letter(claim, error)
 
-    async def _retry(self, claim: Claim, failures: list[_Outcome]) -> None:
+    async def _retry(self, claim: Claim, failures: list[_Failure]) -> None:
         error = _describe(failures)
         attempts = claim.attempts + 1
         if attempts >= self.settings.max_attempts:
@@ -286,7 +290,7 @@ class Worker:
         log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
         await self.store.retry_later(claim, delay, error)
 
-    async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Outcome | None:
+    async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
         """Deliver to one route's target; None on success, else what went wrong."""
         name = route.target
         target = self.targets[name]
@@ -305,23 +309,23 @@ class Worker:
             return None
         except CircuitOpen as exc:
             self.metrics.deliveries.labels(name, "circuit_open").inc()
-            return _Outcome(name, str(exc), retryable=True, retry_after=exc.retry_in)
-        except _Retry as exc:
+            return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in)
+        except _Busy as exc:
             self.metrics.deliveries.labels(name, "retry").inc()
-            return _Outcome(name, str(exc), retryable=True, retry_after=exc.after)
+            return _Failure(name, str(exc), retryable=True, retry_after=exc.after)
         except TargetError as exc:
             if exc.retryable:
                 self.metrics.deliveries.labels(name, "retry").inc()
-            return _Outcome(name, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
+            return _Failure(name, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
         except TimeoutError:
             self.metrics.deliveries.labels(name, "retry").inc()
-            return _Outcome(name, f"{name}: delivery did not finish in {deadline:g}s", retryable=True)
+            return _Failure(name, f"{name}: delivery did not finish in {deadline:g}s", retryable=True)
         except StoreUnavailable:
             raise
         except Exception as exc:  # a bug in a target or here: retried, and dead-lettered past the limit
             log.exception("%s: unexpected error delivering alert %s", name, alert.correlation_key)
             self.metrics.deliveries.labels(name, "retry").inc()
-            return _Outcome(name, f"{name}: unexpected {type(exc).__name__}: {exc}", retryable=True)
+            return _Failure(name, f"{name}: unexpected {type(exc).__name__}: {exc}", retryable=True)
 
     # -- lifecycle targets ---------------------------------------------------------------------------
 
@@ -333,7 +337,7 @@ class Worker:
             for _ in range(RECORD_RETRIES):
                 if await self._apply_once(route, target, alert, event, facts, key):
                     return
-            raise _Retry(f"{target.name}: ticket record {key.key} kept changing under this delivery",
+            raise _Busy(f"{target.name}: ticket record {key.key} kept changing under this delivery",
                          BUSY_RETRY_SECONDS)
 
     async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
@@ -346,17 +350,43 @@ class Worker:
         decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
-
         if not action.calls_target:
-            if state is None or decision.state != state:
-                keep = {"pending": data["pending"]} if "pending" in data else {}
-                if not await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version):
-                    return False
-            self.metrics.deliveries.labels(target.name, str(action)).inc()
-            return True
+            return await self._record_only(target, key, decision, state, data, version)
 
+        incident = self._render(route, target, alert, event, key, decision)
+        if action.opens_incident:
+            opened = await self._open_incident(target, action, key, incident, data, version)
+            if opened is None:
+                return False
+            ticket, version, outcome = opened
+            new_state = decision.state.with_ticket(ticket.id, ticket.number)
+        else:
+            assert state is not None  # decide() only notes, resolves or reopens known tickets
+            await self._update_incident(target, action, state, incident, self._note(target, action, facts, alert))
+            new_state, outcome = decision.state, str(action)
+        if await self._put(target.name, key.key, new_state.to_data(), version) is None:
+            log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
+                        action)
+            return False
+        log.info("%s: %s %s for %s (%s)", target.name, outcome, new_state.ticket_number or new_state.ticket_id,
+                 incident.correlation_key, decision.reason)
+        self.metrics.deliveries.labels(target.name, outcome).inc()
+        return True
+
+    async def _record_only(self, target: Target, key: TicketKey, decision: Decision, state: TicketState | None,
+                           data: Mapping[str, Any], version: str | None) -> bool:
+        """An action that calls no target: remember the event (keeping an open intent); False on a conflict."""
+        if state is None or decision.state != state:
+            keep = {"pending": data["pending"]} if "pending" in data else {}
+            if await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version) is None:
+                return False
+        self.metrics.deliveries.labels(target.name, str(decision.action)).inc()
+        return True
+
+    def _render(self, route: Route, target: Target, alert: Alert, event: Event, key: TicketKey,
+                decision: Decision) -> Incident:
         cfg = self.config.targets[target.name]
-        incident = render_incident(
+        return render_incident(
             alert,
             kind=cfg.kind,
             correlation_key=correlation_key(key.key, decision.state.generation),
@@ -367,67 +397,66 @@ class Worker:
             severity_fields=cfg.severity,
             body=event.body,
         )
-        outcome = str(action)
-        if action.opens_incident:
-            pending = data.get("pending")
-            if pending:
-                left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
-                if left > 0:
-                    raise _Retry(f"{target.name}: another delivery is opening the incident for {key.key}", left)
-            # The intent, guarded by the record's version: of two workers, only one gets to create.
-            # It outlives a crash; once it is older than a lease, the next delivery finds and adopts.
-            base = {k: v for k, v in data.items() if k != "pending"}
-            intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
-            version = await self._put(target.name, key.key, intent, version, want_version=True)
-            if version is False:
-                return False
-            creating = False
-            try:
-                found = await self._call(target, "find", target.find, incident)
-                if found is not None and not found.resolved:
-                    ticket, outcome = found, "adopt"
-                    log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
-                             found.number or found.id, incident.correlation_key)
-                else:
-                    creating = True
-                    ticket = await self._call(target, "create", target.create, incident)
-            except BaseException as exc:
-                if creating and _unanswered(exc):
-                    # The create may still land (a hung call the target finishes after we gave up): keep the
-                    # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
-                    log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
-                                target.name, incident.correlation_key)
-                    raise
-                # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
-                await asyncio.shield(self._put(target.name, key.key, base, version))
-                raise
-            new_state = decision.state.with_ticket(ticket.id, ticket.number)
-        else:
-            assert state is not None and state.ticket_id is not None  # decide() only notes known tickets
-            ticket = Ticket(id=state.ticket_id, number=state.ticket_number, resolved=not state.open)
-            text = note_text(action, facts.kind, alert, cfg.kind)
-            call = {Action.NOTE: target.note, Action.RESOLVE: target.resolve, Action.REOPEN: target.reopen}[action]
-            await self._call(target, str(action), call, ticket, incident, text)
-            new_state = decision.state
-        if await self._put(target.name, key.key, new_state.to_data(), version) is False:
-            log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
-                        action)
-            return False
-        log.info("%s: %s %s for %s (%s)", target.name, outcome, new_state.ticket_number or new_state.ticket_id,
-                 incident.correlation_key, decision.reason)
-        self.metrics.deliveries.labels(target.name, outcome).inc()
-        return True
 
-    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None,
-                   want_version: bool = False) -> Any:
-        """Write a ticket record if unchanged since read; False on a conflict (else True, or the new version)."""
+    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert) -> str:
+        return note_text(action, facts.kind, alert, self.config.targets[target.name].kind)
+
+    async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
+                             data: Mapping[str, Any], version: str | None) -> tuple[Ticket, str, str] | None:
+        """Create the incident, or adopt the one a crashed delivery created: (ticket, record version, outcome).
+
+        Before the call the intent is written to the ticket record, guarded by its version: of two workers,
+        only one gets to create. It outlives a crash; once it is older than a lease, the next delivery finds
+        and adopts. None: the record changed meanwhile (decide again).
+        """
+        pending = data.get("pending")
+        if pending:
+            left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
+            if left > 0:
+                raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
+        base = {k: v for k, v in data.items() if k != "pending"}
+        intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
+        intent_version = await self._put(target.name, key.key, intent, version)
+        if intent_version is None:
+            return None
+        creating = False
+        try:
+            found = await self._call(target, "find", target.find, incident)
+            if found is not None and not found.resolved:
+                log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
+                         found.number or found.id, incident.correlation_key)
+                return found, intent_version, "adopt"
+            creating = True
+            ticket = await self._call(target, "create", target.create, incident)
+            return ticket, intent_version, str(action)
+        except BaseException as exc:
+            if creating and _unanswered(exc):
+                # The create may still land (a hung call the target finishes after we gave up): keep the
+                # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
+                log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
+                            target.name, incident.correlation_key)
+                raise
+            # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
+            await asyncio.shield(self._put(target.name, key.key, base, intent_version))
+            raise
+
+    async def _update_incident(self, target: Target, action: Action, state: TicketState, incident: Incident,
+                               text: str) -> None:
+        """A note, resolve or reopen on the ticket the record names."""
+        assert state.ticket_id is not None
+        ticket = Ticket(id=state.ticket_id, number=state.ticket_number, resolved=not state.open)
+        call = {Action.NOTE: target.note, Action.RESOLVE: target.resolve, Action.REOPEN: target.reopen}[action]
+        await self._call(target, str(action), call, ticket, incident, text)
+
+    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None) -> str | None:
+        """Write a ticket record if unchanged since read: its new version, or None on a conflict."""
         try:
             stored = await self.store.put_ticket(TicketRecord(target=target, key=key, data=data, version=version))
         except VersionConflict:
-            return False
-        return stored.version if want_version else True
+            return None
+        return stored.version
 
-    async def _call(self, target: Target | Forwarder, call: str, fn: Any, *args: Any) -> Any:
+    async def _call(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """One call to a target, through its circuit breaker and timed."""
         breaker = self.breakers[target.name]
         breaker.before_call()
@@ -466,7 +495,7 @@ class Worker:
         for _ in range(RECORD_RETRIES):
             sent = ([*sent, event.key])[-FORWARDED_KEYS_KEPT:]
             version = record.version if record else None
-            if await self._put(target.name, key, {"forwarded": sent}, version):
+            if await self._put(target.name, key, {"forwarded": sent}, version) is not None:
                 return
             record = await self.store.get_ticket(target.name, key)
             sent = list(record.data.get("forwarded", [])) if record else []
@@ -486,5 +515,5 @@ def _unanswered(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | asyncio.CancelledError)
 
 
-def _describe(failures: list[_Outcome]) -> str:
+def _describe(failures: list[_Failure]) -> str:
     return "; ".join(f.error or f"{f.target}: failed" for f in failures)[:3900]

@@ -76,9 +76,6 @@ from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX
 from relay.store.base import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
 
 log = logging.getLogger(__name__)
-# The SDK logs every request's URL and headers at INFO: thousands of lines an hour at the relay's
-# default level. Its warnings and errors still come through.
-logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 QUEUE = "relay-events"
 POISON_QUEUE = "relay-events-poison"

@@ -138,6 +138,18 @@ def test_relay_serve_bounds_header_time_by_its_keepalive_timeout(monkeypatch, is
     assert seen["keepalive_timeout"] == relay.app.KEEPALIVE_TIMEOUT_SECONDS
 
 
+def test_relay_serve_lets_requests_finish_for_as_long_as_the_delivery_grace(monkeypatch, issuer, tmp_path):
+    seen = {}
+    monkeypatch.setattr(relay.app.web, "run_app", lambda app, **kw: seen.update(kw))
+    env = {**issuer.relay_env(), "RELAY_STORE": "sqlite:///unused.db"}
+    relay.app.run(Settings.from_env(env))
+    assert seen["shutdown_timeout"] == 20 == relay.app.SHUTDOWN_TIMEOUT_SECONDS, "the default grace is 20 s"
+    config = tmp_path / "relay.yaml"
+    config.write_text("targets: {d: {kind: dry_run}}\nroutes: [{target: d}]\ndelivery: {shutdown_grace_seconds: 7}\n")
+    relay.app.run(Settings.from_env({**env, "RELAY_CONFIG": str(config)}))
+    assert seen["shutdown_timeout"] == 7, "aiohttp must wait as long as the configured delivery grace"
+
+
 WRONG_TYPES = {
     "text/plain": {"Content-Type": "text/plain"},
     "application/xml": {"Content-Type": "application/xml"},
