@@ -34,9 +34,11 @@ from infra.config.model import (
     ServiceHealthAlertRule,
 )
 from infra.config.reader import _LOCATION, _MISSING, ConfigError, Section, _choice, _items, _text
+from relay import schema
 
+_GUID_BODY = schema.GUID.pattern.removeprefix("^").removesuffix("$")
 _ARM_ID = re.compile(
-    r"^/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    rf"^/subscriptions/{_GUID_BODY}"
     r"(/resourceGroups/[-\w.()]{1,90}"
     r"(/providers/[A-Za-z0-9]+\.[A-Za-z0-9.]+(/[A-Za-z0-9.]+/[^/\s]+)+)?)?$"
 )

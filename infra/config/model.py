@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.naming import Names
+from relay import schema
 
 PROJECT = "secure-export"
 
-SEVERITIES = ("Sev0", "Sev1", "Sev2", "Sev3", "Sev4")
+SEVERITIES = schema.SEVERITIES
 
-# Target kinds the relay implements, and the auth types each one speaks (None: no auth block).
+# Target kinds the relay implements, and the auth types each one speaks (None: no auth block). A mirror
+# of the relay's per-kind auth, which lives in the target modules (relay/targets/<kind>.py) that infra
+# cannot import; tests/infra/test_infra_relay_vocabulary.py fails when the kinds differ from TARGET_MODULES.
 TARGET_AUTH = {
     "servicenow": ("basic", "oauth"),
     "bmc_helix": ("ar_jwt",),
@@ -35,9 +38,11 @@ AUTH_FIELDS = {
     "ar_jwt": ("username", "password_env"),
     "none": (),
 }
-# Route keys the relay reads besides match, target and fields; passed to it as they are.
-ROUTE_OPTIONS = ("on_repeat", "on_refire", "on_resolve", "incident_per", "summary", "description", "continue")
-ROUTE_MATCH_LISTS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group")
+# Route keys the relay reads besides match, target and fields; passed to it as they are. Read, rendered
+# and listed in messages with on_repeat first, as docs/configuration.md documents them.
+ROUTE_OPTIONS = ("on_repeat", *(name for name in schema.ROUTE_OPTIONS if name != "on_repeat"))
+# Match keys that take one pattern or a list (custom_properties is a mapping).
+ROUTE_MATCH_LISTS = schema.MATCH_LISTS
 
 ALERT_KINDS = ("metric", "dynamicMetric", "logSearch", "administrative", "serviceHealth", "resourceHealth")
 METRIC_AGGREGATIONS = ("Average", "Count", "Minimum", "Maximum", "Total")
@@ -56,9 +61,9 @@ STORAGE_SKUS = ("Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_RAGRS"
 # Consumption-plan Container Apps: CPU in quarter cores, memory fixed at 2 GiB per core.
 RELAY_CPUS = tuple(q / 4 for q in range(1, 17))
 RELAY_PORT = 8080
-# The relay's default for delivery.shutdown_grace_seconds (docs/configuration.md, `delivery`), and the
-# margin Container Apps must add before it kills the container after SIGTERM.
-RELAY_SHUTDOWN_GRACE_SECONDS = 20
+# The relay's default for delivery.shutdown_grace_seconds, and the margin Container Apps must add
+# before it kills the container after SIGTERM.
+RELAY_SHUTDOWN_GRACE_SECONDS = schema.DELIVERY["shutdown_grace_seconds"].default
 TERMINATION_MARGIN_SECONDS = 10
 
 

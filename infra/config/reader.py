@@ -10,7 +10,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+from relay import schema
+
 _LOCATION = re.compile(r"^[a-z][a-z0-9]+$")
 _HTTPS_URL = re.compile(r"^https://[^\s/?#]+[^\s]*$")
 
@@ -55,12 +56,17 @@ def _choice(key: str, value: Any, options: Sequence[str], what: str = "value") -
     return value
 
 
-def _integer(key: str, value: Any, minimum: int, maximum: int) -> int:
+def _whole(key: str, value: Any, allowed: str) -> int:
     number = value
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
         number = int(value)
     if isinstance(number, bool) or not isinstance(number, int):
-        raise ConfigError(key, f"must be a whole number, got {_describe(value)}", f"{minimum} to {maximum}")
+        raise ConfigError(key, f"must be a whole number, got {_describe(value)}", allowed)
+    return number
+
+
+def _integer(key: str, value: Any, minimum: int, maximum: int) -> int:
+    number = _whole(key, value, f"{minimum} to {maximum}")
     if not minimum <= number <= maximum:
         raise ConfigError(key, f"{number} is out of range", f"{minimum} to {maximum}")
     return number
@@ -75,6 +81,15 @@ def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, f"must be a number, got {_describe(value)}", "a number")
     return float(value)
+
+
+def _bounded(key: str, value: Any, bound: schema.Bound) -> float:
+    """A number within one of the relay's own bounds (relay/schema.py), so the stack accepts only what
+    the relay does."""
+    number = _whole(key, value, bound.describe()) if bound.whole else _number(key, value)
+    if not bound.accepts(number):
+        raise ConfigError(key, f"{number:g} is out of range", bound.describe())
+    return number
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -140,6 +155,10 @@ class Section:
         value = self.raw(name, default, "a number")
         return None if value is None else _number(self.key_of(name), value)
 
+    def bounded(self, name: str, bound: schema.Bound, default: Any = _MISSING) -> Any:
+        value = self.raw(name, default, bound.describe())
+        return None if value is None else _bounded(self.key_of(name), value, bound)
+
     def flag(self, name: str, default: bool) -> bool:
         return _flag(self.key_of(name), self.raw(name, default))
 
@@ -187,4 +206,4 @@ class Section:
 
 
 def _guid(expected: str) -> Callable[[str, Any], str]:
-    return lambda key, value: _text(key, value, _GUID, expected)
+    return lambda key, value: _text(key, value, schema.GUID, expected)

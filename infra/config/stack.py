@@ -28,9 +28,10 @@ from infra.config.model import (
     RelaySettings,
     StackConfig,
 )
-from infra.config.reader import _GUID, _HTTPS_URL, _LOCATION, ConfigError, Section, _guid, _text
+from infra.config.reader import _HTTPS_URL, _LOCATION, ConfigError, Section, _guid, _text
 from infra.config.targets import _delivery, _itsm_secrets, _routes, _secret_envs, _targets
 from infra.naming import SUFFIX_LENGTH, Names, unique_suffix
+from relay import schema
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9]{0,6}$")
@@ -123,8 +124,8 @@ def _azure(raw: Mapping[str, Any]) -> AzureContext:
             raise ConfigError(key, f"is required; set it with `pulumi config set {key} {example}`", expected)
         return _text(key, value, pattern, expected)
 
-    tenant = required("azure-native:tenantId", _GUID, "a tenant GUID", "<tenant id>")
-    azuread_tenant = required("azuread:tenantId", _GUID, "a tenant GUID", "<tenant id>")
+    tenant = required("azure-native:tenantId", schema.GUID, "a tenant GUID", "<tenant id>")
+    azuread_tenant = required("azuread:tenantId", schema.GUID, "a tenant GUID", "<tenant id>")
     if azuread_tenant.lower() != tenant.lower():
         raise ConfigError(
             "azuread:tenantId",
@@ -133,7 +134,9 @@ def _azure(raw: Mapping[str, Any]) -> AzureContext:
         )
     return AzureContext(
         tenant_id=tenant,
-        subscription_id=required("azure-native:subscriptionId", _GUID, "a subscription GUID", "<subscription id>"),
+        subscription_id=required(
+            "azure-native:subscriptionId", schema.GUID, "a subscription GUID", "<subscription id>"
+        ),
         location=required("azure-native:location", _LOCATION, "an Azure region name such as westeurope", "westeurope"),
     )
 

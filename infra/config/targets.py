@@ -33,8 +33,8 @@ from infra.config.reader import (
     _number,
     _text,
 )
+from relay import schema
 
-_TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _ENV_VAR = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 _RESERVED_ENV_PREFIXES = ("RELAY_", "AZURE_", "SECURE_EXPORT_")
 _SECRET_LOOKING = re.compile(r"password|secret|token|api_?key|credential", re.IGNORECASE)
@@ -47,7 +47,7 @@ def _targets(project: Section) -> tuple[Target, ...]:
     parsed = []
     for name, value in targets.entries():
         key = targets.key_of(name)
-        _text(key, name, _TARGET_NAME, "target names of 1-63 lowercase letters, digits, '_' or '-'")
+        _text(key, name, schema.TARGET_NAME, schema.TARGET_NAME_RULE)
         parsed.append(_target(name, Section(key, value)))
     if not parsed:
         raise ConfigError(targets.key, "must declare at least one target", ", ".join(TARGET_AUTH))
@@ -64,16 +64,13 @@ def _target(name: str, target: Section) -> Target:
         auth_block = target.mapping("auth", required=None not in auth_types)
         if auth_block is not None:
             auth = _auth(auth_block, kind, auth_types)
-    timeout = target.number("timeout_seconds", None)
-    if timeout is not None and not 0 < timeout <= 600:
-        raise ConfigError(target.key_of("timeout_seconds"), f"{timeout:g} is out of range", "more than 0, up to 600")
     parsed = Target(
         name=name,
         kind=kind,
         base_url=base_url,
         auth=auth,
-        timeout_seconds=timeout,
-        max_concurrency=target.integer("max_concurrency", None, minimum=1, maximum=256),
+        timeout_seconds=target.bounded("timeout_seconds", schema.TIMEOUT_SECONDS, None),
+        max_concurrency=target.bounded("max_concurrency", schema.MAX_CONCURRENCY, None),
         options=_no_inline_secrets(target.key, target.rest()),
     )
     target.finish()
