@@ -151,14 +151,20 @@ class Dimension:
 
 
 @dataclass(frozen=True)
-class MetricAlertRule:
-    """A metric alert with a static threshold."""
+class AlertRuleBase:
+    """What every kind of alert rule has; each kind's own fields follow these."""
 
     name: str
     description: str
     enabled: bool
-    severity: int
     scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MetricAlertRule(AlertRuleBase):
+    """A metric alert with a static threshold."""
+
+    severity: int
     metric_namespace: str
     metric_name: str
     aggregation: str
@@ -172,14 +178,10 @@ class MetricAlertRule:
 
 
 @dataclass(frozen=True)
-class DynamicMetricAlertRule:
+class DynamicMetricAlertRule(AlertRuleBase):
     """A metric alert whose threshold Azure learns from the metric's history."""
 
-    name: str
-    description: str
-    enabled: bool
     severity: int
-    scopes: tuple[str, ...]
     metric_namespace: str
     metric_name: str
     aggregation: str
@@ -195,14 +197,10 @@ class DynamicMetricAlertRule:
 
 
 @dataclass(frozen=True)
-class LogSearchAlertRule:
+class LogSearchAlertRule(AlertRuleBase):
     """A log search (scheduled query) alert; always auto-mitigated so that resolves reach the relay."""
 
-    name: str
-    description: str
-    enabled: bool
     severity: int
-    scopes: tuple[str, ...]
     location: str  # the rule's region; default: the stack's
     query: str
     aggregation: str
@@ -217,34 +215,22 @@ class LogSearchAlertRule:
 
 
 @dataclass(frozen=True)
-class AdministrativeAlertRule:
+class AdministrativeAlertRule(AlertRuleBase):
     """An activity log alert on an administrative operation (create, delete, action)."""
 
-    name: str
-    description: str
-    enabled: bool
-    scopes: tuple[str, ...]
     operation_name: str
     status: str | None
 
 
 @dataclass(frozen=True)
-class ServiceHealthAlertRule:
-    name: str
-    description: str
-    enabled: bool
-    scopes: tuple[str, ...]
+class ServiceHealthAlertRule(AlertRuleBase):
     incident_types: tuple[str, ...]  # empty: every incident type
     regions: tuple[str, ...]
     services: tuple[str, ...]
 
 
 @dataclass(frozen=True)
-class ResourceHealthAlertRule:
-    name: str
-    description: str
-    enabled: bool
-    scopes: tuple[str, ...]
+class ResourceHealthAlertRule(AlertRuleBase):
     health_statuses: tuple[str, ...]
     resource_types: tuple[str, ...]
 
