@@ -27,6 +27,7 @@ from pulumi_azure_native import (
 from infra.config import RELAY_PORT, AzureContext, KeyVaultSettings, RelaySettings, SecretValue
 from infra.identity import AZURE_MONITOR_APP_ID, SECURE_WEBHOOK_ROLE
 from infra.naming import Names
+from relay import schema
 
 # Azure Storage names the relay's store uses; the queue-length scale rule watches EVENTS_QUEUE. Their
 # twins are QUEUE, POISON_QUEUE, TABLE and CONTAINER in relay/store/azure.py: written twice so that infra
@@ -314,7 +315,7 @@ class RelayHosting(pulumi.ComponentResource):
             "RELAY_AUDIENCES": pulumi.Output.all(*args.audiences).apply(",".join),
             "RELAY_ALLOWED_APP_IDS": AZURE_MONITOR_APP_ID,
             "RELAY_REQUIRED_ROLE": SECURE_WEBHOOK_ROLE,
-            "RELAY_STORE": pulumi.Output.concat("azure-storage://", self.storage_account.name),
+            "RELAY_STORE": pulumi.Output.concat(schema.AZURE_STORAGE_ACCOUNT_PREFIX, self.storage_account.name),
             "AZURE_CLIENT_ID": self.identity.client_id,  # which identity DefaultAzureCredential uses
             "RELAY_HOST": "0.0.0.0",
             "RELAY_PORT": str(RELAY_PORT),
