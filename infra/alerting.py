@@ -1,6 +1,7 @@
 """Alerting: the action group whose Secure Webhook calls the relay, and the alert rules wired to it.
 
-A Secure Webhook is an ordinary webhook receiver with Entra fields (azure-secure-webhook.md 1.3):
+A Secure Webhook is an ordinary webhook receiver with Entra fields
+(https://learn.microsoft.com/azure/azure-monitor/alerts/action-groups#secure-webhook):
 `use_aad_auth`, the application's object id, its identifier URI and the tenant, with the common
 alert schema on. Azure checks that the caller owns that application when the action group is saved,
 so the group waits for the Entra side (owners, identifier URI, role assignment) to exist.
@@ -183,7 +184,8 @@ class Alerting(pulumi.ComponentResource):
                         query=rule.query,
                         time_aggregation=rule.aggregation,
                         metric_measure_column=rule.metric_measure_column,
-                        # A plain string: monitor.ConditionOperator would send "gt" (pulumi-notes, trap 2).
+                        # A plain string: the SDK types this as monitor.ConditionOperator, whose values are
+                        # filter operators ("gt", "eq"), not the "GreaterThan" a log search condition takes.
                         operator=rule.operator,
                         threshold=rule.threshold,
                         dimensions=[

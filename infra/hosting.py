@@ -27,8 +27,11 @@ from pulumi_azure_native import (
 from infra.config import RELAY_PORT, AzureContext, KeyVaultSettings, RelaySettings, SecretValue
 from infra.identity import AZURE_MONITOR_APP_ID, SECURE_WEBHOOK_ROLE
 from infra.naming import Names
+from relay import schema
 
-# Azure Storage names the relay's store uses (issue 5); the queue-length scale rule watches EVENTS_QUEUE.
+# Azure Storage names the relay's store uses; the queue-length scale rule watches EVENTS_QUEUE. Their
+# twins are QUEUE, POISON_QUEUE, TABLE and CONTAINER in relay/store/azure.py: written twice so that infra
+# never imports the relay's store, and tests/infra/test_infra_hosting.py fails if these change.
 EVENTS_QUEUE = "relay-events"
 POISON_QUEUE = "relay-events-poison"
 STATE_TABLE = "relaystate"
@@ -143,8 +146,8 @@ class RelayHosting(pulumi.ComponentResource):
         self.register_outputs({"fqdn": self.fqdn, "webhook_url": self.webhook_url, "image_ref": self.image_ref})
 
     def _store(self, located: dict) -> None:
-        """The relay's shared store (issue 5): queues, state table and payload blobs, reachable only
-        with Entra tokens (no shared keys, no public blobs)."""
+        """The relay's shared store (its `azure-storage://` backend): queues, state table and payload
+        blobs, reachable only with Entra tokens (no shared keys, no public blobs)."""
         name, args = self._name, self._args
         self.storage_account = storage.StorageAccount(
             f"{name}-storage",
@@ -304,14 +307,15 @@ class RelayHosting(pulumi.ComponentResource):
         )
 
     def _environment_variables(self) -> list[app.EnvironmentVarArgs]:
-        """The relay's environment contract (issue 2), plus one variable per ITSM secret."""
+        """The relay's environment contract (the variables relay/settings.py reads; docs/deploy.md,
+        section 5), plus one variable per ITSM secret."""
         args, relay = self._args, self._args.relay
         plain: dict[str, pulumi.Input[str]] = {
             "RELAY_TENANT_ID": args.azure.tenant_id,
             "RELAY_AUDIENCES": pulumi.Output.all(*args.audiences).apply(",".join),
             "RELAY_ALLOWED_APP_IDS": AZURE_MONITOR_APP_ID,
             "RELAY_REQUIRED_ROLE": SECURE_WEBHOOK_ROLE,
-            "RELAY_STORE": pulumi.Output.concat("azure-storage://", self.storage_account.name),
+            "RELAY_STORE": pulumi.Output.concat(schema.AZURE_STORAGE_ACCOUNT_PREFIX, self.storage_account.name),
             "AZURE_CLIENT_ID": self.identity.client_id,  # which identity DefaultAzureCredential uses
             "RELAY_HOST": "0.0.0.0",
             "RELAY_PORT": str(RELAY_PORT),

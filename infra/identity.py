@@ -1,10 +1,10 @@
 """The Entra side of Secure Webhook: the API application Azure Monitor requests tokens for, its app
 role, and that role granted to Azure Monitor's action-group service principal.
 
-It does what Microsoft's PowerShell script does (azure-monitor-docs, alerts/action-groups.md, "Secure
-webhook"), minus two of its gaps: the role is assigned by its id, not as `AppRoles[0]`; and the
-deploying identity owns the application, without which Azure refuses to save the action group
-(`AadWebhookResourceNotOwnedByCaller`).
+It does what Microsoft's PowerShell script does
+(https://learn.microsoft.com/azure/azure-monitor/alerts/action-groups#secure-webhook), minus two of
+its gaps: the role is assigned by its id, not as `AppRoles[0]`; and the deploying identity owns the
+application, without which Azure refuses to save the action group (`AadWebhookResourceNotOwnedByCaller`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import pulumi_azuread as azuread
 
 # Azure Monitor's first-party "AzNS AAD Webhook" application: action groups get their tokens as its
 # service principal ($azureMonitorActionGroupsAppId in Microsoft's script: "Required. Do not change.").
+# Its twin is AZURE_MONITOR_APP_ID in relay/settings.py, the relay's default allowed caller: written twice
+# so that infra never imports the relay's settings; tests/infra/test_infra_identity.py pins this one.
 AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 # The app role value Microsoft's script creates; the relay requires it in the token's `roles` claim.
 SECURE_WEBHOOK_ROLE = "ActionGroupsSecureWebhook"
 # Fixed forever: a new id would replace the role and silently drop Azure Monitor's assignment.
 SECURE_WEBHOOK_ROLE_ID = "5f2a7c1e-9b3d-4e8a-a6c4-2d1f0b7e9a35"
-# Tokens in the v2.0 format (`aud` is the client id, `iss` ends in /v2.0), as action-groups.md advises.
+# Tokens in the v2.0 format (`aud` is the client id, `iss` ends in /v2.0), as that page advises.
 ACCESS_TOKEN_VERSION = 2
 
 

@@ -28,7 +28,7 @@ import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _sync_await  # private API: see run()
 
 from infra.config import PROJECT, ConfigError, referenced_secret_envs
 
@@ -329,6 +329,10 @@ def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = 
         settings.set_root_resource(None)  # type: ignore[arg-type]
         pulumi.runtime.set_all_config(dict(raw_config), list(secret_keys))
         with _program_directory():
+            # Private API, used on purpose: Pulumi's own mock runtime drives a program with this
+            # re-entrant loop pump (pulumi.runtime.mocks, its `test` decorator) and calls it again from
+            # inside the program. pyproject.toml pins pulumi exactly, so an upgrade that moves it fails
+            # `make plan` and every infra test at once, in the upgrade's own change.
             _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM_DIR / "__main__.py"), run_name="__main__")))
     except Exception as error:  # reported with the partial plan below
         failure = error

@@ -1,7 +1,9 @@
 """Renders the relay's targets-and-routes YAML (the file at RELAY_CONFIG) from the stack's config.
 
-The shape is the relay's own (issue 3). Secrets appear only as environment variable names (keys
-ending in `_env`); the Container App fills those variables from Key Vault references.
+The shape is the relay's own (docs/configuration.md), so the relay's validator reads the file as it
+is; tests/infra/test_infra_relay_config.py runs `relay check-config` on it. Secrets appear only as
+environment variable names (keys ending in `_env`); the Container App fills those variables from Key
+Vault references.
 """
 
 from __future__ import annotations

@@ -1,0 +1,227 @@
+"""The stack config as a whole: `parse` validates what the Pulumi CLI hands the program, `load` reads it
+from the running program.
+
+`parse` takes the raw config (full keys such as `secure-export:relay`, structured values as JSON text)
+and returns a `StackConfig`, or raises one `ConfigError` naming the key, in `pulumi config set --path`
+syntax, and what is allowed there. This module reads the project-wide sections itself and leaves the
+relay's shape to targets.py and the alert rules to alert_rules.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from infra.config.alert_rules import _alerts
+from infra.config.model import (
+    PROJECT,
+    RELAY_CPUS,
+    RELAY_PORT,
+    RELAY_SHUTDOWN_GRACE_SECONDS,
+    STORAGE_SKUS,
+    TERMINATION_MARGIN_SECONDS,
+    AzureContext,
+    KeyVaultSettings,
+    RelaySettings,
+    StackConfig,
+)
+from infra.config.reader import _HTTPS_URL, _LOCATION, ConfigError, Section, _guid, _text
+from infra.config.targets import _delivery, _itsm_secrets, _routes, _secret_envs, _targets
+from infra.naming import SUFFIX_LENGTH, Names, unique_suffix
+from relay import schema
+
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+_ENVIRONMENT = re.compile(r"^[a-z][a-z0-9]{0,6}$")
+_SUFFIX = re.compile(rf"^[a-z0-9]{{1,{SUFFIX_LENGTH}}}$")
+_IDENTIFIER_URI = re.compile(r"^api://[^\s]*[^\s/]$")
+_IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+(:[\w.-]{1,128}|@sha256:[0-9a-f]{64})$")
+
+
+def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()) -> StackConfig:
+    """Validate the whole stack config. `raw` holds full keys (`secure-export:targets`) and the
+    CLI's values: plain strings, structured values as JSON text."""
+    azure = _azure(raw)
+    project = _project(raw)
+
+    environment = project.text(
+        "environment",
+        stack,
+        pattern=_ENVIRONMENT,
+        expected="1-7 lowercase letters and digits starting with a letter (default: the stack name)",
+    )
+    prefix = project.text(
+        "namePrefix", "secexp", pattern=_PREFIX, expected="2-8 lowercase letters and digits starting with a letter"
+    )
+    suffix = project.text(
+        "uniqueSuffix",
+        unique_suffix(azure.subscription_id, prefix, environment),
+        pattern=_SUFFIX,
+        expected=f"1-{SUFFIX_LENGTH} lowercase letters and digits",
+    )
+    names = Names(prefix=prefix, environment=environment, suffix=suffix)
+    tags = {"workload": PROJECT, "environment": environment, "managed-by": "pulumi", **project.string_map("tags")}
+
+    targets = _targets(project)
+    delivery = _delivery(project)
+    config = StackConfig(
+        azure=azure,
+        names=names,
+        tags=tags,
+        app_owners=project.strings("appOwners", (), check=_guid("an object id GUID"), expected="object id GUIDs"),
+        identifier_uri=project.text(
+            "identifierUri",
+            None,
+            pattern=_IDENTIFIER_URI,
+            expected="an api:// URI not ending in '/', e.g. api://<tenant id>/secure-export "
+            "(default: api://<client id>)",
+        ),
+        action_group_short_name=_short_name(project),
+        storage_sku=project.choice("storageSku", STORAGE_SKUS, "Standard_LRS", what="storage SKU"),
+        key_vault=_key_vault(project),
+        relay=_relay(project, delivery),
+        targets=targets,
+        routes=_routes(project, targets),
+        delivery=delivery,
+        alerts=_alerts(project, azure),
+        itsm_secrets=_itsm_secrets(project, targets, secret_keys),
+    )
+    project.finish()
+    return config
+
+
+def referenced_secret_envs(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ITSM secrets (env var names) the stack's targets reference, sorted."""
+    return _secret_envs(_targets(_project(raw)))
+
+
+def _project(raw: Mapping[str, Any]) -> Section:
+    structured = {"appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"}
+    view: dict[str, Any] = {}
+    for full_key, value in raw.items():
+        if not full_key.startswith(f"{PROJECT}:"):
+            continue
+        name = full_key.split(":", 1)[1]
+        if name in structured and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ConfigError(
+                    full_key,
+                    f"is not valid structured config ({error.msg})",
+                    "a mapping in the stack file, or values set with `pulumi config set --path`",
+                ) from None
+        view[name] = value
+    return Section(PROJECT, view, separator=":")
+
+
+def _azure(raw: Mapping[str, Any]) -> AzureContext:
+    def required(key: str, pattern: re.Pattern[str], expected: str, example: str) -> str:
+        value = raw.get(key)
+        if value is None:
+            raise ConfigError(key, f"is required; set it with `pulumi config set {key} {example}`", expected)
+        return _text(key, value, pattern, expected)
+
+    tenant = required("azure-native:tenantId", schema.GUID, "a tenant GUID", "<tenant id>")
+    azuread_tenant = required("azuread:tenantId", schema.GUID, "a tenant GUID", "<tenant id>")
+    if azuread_tenant.lower() != tenant.lower():
+        raise ConfigError(
+            "azuread:tenantId",
+            f"{azuread_tenant} differs from azure-native:tenantId {tenant}",
+            "the same tenant as azure-native:tenantId (the Entra app and the action group must share it)",
+        )
+    return AzureContext(
+        tenant_id=tenant,
+        subscription_id=required(
+            "azure-native:subscriptionId", schema.GUID, "a subscription GUID", "<subscription id>"
+        ),
+        location=required("azure-native:location", _LOCATION, "an Azure region name such as westeurope", "westeurope"),
+    )
+
+
+def _short_name(project: Section) -> str:
+    name = project.text("actionGroupShortName", "SecureExport")
+    if len(name) > 12:
+        raise ConfigError(
+            project.key_of("actionGroupShortName"),
+            f"{name!r} is {len(name)} characters long",
+            "1 to 12 characters (Azure's limit for an action group's short name)",
+        )
+    return name
+
+
+def _key_vault(project: Section) -> KeyVaultSettings:
+    vault = project.section("keyVault")
+    settings = KeyVaultSettings(
+        purge_protection=vault.flag("purgeProtection", True),
+        soft_delete_retention_days=vault.integer("softDeleteRetentionDays", 90, minimum=7, maximum=90),
+    )
+    vault.finish()
+    return settings
+
+
+def _relay(project: Section, delivery: Mapping[str, Any]) -> RelaySettings:
+    relay = project.section("relay")
+    cpu = relay.number("cpu", 0.5)
+    if cpu not in RELAY_CPUS:
+        raise ConfigError(
+            relay.key_of("cpu"), f"{cpu:g} cores is not a Container Apps size", ", ".join(f"{c:g}" for c in RELAY_CPUS)
+        )
+    min_replicas = relay.integer("minReplicas", 1, minimum=0, maximum=1000)
+    max_replicas = relay.integer("maxReplicas", 3, minimum=1, maximum=1000)
+    if max_replicas < min_replicas:
+        raise ConfigError(
+            relay.key_of("maxReplicas"),
+            f"{max_replicas} is below minReplicas {min_replicas}",
+            f"{min_replicas} to 1000",
+        )
+    metrics_port = relay.integer("metricsPort", 9090, minimum=1024, maximum=65535)
+    if metrics_port == RELAY_PORT:
+        raise ConfigError(
+            relay.key_of("metricsPort"),
+            f"{metrics_port} is the relay's public port",
+            f"any port from 1024 to 65535 except {RELAY_PORT}",
+        )
+    settings = RelaySettings(
+        image=relay.text(
+            "image",
+            None,
+            pattern=_IMAGE,
+            expected="a registry-qualified image reference with a tag or digest, "
+            "e.g. myregistry.azurecr.io/secure-export-relay@sha256:<64 hex digits>",
+        ),
+        cpu=cpu,
+        memory=f"{cpu * 2:g}Gi",
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        http_concurrent_requests=relay.integer("httpConcurrentRequests", 50, minimum=1, maximum=1000),
+        queue_length=relay.integer("queueLength", 20, minimum=1, maximum=10000),
+        metrics_port=metrics_port,
+        openid_config_url=relay.text("openidConfigUrl", None, pattern=_HTTPS_URL, expected="an https:// URL"),
+        log_retention_days=relay.integer("logRetentionDays", 30, minimum=30, maximum=730),
+        termination_grace_seconds=max(
+            30,
+            math.ceil(delivery.get("shutdown_grace_seconds", RELAY_SHUTDOWN_GRACE_SECONDS))
+            + TERMINATION_MARGIN_SECONDS,
+        ),
+    )
+    relay.finish()
+    return settings
+
+
+def load() -> StackConfig:
+    """The running stack's config, from what the Pulumi CLI passed the program."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    # The CLI passes config as the PULUMI_CONFIG environment variable (structured values as JSON
+    # text); tests and `make plan` set it in the runtime instead. CONFIG is the only way to list keys.
+    raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secret_keys = {*runtime_config.get_config_secret_keys_env(), *filter(runtime_config.is_config_secret, raw)}
+    try:
+        return parse(raw, stack=pulumi.get_stack(), secret_keys=sorted(secret_keys))
+    except ConfigError as error:
+        # RunError ends the program with this one message and no traceback.
+        raise pulumi.RunError(str(error)) from None
