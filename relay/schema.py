@@ -36,7 +36,7 @@ ON_RESOLVE = ("resolve", "note", "nothing")
 INCIDENT_PER = ("alert", "configuration_item")
 
 # The keys of a route, and of its `match:`; every match key but custom_properties takes one pattern or a list.
-ROUTE_KEYS = ("match", "target", "fields", "on_refire", "on_repeat", "on_resolve", "incident_per", "summary",
+ROUTE_KEYS = ("match", "target", "fields", "on_repeat", "on_refire", "on_resolve", "incident_per", "summary",
               "description", "continue")
 MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
               "custom_properties")

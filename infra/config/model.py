@@ -38,9 +38,8 @@ AUTH_FIELDS = {
     "ar_jwt": ("username", "password_env"),
     "none": (),
 }
-# Route keys the relay reads besides match, target and fields; passed to it as they are. Read, rendered
-# and listed in messages with on_repeat first, as docs/configuration.md documents them.
-ROUTE_OPTIONS = ("on_repeat", *(name for name in schema.ROUTE_OPTIONS if name != "on_repeat"))
+# Route keys the relay reads besides match, target and fields; passed to it as they are.
+ROUTE_OPTIONS = schema.ROUTE_OPTIONS
 # Match keys that take one pattern or a list (custom_properties is a mapping).
 ROUTE_MATCH_LISTS = schema.MATCH_LISTS
 

@@ -100,7 +100,7 @@ def test_storage_holds_the_relays_queues_table_and_container(stack_plan: Plan, s
         "relay-events-poison",
         "relaystate",
         "relay-payloads",
-    ), "the relay's storage names changed: the relay (relay/azure_store.py) uses these"
+    ), "the relay's storage names changed: the relay (relay/store/azure.py) uses these"
 
 
 def test_storage_accepts_only_entra_tokens_over_tls(stack_plan: Plan) -> None:

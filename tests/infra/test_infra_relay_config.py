@@ -102,7 +102,7 @@ def test_dry_run_target_renders_as_its_kind_alone() -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_relay_accepts_the_rendered_file(stack: str, tmp_path: Path) -> None:
-    # The contract with issue 3: the relay's own validator reads what infra renders.
+    # The contract with the relay: the relay's own validator reads what infra renders.
     cfg = parsed(stack)
     path = tmp_path / "relay.yaml"
     path.write_text(relay_config.render(cfg.targets, cfg.routes, cfg.delivery))
