@@ -1,4 +1,4 @@
-"""Issue 4, items 3 and 4: the Secure Webhook action group and the alert rules wired to it, for every
+"""The Secure Webhook action group and the alert rules wired to it, for every
 example stack, from the mock run."""
 
 from __future__ import annotations

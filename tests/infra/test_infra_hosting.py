@@ -1,4 +1,4 @@
-"""Issue 4, item 2: relay hosting (store, Key Vault, identity and its roles, registry and image,
+"""Relay hosting (store, Key Vault, identity and its roles, registry and image,
 Container Apps), for every example stack, from the mock run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4, item 1: the Entra side of Secure Webhook, for every example stack, from the mock run."""
+"""The Entra side of Secure Webhook, for every example stack, from the mock run."""
 
 from __future__ import annotations
 
