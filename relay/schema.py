@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 # Azure Monitor's alert severities, as the common alert schema spells them.
 SEVERITIES = ("Sev0", "Sev1", "Sev2", "Sev3", "Sev4")
@@ -29,11 +30,44 @@ STORE_URL_PREFIXES = (SQLITE_URL_PREFIX, *AZURE_STORAGE_URL_PREFIXES)
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TARGET_NAME_RULE = "target names use letters, digits, _ and - (at most 64)"
 
-# A route's lifecycle choices; the first of each is the default.
-ON_REPEAT = ("note", "nothing")
-ON_REFIRE = ("new", "reopen", "ignore")
-ON_RESOLVE = ("resolve", "note", "nothing")
-INCIDENT_PER = ("alert", "configuration_item")
+
+
+# A route's lifecycle choices (docs/configuration.md); the first member of each is the default.
+class OnRepeat(StrEnum):
+    """The alert fired again while its incident is open."""
+
+    NOTE = "note"
+    NOTHING = "nothing"
+
+
+class OnRefire(StrEnum):
+    """The alert fired again after its incident was resolved."""
+
+    NEW = "new"
+    REOPEN = "reopen"
+    IGNORE = "ignore"
+
+
+class OnResolve(StrEnum):
+    """The alert resolved."""
+
+    RESOLVE = "resolve"
+    NOTE = "note"
+    NOTHING = "nothing"
+
+
+class IncidentPer(StrEnum):
+    """One incident per alert, or one per (alert rule, configuration item) as the ITSM connector did."""
+
+    ALERT = "alert"
+    CONFIGURATION_ITEM = "configuration_item"
+
+
+ON_REPEAT = tuple(OnRepeat)
+ON_REFIRE = tuple(OnRefire)
+ON_RESOLVE = tuple(OnResolve)
+INCIDENT_PER = tuple(IncidentPer)
+
 
 # The keys of a route, and of its `match:`; every match key but custom_properties takes one pattern or a list.
 ROUTE_KEYS = ("match", "target", "fields", "on_repeat", "on_refire", "on_resolve", "incident_per", "summary",

@@ -34,6 +34,10 @@ from relay.schema import (
     TARGET_NAME_RULE,
     TIMEOUT_SECONDS,
     Bound,
+    IncidentPer,
+    OnRefire,
+    OnRepeat,
+    OnResolve,
 )
 from relay.targets import TARGET_MODULES, build_target
 from relay.targets.target_config import TargetConfigError
@@ -299,11 +303,11 @@ class _Validator:
             names = ", ".join(targets) or "none defined"
             self.bad((*path, "target"), f"no target named {target!r} (targets: {names})")
         policy = Policy(
-            on_repeat=self.choice(body, "on_repeat", ON_REPEAT, path),
-            on_refire=self.choice(body, "on_refire", ON_REFIRE, path),
-            on_resolve=self.choice(body, "on_resolve", ON_RESOLVE, path),
+            on_repeat=OnRepeat(self.choice(body, "on_repeat", ON_REPEAT, path)),
+            on_refire=OnRefire(self.choice(body, "on_refire", ON_REFIRE, path)),
+            on_resolve=OnResolve(self.choice(body, "on_resolve", ON_RESOLVE, path)),
         )
-        incident_per = self.choice(body, "incident_per", INCIDENT_PER, path)
+        incident_per = IncidentPer(self.choice(body, "incident_per", INCIDENT_PER, path))
         cont = body.get("continue", False)
         if not isinstance(cont, bool):
             self.bad((*path, "continue"), "must be true or false")

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from relay.alerts import Alert, ServiceHealthContext, configuration_items, subscription_of
+from relay.schema import IncidentPer, OnRefire, OnRepeat, OnResolve
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
 # Service Health stages that only inform about an incident already handled (the post-incident review):
@@ -58,9 +59,9 @@ class Action(StrEnum):
 class Policy:
     """A route's lifecycle choices (see docs/configuration.md)."""
 
-    on_repeat: str = "note"  # fired again while the incident is open
-    on_refire: str = "new"  # fired again after the incident was resolved
-    on_resolve: str = "resolve"  # the alert resolved
+    on_repeat: OnRepeat = OnRepeat.NOTE  # fired again while the incident is open
+    on_refire: OnRefire = OnRefire.NEW  # fired again after the incident was resolved
+    on_resolve: OnResolve = OnResolve.RESOLVE  # the alert resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +153,12 @@ def _fired(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
     if event.occurred_at < st.last_at:
         return Decision(Action.RECORD, "older than the ticket's last state", marked)
     if st.open:
-        if policy.on_repeat == "note":
+        if policy.on_repeat == OnRepeat.NOTE:
             return Decision(Action.NOTE, "fired again while open", _touched(marked, event))
         return Decision(Action.NOTHING, "fired again while open (on_repeat: nothing)", marked)
-    if policy.on_refire == "new":
+    if policy.on_refire == OnRefire.NEW:
         return Decision(Action.NEW, "fired after resolve (on_refire: new)", _opened(marked, event, new_ticket=True))
-    if policy.on_refire == "reopen":
+    if policy.on_refire == OnRefire.REOPEN:
         return Decision(Action.REOPEN, "fired after resolve (on_refire: reopen)",
                         _opened(marked, event, new_ticket=False))
     return Decision(Action.RECORD, "fired after resolve (on_refire: ignore)", marked)
@@ -172,9 +173,9 @@ def _resolved(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
     if any(not m.resolved for m in marked.alerts.values()):
         return Decision(Action.RECORD, "resolved, other alerts on this ticket still firing", marked)
     # No staleness check here: every alert on the ticket has resolved, so resolving only moves forward.
-    if policy.on_resolve == "resolve":
+    if policy.on_resolve == OnResolve.RESOLVE:
         return Decision(Action.RESOLVE, "resolved", replace(_touched(marked, event), open=False))
-    if policy.on_resolve == "note":
+    if policy.on_resolve == OnResolve.NOTE:
         return Decision(Action.NOTE, "resolved (on_resolve: note)", _touched(marked, event))
     return Decision(Action.RECORD, "resolved (on_resolve: nothing)", marked)
 
@@ -183,7 +184,7 @@ def _update(event: EventFacts, st: TicketState, mark: Mark | None, policy: Polic
     marked = _with_mark(st, event.alert, Mark(event.fired_at, mark.resolved if mark else True, event.occurred_at))
     if st.ticket_id is None:
         return Decision(Action.RECORD, "update, no ticket", marked)
-    if policy.on_repeat == "nothing":
+    if policy.on_repeat == OnRepeat.NOTHING:
         return Decision(Action.NOTHING, "update (on_repeat: nothing)", marked)
     return Decision(Action.NOTE, "update", _touched(marked, event))
 
@@ -255,7 +256,7 @@ def event_facts(alert: Alert) -> EventFacts:
     )
 
 
-def ticket_keys(alert: Alert, incident_per: str) -> list[TicketKey]:
+def ticket_keys(alert: Alert, incident_per: IncidentPer) -> list[TicketKey]:
     """The ticket keys an alert maps to: one per alert (default) or one per (alert rule, CI).
 
     Per alert: the alert GUID, or `sh-<trackingId>-<subscription>` for Service Health, whose every
@@ -263,7 +264,7 @@ def ticket_keys(alert: Alert, incident_per: str) -> list[TicketKey]:
     `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident.
     """
     cis = configuration_items(alert)
-    if incident_per == "configuration_item" and cis:
+    if incident_per == IncidentPer.CONFIGURATION_ITEM and cis:
         thread = _thread(alert) or (alert.essentials.alert_rule_id or alert.essentials.alert_rule or "").lower()
         if thread:
             keys = {}

@@ -15,7 +15,7 @@ from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Policy
-from relay.schema import DELIVERY, MAX_CONCURRENCY, TIMEOUT_SECONDS
+from relay.schema import DELIVERY, MAX_CONCURRENCY, TIMEOUT_SECONDS, IncidentPer
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class Route:
     target: str
     match: Match = field(default_factory=Match)
     policy: Policy = field(default_factory=Policy)
-    incident_per: str = "alert"
+    incident_per: IncidentPer = IncidentPer.ALERT
     fields: Mapping[str, Any] = field(default_factory=dict)  # strings are compiled templates
     summary: Template | None = None
     description: Template | None = None
