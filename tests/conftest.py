@@ -16,6 +16,20 @@ from relay.targets import TargetError
 SAMPLES = Path(__file__).parent / "samples"
 COMMON_SCHEMA = "azureMonitorCommonAlertSchema"
 
+# The smallest valid block of each target kind, its secrets in TARGET_ENV: for tests that need a built
+# target of a kind (building does no I/O; sessions open on first use).
+MINIMAL_TARGET_BLOCKS: dict[str, dict[str, Any]] = {
+    "servicenow": {"kind": "servicenow", "base_url": "https://example.service-now.com",
+                   "auth": {"type": "basic", "username": "relay", "password_env": "TARGET_SECRET"}},
+    "bmc_helix": {"kind": "bmc_helix", "base_url": "https://helix.example.com",
+                  "auth": {"type": "ar_jwt", "username": "relay", "password_env": "TARGET_SECRET"}},
+    "request_tracker": {"kind": "request_tracker", "base_url": "https://rt.example.com",
+                        "auth": {"type": "token", "token_env": "TARGET_SECRET"}},
+    "forward": {"kind": "forward", "base_url": "https://hook.example.com/alerts?source=azuremonitor"},
+    "dry_run": {"kind": "dry_run"},
+}
+TARGET_ENV = {"TARGET_SECRET": "s3cret"}
+
 
 def load_sample(name: str) -> dict[str, Any]:
     return json.loads((SAMPLES / name).read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -9,14 +10,26 @@ from pathlib import Path
 import pytest
 
 from relay.alerts import Alert, parse_alert
+from relay.delivery import rendering
 from relay.delivery.config import parse_config
 from relay.delivery.lifecycle import Action, Kind, Policy
-from relay.delivery.rendering import FIELD_LIMITS, SEVERITY_FIELDS, compile_template, note_text, render_incident
+from relay.delivery.rendering import compile_template, render_incident
 from relay.delivery.routing import Match, default_config
-from tests.conftest import load_sample
+from relay.targets import build_target
+from relay.targets.dry_run import incident_json
+from tests.conftest import MINIMAL_TARGET_BLOCKS, TARGET_ENV, load_sample
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 METRIC = "testaction-metric-static-fired.json"
+
+# One built target per kind: rendering takes a target's limits and severity fields from the target.
+TARGETS = {kind: build_target(kind, block, env=TARGET_ENV) for kind, block in MINIMAL_TARGET_BLOCKS.items()}
+FIELD_LIMITS = {kind: dataclasses.asdict(t.limits) for kind, t in TARGETS.items() if t.limits is not None}
+SEVERITY_FIELDS = {kind: t.severity_fields for kind, t in TARGETS.items()}
+
+
+def note_text(action: Action, kind: Kind, a: Alert, target_kind: str) -> str:
+    return rendering.note_text(action, kind, a, TARGETS[target_kind])
 
 
 def alert(name: str = METRIC, **essentials) -> Alert:
@@ -120,8 +133,8 @@ def test_without_relay_config_everything_goes_to_dry_run():
 # -- rendering -------------------------------------------------------------------------------------------
 
 def incident(a: Alert, kind: str = "servicenow", **kw):
-    return render_incident(a, kind=kind, correlation_key="k", configuration_items=a.essentials.configuration_items,
-                           **kw)
+    return render_incident(a, target=TARGETS[kind], correlation_key="k",
+                           configuration_items=a.essentials.configuration_items, **kw)
 
 
 def test_default_summary_and_description_carry_the_essentials():
@@ -197,7 +210,5 @@ def test_repeat_and_reopen_notes_say_when_it_fired_again():
 
 
 def test_incident_json_is_plain_json():
-    from relay.delivery.rendering import incident_json
-
     doc = incident_json(incident(alert()))
     assert json.loads(json.dumps(doc)) == doc

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.targets import Incident, TargetError
+from relay.targets import Incident, TargetError, truncate
 from relay.targets.vendor_api import (
     CIRef,
     TokenAuth,
@@ -16,7 +16,6 @@ from relay.targets.vendor_api import (
     checked_key,
     ci_references,
     parse_retry_after,
-    truncate,
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

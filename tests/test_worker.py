@@ -19,7 +19,7 @@ from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetC
 from relay.delivery.worker import Worker
 from relay.store import Event, StoreUnavailable
 from relay.store.sqlite import SqliteStore
-from relay.targets import Incident, TargetError, Ticket
+from relay.targets import Incident, TargetError, TextLimits, Ticket
 from tests.conftest import load_sample
 
 SUB = "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"
@@ -57,6 +57,8 @@ class FakeTarget:
     """An ITSM in memory: tickets by id, every call recorded, failures and pauses on demand."""
 
     kind: ClassVar[str] = "fake"
+    limits: ClassVar[TextLimits] = TextLimits(summary=160, description=4000, note=4000)
+    severity_fields: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, name: str = "itsm") -> None:
         self.name = name

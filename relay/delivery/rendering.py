@@ -10,7 +10,6 @@ and says so in the description: an alert is never dropped for a template.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,49 +19,9 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from relay.alerts import Alert, LogContext, MetricContext, ServiceHealthContext, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Action, Kind
-from relay.targets import Incident
-from relay.targets.vendor_api import truncate
+from relay.targets import Incident, Target, TextLimits, truncate
 
 log = logging.getLogger("relay.delivery.rendering")
-
-# Field lengths per target kind. ServiceNow: incident.short_description 160, description 4000
-# (dictionary defaults; instances can differ). BMC Helix: Description 100 [verify on instance],
-# Detailed_Decription 4000. Request Tracker: Subject 200; content has no practical limit.
-FIELD_LIMITS: dict[str, dict[str, int]] = {
-    "servicenow": {"summary": 160, "description": 4000, "note": 4000},
-    "bmc_helix": {"summary": 100, "description": 4000, "note": 4000},
-    "request_tracker": {"summary": 200, "description": 64000, "note": 64000},
-    "dry_run": {"summary": 160, "description": 4000, "note": 4000},
-    "forward": {"summary": 160, "description": 4000, "note": 4000},
-}
-
-# Default severity -> vendor fields, per target kind (a target's `severity:` block overrides them).
-# ServiceNow impact x urgency (1 High, 2 Medium, 3 Low) through the default priority lookup gives
-# Sev0 P1, Sev1 P2, Sev2 P3, Sev3 P4, Sev4 P5. BMC Helix uses its Impact/Urgency choice strings.
-# Request Tracker's default PriorityAsString is Low 0, Medium 50, High 100.
-SEVERITY_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
-    "servicenow": {
-        "Sev0": {"impact": "1", "urgency": "1"},
-        "Sev1": {"impact": "1", "urgency": "2"},
-        "Sev2": {"impact": "2", "urgency": "2"},
-        "Sev3": {"impact": "2", "urgency": "3"},
-        "Sev4": {"impact": "3", "urgency": "3"},
-    },
-    "bmc_helix": {
-        "Sev0": {"Impact": "1-Extensive/Widespread", "Urgency": "1-Critical"},
-        "Sev1": {"Impact": "2-Significant/Large", "Urgency": "2-High"},
-        "Sev2": {"Impact": "3-Moderate/Limited", "Urgency": "2-High"},
-        "Sev3": {"Impact": "3-Moderate/Limited", "Urgency": "3-Medium"},
-        "Sev4": {"Impact": "4-Minor/Localized", "Urgency": "4-Low"},
-    },
-    "request_tracker": {
-        "Sev0": {"Priority": 100},
-        "Sev1": {"Priority": 75},
-        "Sev2": {"Priority": 50},
-        "Sev3": {"Priority": 25},
-        "Sev4": {"Priority": 0},
-    },
-}
 
 DEFAULT_SUMMARY = "[{{ severity }}] {{ title }}{% if resource %} on {{ resource }}{% endif %}"
 DEFAULT_DESCRIPTION = """\
@@ -135,7 +94,7 @@ def render(template: Template, context: Mapping[str, Any], fallback: Template | 
 def render_incident(
     alert: Alert,
     *,
-    kind: str,
+    target: Target,
     correlation_key: str,
     configuration_items: tuple[str, ...],
     summary: Template | None = None,
@@ -144,9 +103,12 @@ def render_incident(
     severity_fields: Mapping[str, Mapping[str, Any]] | None = None,
     body: bytes = b"",
 ) -> Incident:
-    """The incident a target should hold for this alert (or one CI of it), truncated to the kind's limits."""
+    """The incident a target should hold for this alert (or one CI of it), cut to the target's limits.
+
+    `severity_fields` overrides the target's own `severity_fields` (the target block's `severity:`).
+    """
     context = template_context(alert, configuration_items)
-    limits = FIELD_LIMITS.get(kind, FIELD_LIMITS["dry_run"])
+    limits = _limits(target)
     problems = []
     summary_text, err = render(summary or _DEFAULT_SUMMARY, context, _DEFAULT_SUMMARY)
     if err:
@@ -156,7 +118,7 @@ def render_incident(
         problems.append(f"description template failed ({err}); the default was used")
     merged: dict[str, Any] = {}
     sev = alert.essentials.severity
-    table = {**SEVERITY_FIELDS.get(kind, {}), **(severity_fields or {})}
+    table = {**target.severity_fields, **(severity_fields or {})}
     if sev and sev in table:
         merged.update(table[sev])
     for name, value in (fields or {}).items():
@@ -173,8 +135,8 @@ def render_incident(
         description_text = "\n".join(problems) + "\n\n" + description_text
     return Incident(
         correlation_key=correlation_key,
-        summary=truncate(" ".join(summary_text.split()) or "Azure Monitor alert", limits["summary"]),
-        description=truncate(description_text, limits["description"]),
+        summary=truncate(" ".join(summary_text.split()) or "Azure Monitor alert", limits.summary),
+        description=truncate(description_text, limits.description),
         severity=sev,
         fields=merged,
         configuration_items=configuration_items,
@@ -185,7 +147,7 @@ def render_incident(
     )
 
 
-def note_text(action: Action, kind: Kind, alert: Alert, target_kind: str) -> str:
+def note_text(action: Action, kind: Kind, alert: Alert, target: Target) -> str:
     """The work note for a NOTE, RESOLVE or REOPEN: what happened, when, and which alert."""
     e = alert.essentials
     title = template_context(alert)["title"]
@@ -203,20 +165,12 @@ def note_text(action: Action, kind: Kind, alert: Alert, target_kind: str) -> str
     else:
         text = f"Azure Monitor alert {title} fired again at {e.fired_at}."
     text += f"\nAlert id: {e.alert_id}"
-    limit = FIELD_LIMITS.get(target_kind, FIELD_LIMITS["dry_run"])["note"]
-    return truncate(text, limit)
+    return truncate(text, _limits(target).note)
 
 
-def incident_json(incident: Incident) -> dict[str, Any]:
-    """An incident as plain JSON (the dry-run output); the raw body is left out."""
-    return {
-        "correlation_key": incident.correlation_key,
-        "summary": incident.summary,
-        "description": incident.description,
-        "severity": incident.severity,
-        "fields": json.loads(json.dumps(dict(incident.fields), default=str)),
-        "configuration_items": list(incident.configuration_items),
-        "resource_ids": list(incident.resource_ids),
-        "fired_at": incident.fired_at,
-        "resolved_at": incident.resolved_at,
-    }
+def _limits(target: Target) -> TextLimits:
+    limits = target.limits
+    if limits is None:  # a forwarder: it is given the raw body, never rendered text
+        raise ValueError(f"target {target.name!r} ({target.kind}) sends no ticket text: it has no text limits")
+    return limits
+

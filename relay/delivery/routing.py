@@ -86,7 +86,7 @@ class TargetConfig:
     block: Mapping[str, Any]  # the `targets.<name>` mapping as written
     timeout_seconds: float = TIMEOUT_SECONDS.default
     max_concurrency: int = int(MAX_CONCURRENCY.default)
-    severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides SEVERITY_FIELDS
+    severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides the target's severity_fields
 
 
 @dataclass(frozen=True, slots=True)

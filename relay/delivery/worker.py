@@ -388,7 +388,7 @@ class Worker:
         cfg = self.config.targets[target.name]
         return render_incident(
             alert,
-            kind=cfg.kind,
+            target=target,
             correlation_key=correlation_key(key.key, decision.state.generation),
             configuration_items=key.configuration_items,
             summary=route.summary,
@@ -399,7 +399,7 @@ class Worker:
         )
 
     def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert) -> str:
-        return note_text(action, facts.kind, alert, self.config.targets[target.name].kind)
+        return note_text(action, facts.kind, alert, target)
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
                              data: Mapping[str, Any], version: str | None) -> tuple[Ticket, str, str] | None:

@@ -1,26 +1,32 @@
-"""The contract every ITSM target speaks. One module per target, each speaking one API.
+"""The contract every ITSM target speaks, and the registry that builds one. One module per target.
 
 A target answers one question per call: did it work, and if not, is it worth trying again
 (`TargetError.retryable`)? Lifecycle decisions, retries, backoff, circuit breaking, dead letters and
-metrics live once, outside the targets (see STYLE.md: Alertmanager's notify/ package).
+metrics live once, outside the targets (in `relay.delivery`), as in Alertmanager's notify/ package.
 
-How a target module plugs in (adding a target = one module + its entry in `TARGET_MODULES`):
+Adding a target = one module, one `TARGET_MODULES` line, its fake (`tests/fakes/<kind>.py`) and its
+tests. Nothing else in the relay names a kind: what a kind needs known about it, it declares itself.
 
-- `relay/targets/<kind>.py` exposes
+- `relay/targets/<kind>.py` exposes `TARGET_CLASS` and
   `from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> Target`
-  (or a `Forwarder`). `cfg` is the raw `targets.<name>` block of RELAY_CONFIG minus the keys the
-  delivery core owns (`CORE_KEYS`: `severity`); the module validates the rest with
-  `relay.targets.target_config.Options` and raises its `TargetConfigError`, whose message starts
-  `target '<name>': <dotted.key>` so that `relay check-config` can point at the line.
+  (or a `Forwarder`). `TARGET_CLASS` declares the kind's facts as class attributes: `kind`, `limits`
+  (`TextLimits`, or None for a kind that sends no ticket text), `severity_fields` (the default
+  severity -> vendor fields) and `options_class` (the dataclass of its options: the fields are the
+  option keys, their defaults the defaults). `build_target` refuses a module that lacks one.
+- `cfg` is the raw `targets.<name>` block of RELAY_CONFIG minus the keys the delivery core owns
+  (`CORE_KEYS`: `severity`); the module validates the rest with `relay.targets.target_config.Options`
+  and raises its `TargetConfigError`, whose message starts `target '<name>': <dotted.key>` so that
+  `relay check-config` can point at the line.
 - `from_config` does no I/O and opens no session (`VendorHTTP` opens one pooled session lazily).
   `relay check-config` calls it with an `env` in which every variable is set to a placeholder.
-- The core reads `max_concurrency` and `timeout_seconds` too (defaults in `target_config`): at most
-  `max_concurrency` deliveries run at once per target, each under a deadline derived from the timeout.
-- `Incident` arrives rendered (`relay.delivery.rendering`): `summary` and `description` already cut to the
-  kind's limits. `fields` holds what to set on create: the severity mapping for the kind
-  (`relay.delivery.rendering.SEVERITY_FIELDS`, overridable per target with `severity:`) overlaid with the route's
-  `fields:`. `configuration_items` is `essentials.configurationItems`, else `alertTargetIDs`;
-  `resource_ids` is always `alertTargetIDs` (ARM ids, lower case as Azure sends them).
+- The core reads `max_concurrency` and `timeout_seconds` too (bounds and defaults in `relay.schema`):
+  at most `max_concurrency` deliveries run at once per target, each under a deadline derived from
+  the timeout.
+- `Incident` arrives rendered (`relay.delivery.rendering`): `summary` and `description` already cut to
+  the target's `limits` (`truncate`). `fields` holds what to set on create: the target's
+  `severity_fields` (overridable per target with `severity:`) overlaid with the route's `fields:`.
+  `configuration_items` is `essentials.configurationItems`, else `alertTargetIDs`; `resource_ids` is
+  always `alertTargetIDs` (ARM ids, lower case as Azure sends them).
 - `correlation_key` is never empty, at most 64 characters of `[A-Za-z0-9._-]`: the alert GUID, or
   `sh-<trackingId>-<subscription>` (Service Health), or `ci-<hash>` (one incident per CI), with a `.N`
   suffix for the N-th incident of one key (`on_refire: new`), so an old resolved ticket and its
@@ -31,10 +37,12 @@ How a target module plugs in (adding a target = one module + its entry in `TARGE
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, ClassVar, Protocol
 
 
@@ -58,6 +66,24 @@ class TargetError(Exception):
 def is_retryable_status(status: int) -> bool:
     """HTTP statuses a retry can fix: 408, 409, 425, 429 and 5xx. Other 4xx go to dead letters."""
     return status in (408, 409, 425, 429) or status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class TextLimits:
+    """How many characters a target's text fields hold: the ticket's summary, its description, a note."""
+
+    summary: int
+    description: int
+    note: int
+
+
+def truncate(text: str, limit: int, marker: str = " …[truncated]") -> str:
+    """Fit `text` into a vendor field of `limit` characters, saying that it was cut."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(marker):
+        return text[:limit]
+    return text[: limit - len(marker)].rstrip() + marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +113,9 @@ class Ticket:
 
 class Target(Protocol):
     kind: ClassVar[str]
+    limits: ClassVar[TextLimits]  # the incident's texts are cut to these before the target sees them
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]]  # Sev0..Sev4 -> fields set on create
+    options_class: ClassVar[type]  # the dataclass of the kind's options
     name: str
 
     async def find(self, incident: Incident) -> Ticket | None:
@@ -112,6 +141,9 @@ class Forwarder(Protocol):
     """A target that owns the lifecycle itself (a vendor's own Azure endpoint): it gets the raw body."""
 
     kind: ClassVar[str]
+    limits: ClassVar[None]  # it sends no ticket text
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]]
+    options_class: ClassVar[type]
     name: str
 
     async def forward(self, body: bytes) -> None: ...
@@ -133,13 +165,50 @@ TARGET_MODULES = {
 }
 
 
+class TargetModuleError(ImportError):
+    """A kind's module does not declare what the relay needs to know about the kind."""
+
+
+_UNDECLARED: Any = object()
+
+
+def load_kind(kind: str) -> ModuleType:
+    """The module of a kind in `TARGET_MODULES`, checked for the facts every kind declares."""
+    module_name = TARGET_MODULES[kind]
+    module = importlib.import_module(module_name)
+    where = f"target kind {kind!r} ({module_name})"
+    if not callable(getattr(module, "from_config", None)):
+        raise TargetModuleError(f"{where} does not declare from_config(name, cfg, env)")
+    cls = getattr(module, "TARGET_CLASS", None)
+    if not isinstance(cls, type):
+        raise TargetModuleError(f"{where} does not declare TARGET_CLASS, the class from_config builds")
+    if getattr(cls, "kind", None) != kind:
+        raise TargetModuleError(f"{where} does not declare kind = {kind!r} on {cls.__name__}")
+    limits = getattr(cls, "limits", _UNDECLARED)
+    if limits is _UNDECLARED or not (limits is None or isinstance(limits, TextLimits)):
+        raise TargetModuleError(
+            f"{where} does not declare limits on {cls.__name__}: a TextLimits(summary, description, note), "
+            "or None for a kind that sends no ticket text"
+        )
+    if not isinstance(getattr(cls, "severity_fields", None), Mapping):
+        raise TargetModuleError(
+            f"{where} does not declare severity_fields on {cls.__name__}: a mapping of severity to the fields "
+            "it sets on create ({} for none)"
+        )
+    options = getattr(cls, "options_class", None)
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise TargetModuleError(
+            f"{where} does not declare options_class on {cls.__name__}: the dataclass of its options"
+        )
+    return module
+
+
 def build_target(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Target | Forwarder:
     """The target for one `targets.<name>` block (no I/O; sessions open on first use)."""
     kind = cfg.get("kind")
-    module_name = TARGET_MODULES.get(kind) if isinstance(kind, str) else None
-    if module_name is None:
+    if not isinstance(kind, str) or kind not in TARGET_MODULES:
         raise ValueError(f"target {name!r}: kind must be one of {', '.join(TARGET_MODULES)} (got {kind!r})")
-    module = importlib.import_module(module_name)
+    module = load_kind(kind)
     block = {k: v for k, v in cfg.items() if k not in CORE_KEYS}
     return module.from_config(name, block, os.environ if env is None else env)
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from relay.targets import Incident, TargetError, Ticket
+from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
-from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references, truncate
+from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references
 
 log = logging.getLogger("relay.targets.bmc_helix")
 
@@ -41,7 +41,7 @@ SERVICE_TYPES = (
     "Infrastructure Restoration",
     "Infrastructure Event",
 )
-FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "summary": 100, "work_log_summary": 100}
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "work_log_summary": 100}
 CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
 # Route fields with a Helix name; other route fields go through only if they look like Helix field
 # names (a capital letter or a space), so a ServiceNow-style `category` never reaches the form.
@@ -109,6 +109,17 @@ class BoundCI:
 
 class BmcHelixTarget:
     kind: ClassVar[str] = KIND
+    # Description (the summary) 100 [verify on instance], Detailed_Decription 4000; notes 4000.
+    limits: ClassVar[TextLimits] = TextLimits(summary=100, description=4000, note=4000)
+    # Helix's own Impact/Urgency choices, most severe first.
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "Sev0": {"Impact": IMPACTS[0], "Urgency": URGENCIES[0]},
+        "Sev1": {"Impact": IMPACTS[1], "Urgency": URGENCIES[1]},
+        "Sev2": {"Impact": IMPACTS[2], "Urgency": URGENCIES[1]},
+        "Sev3": {"Impact": IMPACTS[2], "Urgency": URGENCIES[2]},
+        "Sev4": {"Impact": IMPACTS[3], "Urgency": URGENCIES[3]},
+    }
+    options_class: ClassVar[type] = BmcHelixOptions
 
     def __init__(self, name: str, http: VendorHTTP, options: BmcHelixOptions) -> None:
         self.name = name
@@ -150,7 +161,7 @@ class BmcHelixTarget:
             "Urgency": URGENCIES[2],
             **self.options.defaults,
             **self._route_values(incident),
-            "Description": truncate(incident.summary, FIELD_LIMITS["summary"]),
+            "Description": truncate(incident.summary, self.limits.summary),
             "Detailed_Decription": incident.description,  # sic: the product spells it this way
             "Status": self.options.initial_status,
             "Reported Source": self.options.reported_source,
@@ -398,6 +409,9 @@ class BmcHelixTarget:
         reply = await self.http.request("POST", CMDB_PATH, json_body={"instances": [instance]})
         self._check(reply, f"create CI {o.ci_create_class}", ok=(200, 201))
         log.info("%s: created CI %s in %s", self.name, ref.arm_id or ref.name, o.ci_create_class)
+
+
+TARGET_CLASS = BmcHelixTarget
 
 
 def _quote(value: str) -> str:

@@ -12,17 +12,26 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
-from relay.delivery.rendering import incident_json
-from relay.targets import Incident, Ticket
+from relay.targets import Incident, TextLimits, Ticket
 from relay.targets.target_config import Options
 
 OPTION_KEYS = frozenset({"kind", "path", "timeout_seconds", "max_concurrency"})
 
 
+@dataclass(frozen=True, slots=True)
+class DryRunOptions:
+    path: str | None = None  # a file to append the JSON lines to; without it, standard output
+
+
 class DryRunTarget:
     kind: ClassVar[str] = "dry_run"
+    # What a ServiceNow incident holds, so a dry run shows text of the length a real target would get.
+    limits: ClassVar[TextLimits] = TextLimits(summary=160, description=4000, note=4000)
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    options_class: ClassVar[type] = DryRunOptions
 
     def __init__(self, name: str, path: str | None = None, stream: IO[str] | None = None) -> None:
         self.name = name
@@ -78,6 +87,24 @@ class DryRunTarget:
                 return sys.stdout
             self._stream = open(self.path, "a", encoding="utf-8")
         return self._stream
+
+
+TARGET_CLASS = DryRunTarget
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    """An incident as plain JSON (the dry-run output); the raw body is left out."""
+    return {
+        "correlation_key": incident.correlation_key,
+        "summary": incident.summary,
+        "description": incident.description,
+        "severity": incident.severity,
+        "fields": json.loads(json.dumps(dict(incident.fields), default=str)),
+        "configuration_items": list(incident.configuration_items),
+        "resource_ids": list(incident.resource_ids),
+        "fired_at": incident.fired_at,
+        "resolved_at": incident.resolved_at,
+    }
 
 
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> DryRunTarget:

@@ -12,6 +12,7 @@ import base64
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -30,8 +31,16 @@ RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfe
 _DETAIL_CHARS = 300
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardOptions:
+    reject_html: bool = True  # a 2xx with an HTML page is a login page or a sleeping instance: retry
+
+
 class ForwardTarget:
     kind: ClassVar[str] = "forward"
+    limits: ClassVar[None] = None  # it sends the alert's own body, no ticket text
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    options_class: ClassVar[type] = ForwardOptions
 
     def __init__(
         self,
@@ -97,6 +106,9 @@ class ForwardTarget:
 
     def __repr__(self) -> str:  # never show the credentials
         return f"ForwardTarget({self.name!r}, {self.url!r})"
+
+
+TARGET_CLASS = ForwardTarget
 
 
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> ForwardTarget:

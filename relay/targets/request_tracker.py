@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from relay.targets import Incident, TargetError, Ticket
+from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
 from relay.targets.vendor_api import (
     Auth,
@@ -27,14 +27,13 @@ from relay.targets.vendor_api import (
     VendorHTTP,
     checked_key,
     ci_references,
-    truncate,
 )
 
 log = logging.getLogger("relay.targets.request_tracker")
 
 KIND = "request_tracker"
 REST2 = "/REST/2.0"
-FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 255, "summary": 200, "asset_name": 255}
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 255, "asset_name": 255}
 CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
 # Ticket fields a route may set on create (RT's names); `queue` picks another queue.
 TICKET_FIELDS = frozenset(
@@ -72,6 +71,17 @@ class RequestTrackerOptions:
 
 class RequestTrackerTarget:
     kind: ClassVar[str] = KIND
+    # Subject 200; content (the description, comments) has no practical limit: 64000 here.
+    limits: ClassVar[TextLimits] = TextLimits(summary=200, description=64000, note=64000)
+    # Priority on RT's default scale (PriorityAsString: Low 0, Medium 50, High 100).
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "Sev0": {"Priority": 100},
+        "Sev1": {"Priority": 75},
+        "Sev2": {"Priority": 50},
+        "Sev3": {"Priority": 25},
+        "Sev4": {"Priority": 0},
+    }
+    options_class: ClassVar[type] = RequestTrackerOptions
 
     def __init__(self, name: str, http: VendorHTTP, options: RequestTrackerOptions) -> None:
         self.name = name
@@ -112,7 +122,7 @@ class RequestTrackerTarget:
         body: dict[str, Any] = {
             **self._route_fields(incident),
             "Queue": queue,
-            "Subject": truncate(incident.summary, FIELD_LIMITS["summary"]),
+            "Subject": truncate(incident.summary, self.limits.summary),
             "Content": incident.description,
             "ContentType": "text/plain",
             "CustomFields": {self.options.custom_field: key},
@@ -310,6 +320,9 @@ class RequestTrackerTarget:
             raise self.http.bad_answer(reply, "create asset", "the answer carries no asset id")
         log.info("%s: created asset #%s %r", self.name, asset_id, name)
         return str(asset_id)
+
+
+TARGET_CLASS = RequestTrackerTarget
 
 
 def asset_name(ref: CIRef) -> str:

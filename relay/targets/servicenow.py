@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from relay.targets import Incident, TargetError, Ticket
+from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
 from relay.targets.vendor_api import (
     Auth,
@@ -24,7 +24,6 @@ from relay.targets.vendor_api import (
     VendorHTTP,
     checked_key,
     ci_references,
-    truncate,
 )
 
 log = logging.getLogger("relay.targets.servicenow")
@@ -36,9 +35,8 @@ STATE_IN_PROGRESS = "2"
 STATE_RESOLVED = "6"
 STATE_CLOSED = "7"
 STATE_CANCELED = "8"
-# Vendor field lengths: `correlation_id` as Kibana's connector enforces it (the dictionary length,
-# [verify] on the instance); `short_description` is 160 in the base system.
-FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "summary": 160, "close_notes": 4000}
+# `correlation_id`'s length as Kibana's connector enforces it (the dictionary length, [verify] on the instance).
+FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100}
 CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
 # Route fields with a name other than their incident column; everything else goes through as a column.
 ROUTE_FIELD_COLUMNS: Mapping[str, str] = {"caller": "caller_id"}
@@ -92,6 +90,19 @@ class ServiceNowOptions:
 
 class ServiceNowTarget:
     kind: ClassVar[str] = KIND
+    # incident.short_description 160, description 4000 (dictionary defaults; instances can differ);
+    # notes (work_notes, close_notes) are cut to 4000 too.
+    limits: ClassVar[TextLimits] = TextLimits(summary=160, description=4000, note=4000)
+    # impact x urgency (1 High, 2 Medium, 3 Low) through the default priority lookup gives
+    # Sev0 P1, Sev1 P2, Sev2 P3, Sev3 P4, Sev4 P5.
+    severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "Sev0": {"impact": "1", "urgency": "1"},
+        "Sev1": {"impact": "1", "urgency": "2"},
+        "Sev2": {"impact": "2", "urgency": "2"},
+        "Sev3": {"impact": "2", "urgency": "3"},
+        "Sev4": {"impact": "3", "urgency": "3"},
+    }
+    options_class: ClassVar[type] = ServiceNowOptions
 
     def __init__(self, name: str, http: VendorHTTP, options: ServiceNowOptions) -> None:
         self.name = name
@@ -133,7 +144,7 @@ class ServiceNowTarget:
         values: dict[str, str] = dict(self.options.defaults)
         values.update(self._route_columns(incident))
         values.update(
-            short_description=truncate(incident.summary, FIELD_LIMITS["summary"]),
+            short_description=truncate(incident.summary, self.limits.summary),
             description=incident.description,
             correlation_id=key,
             correlation_display=self.options.correlation_display,
@@ -170,7 +181,7 @@ class ServiceNowTarget:
             {
                 "state": STATE_RESOLVED,
                 "close_code": self.options.close_code,
-                "close_notes": truncate(text, FIELD_LIMITS["close_notes"]),
+                "close_notes": truncate(text, self.limits.note),
             },
             "resolve incident",
         )
@@ -358,6 +369,9 @@ class ServiceNowTarget:
         except TargetError as exc:
             # The incident exists: failing now would make the caller create it again.
             log.warning("%s: affected CI %s not added to %s: %s", self.name, ci_sys_id, ticket.number, exc)
+
+
+TARGET_CLASS = ServiceNowTarget
 
 
 def _error_text(reply: Reply) -> str | None:

@@ -1,6 +1,6 @@
 """What every vendor target shares: one pooled HTTP session, a timeout on every call, one fresh login
-on 401, the answer to "is this failure worth retrying?" (with Retry-After), and the guards on the
-correlation key and on field lengths.
+on 401, the answer to "is this failure worth retrying?" (with Retry-After), the guard on the
+correlation key, and the CI references of an incident.
 
 What a vendor's body means stays in the vendor's module.
 """
@@ -310,15 +310,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return max(0.0, seconds)
-
-
-def truncate(text: str, limit: int, marker: str = " …[truncated]") -> str:
-    """Fit `text` into a vendor field of `limit` characters, saying that it was cut."""
-    if len(text) <= limit:
-        return text
-    if limit <= len(marker):
-        return text[:limit]
-    return text[: limit - len(marker)].rstrip() + marker
 
 
 def checked_key(target: str, incident: Incident, *, max_length: int, forbidden: str = "") -> str:
