@@ -121,6 +121,27 @@ def test_a_target_modules_own_complaint_points_at_its_key():
     assert problem.startswith("FILE:6: targets.snow.close_kode: is not a known option")
 
 
+def test_a_target_block_with_two_independent_mistakes_reports_both_each_at_its_own_line():
+    text = GOOD.replace("    auth: {type: basic, username: svc, password_env: SNOW_PASSWORD}\n",
+                        "    ci_binding: always\n"
+                        "    auth: {type: basic, username: svc, password_env: SNOW_PASSWORD}\n"
+                        "    close_kode: x\n")
+    found = problems(text)
+    assert len(found) == 2, found
+    assert found[0] == ("FILE:5: targets.snow.ci_binding: must be one of bind_if_found, create_if_missing, none "
+                        "(got 'always')")
+    assert found[1].startswith("FILE:7: targets.snow.close_kode: is not a known option")
+
+
+def test_a_key_the_core_check_reported_is_not_reported_again_but_the_blocks_other_keys_are():
+    text = GOOD.replace("    auth: {type: basic, username: svc, password_env: SNOW_PASSWORD}\n",
+                        "    auth: {type: basic, username: svc, password_env: SNOW_PASSWORD}\n"
+                        "    timeout_seconds: 0\n    close_kode: x\n")
+    found = problems(text)
+    assert [p.split(": ")[1] for p in found] == ["targets.snow.timeout_seconds", "targets.snow.close_kode"], found
+    assert found[0] == "FILE:6: targets.snow.timeout_seconds: must be a number from 0.1 to 600 (got 0)"
+
+
 def test_target_check_does_not_need_the_secrets_to_be_set(monkeypatch):
     monkeypatch.delenv("SNOW_PASSWORD", raising=False)
     assert parse_config(GOOD, check_target_options=True).targets["snow"].kind == "servicenow"

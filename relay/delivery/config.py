@@ -8,7 +8,6 @@ alert goes to the `dry_run` target, which writes what it would send as JSON line
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,22 +94,30 @@ def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: 
         _index(node, (), lines, v.problems)
     config = v.document(doc)
     if config is not None and check_target_options:
+        reported = {p.path for p in v.problems} | v.covered
         for name, cfg in config.targets.items():
-            if not any(p.path.startswith(f"targets.{name}.") for p in v.problems):  # one complaint per key
-                v.problems.extend(_target_problems(name, cfg, lines))
+            # One complaint per key: what the checks above reported, the target module need not repeat.
+            v.problems.extend(p for p in _target_problems(name, cfg, lines) if p.path not in reported)
     if v.problems or config is None:
         raise ConfigError(sorted(v.problems, key=lambda p: (p.line or 0, p.path)), source)
     return config
 
 
 def _target_problems(name: str, cfg: TargetConfig, lines: Mapping[Path, int]) -> list[Problem]:
+    """The target module's own complaints about its block, each at the line of its key."""
     try:
         build_target(name, cfg.block, env=_Placeholders())
-    except (TargetConfigError, ValueError) as exc:
-        return [_target_problem(name, str(exc), lines)]
+    except TargetConfigError as exc:
+        paths: list[Path] = [("targets", name, *key.split(".")) if key else ("targets", name)
+                             for key, _ in exc.problems]
+        return [Problem(_dotted(path), message, _line(lines, path))
+                for path, (_, message) in zip(paths, exc.problems, strict=True)]
     except ImportError as exc:
         path: Path = ("targets", name, "kind")
         return [Problem(_dotted(path), f"the {cfg.kind} target is not available ({exc})", _line(lines, path))]
+    except ValueError as exc:  # not a reader's complaint: about the block as a whole
+        path = ("targets", name)
+        return [Problem(_dotted(path), str(exc), _line(lines, path))]
     return []
 
 
@@ -125,19 +132,6 @@ class _Placeholders(Mapping[str, str]):
 
     def __len__(self) -> int:
         return 0
-
-
-_TARGET_MESSAGE = re.compile(r"^target '(?P<name>[^']*)': (?P<key>[A-Za-z0-9_.]+)\b:? ?(?P<rest>.*)$", re.DOTALL)
-
-
-def _target_problem(name: str, message: str, lines: Mapping[Path, int]) -> Problem:
-    """A target module's complaint ("target 'snow': auth.password_env is required") with its line."""
-    m = _TARGET_MESSAGE.match(message)
-    if m is None or m.group("key") in ("the", "a", "an"):  # a sentence, not a key
-        path: Path = ("targets", name)
-        return Problem(_dotted(path), message, _line(lines, path))
-    path = ("targets", name, *m.group("key").split("."))
-    return Problem(_dotted(path), m.group("rest") or message, _line(lines, path))
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -177,9 +171,11 @@ class _Validator:
     def __init__(self, lines: Mapping[Path, int]) -> None:
         self.lines = lines
         self.problems: list[Problem] = []
+        self.covered: set[str] = set()  # keys a reported problem also speaks for (password -> password_env)
 
-    def bad(self, path: Path, message: str) -> None:
+    def bad(self, path: Path, message: str, *, covers: Iterable[Path] = ()) -> None:
         self.problems.append(Problem(_dotted(path), message, _line(self.lines, path)))
+        self.covered.update(_dotted(p) for p in covers)
 
     def mapping(self, value: Any, path: Path, allowed: Iterable[str] | None = None) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -249,7 +245,8 @@ class _Validator:
         for key, value in body.items():
             if key in INLINE_SECRET_KEYS or (key == "value" and path[-1:] == ("auth",)):
                 self.bad((*path, key), f"inline secrets are not allowed; put the secret in an environment "
-                                       f"variable and name it with {key}_env: VARIABLE_NAME")
+                                       f"variable and name it with {key}_env: VARIABLE_NAME",
+                         covers=[(*path, f"{key}_env")])
             elif isinstance(value, dict):
                 self.no_inline_secrets(value, (*path, str(key)))
 

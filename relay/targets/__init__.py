@@ -14,9 +14,9 @@ tests. Nothing else in the relay names a kind: what a kind needs known about it,
   severity -> vendor fields) and `options_class` (the dataclass of its options: the fields are the
   option keys, their defaults the defaults). `build_target` refuses a module that lacks one.
 - `cfg` is the raw `targets.<name>` block of RELAY_CONFIG minus the keys the delivery core owns
-  (`CORE_KEYS`: `severity`); the module validates the rest with `relay.targets.target_config.Options`
-  and raises its `TargetConfigError`, whose message starts `target '<name>': <dotted.key>` so that
-  `relay check-config` can point at the line.
+  (`CORE_KEYS`: `severity`); the module reads the rest with `relay.targets.target_config.Options`,
+  which collects every problem of the block, and raises one `TargetConfigError` carrying them as
+  `(dotted key, message)`, so that `relay check-config` can point at each one's line.
 - `from_config` does no I/O and opens no session (`VendorHTTP` opens one pooled session lazily).
   `relay check-config` calls it with an `env` in which every variable is set to a placeholder.
 - The core reads `max_concurrency` and `timeout_seconds` too (bounds and defaults in `relay.schema`):
@@ -44,6 +44,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Protocol
+
+from relay.targets.target_config import TargetConfigError
 
 
 class TargetError(Exception):
@@ -207,7 +209,7 @@ def build_target(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] | Non
     """The target for one `targets.<name>` block (no I/O; sessions open on first use)."""
     kind = cfg.get("kind")
     if not isinstance(kind, str) or kind not in TARGET_MODULES:
-        raise ValueError(f"target {name!r}: kind must be one of {', '.join(TARGET_MODULES)} (got {kind!r})")
+        raise TargetConfigError(name, [("kind", f"must be one of {', '.join(TARGET_MODULES)} (got {kind!r})")])
     module = load_kind(kind)
     block = {k: v for k, v in cfg.items() if k not in CORE_KEYS}
     return module.from_config(name, block, os.environ if env is None else env)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
-from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references
 
 log = logging.getLogger("relay.targets.bmc_helix")
@@ -53,43 +53,26 @@ ROUTE_FIELD_NAMES: Mapping[str, str] = {
     "caller": "Login_ID",
 }
 
-OPTION_KEYS = frozenset(
-    {
-        "correlation_field",
-        "status_reason",
-        "reopen_status",
-        "initial_status",
-        "service_type",
-        "reported_source",
-        "defaults",
-        "resolve_values",
-        "work_log_type",
-        "ci_binding",
-        "cmdb_dataset",
-        "cmdb_namespace",
-        "ci_class",
-        "ci_create_class",
-        "ci_id_attribute",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class BmcHelixOptions:
-    """Target-specific options. Values marked [verify] in the research depend on the instance."""
+    """Target-specific options (each field is an option key). Values marked [verify] in the research
+    depend on the instance."""
 
     # No standard correlation field exists on HPD:Help Desk; "Vendor Ticket Number" is writable on
     # the create interface and searchable on HPD:IncidentInterface [verify]; use a custom field if not.
-    correlation_field: str = "Vendor Ticket Number"
+    correlation_field: str = field(default="Vendor Ticket Number", metadata={"max_length": 254})
     status_reason: str = "Automated Resolution Reported"  # [verify] the exact string on the instance
-    reopen_status: str = "In Progress"
-    initial_status: str = "Assigned"  # create with an assigned group so the incident can move on
-    service_type: str = "Infrastructure Event"  # Resolution is only recommended, not required, here
+    reopen_status: str = field(default="In Progress", metadata={"choices": ("Assigned", "In Progress", "Pending")})
+    # Create with an assigned group so the incident can move on.
+    initial_status: str = field(default="Assigned", metadata={"choices": ("New", "Assigned", "In Progress")})
+    # Resolution is only recommended, not required, here.
+    service_type: str = field(default="Infrastructure Event", metadata={"choices": SERVICE_TYPES})
     reported_source: str = "Systems Management"
     defaults: Mapping[str, str] = field(default_factory=dict)  # Company, First_Name, Assigned Group...
     resolve_values: Mapping[str, str] = field(default_factory=dict)  # e.g. Assignee, if resolve needs one
     work_log_type: str = "General Information"
-    ci_binding: str = "bind_if_found"
+    ci_binding: str = field(default="bind_if_found", metadata={"choices": CI_BINDINGS})
     cmdb_dataset: str = "BMC.ASSET"
     cmdb_namespace: str = "BMC.CORE"
     ci_class: str = "BMC_BaseElement"  # the base class: a search spans every CI class
@@ -97,7 +80,7 @@ class BmcHelixOptions:
     ci_id_attribute: str | None = None  # the attribute holding the ARM id, if discovery fills one [verify]
 
 
-DEFAULTS = BmcHelixOptions()
+OPTION_KEYS = option_keys(BmcHelixOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,38 +444,15 @@ def _ar_error_text(reply: Reply) -> str | None:
 
 
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> BmcHelixTarget:
-    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
     opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
     base_url = opts.base_url()
-    correlation_field = opts.str("correlation_field", DEFAULTS.correlation_field, max_length=254)
-    if "'" in correlation_field:
-        raise TargetConfigError(f"{opts.where('correlation_field')} must not contain a single quote")
-    ci_id_attribute = opts.str("ci_id_attribute", None)
-    if ci_id_attribute is not None and "'" in ci_id_attribute:
-        raise TargetConfigError(f"{opts.where('ci_id_attribute')} must not contain a single quote")
-    service_type = opts.choice("service_type", SERVICE_TYPES, DEFAULTS.service_type)
-    options = BmcHelixOptions(
-        correlation_field=correlation_field,
-        status_reason=opts.str("status_reason", DEFAULTS.status_reason),
-        reopen_status=opts.choice("reopen_status", ("Assigned", "In Progress", "Pending"), "In Progress"),
-        initial_status=opts.choice("initial_status", ("New", "Assigned", "In Progress"), "Assigned"),
-        service_type=service_type,
-        reported_source=opts.str("reported_source", DEFAULTS.reported_source),
-        defaults=opts.string_map("defaults"),
-        resolve_values=opts.string_map("resolve_values"),
-        work_log_type=opts.str("work_log_type", DEFAULTS.work_log_type),
-        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
-        cmdb_dataset=opts.str("cmdb_dataset", "BMC.ASSET"),
-        cmdb_namespace=opts.str("cmdb_namespace", "BMC.CORE"),
-        ci_class=opts.str("ci_class", "BMC_BaseElement"),
-        ci_create_class=opts.str("ci_create_class", "BMC_ComputerSystem"),
-        ci_id_attribute=ci_id_attribute,
-    )
-    if service_type.endswith("Restoration"):
-        log.info(
-            "%s: %s incidents need a Resolution to resolve; the relay always sends one", name, service_type
-        )
+    options = opts.read(BmcHelixOptions)
+    # Field names are quoted 'like this' in a qualification: a quote in one would change the query.
+    for key in ("correlation_field", "ci_id_attribute"):
+        if "'" in (getattr(options, key) or ""):
+            opts.problem(key, "must not contain a single quote")
     http = VendorHTTP(
         target=name,
         base_url=base_url,
@@ -501,16 +461,22 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
         auth=_auth(opts, env),
         logger=log,
     )
+    opts.check()
+    if options.service_type.endswith("Restoration"):
+        log.info(
+            "%s: %s incidents need a Resolution to resolve; the relay always sends one", name, options.service_type
+        )
     return BmcHelixTarget(name, http, options)
 
 
-def _auth(opts: Options, env: Mapping[str, str]) -> TokenAuth:
+def _auth(opts: Options, env: Mapping[str, str]) -> TokenAuth | None:
     auth = opts.section("auth")
-    auth.choice("type", ("ar_jwt",), "ar_jwt")
+    if auth.variant("type", ("ar_jwt",), "ar_jwt") is None:
+        return None
     auth.reject_unknown({"type", "username", "password_env", "auth_string"})
-    form = {"username": auth.str("username"), "password": auth.secret("password_env", env)}
+    form = {"username": auth.text("username"), "password": auth.secret("password_env", env)}
     if auth.has("auth_string"):
-        form["authString"] = auth.str("auth_string")
+        form["authString"] = auth.text("auth_string")
 
     async def login(http: VendorHTTP) -> tuple[str, float | None]:
         reply = await http.request("POST", LOGIN_PATH, form=form, authenticate=False)

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from relay.targets import Incident, TextLimits, Ticket
-from relay.targets.target_config import Options
-
-OPTION_KEYS = frozenset({"kind", "path", "timeout_seconds", "max_concurrency"})
+from relay.targets.target_config import COMMON_KEYS, ENDPOINT_KEYS, Options, option_keys
 
 
 @dataclass(frozen=True, slots=True)
 class DryRunOptions:
     path: str | None = None  # a file to append the JSON lines to; without it, standard output
+
+
+OPTION_KEYS = option_keys(DryRunOptions)
 
 
 class DryRunTarget:
@@ -110,5 +111,7 @@ def incident_json(incident: Incident) -> dict[str, Any]:
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> DryRunTarget:
     """`path`: a file to append the JSON lines to; without it, standard output."""
     opts = Options(name, cfg)
-    opts.reject_unknown(OPTION_KEYS)
-    return DryRunTarget(name, path=opts.str("path", None))
+    opts.reject_unknown((COMMON_KEYS - ENDPOINT_KEYS) | OPTION_KEYS)
+    options = opts.read(DryRunOptions)
+    opts.check()
+    return DryRunTarget(name, path=options.path)

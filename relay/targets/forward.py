@@ -14,17 +14,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from relay.targets import TargetError, is_retryable_status
-from relay.targets.target_config import Options, TargetConfigError, is_loopback
+from relay.targets.target_config import COMMON_KEYS, Options, is_loopback, option_keys, split_url
 from relay.targets.vendor_api import RETRY_AFTER_STATUSES, parse_retry_after
 
 log = logging.getLogger("relay.targets.forward")
 
-OPTION_KEYS = frozenset({"kind", "base_url", "auth", "timeout_seconds", "max_concurrency", "reject_html"})
 AUTH_TYPES = ("none", "basic", "bearer", "header")
 # Headers that must stay the relay's own: a custom auth header may not replace them.
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding"})
@@ -34,6 +32,9 @@ _DETAIL_CHARS = 300
 @dataclass(frozen=True, slots=True)
 class ForwardOptions:
     reject_html: bool = True  # a 2xx with an HTML page is a login page or a sleeping instance: retry
+
+
+OPTION_KEYS = option_keys(ForwardOptions)
 
 
 class ForwardTarget:
@@ -114,27 +115,33 @@ TARGET_CLASS = ForwardTarget
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> ForwardTarget:
     """`base_url` is the full endpoint (a query string is kept); auth none, basic, bearer or header."""
     opts = Options(name, cfg)
-    opts.reject_unknown(OPTION_KEYS)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
     url = _endpoint(opts)
-    return ForwardTarget(
+    options = opts.read(ForwardOptions)
+    target = ForwardTarget(
         name,
         url,
         auth_header=_auth(opts, env),
         timeout_seconds=opts.timeout_seconds(),
         max_concurrency=opts.max_concurrency(),
-        reject_html=opts.bool("reject_html", True),
+        reject_html=options.reject_html,
     )
+    opts.check()
+    return target
 
 
 def _endpoint(opts: Options) -> str:
-    raw = opts.str("base_url")
-    parts = urlsplit(raw)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
-        raise TargetConfigError(f"{opts.where('base_url')} must be an https URL without a #fragment (got {raw!r})")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise TargetConfigError(
-            f"{opts.where('base_url')} must use https: the alert and credentials travel in it "
-            f"(plain http is allowed only on loopback, got {raw!r})"
+    raw = opts.text("base_url")
+    if not raw:
+        return ""
+    parts = split_url(raw)
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+        opts.problem("base_url", f"must be an https URL without a #fragment (got {raw!r})")
+    elif parts.scheme == "http" and not is_loopback(parts.hostname):
+        opts.problem(
+            "base_url",
+            "must use https: the alert and credentials travel in it "
+            f"(plain http is allowed only on loopback, got {raw!r})",
         )
     return raw
 
@@ -143,19 +150,21 @@ def _auth(opts: Options, env: Mapping[str, str]) -> tuple[str, str] | None:
     if not opts.has("auth"):
         return None
     auth = opts.section("auth")
-    kind = auth.choice("type", AUTH_TYPES, "none")
+    kind = auth.variant("type", AUTH_TYPES, "none")
+    if kind is None:
+        return None
     if kind == "none":
         auth.reject_unknown({"type"})
         return None
     if kind == "basic":
         auth.reject_unknown({"type", "username", "password_env"})
-        raw = f"{auth.str('username')}:{auth.secret('password_env', env)}".encode()
+        raw = f"{auth.text('username')}:{auth.secret('password_env', env)}".encode()
         return "Authorization", "Basic " + base64.b64encode(raw).decode("ascii")
     if kind == "bearer":
         auth.reject_unknown({"type", "token_env"})
         return "Authorization", "Bearer " + auth.secret("token_env", env)
     auth.reject_unknown({"type", "name", "value_env"})
-    header = auth.str("name", max_length=100)
-    if header.lower() in RESERVED_HEADERS or not header.replace("-", "").isalnum():
-        raise TargetConfigError(f"{auth.where('name')} must be a header name like X-Api-Key (got {header!r})")
+    header = auth.text("name", max_length=100)
+    if header and (header.lower() in RESERVED_HEADERS or not header.replace("-", "").isalnum()):
+        auth.problem("name", f"must be a header name like X-Api-Key (got {header!r})")
     return header, auth.secret("value_env", env)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
-from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import (
     Auth,
     CIRef,
@@ -53,20 +53,23 @@ TICKET_FIELDS = frozenset(
 # Characters with a meaning in TicketSQL/AssetSQL string literals: refused rather than escaped.
 _SQL_UNSAFE = "'\"\\"
 
-OPTION_KEYS = frozenset(
-    {"queue", "custom_field", "asset_catalog", "ci_binding", "requestor", "resolved_status", "reopen_status"}
-)
-
 
 @dataclass(frozen=True, slots=True)
 class RequestTrackerOptions:
+    """Target-specific options (each field is an option key)."""
+
     queue: str = "General"
     custom_field: str = "AzureAlertId"
     asset_catalog: str = "General assets"  # the catalog RT 5 ships with
-    ci_binding: str = "bind_if_found"
+    ci_binding: str = field(default="bind_if_found", metadata={"choices": CI_BINDINGS})
     requestor: str | None = None
     resolved_status: str = "resolved"  # RT's default lifecycle: new/open/stalled -> resolved
     reopen_status: str = "open"  # the lifecycle's "Re-open" action
+
+
+OPTION_KEYS = option_keys(RequestTrackerOptions)
+# Options that go into TicketSQL/AssetSQL string literals.
+_SQL_OPTIONS = ("queue", "asset_catalog", "resolved_status", "reopen_status")
 
 
 class RequestTrackerTarget:
@@ -345,34 +348,18 @@ def _rt_message(reply: Reply) -> str | None:
 def from_config(
     name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ
 ) -> RequestTrackerTarget:
-    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
     opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
     base_url = opts.base_url()
     if base_url.endswith(REST2):
         base_url = base_url[: -len(REST2)]
-    custom_field = opts.str("custom_field", "AzureAlertId")
-    if any(c in custom_field for c in "{}'\"\\"):
-        raise TargetConfigError(f"{opts.where('custom_field')} must not hold braces, quotes or backslashes")
-    names = {}
-    for key, default in (
-        ("queue", "General"),
-        ("asset_catalog", "General assets"),
-        ("resolved_status", "resolved"),
-        ("reopen_status", "open"),
-    ):
-        names[key] = opts.str(key, default)
-        if any(c in names[key] for c in _SQL_UNSAFE):
-            raise TargetConfigError(f"{opts.where(key)} must not contain quotes or backslashes")
-    options = RequestTrackerOptions(
-        queue=names["queue"],
-        custom_field=custom_field,
-        asset_catalog=names["asset_catalog"],
-        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
-        requestor=opts.str("requestor", None),
-        resolved_status=names["resolved_status"],
-        reopen_status=names["reopen_status"],
-    )
+    options = opts.read(RequestTrackerOptions)
+    if any(c in options.custom_field for c in "{}'\"\\"):
+        opts.problem("custom_field", "must not hold braces, quotes or backslashes")
+    for key in _SQL_OPTIONS:
+        if any(c in getattr(options, key) for c in _SQL_UNSAFE):
+            opts.problem(key, "must not contain quotes or backslashes")
     http = VendorHTTP(
         target=name,
         base_url=base_url,
@@ -381,14 +368,17 @@ def from_config(
         auth=_auth(opts, env),
         logger=log,
     )
+    opts.check()
     return RequestTrackerTarget(name, http, options)
 
 
-def _auth(opts: Options, env: Mapping[str, str]) -> Auth:
+def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:
     auth = opts.section("auth")
-    kind = auth.choice("type", ("token", "basic"), "token")
+    kind = auth.variant("type", ("token", "basic"), "token")
+    if kind is None:
+        return None
     if kind == "token":
         auth.reject_unknown({"type", "token_env"})
         return StaticAuth(f"token {auth.secret('token_env', env)}")
     auth.reject_unknown({"type", "username", "password_env"})
-    return StaticAuth.basic(auth.str("username"), auth.secret("password_env", env))
+    return StaticAuth.basic(auth.text("username"), auth.secret("password_env", env))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
-from relay.targets.target_config import COMMON_KEYS, Options, TargetConfigError
+from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import (
     Auth,
     CIRef,
@@ -60,32 +60,22 @@ OAUTH_TOKEN_PATH = "/oauth_token.do"
 DEFAULT_TOKEN_LIFETIME = 1800.0  # ServiceNow's default access-token lifespan (KB0778194)
 _TICKET_FIELDS = "sys_id,number,state,correlation_id"
 
-OPTION_KEYS = frozenset(
-    {
-        "table",
-        "correlation_display",
-        "close_code",
-        "ci_binding",
-        "ci_class",
-        "affected_cis",
-        "input_display_value",
-        "defaults",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ServiceNowOptions:
-    """Target-specific options, with the defaults documented in the README's configuration example."""
+    """Target-specific options (each field is an option key), with the defaults docs/targets.md lists."""
 
     table: str = "incident"
-    correlation_display: str = "Azure Monitor"
+    correlation_display: str = field(default="Azure Monitor", metadata={"max_length": 100})
     close_code: str = "Solution provided"  # the choice list is instance-specific: configure it
-    ci_binding: str = "bind_if_found"
+    ci_binding: str = field(default="bind_if_found", metadata={"choices": CI_BINDINGS})
     ci_class: str = "cmdb_ci"  # the table a missing CI is created in (create_if_missing)
     affected_cis: bool = True  # CIs after the first become task_ci rows ("Affected CIs")
     input_display_value: bool = False  # route fields give reference fields by name, not sys_id
     defaults: Mapping[str, str] = field(default_factory=dict)  # static columns on every new incident
+
+
+OPTION_KEYS = option_keys(ServiceNowOptions)
 
 
 class ServiceNowTarget:
@@ -389,24 +379,13 @@ def _error_text(reply: Reply) -> str | None:
 
 
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> ServiceNowTarget:
-    """Build the target from its YAML block; every mistake is a TargetConfigError naming the key."""
+    """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
     opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
     base_url = opts.base_url()
-    defaults = opts.string_map("defaults")
-    owned = sorted(set(defaults) & OWNED_COLUMNS)
-    if owned:
-        raise TargetConfigError(f"{opts.where('defaults')}: {owned[0]} is set by the relay itself")
-    options = ServiceNowOptions(
-        table=opts.str("table", "incident"),
-        correlation_display=opts.str("correlation_display", "Azure Monitor", max_length=100),
-        close_code=opts.str("close_code", "Solution provided"),
-        ci_binding=opts.choice("ci_binding", CI_BINDINGS, "bind_if_found"),
-        ci_class=opts.str("ci_class", "cmdb_ci"),
-        affected_cis=opts.bool("affected_cis", True),
-        input_display_value=opts.bool("input_display_value", False),
-        defaults=defaults,
-    )
+    options = opts.read(ServiceNowOptions)
+    for column in sorted(set(options.defaults) & OWNED_COLUMNS):
+        opts.problem(f"defaults.{column}", "is set by the relay itself")
     http = VendorHTTP(
         target=name,
         base_url=base_url,
@@ -415,17 +394,20 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
         auth=_auth(opts, env),
         logger=log,
     )
+    opts.check()
     return ServiceNowTarget(name, http, options)
 
 
-def _auth(opts: Options, env: Mapping[str, str]) -> Auth:
+def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:
     auth = opts.section("auth")
-    kind = auth.choice("type", ("basic", "oauth"), "basic")
+    kind = auth.variant("type", ("basic", "oauth"), "basic")
+    if kind is None:
+        return None
     if kind == "basic":
         auth.reject_unknown({"type", "username", "password_env"})
-        return StaticAuth.basic(auth.str("username"), auth.secret("password_env", env))
+        return StaticAuth.basic(auth.text("username"), auth.secret("password_env", env))
     auth.reject_unknown({"type", "client_id", "client_secret_env"})
-    client_id = auth.str("client_id")
+    client_id = auth.text("client_id")
     client_secret = auth.secret("client_secret_env", env)
 
     async def login(http: VendorHTTP) -> tuple[str, float | None]:

@@ -1,4 +1,9 @@
-"""Reading one target's block of the relay's YAML: typed options whose every complaint names the key.
+"""Reading one target's block of the relay's YAML: typed options, and every problem of the block named by its key.
+
+A reader that finds a problem records it (dotted key, message) and returns a harmless value (the default,
+or "" for a required value), so one pass over the block finds all of its problems; `check` then raises
+them together as one `TargetConfigError`. A kind's options are one dataclass (`Options.read`): its
+fields are the option keys and their defaults the defaults.
 
 Secrets never sit in the file: an auth block names an environment variable (`password_env`, ...) and
 the value is read from the environment when the target is built.
@@ -6,97 +11,128 @@ the value is read from the environment when the target is built.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import ipaddress
+import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar, overload
+from urllib.parse import SplitResult, urlsplit
 
-# Keys every target block may carry, whatever its kind: the delivery core reads `kind` and
-# `max_concurrency`; the target reads the rest.
+from relay.schema import MAX_CONCURRENCY, TIMEOUT_SECONDS, Bound
+
+# Keys every target block may carry, whatever its kind: the delivery core reads `kind`,
+# `timeout_seconds` and `max_concurrency`; the target reads them all.
 COMMON_KEYS = frozenset({"kind", "base_url", "auth", "timeout_seconds", "max_concurrency"})
-DEFAULT_TIMEOUT_SECONDS = 30.0
-DEFAULT_MAX_CONCURRENCY = 4
+# The common keys of a kind that calls an endpoint; a kind that calls none (dry_run) takes the rest.
+ENDPOINT_KEYS = frozenset({"base_url", "auth"})
 
-_MISSING: Any = object()
+_REQUIRED: Any = object()
+T = TypeVar("T")
+
+
+def option_keys(options_class: type) -> frozenset[str]:
+    """The option keys of a kind: the field names of its options dataclass."""
+    return frozenset(f.name for f in dataclasses.fields(options_class))
 
 
 class TargetConfigError(ValueError):
-    """A target's configuration is wrong; the message names the target, the key and what to do."""
+    """A target's block is wrong. `problems` lists each as (dotted key in the block, or "", message);
+    the text is one line per problem: `target 'snow': auth.password_env is required`."""
+
+    def __init__(self, target: str, problems: Iterable[tuple[str, str]]) -> None:
+        self.target = target
+        self.problems = list(problems)
+        super().__init__("\n".join(self._line(key, message) for key, message in self.problems))
+
+    def _line(self, key: str, message: str) -> str:
+        return f"target {self.target!r}: {key} {message}" if key else f"target {self.target!r}: {message}"
 
 
 class Options:
-    """One mapping of a target's configuration, read key by key with the key's full path in errors."""
+    """One mapping of a target's configuration, read key by key; problems are kept with the key's full path."""
 
-    def __init__(self, target: str, cfg: Mapping[str, Any], path: str = "") -> None:
+    def __init__(
+        self, target: str, cfg: Mapping[str, Any], path: str = "", problems: list[tuple[str, str]] | None = None
+    ) -> None:
         if not isinstance(cfg, Mapping):
-            raise TargetConfigError(f"target {target!r}: {path or 'the target'} must be a mapping")
+            raise TargetConfigError(target, [("", f"the target must be a mapping (got {type(cfg).__name__})")])
         self.target = target
         self.cfg = cfg
         self.path = path
+        self.problems = [] if problems is None else problems  # shared by the sections of one block
 
-    def where(self, key: str) -> str:
-        return f"target {self.target!r}: {self.path}{key}"
+    def problem(self, key: str, message: str) -> None:
+        """Record a problem of `key` (relative to this section)."""
+        self.problems.append((f"{self.path}{key}", message))
+
+    def check(self) -> None:
+        """Raise every problem recorded in the block at once."""
+        if self.problems:
+            raise TargetConfigError(self.target, self.problems)
 
     def reject_unknown(self, known: Iterable[str]) -> None:
         allowed = set(known)
-        unknown = sorted(str(k) for k in self.cfg if k not in allowed)
-        if unknown:
-            raise TargetConfigError(
-                f"{self.where(unknown[0])} is not a known option (allowed: {', '.join(sorted(allowed))})"
-            )
+        for key in sorted(str(k) for k in self.cfg if k not in allowed):
+            self.problem(key, f"is not a known option (allowed: {', '.join(sorted(allowed))})")
 
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
 
-    def str(self, key: str, default: Any = _MISSING, *, max_length: int | None = None) -> Any:
+    @overload
+    def text(self, key: str, *, max_length: int | None = None) -> str: ...
+    @overload
+    def text(self, key: str, default: str, *, max_length: int | None = None) -> str: ...
+    @overload
+    def text(self, key: str, default: None, *, max_length: int | None = None) -> str | None: ...
+
+    def text(self, key: str, default: Any = _REQUIRED, *, max_length: int | None = None) -> Any:
+        """A non-empty string; `default` when absent. A required one that is missing or wrong reads as ""."""
+        fallback = "" if default is _REQUIRED else default
         value = self.cfg.get(key)
         if value is None:
-            if default is _MISSING:
-                raise TargetConfigError(f"{self.where(key)} is required")
-            return default
+            if default is _REQUIRED:
+                self.problem(key, "is required")
+            return fallback
         if not isinstance(value, str) or not value.strip():
-            raise TargetConfigError(f"{self.where(key)} must be a non-empty string (got {value!r})")
+            self.problem(key, f"must be a non-empty string (got {value!r})")
+            return fallback
         if max_length is not None and len(value) > max_length:
-            raise TargetConfigError(f"{self.where(key)} must be at most {max_length} characters")
+            self.problem(key, f"must be at most {max_length} characters")
+            return fallback
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.cfg.get(key)
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise TargetConfigError(f"{self.where(key)} must be true or false (got {value!r})")
+            self.problem(key, f"must be true or false (got {value!r})")
+            return default
         return value
 
-    def number(
-        self, key: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
-    ) -> float:
+    def bounded(self, key: str, bound: Bound) -> float:
+        """A number within `bound` (relay.schema); its default when absent."""
         value = self.cfg.get(key)
         if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= minimum:
-            raise TargetConfigError(
-                f"{self.where(key)} must be a number greater than {minimum:g} (got {value!r})"
-            )
-        if maximum is not None and value > maximum:
-            raise TargetConfigError(f"{self.where(key)} must be at most {maximum:g} (got {value!r})")
-        return float(value)
-
-    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
-        value = self.cfg.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise TargetConfigError(
-                f"{self.where(key)} must be a whole number of at least {minimum} (got {value!r})"
-            )
-        return value
+            return bound.default
+        if not bound.accepts(value):
+            self.problem(key, f"must be {bound.describe()} (got {value!r})")
+            return bound.default
+        return value if bound.whole else float(value)
 
     def choice(self, key: str, choices: Iterable[str], default: str) -> str:
+        value = self.variant(key, choices, default)
+        return default if value is None else value
+
+    def variant(self, key: str, choices: Iterable[str], default: str) -> str | None:
+        """A choice that decides what else the section holds (an auth `type`): None when it is wrong,
+        so that the caller reads nothing else and the wrong choice stays the one complaint."""
         allowed = tuple(choices)
         value = self.cfg.get(key, default)
         if value not in allowed:
-            raise TargetConfigError(f"{self.where(key)} must be one of {', '.join(allowed)} (got {value!r})")
+            self.problem(key, f"must be one of {', '.join(allowed)} (got {value!r})")
+            return None
         return value
 
     def string_map(self, key: str) -> dict[str, str]:
@@ -107,47 +143,83 @@ class Options:
             isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
             for k, v in value.items()
         ):
-            raise TargetConfigError(f"{self.where(key)} must map field names to strings or numbers")
+            self.problem(key, "must map field names to strings or numbers")
+            return {}
         return {k: str(v) for k, v in value.items()}
 
     def section(self, key: str) -> Options:
+        """A nested mapping. When it is missing or not a mapping, that is the one problem reported:
+        what is then read from the section goes unreported."""
         value = self.cfg.get(key)
-        if value is None:
-            raise TargetConfigError(f"{self.where(key)} is required")
-        return Options(self.target, value, f"{self.path}{key}.")
+        if isinstance(value, Mapping):
+            return Options(self.target, value, f"{self.path}{key}.", self.problems)
+        self.problem(key, "is required" if value is None else f"must be a mapping (got {type(value).__name__})")
+        return Options(self.target, {}, f"{self.path}{key}.", problems=[])
 
     def secret(self, key: str, env: Mapping[str, str]) -> str:
         """The value of the environment variable this option names (`password_env: RT_PASSWORD`)."""
-        variable = self.str(key)
+        variable = self.text(key)
+        if not variable:
+            return ""
         value = env.get(variable, "")
         if not value:
-            raise TargetConfigError(
-                f"{self.where(key)} names the environment variable {variable}, which is not set or empty"
-            )
+            self.problem(key, f"names the environment variable {variable}, which is not set or empty")
         return value
 
     def base_url(self) -> str:
         """`base_url`: https, or plain http only on a loopback address (tests and local demos)."""
-        raw = self.str("base_url")
-        parts = urlsplit(raw)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise TargetConfigError(f"{self.where('base_url')} must be an https URL (got {raw!r})")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise TargetConfigError(
-                f"{self.where('base_url')} must use https: credentials are sent on every call "
-                f"(plain http is allowed only on loopback, got {raw!r})"
+        raw = self.text("base_url")
+        if not raw:
+            return ""
+        parts = split_url(raw)
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+            self.problem("base_url", f"must be an https URL (got {raw!r})")
+        elif parts.scheme == "http" and not is_loopback(parts.hostname):
+            self.problem(
+                "base_url",
+                "must use https: credentials are sent on every call "
+                f"(plain http is allowed only on loopback, got {raw!r})",
             )
-        if parts.query or parts.fragment:
-            raise TargetConfigError(
-                f"{self.where('base_url')} must not carry a query or fragment (got {raw!r})"
-            )
+        elif parts.query or parts.fragment:
+            self.problem("base_url", f"must not carry a query or fragment (got {raw!r})")
         return raw.rstrip("/")
 
     def timeout_seconds(self) -> float:
-        return self.number("timeout_seconds", DEFAULT_TIMEOUT_SECONDS, maximum=600)
+        return self.bounded("timeout_seconds", TIMEOUT_SECONDS)
 
     def max_concurrency(self) -> int:
-        return self.integer("max_concurrency", DEFAULT_MAX_CONCURRENCY)
+        return int(self.bounded("max_concurrency", MAX_CONCURRENCY))
+
+    def read(self, options_class: type[T]) -> T:
+        """A kind's options dataclass, each field read from the key of its name, its default when absent.
+
+        The field's type picks the reader (str, str | None, bool, a mapping of strings); metadata
+        `choices` makes it a choice and `max_length` bounds a string.
+        """
+        hints = typing.get_type_hints(options_class)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(options_class):  # type: ignore[arg-type]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            kind = hints[f.name]
+            if "choices" in f.metadata:
+                values[f.name] = self.choice(f.name, f.metadata["choices"], default)
+            elif kind is bool:
+                values[f.name] = self.flag(f.name, default)
+            elif kind is str or kind == str | None:
+                values[f.name] = self.text(f.name, default, max_length=f.metadata.get("max_length"))
+            elif typing.get_origin(kind) in (collections.abc.Mapping, dict):
+                values[f.name] = self.string_map(f.name)
+            else:
+                raise TypeError(f"{options_class.__name__}.{f.name}: no option reader for {kind}")
+        return options_class(**values)
+
+
+def split_url(raw: str) -> SplitResult | None:
+    """The parts of a URL, or None when it cannot be parsed (an unclosed `[` of an IPv6 address)."""
+    try:
+        return urlsplit(raw)
+    except ValueError:
+        return None
 
 
 def is_loopback(host: str) -> bool:
