@@ -453,14 +453,7 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
     for key in ("correlation_field", "ci_id_attribute"):
         if "'" in (getattr(options, key) or ""):
             opts.problem(key, "must not contain a single quote")
-    http = VendorHTTP(
-        target=name,
-        base_url=base_url,
-        timeout_seconds=opts.timeout_seconds(),
-        max_connections=opts.max_concurrency(),
-        auth=_auth(opts, env),
-        logger=log,
-    )
+    http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
     if options.service_type.endswith("Restoration"):
         log.info(

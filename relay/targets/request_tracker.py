@@ -25,6 +25,7 @@ from relay.targets.vendor_api import (
     Reply,
     StaticAuth,
     VendorHTTP,
+    basic_auth,
     checked_key,
     ci_references,
 )
@@ -360,14 +361,7 @@ def from_config(
     for key in _SQL_OPTIONS:
         if any(c in getattr(options, key) for c in _SQL_UNSAFE):
             opts.problem(key, "must not contain quotes or backslashes")
-    http = VendorHTTP(
-        target=name,
-        base_url=base_url,
-        timeout_seconds=opts.timeout_seconds(),
-        max_connections=opts.max_concurrency(),
-        auth=_auth(opts, env),
-        logger=log,
-    )
+    http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
     return RequestTrackerTarget(name, http, options)
 
@@ -380,5 +374,4 @@ def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:
     if kind == "token":
         auth.reject_unknown({"type", "token_env"})
         return StaticAuth(f"token {auth.secret('token_env', env)}")
-    auth.reject_unknown({"type", "username", "password_env"})
-    return StaticAuth.basic(auth.text("username"), auth.secret("password_env", env))
+    return basic_auth(auth, env)

@@ -19,9 +19,9 @@ from relay.targets.vendor_api import (
     Auth,
     CIRef,
     Reply,
-    StaticAuth,
     TokenAuth,
     VendorHTTP,
+    basic_auth,
     checked_key,
     ci_references,
 )
@@ -386,14 +386,7 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
     options = opts.read(ServiceNowOptions)
     for column in sorted(set(options.defaults) & OWNED_COLUMNS):
         opts.problem(f"defaults.{column}", "is set by the relay itself")
-    http = VendorHTTP(
-        target=name,
-        base_url=base_url,
-        timeout_seconds=opts.timeout_seconds(),
-        max_connections=opts.max_concurrency(),
-        auth=_auth(opts, env),
-        logger=log,
-    )
+    http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
     return ServiceNowTarget(name, http, options)
 
@@ -404,8 +397,7 @@ def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:
     if kind is None:
         return None
     if kind == "basic":
-        auth.reject_unknown({"type", "username", "password_env"})
-        return StaticAuth.basic(auth.text("username"), auth.secret("password_env", env))
+        return basic_auth(auth, env)
     auth.reject_unknown({"type", "client_id", "client_secret_env"})
     client_id = auth.text("client_id")
     client_secret = auth.secret("client_secret_env", env)

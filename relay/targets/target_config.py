@@ -166,23 +166,25 @@ class Options:
             self.problem(key, f"names the environment variable {variable}, which is not set or empty")
         return value
 
-    def base_url(self) -> str:
-        """`base_url`: https, or plain http only on a loopback address (tests and local demos)."""
+    def base_url(self, *, endpoint: bool = False) -> str:
+        """`base_url`: https, or plain http only on a loopback address (tests and local demos).
+
+        An API's root loses a trailing slash and may carry no query; an `endpoint` (the forward
+        target's) is the whole URL called, kept as written, query string included.
+        """
         raw = self.text("base_url")
         if not raw:
             return ""
-        parts = split_url(raw)
-        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
-            self.problem("base_url", f"must be an https URL (got {raw!r})")
+        parts = _split_url(raw)
+        unusable = parts is None or parts.scheme not in ("https", "http") or not parts.hostname
+        if unusable or (endpoint and parts.fragment):
+            self.problem("base_url", f"must be an https URL{' without a #fragment' if endpoint else ''} (got {raw!r})")
         elif parts.scheme == "http" and not is_loopback(parts.hostname):
-            self.problem(
-                "base_url",
-                "must use https: credentials are sent on every call "
-                f"(plain http is allowed only on loopback, got {raw!r})",
-            )
-        elif parts.query or parts.fragment:
+            why = "the alert and credentials travel in it" if endpoint else "credentials are sent on every call"
+            self.problem("base_url", f"must use https: {why} (plain http is allowed only on loopback, got {raw!r})")
+        elif not endpoint and (parts.query or parts.fragment):
             self.problem("base_url", f"must not carry a query or fragment (got {raw!r})")
-        return raw.rstrip("/")
+        return raw if endpoint else raw.rstrip("/")
 
     def timeout_seconds(self) -> float:
         return self.bounded("timeout_seconds", TIMEOUT_SECONDS)
@@ -214,7 +216,7 @@ class Options:
         return options_class(**values)
 
 
-def split_url(raw: str) -> SplitResult | None:
+def _split_url(raw: str) -> SplitResult | None:
     """The parts of a URL, or None when it cannot be parsed (an unclosed `[` of an IPv6 address)."""
     try:
         return urlsplit(raw)

@@ -1,8 +1,9 @@
-"""What every vendor target shares: one pooled HTTP session, a timeout on every call, one fresh login
-on 401, the answer to "is this failure worth retrying?" (with Retry-After), the guard on the
-correlation key, and the CI references of an incident.
+"""What every target that calls an endpoint shares: one pooled HTTP session, a timeout on every call,
+one fresh login on 401, the answer to "is this failure worth retrying?" (with Retry-After), the guard
+on the correlation key, and the CI references of an incident.
 
-What a vendor's body means stays in the vendor's module.
+`VendorHTTP` is the relay's one HTTP client for targets: every session, timeout and error mapping is
+here. What a vendor's body means stays in the vendor's module.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from relay.targets import Incident, TargetError, is_retryable_status
+from relay.targets.target_config import Options
 
 # Statuses whose Retry-After we honour (RFC 9110 §10.2.3 allows it on 3xx too; vendors send it on these).
 RETRY_AFTER_STATUSES = (429, 503)
@@ -87,6 +89,12 @@ class StaticAuth:
         return "StaticAuth(<redacted>)"
 
 
+def basic_auth(auth: Options, env: Mapping[str, str]) -> StaticAuth:
+    """HTTP basic credentials from an `auth` block: `username`, and the variable `password_env` names."""
+    auth.reject_unknown({"type", "username", "password_env"})
+    return StaticAuth.basic(auth.text("username"), auth.secret("password_env", env))
+
+
 class TokenAuth:
     """A bearer-style token fetched by a login call, cached until it expires or the server says 401.
 
@@ -136,7 +144,11 @@ class TokenAuth:
 
 
 class VendorHTTP:
-    """One target's HTTP client: a lazily created pooled session and an explicit timeout per call."""
+    """One target's HTTP client: a lazily created pooled session and an explicit timeout per call.
+
+    Calls go to `base_url + path`, `base_url` as given (`Options.base_url` has dropped a trailing
+    slash; a forward endpoint is a whole URL, query string included, called with path "").
+    """
 
     def __init__(
         self,
@@ -150,13 +162,27 @@ class VendorHTTP:
         user_agent: str = "secure-export-relay",
     ) -> None:
         self.target = target
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.max_connections = max_connections
         self.auth = auth
         self.log = logger
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_options(
+        cls, opts: Options, *, base_url: str, auth: Auth | None, logger: logging.Logger
+    ) -> VendorHTTP:
+        """The client for a target block: its `timeout_seconds`, and `max_concurrency` connections."""
+        return cls(
+            target=opts.target,
+            base_url=base_url,
+            timeout_seconds=opts.timeout_seconds(),
+            max_connections=opts.max_concurrency(),
+            auth=auth,
+            logger=logger,
+        )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -180,16 +206,32 @@ class VendorHTTP:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         form: Mapping[str, str] | None = None,
+        data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        accept: str | None = "application/json",
         authenticate: bool = True,
     ) -> Reply:
-        """Send one call. A 401 makes the auth log in again and the call is sent once more."""
+        """Send one call. A 401 makes the auth log in again and the call is sent once more.
+
+        The body is `json_body`, `form` or raw bytes (`data`, with its Content-Type in `headers`);
+        `accept=None` sends no Accept header, for a receiver whose answer the caller does not read.
+        """
+        hdrs = dict(headers or {})
+        if accept is not None:
+            hdrs.setdefault("Accept", accept)
+        body: dict[str, Any] = {}
+        if json_body is not None:
+            body["json"] = json_body
+        elif form is not None:
+            body["data"] = dict(form)
+        elif data is not None:
+            body["data"] = data
         sent_with = await self.auth.header(self) if authenticate and self.auth else None
-        reply = await self._send(method, path, params, json_body, form, headers, sent_with)
+        reply = await self._send(method, path, params, body, hdrs, sent_with)
         if reply.status == 401 and sent_with is not None and self.auth and self.auth.expired(sent_with):
-            self.log.info("%s: %s %s answered 401; logging in again once", self.target, method, path)
+            self.log.info("%s: %s answered 401; logging in again once", self.target, _call(method, path))
             sent_with = await self.auth.header(self)
-            reply = await self._send(method, path, params, json_body, form, headers, sent_with)
+            reply = await self._send(method, path, params, body, hdrs, sent_with)
         return reply
 
     async def _send(
@@ -197,36 +239,31 @@ class VendorHTTP:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
-        json_body: Any,
-        form: Mapping[str, str] | None,
-        headers: Mapping[str, str] | None,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
         authorization: str | None,
     ) -> Reply:
-        hdrs = {"Accept": "application/json", **(headers or {})}
+        hdrs = dict(headers)
         if authorization is not None:
             hdrs["Authorization"] = authorization
-        kwargs: dict[str, Any] = {"headers": hdrs, "timeout": self.timeout, "allow_redirects": False}
+        kwargs: dict[str, Any] = {"headers": hdrs, "timeout": self.timeout, "allow_redirects": False, **body}
         if params:
             kwargs["params"] = dict(params)
-        if json_body is not None:
-            kwargs["json"] = json_body
-        elif form is not None:
-            kwargs["data"] = dict(form)
         try:
             async with self._get_session().request(method, self.base_url + path, **kwargs) as resp:
-                body = await resp.read()
-                reply = Reply(resp.status, resp.headers, body, method, path)
+                content = await resp.read()
+                reply = Reply(resp.status, resp.headers, content, method, path)
         except TimeoutError as exc:
             raise TargetError(
-                f"{self.target}: {method} {path} timed out after {self.timeout.total:g}s",
+                f"{self.target}: {_call(method, path)} timed out after {self.timeout.total:g}s",
                 retryable=True,
             ) from exc
         except aiohttp.ClientError as exc:
             raise TargetError(
-                f"{self.target}: {method} {path} failed: {type(exc).__name__}: {exc}",
+                f"{self.target}: {_call(method, path)} failed: {type(exc).__name__}: {exc}",
                 retryable=True,
             ) from exc
-        self.log.debug("%s: %s %s -> %s", self.target, method, path, reply.status)
+        self.log.debug("%s: %s -> %s", self.target, _call(method, path), reply.status)
         return reply
 
     def failure(self, reply: Reply, what: str, detail: str | None = None) -> TargetError:
@@ -288,6 +325,11 @@ class VendorHTTP:
             retryable=False,
             status=reply.status,
         )
+
+
+def _call(method: str, path: str) -> str:
+    """A call as messages name it: `GET /api/now/table/incident`, or just `POST` to a whole endpoint URL."""
+    return f"{method} {path}" if path else method
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
