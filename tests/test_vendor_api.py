@@ -1,4 +1,5 @@
-"""What every vendor target shares: Retry-After, truncation, key guards, CI references, token reuse."""
+"""What every vendor target shares: Retry-After, truncation, key guards, CI references, token reuse, and
+which failures got no answer (the call may have been applied)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from relay.targets.vendor_api import (
     ci_references,
     parse_retry_after,
 )
+from tests.fakes.receiver import RecordingReceiver
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 VM = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web-01"
@@ -118,3 +120,43 @@ async def test_a_connection_refused_is_retryable():
     finally:
         await http.close()
     assert info.value.retryable and info.value.status is None
+
+
+@pytest.fixture
+async def receiver():
+    server = RecordingReceiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def call(base_url: str) -> TargetError:
+    """POST raw bytes; the TargetError that the call (or its answer, through `failure`) ends in."""
+    http = VendorHTTP(target="t", base_url=base_url, timeout_seconds=0.3, max_connections=1, auth=None,
+                      logger=logging.getLogger("test"))
+    try:
+        with pytest.raises(TargetError) as info:
+            reply = await http.request("POST", "/hook", data=b"{}", headers={"Content-Type": "application/json"})
+            raise http.failure(reply, "POST /hook")
+    finally:
+        await http.close()
+    return info.value
+
+
+async def test_a_refused_connection_sent_nothing_so_it_is_not_unanswered():
+    error = await call("http://127.0.0.1:9")
+    assert error.retryable and not error.unanswered
+
+
+@pytest.mark.parametrize(("fault", "kw"), [("slow", {"delay": 5}), ("reset", {}), ("reset_after", {})])
+async def test_a_call_that_got_no_answer_is_unanswered(receiver, fault, kw):
+    receiver.inject(fault, **kw)
+    error = await call(receiver.url)
+    assert error.retryable and error.unanswered and error.status is None, str(error)
+
+
+@pytest.mark.parametrize("status", [400, 503])
+async def test_any_answer_is_not_unanswered(receiver, status):
+    receiver.inject("status", status=status)
+    error = await call(receiver.url)
+    assert error.status == status and not error.unanswered

@@ -447,7 +447,7 @@ class HungCreateTarget(FakeTarget):
                                     "summary": incident.summary}
 
         self.landed = asyncio.create_task(land())
-        raise TargetError("itsm: POST /incident timed out after 5s", retryable=True)
+        raise TargetError("itsm: POST /incident timed out after 5s", retryable=True, unanswered=True)
 
 
 async def test_create_without_an_answer_is_searched_for_after_the_lease_not_created_again(store, running):
@@ -458,6 +458,29 @@ async def test_create_without_an_answer_is_searched_for_after_the_lease_not_crea
     await until(lambda: target.landed is not None and target.landed.done(), "the hung create landed")
     assert len(target.tickets) == 1, f"a create that timed out and then landed was sent again: {target.calls}"
     assert (await store.get_ticket("itsm", GUID)).data["ticket_id"] == "hung"
+
+
+async def test_a_create_that_reached_no_target_drops_the_intent_and_is_retried_without_waiting(store, running):
+    target = FakeTarget()  # e.g. a refused connection: nothing was sent, so nothing can land later
+    target.fail["create"] = [TargetError("itsm: POST /incident failed: ClientConnectorError", retryable=True)]
+    spy = SpyStore(store)
+    await accept(store, alert_body())
+    await running(spy, make_config(lease_seconds=30), {"itsm": target})
+    await until(lambda: drained(store), "event delivered by the next attempt, not after the 30 s lease")
+    assert target.count("create") == 2 and len(target.tickets) == 1
+    assert max(spy.delays) < 1, f"the retry waited out the lease: {spy.delays}"
+
+
+async def test_a_bare_timeout_from_a_create_counts_as_unanswered_and_keeps_the_intent(store, running):
+    target = FakeTarget()
+    target.fail["create"] = [TimeoutError()]
+    spy = SpyStore(store)
+    await accept(store, alert_body())
+    await running(spy, make_config(lease_seconds=30), {"itsm": target})
+    await until(lambda: len(spy.delays) >= 2, "the event retried twice")
+    assert "pending" in (await store.get_ticket("itsm", GUID)).data, "the intent was dropped"
+    assert spy.delays[1] > 20, f"the retry did not wait out the lease: {spy.delays}"
+    assert target.count("create") == 1
 
 
 async def test_two_workers_on_one_store_open_one_incident_for_a_shared_key(store, running):

@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiohttp
-
 from relay.alerts import Alert, SchemaError, parse_alert_json
 from relay.delivery.lifecycle import (
     Action,
@@ -469,9 +467,10 @@ class Worker:
             else:
                 breaker.succeeded()  # the target answered: it is healthy, the request was wrong
             raise
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except TimeoutError as exc:  # a target's own deadline; targets raise no other transport errors
             breaker.failed()
-            raise TargetError(f"{target.name}: {call} failed: {type(exc).__name__}: {exc}", retryable=True) from exc
+            raise TargetError(f"{target.name}: {call} failed: {type(exc).__name__}: {exc}", retryable=True,
+                              unanswered=True) from exc
         except BaseException:
             breaker.released()
             raise
@@ -511,7 +510,7 @@ def _unanswered(exc: BaseException) -> bool:
     """A call that ended without the target's answer (timed out, connection dropped, cancelled): the target
     may have applied it, or may still. Refused connections sent nothing; any answer means it is done."""
     if isinstance(exc, TargetError):
-        return exc.status is None and not isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+        return exc.unanswered
     return isinstance(exc, TimeoutError | asyncio.CancelledError)
 
 

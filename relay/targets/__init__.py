@@ -49,7 +49,12 @@ from relay.targets.target_config import TargetConfigError
 
 
 class TargetError(Exception):
-    """A call to a target failed. `retryable` says whether trying again can help."""
+    """A call to a target failed. `retryable` says whether trying again can help.
+
+    `unanswered`: no answer came back (the call timed out, or the connection dropped after it was
+    sent), so the target may have applied it, or may still. Not for a refused connection (nothing was
+    sent) nor for any answer, whatever its status.
+    """
 
     def __init__(
         self,
@@ -58,11 +63,13 @@ class TargetError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         status: int | None = None,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.unanswered = unanswered
 
 
 def is_retryable_status(status: int) -> bool:

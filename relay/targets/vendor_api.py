@@ -257,11 +257,15 @@ class VendorHTTP:
             raise TargetError(
                 f"{self.target}: {_call(method, path)} timed out after {self.timeout.total:g}s",
                 retryable=True,
+                unanswered=True,
             ) from exc
         except aiohttp.ClientError as exc:
+            # A connection that was never made (refused, DNS, TLS) sent nothing; any other failure
+            # (reset, dropped, a truncated answer) may have reached the target.
             raise TargetError(
                 f"{self.target}: {_call(method, path)} failed: {type(exc).__name__}: {exc}",
                 retryable=True,
+                unanswered=not isinstance(exc, aiohttp.ClientConnectorError),
             ) from exc
         self.log.debug("%s: %s -> %s", self.target, _call(method, path), reply.status)
         return reply
