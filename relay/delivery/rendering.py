@@ -173,4 +173,3 @@ def _limits(target: Target) -> TextLimits:
     if limits is None:  # a forwarder: it is given the raw body, never rendered text
         raise ValueError(f"target {target.name!r} ({target.kind}) sends no ticket text: it has no text limits")
     return limits
-

@@ -4,8 +4,9 @@ A target answers one question per call: did it work, and if not, is it worth try
 (`TargetError.retryable`)? Lifecycle decisions, retries, backoff, circuit breaking, dead letters and
 metrics live once, outside the targets (in `relay.delivery`), as in Alertmanager's notify/ package.
 
-Adding a target = one module, one `TARGET_MODULES` line, its fake (`tests/fakes/<kind>.py`) and its
-tests. Nothing else in the relay names a kind: what a kind needs known about it, it declares itself.
+Adding a target = one module, one `TARGET_MODULES` line, its fake of the vendor API (under
+`tests/fakes/`) and its tests (with its smallest block in `tests/conftest.py`). Nothing else in the
+relay names a kind: what the relay needs to know about a kind, the kind's module declares.
 
 - `relay/targets/<kind>.py` exposes `TARGET_CLASS` and
   `from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> Target`
