@@ -2,7 +2,7 @@
 
 Keys are refreshed every 12 hours. An unknown `kid` triggers at most one refetch per cooldown (5
 minutes), so forged kids cannot make us hammer Entra. A failed fetch keeps the last-known-good keys.
-All fetching is async on the relay's own ClientSession; PyJWT's PyJWKClient is blocking urllib.
+All fetching is async on the relay's own session (`relay.http_client`); PyJWT's PyJWKClient is blocking urllib.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKSetError
+
+from relay.http_client import client_session
 
 log = logging.getLogger("relay.intake.signing_keys")
 
@@ -60,7 +62,7 @@ class SigningKeys:
 
     async def start(self) -> None:
         """Open the session, try a first load (failure is logged, not fatal) and start refreshing."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=5))
+        self._session = client_session(timeout=aiohttp.ClientTimeout(total=10, connect=5), max_connections=4)
         await self.refresh()
         self._task = asyncio.create_task(self._refresh_loop(), name="signing-key-refresh")
 

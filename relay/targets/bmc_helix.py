@@ -426,12 +426,7 @@ def _selection(field_name: str, value: Any) -> str:
 
 def _ar_error_text(reply: Reply) -> str | None:
     """AR System errors: a list of status objects (`messageNumber`, `messageText`, ...)."""
-    if not reply.is_json:
-        return None
-    try:
-        body = reply.json()
-    except ValueError:
-        return None
+    body = reply.json_or_none()
     items = body if isinstance(body, list) else [body]
     parts = []
     for item in items:

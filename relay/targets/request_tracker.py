@@ -335,12 +335,7 @@ def asset_name(ref: CIRef) -> str:
 
 
 def _rt_message(reply: Reply) -> str | None:
-    if not reply.is_json:
-        return None
-    try:
-        body = reply.json()
-    except ValueError:
-        return None
+    body = reply.json_or_none()
     if isinstance(body, dict) and body.get("message"):
         return str(body["message"])
     return None

@@ -367,12 +367,8 @@ TARGET_CLASS = ServiceNowTarget
 
 def _error_text(reply: Reply) -> str | None:
     """ServiceNow's `{"error": {"message", "detail"}}`, or None to show the raw body."""
-    if not reply.is_json:
-        return None
-    try:
-        error = reply.json().get("error")
-    except (ValueError, AttributeError):
-        return None
+    body = reply.json_or_none()
+    error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return None
     parts = [str(error.get(k)) for k in ("message", "detail") if error.get(k)]

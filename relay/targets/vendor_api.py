@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from relay.http_client import USER_AGENT, client_session
 from relay.targets import Incident, TargetError, is_retryable_status
 from relay.targets.target_config import Options
 
@@ -54,6 +55,15 @@ class Reply:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    def json_or_none(self) -> Any:
+        """The body's JSON, or None when it is not JSON (vendors' error bodies are often HTML or empty)."""
+        if not self.is_json:
+            return None
+        try:
+            return self.json()
+        except ValueError:
+            return None
 
 
 class Auth(Protocol):
@@ -159,7 +169,7 @@ class VendorHTTP:
         max_connections: int,
         auth: Auth | None,
         logger: logging.Logger,
-        user_agent: str = "secure-export-relay",
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.target = target
         self.base_url = base_url
@@ -186,10 +196,8 @@ class VendorHTTP:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
-                timeout=self.timeout,
-                headers={"User-Agent": self._user_agent},
+            self._session = client_session(
+                timeout=self.timeout, max_connections=self.max_connections, headers={"User-Agent": self._user_agent}
             )
         return self._session
 
