@@ -26,6 +26,14 @@ class VersionConflict(Exception):
     """A ticket record changed since it was read; re-read it and decide again."""
 
 
+class LeaseLost(Exception):
+    """A claim's lease is no longer this worker's (it ran out, or another worker took the event over)."""
+
+
+class StoreInUse(Exception):
+    """Another running relay owns this store (SQLite: it holds the lock file beside the database)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One delivery from Azure, as stored: its idempotency key, what it is about, and the raw body."""
@@ -81,6 +89,28 @@ class TicketRecord:
     key: str
     data: dict[str, Any]
     version: str | None = None  # None: never stored
+    # Wall-clock time (epoch seconds) the ticket was resolved, None while it is open or unknown;
+    # the worker sets it, retention expires the record a while after it (`Retention.ticket_seconds`).
+    closed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the store keeps what it no longer needs for delivery, in seconds."""
+
+    delivered_seconds: float  # events (and their payload blobs) once delivered
+    dead_letter_seconds: float  # dead letters (and their events and blobs)
+    ticket_seconds: float  # ticket records, counted from their `closed_at`; open tickets never expire
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What one `expire` pass deleted."""
+
+    events: int = 0
+    dead_letters: int = 0
+    tickets: int = 0
+    blobs: int = 0
 
 
 class Store(Protocol):
@@ -104,6 +134,12 @@ class Store(Protocol):
         """Lease up to `limit` due events, never two of one alert at once, each alert's oldest first."""
         ...
 
+    async def renew(self, claim: Claim, lease_seconds: float) -> None:
+        """Extend the claim's lease to `lease_seconds` from now. The claim (its receipt) stays valid;
+        a backend whose lease token changes on renewal keeps the new one itself. LeaseLost when the
+        lease ran out and the event was claimed again, or was settled meanwhile."""
+        ...
+
     async def complete(self, claim: Claim) -> None: ...
 
     async def retry_later(self, claim: Claim, delay_seconds: float, error: str) -> None: ...
@@ -120,4 +156,9 @@ class Store(Protocol):
 
     async def put_ticket(self, record: TicketRecord) -> TicketRecord:
         """Write if `record.version` is still current (None: must not exist); else VersionConflict."""
+        ...
+
+    async def expire(self, now: float, retention: Retention) -> Expired:
+        """Delete delivered events, dead letters and closed ticket records older than `retention`
+        allows at wall-clock time `now` (with their payload blobs). Never touches pending events."""
         ...

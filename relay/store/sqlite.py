@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.schema import SQLITE_URL_PREFIX
-from relay.store.base import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
+from relay.store.base import (
+    Claim,
+    DeadLetter,
+    Event,
+    LeaseLost,
+    StoreUnavailable,
+    TicketRecord,
+    VersionConflict,
+)
 
 T = TypeVar("T")
 
@@ -245,6 +253,17 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return claims
+
+    async def renew(self, claim: Claim, lease_seconds: float) -> None:
+        def extend(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE seq = ? AND receipt = ?",
+                (time.time() + lease_seconds, int(claim.handle), claim.receipt),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(f"event {claim.handle}: the lease is no longer this worker's")
+
+        await self._run(self._in_tx, extend)
 
     async def complete(self, claim: Claim) -> None:
         await self._run(self._in_tx, lambda db: db.execute(
