@@ -395,7 +395,8 @@ class AzureStorageStore:
         # The lease's ETag proves the claim: whoever takes the event over changes it.
         handle = json.dumps({"p": pk, "s": int(head["seq"]), "e": meta["etag"],  # type: ignore[index]
                              "m": message.id, "r": message.pop_receipt})
-        return Claim(event=event, receipt=receipt, attempts=attempts, handle=handle)
+        return Claim(event=event, receipt=receipt, attempts=attempts, handle=handle,
+                     received_at=float(erow.get("received_at", 0.0)))  # type: ignore[union-attr]
 
     async def sweep(self, stranded_after: float = STRANDED_AFTER_SECONDS) -> int:
         """Wake the alerts whose next event has been due for `stranded_after` seconds yet untouched:
@@ -428,13 +429,16 @@ class AzureStorageStore:
         async with self._storage("complete a delivery"):
             await self._finish(claim, "done")
 
-    async def retry_later(self, claim: Claim, delay_seconds: float, error: str) -> None:
+    async def retry_later(self, claim: Claim, delay_seconds: float, error: str, *,
+                          count_attempt: bool = True) -> None:
         async with self._storage("schedule a retry"):
             h = json.loads(claim.handle)
             delay = max(0.0, delay_seconds)
             waiting = {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"]),
                        "available_at": time.time() + delay, "lease_until": 0.0, "receipt": "",
                        "token": h["m"], "last_error": error[:2000]}
+            if not count_attempt:  # the claim counted an attempt that never reached the target
+                waiting["attempts"] = claim.attempts
             try:
                 await self._t.update_entity(waiting, mode=UpdateMode.MERGE, etag=h["e"],
                                             match_condition=MatchConditions.IfNotModified)

@@ -70,6 +70,7 @@ class Claim:
     receipt: str
     attempts: int
     handle: str  # the backend's id of the queued delivery
+    received_at: float = 0.0  # wall-clock time (epoch seconds) intake accepted the event
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,11 @@ class Store(Protocol):
 
     async def complete(self, claim: Claim) -> None: ...
 
-    async def retry_later(self, claim: Claim, delay_seconds: float, error: str) -> None: ...
+    async def retry_later(self, claim: Claim, delay_seconds: float, error: str, *,
+                          count_attempt: bool = True) -> None:
+        """Give the event back, due in `delay_seconds`. `count_attempt=False` hands back the attempt
+        this claim counted (the event was not tried: its target's circuit was open)."""
+        ...
 
     async def dead_letter(self, claim: Claim, error: str) -> None: ...
 

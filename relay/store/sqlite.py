@@ -229,7 +229,7 @@ class SqliteStore:
             # back in at its old place, ahead of an event that may be leased: none while one is.
             rows = db.execute(
                 """
-                SELECT d.seq, d.attempts, e.key, e.alert_id, e.condition, e.occurred_at, e.body
+                SELECT d.seq, d.attempts, e.key, e.alert_id, e.condition, e.occurred_at, e.body, e.received_at
                 FROM deliveries d JOIN events e ON e.seq = d.seq
                 WHERE d.available_at <= ? AND (d.lease_until IS NULL OR d.lease_until <= ?)
                   AND d.seq = (SELECT MIN(d2.seq) FROM deliveries d2 WHERE d2.alert_id = d.alert_id)
@@ -240,14 +240,15 @@ class SqliteStore:
                 (now, now, now, limit),
             ).fetchall()
             claims = []
-            for seq, attempts, key, alert_id, condition, occurred_at, body in rows:
+            for seq, attempts, key, alert_id, condition, occurred_at, body, received_at in rows:
                 receipt = uuid.uuid4().hex
                 db.execute(
                     "UPDATE deliveries SET lease_until = ?, receipt = ?, attempts = attempts + 1 WHERE seq = ?",
                     (now + lease_seconds, receipt, seq),
                 )
                 event = Event(key, alert_id, condition, occurred_at, body)
-                claims.append(Claim(event=event, receipt=receipt, attempts=attempts, handle=str(seq)))
+                claims.append(Claim(event=event, receipt=receipt, attempts=attempts, handle=str(seq),
+                                    received_at=received_at))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -270,11 +271,13 @@ class SqliteStore:
             "DELETE FROM deliveries WHERE seq = ? AND receipt = ?", (int(claim.handle), claim.receipt)
         ))
 
-    async def retry_later(self, claim: Claim, delay_seconds: float, error: str) -> None:
+    async def retry_later(self, claim: Claim, delay_seconds: float, error: str, *,
+                          count_attempt: bool = True) -> None:
         await self._run(self._in_tx, lambda db: db.execute(
-            "UPDATE deliveries SET available_at = ?, lease_until = NULL, receipt = NULL, last_error = ?"
-            " WHERE seq = ? AND receipt = ?",
-            (time.time() + delay_seconds, error[:2000], int(claim.handle), claim.receipt),
+            "UPDATE deliveries SET available_at = ?, lease_until = NULL, receipt = NULL, last_error = ?,"
+            " attempts = attempts - ? WHERE seq = ? AND receipt = ?",
+            (time.time() + delay_seconds, error[:2000], 0 if count_attempt else 1, int(claim.handle),
+             claim.receipt),
         ))
 
     async def dead_letter(self, claim: Claim, error: str) -> None:
