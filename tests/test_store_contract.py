@@ -21,6 +21,8 @@ from azure.core.exceptions import ServiceRequestError
 from relay.store import (
     Claim,
     Event,
+    LeaseLost,
+    Retention,
     Store,
     StoreUnavailable,
     TicketRecord,
@@ -279,6 +281,101 @@ async def test_completed_event_is_never_handed_out_again(store):
     assert await store.pending() == 0
     assert not await store.accept(event(1)), "a completed event's key must still deduplicate"
     assert await store.claim(10, LONG) == []
+
+
+# -- short leases: renewal, loss, circuit-open bounces ---------------------------------------------------
+
+
+async def test_renewed_lease_keeps_the_event_from_other_replicas_past_its_first_term(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    await r1.accept(event(1))
+    [c] = await r1.claim(10, lease_seconds=1)
+    await r1.renew(c, LONG)
+    await asyncio.sleep(1.5)
+    assert await r2.claim(10, LONG) == [], "a renewed lease must outlive its first term"
+    await r1.renew(c, LONG)  # renewing again keeps working
+    await r1.complete(c)
+    assert await r1.pending() == 0, "the claim must stay valid for complete after renewals"
+
+
+async def test_renew_after_the_lease_was_taken_over_raises_lease_lost(backend):
+    r1, r2 = await backend.replica(), await backend.replica()
+    await r1.accept(event(1))
+    [lost] = await r1.claim(10, lease_seconds=1)
+    [again] = await claim_eventually(r2)
+    with pytest.raises(LeaseLost):
+        await r1.renew(lost, LONG)
+    await r2.renew(again, LONG)
+    await r2.complete(again)
+    with pytest.raises(LeaseLost):
+        await r2.renew(again, LONG)  # settled: nothing left to renew
+
+
+async def test_retry_later_without_counting_gives_the_attempt_back(store):
+    await store.accept(event(1))
+    [c] = await store.claim(10, LONG)
+    await store.retry_later(c, 0, "circuit open", count_attempt=False)
+    [again] = await claim_eventually(store)
+    assert again.attempts == 0, "a circuit-open bounce is not a delivery attempt"
+    await store.retry_later(again, 0, "ServiceNow answered 503")
+    [third] = await claim_eventually(store)
+    assert third.attempts == 1
+
+
+async def test_claim_carries_the_time_intake_accepted_the_event(store):
+    before = time.time()
+    await store.accept(event(1))
+    [c] = await store.claim(10, LONG)
+    assert before - 1 <= c.received_at <= time.time() + 1
+
+
+# -- retention ----------------------------------------------------------------------------------------
+
+DAY = 86400.0
+RETAIN = Retention(delivered_seconds=14 * DAY, dead_letter_seconds=90 * DAY, ticket_seconds=30 * DAY)
+
+
+async def test_expire_deletes_delivered_events_past_their_age_and_never_pending_ones(store):
+    for alert in (1, 2, 3):
+        await store.accept(event(alert))
+    claims = {c.event.alert_id: c for c in await store.claim(10, LONG)}
+    for alert in (1, 2):
+        await store.complete(claims[ALERT.format(alert)])
+    await store.retry_later(claims[ALERT.format(3)], 0, "ServiceNow answered 503")
+    now = time.time()
+    kept = await store.expire(now + 13 * DAY, RETAIN)
+    assert kept.events == 0, "nothing is younger than its age limit yet"
+    assert not await store.accept(event(1)), "a delivered event within retention still deduplicates"
+    gone = await store.expire(now + 15 * DAY, RETAIN)
+    assert gone.events == 2
+    assert await store.pending() == 1, "a pending event is never expired, however old"
+    [c] = await claim_eventually(store)
+    assert c.event.key == event(3).key and c.event.body == event(3).body
+    assert await store.accept(event(1)), "past retention, a key is new again"
+
+
+async def test_expire_deletes_dead_letters_past_their_own_age(store):
+    await store.accept(event(1))
+    [c] = await store.claim(10, LONG)
+    await store.dead_letter(c, "ServiceNow answered 400")
+    now = time.time()
+    assert (await store.expire(now + 30 * DAY, RETAIN)).dead_letters == 0
+    assert len(await store.dead_letters()) == 1, "a dead letter outlives the delivered-event age"
+    assert (await store.expire(now + 91 * DAY, RETAIN)).dead_letters == 1
+    assert await store.dead_letters() == []
+
+
+async def test_expire_deletes_ticket_records_only_a_while_after_they_closed(store):
+    now = time.time()
+    await store.put_ticket(TicketRecord("rt", "open", {"ticket_id": "1"}))
+    await store.put_ticket(TicketRecord("rt", "closed", {"ticket_id": "2"}, closed_at=now))
+    got = await store.get_ticket("rt", "closed")
+    assert got is not None and got.closed_at == pytest.approx(now)
+    assert (await store.expire(now + 29 * DAY, RETAIN)).tickets == 0
+    assert (await store.expire(now + 31 * DAY, RETAIN)).tickets == 1
+    assert await store.get_ticket("rt", "closed") is None
+    assert await store.get_ticket("rt", "open") is not None, "an open ticket's record never expires"
+    assert (await store.expire(now + 3650 * DAY, RETAIN)).tickets == 0
 
 
 # -- retries and dead letters ---------------------------------------------------------------------------
