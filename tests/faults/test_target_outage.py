@@ -53,7 +53,6 @@ routes:
   - target: servicenow
 delivery:
   poll_seconds: 0.05
-  lease_seconds: 3
   backoff_base_seconds: 0.05
   backoff_max_seconds: 0.4
   circuit_failures: 3
