@@ -140,6 +140,8 @@ async def test_sigkill_under_load_delivers_every_acknowledged_alert_exactly_once
     unresolved = sorted(keys[i] for i in resolved if grouped[keys[i]][0].get("state") != "6")
     assert not unresolved, f"{len(unresolved)} acknowledged resolves were not applied: {unresolved[:5]}"
     assert dead == [], f"dead letters: {[d.error for d in dead]}"
+    twice = servicenow.steps_twice()
+    assert not twice, f"a step was applied twice to one incident: {twice}"
     stored = {e.key for e in events}
     assert len(stored) == len(events), "an alert is stored more than once"
     log = (tmp_path / "relay.log").read_text()
@@ -150,6 +152,6 @@ async def test_sigkill_under_load_delivers_every_acknowledged_alert_exactly_once
         f"{posted} posted, {len(acked)} acknowledged ({len(fired)} fired, {len(resolved)} resolved), "
         f"{creating_at_kill} creates in flight at the kill, {len(events)} stored, {len(grouped)} incidents delivered, "
         f"{sum(1 for v in grouped.values() if v[0].get('state') == '6')} resolved, "
-        f"{log.count(': adopted ')} adopted after the restart, 0 lost, 0 duplicates, 0 dead letters, "
+        f"{log.count(': adopted ')} adopted after the restart, 0 lost, 0 duplicates, 0 steps twice, 0 dead letters, "
         f"all applied {recovered_in:.1f}s after the restart (default lease)",
     )
