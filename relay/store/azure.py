@@ -419,9 +419,9 @@ class AzureStorageStore:
                 if want <= 0:
                     break
                 visibility = min(MAX_VISIBILITY_SECONDS, math.ceil(lease_seconds) + 1)
+                page_size = min(32, want)  # a Get Messages call returns at most 32
                 try:
-                    messages = [m async for m in self._q.receive_messages(
-                        max_messages=want, messages_per_page=min(32, want), visibility_timeout=visibility)]
+                    messages = await self._receive(page_size, visibility)
                 except AzureError:
                     if claims:  # leases already taken: hand them out rather than let them expire
                         break
@@ -443,9 +443,17 @@ class AzureStorageStore:
                     raise failures[0]
                 for f in failures:
                     log.warning("claim: one alert's tokens failed, its lease will expire: %s", _brief(f))
-                if len(messages) < want:
+                if len(messages) < page_size:
                     break
             return claims
+
+    async def _receive(self, count: int, visibility: int) -> list[Any]:
+        """One Get Messages call. (Iterating the SDK's pager whole costs a second, empty call
+        whenever the queue holds fewer than asked for, which is nearly always.)"""
+        pages = self._q.receive_messages(messages_per_page=count, visibility_timeout=visibility).by_page()
+        async for page in pages:
+            return [m async for m in page]
+        return []
 
     async def _claim_alert(self, content: str, messages: list[Any], lease_seconds: float) -> list[Claim]:
         """Handle one alert's tokens in turn: the first may lease the head, the others see it leased."""
@@ -833,11 +841,16 @@ class AzureStorageStore:
 
     async def _delete_unchanged(self, row: TableEntity) -> bool:
         """Delete a row unless it changed since it was read (a replay, a reopened ticket)."""
+        # A one-operation transaction, not delete_entity: the SDK's delete swallows "not found", and
+        # only one of two replicas racing over a row may count it.
         try:
-            await self._t.delete_entity(row["PartitionKey"], row["RowKey"], etag=row.metadata["etag"],
-                                        match_condition=MatchConditions.IfNotModified)
+            await self._t.submit_transaction([
+                ("delete", {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]},
+                 {"etag": row.metadata["etag"], "match_condition": MatchConditions.IfNotModified})])
             return True
-        except (ResourceNotFoundError, ResourceModifiedError):
+        except TableTransactionError as exc:
+            if _code(exc) not in _CONFLICTS:
+                raise
             return False  # another pass deleted it, or it changed and is no longer expired
 
     async def _drop_empty_alert(self, pk: str) -> None:
