@@ -168,11 +168,15 @@ class OperationCounter:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.trace: list[tuple[str, str, str]] | None = None  # (service, operation, URL) while a list
 
     def hook(self, service: str) -> Callable[[Any], None]:
         def count(request: Any) -> None:
             http = request.http_request
-            self.counts[(service, operation_name(service, http.method, http.url))] += 1
+            operation = operation_name(service, http.method, http.url)
+            self.counts[(service, operation)] += 1
+            if self.trace is not None:
+                self.trace.append((service, operation, http.url))
         return count
 
     def total(self) -> int:
@@ -785,7 +789,8 @@ class AzureStorageStore:
         async for rows in self._expire_pages("tickets", _EXPIRED_TICKETS,
                                              {"closed": now - retention.ticket_seconds},
                                              ["PartitionKey", "RowKey"]):
-            tickets += sum(await self._bounded(self._delete_unchanged(row) for row in rows))
+            tickets += sum(await self._bounded(
+                self._delete_unchanged(r["PartitionKey"], r["RowKey"], r.metadata["etag"]) for r in rows))
         await self._bounded(self._drop_empty_alert(pk) for pk in touched)
         if events or dead or tickets:
             log.info("retention: deleted %d delivered events, %d dead letters, %d ticket records, %d blobs",
@@ -837,16 +842,16 @@ class AzureStorageStore:
                 blobs = 1
             except ResourceNotFoundError:
                 pass
-        return await self._delete_unchanged(row), blobs
+        return await self._delete_unchanged(row["PartitionKey"], row["RowKey"], row.metadata["etag"]), blobs
 
-    async def _delete_unchanged(self, row: TableEntity) -> bool:
+    async def _delete_unchanged(self, pk: str, rk: str, etag: str) -> bool:
         """Delete a row unless it changed since it was read (a replay, a reopened ticket)."""
         # A one-operation transaction, not delete_entity: the SDK's delete swallows "not found", and
         # only one of two replicas racing over a row may count it.
         try:
             await self._t.submit_transaction([
-                ("delete", {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]},
-                 {"etag": row.metadata["etag"], "match_condition": MatchConditions.IfNotModified})])
+                ("delete", {"PartitionKey": pk, "RowKey": rk},
+                 {"etag": etag, "match_condition": MatchConditions.IfNotModified})])
             return True
         except TableTransactionError as exc:
             if _code(exc) not in _CONFLICTS:
@@ -856,13 +861,15 @@ class AzureStorageStore:
     async def _drop_empty_alert(self, pk: str) -> None:
         """An alert whose every event expired keeps only its counter row: delete it too, under its
         ETag, so that an accept racing with this (which writes the counter) wins."""
-        alert = await self._get(pk, "alert")
-        if alert is None:
+        # One page of the partition's first two rows ('alert' sorts before 'e-' and 'q-'): the
+        # counter row with its ETag, and whether anything is left beside it.
+        pages = self._t.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"],
+                                       results_per_page=2).by_page()
+        async for page in pages:
+            rows = [r async for r in page]
+            if len(rows) == 1 and rows[0]["RowKey"] == "alert":
+                await self._delete_unchanged(pk, "alert", rows[0].metadata["etag"])
             return
-        async for _ in self._t.query_entities("PartitionKey eq @pk and RowKey ne 'alert'", parameters={"pk": pk},
-                                              select=["RowKey"], results_per_page=1):
-            return  # events left
-        await self._delete_unchanged(alert)
 
     # -- ticket records ----------------------------------------------------------------------------
 
