@@ -785,7 +785,7 @@ async def test_azure_claim_reads_only_the_alert_it_claims_whatever_the_backlog(a
         await azure.complete(c)
         trace, azure.operations.trace = azure.operations.trace, None
         costs[backlog] = sorted((service, op) for service, op, _ in trace)
-        for service, op, url in trace:
+        for _, op, url in trace:
             if op == "query entities":
                 q = parse_qs(urlsplit(url).query)
                 assert "PartitionKey eq" in q["$filter"][0], f"a claim's query scans partitions: {url}"

@@ -7,7 +7,8 @@ Layout (names are the constants below; the Pulumi program creates the same ones)
   - `e-<idempotency key>`: the event (dedup marker, metadata, inline body or blob name) and its
     `state`: pending, done or dead.
   - `q-<seq, 16 digits>`: one row per event waiting for delivery, holding its lease
-    (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error.
+    (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error, and a
+    copy of the event (so that a claim reads one row, not two).
   Partition `deadletters` lists dead letters (`RowKey` = event key); ticket records live in
   partitions `t` + sha256(target, key), row `ticket`, their ETag being `TicketRecord.version`.
 - Queue `relay-events`: wake-up tokens naming an alert partition. Queue `relay-events-poison`
@@ -37,6 +38,20 @@ never answered Azure, which retries: the retry finds the e-row still pending and
 again (a token per duplicate of a pending event is harmless). Without a retry, the event goes out
 with the next event of its alert, whose token wakes the whole partition, or at the latest when a
 replica's sweep (at its first claim, then every 5 minutes) finds the alert's head due and untouched.
+
+Leases are short and renewed: `renew` extends `lease_until` under the q-row's ETag and pushes the
+token's visibility out as far. Each write changes that ETag and the token's pop receipt, while the
+worker keeps the Claim it was handed; so the store keeps each held claim's current ETag and pop
+receipt (`_Lease`, keyed by the claim's receipt) and settles with them. An ETag that no longer
+matches is re-read: the same receipt means a write of ours lost its answer; another receipt, or
+no row, means the lease is lost (LeaseLost for renew; nothing done for complete, retry or dead
+letter). A dead replica stops renewing, so its tokens come back one lease after its last renewal.
+
+Retention (`expire`): bounded, resumable scans for finished e-rows and closed ticket rows; every
+delete is ETag-guarded or tolerates "already gone", so replicas may run it at once.
+
+Costs: `operations` counts every storage request by service and operation (docs/storage.md has
+the counts per event and what each step needs).
 
 Poison: a claim's `attempts` counts its earlier leases, including leases that ran out because the
 worker crashed or hung on it, like a queue's dequeue count; the worker dead-letters past its limit.
