@@ -468,7 +468,7 @@ class AzureStorageStore:
 
     async def _receive(self, count: int, visibility: int) -> list[Any]:
         """One Get Messages call. (Iterating the SDK's pager whole costs a second, empty call
-        whenever the queue holds fewer than asked for, which is nearly always.)"""
+        whenever a page holds some messages but fewer than asked for: nearly every busy claim.)"""
         pages = self._q.receive_messages(messages_per_page=count, visibility_timeout=visibility).by_page()
         async for page in pages:
             return [m async for m in page]
