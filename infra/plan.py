@@ -359,6 +359,11 @@ def run(
     return plan
 
 
+def azure_name_input(type_: str) -> str | None:
+    """The input that carries a resource type's Azure name: changing it replaces the resource."""
+    return _NAME_INPUTS.get(type_)
+
+
 def stack_names() -> list[str]:
     return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS_DIR.glob("Pulumi.*.yaml"))
 
