@@ -245,3 +245,22 @@ def test_make_plan_diff_runs_the_module_with_base_and_stack() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ".venv/bin/python -m infra.plan_diff origin/main prod", result.stdout
+
+
+def test_the_preview_job_posts_the_plan_diff_beside_pulumis_preview() -> None:
+    document = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pulumi.yml").read_text())
+    (job,) = document["jobs"].values()
+    steps = job["steps"]
+    (diff_step,) = [s for s in steps if "infra.plan_diff" in s.get("run", "")]
+    assert "inputs.command == 'preview'" in diff_step["if"], "the plan diff should run on previews only"
+    assert diff_step["env"]["BASE_REF"] == "${{ github.base_ref }}", "the diff is not taken against the PR's base"
+    assert '-m infra.plan_diff "origin/${BASE_REF}" "$STACK" > plan-diff.md' in diff_step["run"]
+    (comment,) = [s for s in steps if str(s.get("uses", "")).startswith("marocchino/sticky-pull-request-comment@")]
+    assert comment["with"]["path"] == "plan-diff.md" and "inputs.stack" in comment["with"]["header"], (
+        "each stack's diff needs its own comment, edited in place on every push"
+    )
+    assert comment["if"] == diff_step["if"]
+    pulumi = next(s for s in steps if str(s.get("uses", "")).startswith("pulumi/actions@"))
+    assert pulumi["with"]["diff"] is True and steps.index(comment) < steps.index(pulumi), (
+        "the offline diff should be posted before, and whatever happens to, the cloud preview"
+    )
