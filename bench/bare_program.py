@@ -14,7 +14,7 @@ tags = {"workload": "secure-export", "environment": "dev", "managed-by": "pulumi
 
 group = resources.ResourceGroup("resource-group", resource_group_name="rg-secexp-dev", location="westeurope", tags=tags)
 action_group = monitor.ActionGroup(
-    "bare-action-group",
+    "alerting-action-group",  # the name infra/alerting.py gives it, so the alerts' inputs match
     action_group_name="ag-secexp-dev-secure-webhook",
     group_short_name="SecExp-dev",
     resource_group_name=group.name,

@@ -325,6 +325,7 @@ def run(
 ) -> Plan:
     """Run infra/__main__.py (or another `program`, as bench/infra.py does) under mocks with CLI-style
     config (full keys, structured values as JSON). Raises ProgramFailed if the program raises."""
+    program = program.resolve()  # before the run changes directory
     mocks = _RecordingMocks()
     monitor = _RecordingMonitor(mocks, f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}")
     loop = asyncio.new_event_loop()

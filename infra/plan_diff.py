@@ -153,7 +153,7 @@ def diff(base: Mapping[str, Any] | None, head: Mapping[str, Any]) -> Diff:
         changes = _resource_changes(old[label], new[label])
         if changes:
             result.changed[label] = changes
-        else:
+        elif label != STACK_OUTPUTS:
             result.unchanged += 1
     return result
 
