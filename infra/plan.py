@@ -2,7 +2,9 @@
 
 Runs infra/__main__.py under Pulumi's mock runtime with the config of stacks/Pulumi.<name>.yaml and
 prints every resource (type, name, parent, dependencies, options, inputs) and the stack outputs as
-sorted, stable JSON on standard output; notes go to standard error. Values only the cloud knows are
+sorted, stable JSON on standard output; notes go to standard error. `main` also runs the relay's own
+`relay check-config` on the relay YAML the Container App would mount (infra/relay_check.py) and fails,
+with the relay's file:line messages, when the relay would refuse it. Values only the cloud knows are
 shown as `${<resource name>.<attribute>}`, secrets as `[secret]`: the stack file holds only their
 ciphertext, which needs the Pulumi CLI to decrypt. The tests run the program through `run` as well.
 
@@ -30,6 +32,7 @@ from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await  # private API: see run()
 
+from infra import relay_check
 from infra.config import PROJECT, ConfigError, referenced_secret_envs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -295,10 +298,10 @@ class _Request:
 
 
 @contextlib.contextmanager
-def _program_directory() -> Iterator[None]:
+def _program_directory(directory: Path) -> Iterator[None]:
     """Pulumi runs a `main:` directory program from inside that directory."""
     previous = Path.cwd()
-    os.chdir(PROGRAM_DIR)
+    os.chdir(directory)
     try:
         yield
     finally:
@@ -314,9 +317,15 @@ class ProgramFailed(Exception):
         self.plan = plan
 
 
-def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = ()) -> Plan:
-    """Run infra/__main__.py under mocks with CLI-style config (full keys, structured values as JSON).
-    Raises ProgramFailed if the program raises."""
+def run(
+    stack: str,
+    raw_config: Mapping[str, str],
+    secret_keys: Sequence[str] = (),
+    program: Path = PROGRAM_DIR / "__main__.py",
+) -> Plan:
+    """Run infra/__main__.py (or another `program`, as bench/infra.py does) under mocks with CLI-style
+    config (full keys, structured values as JSON). Raises ProgramFailed if the program raises."""
+    program = program.resolve()  # before the run changes directory
     mocks = _RecordingMocks()
     monitor = _RecordingMonitor(mocks, f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}")
     loop = asyncio.new_event_loop()
@@ -328,12 +337,12 @@ def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = 
         # `pulumi up` does, and collects the exports on it.
         settings.set_root_resource(None)  # type: ignore[arg-type]
         pulumi.runtime.set_all_config(dict(raw_config), list(secret_keys))
-        with _program_directory():
+        with _program_directory(program.parent):
             # Private API, used on purpose: Pulumi's own mock runtime drives a program with this
             # re-entrant loop pump (pulumi.runtime.mocks, its `test` decorator) and calls it again from
             # inside the program. pyproject.toml pins pulumi exactly, so an upgrade that moves it fails
             # `make plan` and every infra test at once, in the upgrade's own change.
-            _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM_DIR / "__main__.py"), run_name="__main__")))
+            _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
     except Exception as error:  # reported with the partial plan below
         failure = error
     finally:
@@ -349,6 +358,11 @@ def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = 
     if failure is not None:
         raise ProgramFailed(failure, plan) from failure
     return plan
+
+
+def azure_name_input(type_: str) -> str | None:
+    """The input that carries a resource type's Azure name: changing it replaces the resource."""
+    return _NAME_INPUTS.get(type_)
 
 
 def stack_names() -> list[str]:
@@ -415,6 +429,12 @@ def main(argv: Sequence[str]) -> int:
         plan, missing = run_stack(stack)
     except (ConfigError, FileNotFoundError, ProgramFailed) as error:
         print(f"plan: {error}", file=sys.stderr)
+        return 1
+    relay_yaml = relay_check.mounted_config(plan.one("azure-native:app:ContainerApp").inputs)
+    verdict = relay_check.check(relay_yaml)
+    for line in relay_check.report(verdict, relay_yaml):
+        print(f"plan: {line}", file=sys.stderr)
+    if not verdict.ok:
         return 1
     for name in missing:
         print(
