@@ -176,6 +176,7 @@ class Alerting(pulumi.ComponentResource):
             scopes=list(rule.scopes),
             window_size=rule.window_size,
             evaluation_frequency=rule.evaluation_frequency,
+            override_query_time_range=rule.override_query_time_range,
             # Without auto-mitigation a log alert never resolves, so its incident would stay open.
             auto_mitigate=True,
             criteria=monitor.ScheduledQueryRuleCriteriaArgs(

@@ -211,6 +211,7 @@ class LogSearchAlertRule(AlertRuleBase):
     evaluation_periods: int
     min_failing_periods: int
     dimensions: tuple[Dimension, ...]
+    override_query_time_range: str | None = None  # None: windowSize x evaluationPeriods
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,9 @@ def _relay(project: Section, delivery: Mapping[str, Any]) -> RelaySettings:
         raise ConfigError(
             relay.key_of("cpu"), f"{cpu:g} cores is not a Container Apps size", ", ".join(f"{c:g}" for c in RELAY_CPUS)
         )
-    min_replicas = relay.integer("minReplicas", 1, minimum=0, maximum=1000)
+    # At least 1: after failed retries Azure Monitor stops calling a webhook for 15 minutes, and a
+    # cold start from zero can outlast its timeout.
+    min_replicas = relay.integer("minReplicas", 1, minimum=1, maximum=1000)
     max_replicas = relay.integer("maxReplicas", 3, minimum=1, maximum=1000)
     if max_replicas < min_replicas:
         raise ConfigError(
