@@ -154,6 +154,16 @@ def test_log_search_alerts_auto_mitigate_so_that_resolves_flow(stack_plan: Plan,
             "minFailingPeriodsToAlert": rule.min_failing_periods,
         }
         assert [d["name"] for d in condition.get("dimensions", [])] == [d.name for d in rule.dimensions]
+        assert inputs.get("overrideQueryTimeRange") == rule.override_query_time_range
+
+
+def test_heartbeat_example_looks_back_further_than_its_window(plans: dict[str, Plan]) -> None:
+    # With the default range (windowSize x evaluationPeriods = 15 minutes) a VM down for longer than
+    # that has no Heartbeat rows in the window: the rule evaluates healthy, auto-mitigation sends
+    # Resolved, and the relay closes the incident while the VM is still down.
+    inputs = declared_rule(plans["dev"], LOG_ALERT, "vm-heartbeat-missing").inputs
+    assert inputs["windowSize"] == "PT15M"
+    assert inputs.get("overrideQueryTimeRange") == "P2D", "the heartbeat rule resolves while the VM is still down"
 
 
 def conditions(resource: Declared) -> list[dict[str, Any]]:

@@ -248,6 +248,30 @@ BAD_CONFIG = [
         "a subscription GUID",
     ),
     (
+        "no replica kept warm",
+        lambda c: c["secure-export:relay"].__setitem__("minReplicas", 0),
+        "secure-export:relay.minReplicas",
+        "1 to 1000",
+    ),
+    (
+        "query time range shorter than the rule's window",
+        lambda c: alert(c, 2).__setitem__("overrideQueryTimeRange", "PT10M"),
+        "secure-export:alerts[2].overrideQueryTimeRange",
+        "at least windowSize x evaluationPeriods (15 minutes) and at most P2D",
+    ),
+    (
+        "query time range beyond two days",
+        lambda c: alert(c, 2).__setitem__("overrideQueryTimeRange", "P3D"),
+        "secure-export:alerts[2].overrideQueryTimeRange",
+        "at most P2D",
+    ),
+    (
+        "query time range that is not a duration",
+        lambda c: alert(c, 2).__setitem__("overrideQueryTimeRange", "2 days"),
+        "secure-export:alerts[2].overrideQueryTimeRange",
+        "an ISO 8601 duration",
+    ),
+    (
         "fewer maximum than minimum replicas",
         lambda c: c["secure-export:relay"].update(minReplicas=3, maxReplicas=2),
         "secure-export:relay.maxReplicas",
