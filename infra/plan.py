@@ -367,13 +367,16 @@ def run(
     return plan
 
 
-def stack_names(stacks_dir: Path = STACKS_DIR) -> list[str]:
-    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml"))
+def stack_names(stacks_dir: Path | None = None) -> list[str]:
+    """The stacks with a file in `stacks_dir` (default: the main stack's, STACKS_DIR)."""
+    files = (stacks_dir or STACKS_DIR).glob("Pulumi.*.yaml")
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in files)
 
 
-def stack_file_config(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[dict[str, str], list[str]]:
+def stack_file_config(stack: str, stacks_dir: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """A stack file's config as the CLI hands it to the program: strings, structured values as JSON
     text. Ciphertext (`secure:`) cannot be decrypted here, so it reads as the placeholder."""
+    stacks_dir = stacks_dir or STACKS_DIR
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise FileNotFoundError(
