@@ -22,6 +22,7 @@ from pulumi_azure_native import (
     containerregistry,
     keyvault,
     managedidentity,
+    monitor,
     network,
     operationalinsights,
     privatedns,
@@ -132,21 +133,12 @@ class RelayHosting(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=grants),
         )
 
-        keys = operationalinsights.get_shared_keys_output(
-            resource_group_name=args.resource_group_name,
-            workspace_name=self.workspace.name,
-            opts=pulumi.InvokeOutputOptions(parent=self),
-        )
         self.environment = app.ManagedEnvironment(
             f"{name}-environment",
             environment_name=args.names.container_environment,
-            app_logs_configuration=app.AppLogsConfigurationArgs(
-                destination="log-analytics",
-                log_analytics_configuration=app.LogAnalyticsConfigurationArgs(
-                    customer_id=self.workspace.customer_id,
-                    shared_key=pulumi.Output.secret(keys.primary_shared_key),
-                ),
-            ),
+            # Logs reach the workspace through a diagnostic setting (below), not its shared key: the
+            # state then holds no secret, and a preview needs no right beyond Reader.
+            app_logs_configuration=app.AppLogsConfigurationArgs(destination="azure-monitor"),
             # Workload profiles (v2), not the legacy Consumption-only kind: VNet integration, private
             # endpoints and zone redundancy need it. The app runs on its serverless Consumption profile.
             workload_profiles=[app.WorkloadProfileArgs(name=WORKLOAD_PROFILE, workload_profile_type=WORKLOAD_PROFILE)],
@@ -156,6 +148,16 @@ class RelayHosting(pulumi.ComponentResource):
                 else None
             ),
             **located,
+            opts=self._child,
+        )
+        self.environment_logs = monitor.DiagnosticSetting(
+            f"{name}-environment-logs",
+            name="to-log-analytics",
+            resource_uri=self.environment.id,
+            workspace_id=self.workspace.id,
+            # Resource-specific tables (ContainerAppConsoleLogs, ContainerAppSystemLogs).
+            log_analytics_destination_type="Dedicated",
+            logs=[monitor.DiagnosticsLogSettingsArgs(category_group="allLogs", enabled=True)],
             opts=self._child,
         )
         self.container_app = app.ContainerApp(

@@ -237,8 +237,6 @@ class _RecordingMocks(pulumi.runtime.Mocks):
                 }
             case "azuread:index/getServicePrincipal:getServicePrincipal":
                 return {"objectId": _unknown("azure-monitor-service-principal", "objectId"), **args.args}
-            case "azure-native:operationalinsights:getSharedKeys":
-                return {"primarySharedKey": SECRET, "secondarySharedKey": SECRET}
         raise NotImplementedError(f"infra/plan.py has no mock for the invoke {args.token}; add one")
 
 

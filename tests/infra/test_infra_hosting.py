@@ -77,8 +77,10 @@ def test_everything_lives_in_the_stacks_resource_group_and_region(stack_plan: Pl
     assert group.inputs["resourceGroupName"] == cfg.names.resource_group
     assert group.inputs["location"] == cfg.azure.location
     for resource in stack_plan.resources:
-        # Role assignments live on the resource they grant; alert rules have their own locations.
-        if resource.type.startswith("azure-native:") and resource.type not in (RESOURCE_GROUP, ROLE_ASSIGNMENT):
+        # Role assignments and diagnostic settings live on the resource they are about; alert rules
+        # have their own locations.
+        scoped = (RESOURCE_GROUP, ROLE_ASSIGNMENT, "azure-native:monitor:DiagnosticSetting")
+        if resource.type.startswith("azure-native:") and resource.type not in scoped:
             if resource.type.startswith("azure-native:privatedns:"):  # private DNS zones are global
                 assert resource.inputs["location"] == "global", resource.name
                 continue
@@ -91,10 +93,19 @@ def test_log_analytics_workspace_receives_the_container_apps_logs(stack_plan: Pl
     workspace = stack_plan.one(WORKSPACE)
     assert workspace.inputs["sku"] == {"name": "PerGB2018"}
     assert workspace.inputs["retentionInDays"] == parsed(stack).relay.log_retention_days
-    logs = stack_plan.one(ENVIRONMENT).inputs["appLogsConfiguration"]
-    assert logs["destination"] == "log-analytics"
-    assert logs["logAnalyticsConfiguration"]["customerId"] == workspace.outputs["customerId"]
-    assert "appLogsConfiguration" in stack_plan.one(ENVIRONMENT).secret_inputs, "the workspace key is not secret"
+    environment = stack_plan.one(ENVIRONMENT)
+    assert environment.inputs["appLogsConfiguration"] == {"destination": "azure-monitor"}
+    setting = stack_plan.one("azure-native:monitor:DiagnosticSetting")
+    assert setting.inputs["resourceUri"] == environment.id and setting.inputs["workspaceId"] == workspace.id
+    assert setting.inputs["logs"] == [{"categoryGroup": "allLogs", "enabled": True}]
+    assert setting.inputs["logAnalyticsDestinationType"] == "Dedicated"
+
+
+def test_state_holds_no_secret_and_a_preview_needs_only_reader(stack_plan: Plan) -> None:
+    # No workspace shared key, no registry password, no ITSM value: a preview decrypts nothing, and
+    # no invoke needs a right beyond Reader (getSharedKeys and listCredentials are POST actions).
+    assert [r.name for r in stack_plan.resources if r.secret_inputs] == []
+    assert [token for token, _ in stack_plan.calls] == [], stack_plan.calls
 
 
 def test_storage_holds_the_relays_queues_table_and_container(stack_plan: Plan, stack: str) -> None:
