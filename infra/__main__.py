@@ -61,3 +61,4 @@ pulumi.export("applicationClientId", cfg.entra.client_id)
 pulumi.export("identifierUri", cfg.entra.identifier_uri)
 pulumi.export("actionGroupId", alerting.action_group.id)
 pulumi.export("relayFqdn", hosting.fqdn)
+pulumi.export("keyVaultName", hosting.key_vault.name)  # where operators set the ITSM secret values

@@ -17,7 +17,9 @@ COMPONENTS = {
 
 def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqdn(stack_plan: Plan, stack: str) -> None:
     outputs = stack_plan.outputs
-    assert set(outputs) == {"webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn"}
+    assert set(outputs) == {
+        *("webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn", "keyVaultName")
+    }
     entra = stack_value(stack, "entra")
     container_app = stack_plan.one("azure-native:app:ContainerApp")
     fqdn = container_app.outputs["configuration"]["ingress"]["fqdn"]
@@ -26,6 +28,7 @@ def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqd
     assert outputs["applicationClientId"] == entra["clientId"]
     assert outputs["identifierUri"] == entra.get("identifierUri", f"api://{entra['clientId']}")
     assert outputs["actionGroupId"] == stack_plan.one("azure-native:monitor:ActionGroup").id
+    assert outputs["keyVaultName"] == stack_plan.one("azure-native:keyvault:Vault").outputs["name"]
 
 
 def test_every_resource_but_the_resource_group_belongs_to_a_named_component(stack_plan: Plan) -> None:
