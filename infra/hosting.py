@@ -30,7 +30,15 @@ from pulumi_azure_native import (
 )
 
 from infra import networking
-from infra.config import RELAY_PORT, WORKLOAD_PROFILE, AzureContext, KeyVaultSettings, NetworkSettings, RelaySettings
+from infra.config import (
+    RELAY_PORT,
+    WORKLOAD_PROFILE,
+    AzureContext,
+    KeyVaultSettings,
+    NetworkSettings,
+    RelaySettings,
+    secret_name,
+)
 from infra.identity import AZURE_MONITOR_APP_ID, SECURE_WEBHOOK_ROLE
 from infra.naming import SUFFIX_LENGTH, Names
 from relay import schema
@@ -87,12 +95,6 @@ class RelayHostingArgs:
     relay_config_yaml: str
     itsm_secret_envs: Sequence[str]  # env var names; each a Key Vault secret whose value an operator sets
     audiences: Sequence[pulumi.Input[str]]  # token audiences: the Application ID URI and the client id
-
-
-def secret_name(env_var: str) -> str:
-    """The Key Vault and Container Apps secret name for an ITSM secret's env var (SNOW_PASSWORD ->
-    snow-password): both services allow lowercase letters, digits and dashes."""
-    return env_var.lower().replace("_", "-")
 
 
 class RelayHosting(pulumi.ComponentResource):

@@ -51,6 +51,7 @@ from infra.config.model import (
     StackConfig,
     Target,
     TargetAuth,
+    secret_name,
 )
 from infra.config.reader import ConfigError
 from infra.config.stack import load, parse, referenced_secret_envs
@@ -104,4 +105,5 @@ __all__ = [
     "load",
     "parse",
     "referenced_secret_envs",
+    "secret_name",
 ]

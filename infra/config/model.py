@@ -71,6 +71,12 @@ RELAY_SHUTDOWN_GRACE_SECONDS = schema.DELIVERY["shutdown_grace_seconds"].default
 TERMINATION_MARGIN_SECONDS = 10
 
 
+def secret_name(env_var: str) -> str:
+    """The Key Vault and Container Apps secret name for an ITSM secret's env var (SNOW_PASSWORD ->
+    snow-password): both services allow lowercase letters, digits and dashes."""
+    return env_var.lower().replace("_", "-")
+
+
 @dataclass(frozen=True)
 class AzureContext:
     """Where the stack deploys: read from the providers' own config keys, so that the providers and

@@ -33,6 +33,7 @@ from infra.config.model import (
     RegistryLogin,
     RelaySettings,
     StackConfig,
+    secret_name,
 )
 from infra.config.reader import _HTTPS_URL, _LOCATION, _MISSING, ConfigError, Section, _text
 from infra.config.targets import _delivery, _itsm_secret_envs, _routes, _secret_envs, _targets
@@ -222,7 +223,7 @@ def _check_registry_secret(project: Section, config: StackConfig) -> None:
     registry = config.relay.registry
     if registry is None or registry.password_secret is None:
         return
-    itsm = {env.lower().replace("_", "-") for env in config.itsm_secret_envs}
+    itsm = {secret_name(env) for env in config.itsm_secret_envs}
     if registry.password_secret in itsm:
         raise ConfigError(
             f"{project.key_of('relay')}.registry.passwordSecret",
