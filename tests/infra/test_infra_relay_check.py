@@ -49,7 +49,7 @@ def test_plan_fails_with_the_relays_file_line_message_on_a_config_the_relay_refu
 ) -> None:
     stack_file_with(tmp_path, monkeypatch, **options)
     # The stack's own validation lets it through: only the relay's check can catch it.
-    plan, _ = infra_plan.run_stack("dev")
+    plan = infra_plan.run_stack("dev")
     mounted = relay_check.mounted_config(plan.one("azure-native:app:ContainerApp").inputs)
     numbered = [(n, text) for n, text in enumerate(mounted.splitlines(), 1) if text.strip() == offending_line]
     assert len(numbered) == 1, mounted
