@@ -235,13 +235,13 @@ class SqliteStore:
     @staticmethod
     def _release_leases(db: sqlite3.Connection) -> int:
         """The owner starts: every lease is a dead predecessor's, so its events go at once. Their
-        attempts stay counted (a poison event that kills the relay still reaches its limit)."""
+        attempts stay counted (a poison event that kills the relay still reaches its limit). `heads` is
+        rebuilt too (one pass over the backlog), in case a relay too old to keep it wrote meanwhile."""
         released = db.execute(
             "UPDATE deliveries SET lease_until = NULL, receipt = NULL WHERE lease_until IS NOT NULL"
         ).rowcount
-        if released:
-            db.execute("DELETE FROM heads")
-            db.execute(REBUILD_HEADS)
+        db.execute("DELETE FROM heads")
+        db.execute(REBUILD_HEADS)
         return released
 
     async def close(self) -> None:
