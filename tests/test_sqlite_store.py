@@ -137,6 +137,23 @@ async def test_reads_run_on_their_own_connection_beside_the_writes(store):
     assert await store.get_ticket("rt", "k") == record, "a read sees what the writer committed"
 
 
+async def test_closing_mid_commit_fails_the_batch_being_written_instead_of_leaving_it_waiting(tmp_path):
+    store = await opened(tmp_path / "relay.db")
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(store._run(gate.wait))  # the writer thread is busy
+    write = asyncio.ensure_future(store.accept(event(1)))
+    while not store._committing:  # the batch is handed to the (busy) writer thread
+        await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(store.close())
+    try:
+        with pytest.raises(StoreUnavailable, match="store closed"):
+            await asyncio.wait_for(write, 30)  # a hang guard: without the fix this never returns
+    finally:
+        gate.set()
+        await blocker
+        await closing
+
+
 # -- claims read what they claim ------------------------------------------------------------------------
 
 

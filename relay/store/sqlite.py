@@ -136,6 +136,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._accepts: list[tuple[Event, asyncio.Future[bool]]] = []
         self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committing: list[asyncio.Future[Any]] = []  # the batch being written now
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0  # group commits; tests and benchmarks read it
@@ -253,9 +254,11 @@ class SqliteStore:
                 pass
             self._writer = None
         self._wake = None  # writes after close must fail, not wait for a writer that is gone
-        for _, fut in [*self._accepts, *self._ops]:
+        waiting = [fut for _, fut in [*self._accepts, *self._ops]] + self._committing
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(StoreUnavailable("store closed"))
+        self._committing = []
         self._accepts.clear()
         self._ops.clear()
         loop = asyncio.get_running_loop()
@@ -343,6 +346,7 @@ class SqliteStore:
             ops, self._ops = self._ops, []
             if not accepts and not ops:
                 continue
+            self._committing = [fut for _, fut in [*accepts, *ops]]
             try:
                 inserted, outcomes = await self._run(
                     self._commit_batch, [e for e, _ in accepts], [fn for fn, _ in ops]
