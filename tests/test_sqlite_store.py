@@ -142,8 +142,11 @@ async def test_closing_mid_commit_fails_the_batch_being_written_instead_of_leavi
     gate = threading.Event()
     blocker = asyncio.ensure_future(store._run(gate.wait))  # the writer thread is busy
     write = asyncio.ensure_future(store.accept(event(1)))
-    while not store._committing:  # the batch is handed to the (busy) writer thread
+    for _ in range(3000):  # until the batch is handed to the (busy) writer thread
+        if store._committing:
+            break
         await asyncio.sleep(0.01)
+    assert store._committing, "the accept never reached the writer"
     closing = asyncio.ensure_future(store.close())
     try:
         with pytest.raises(StoreUnavailable, match="store closed"):
