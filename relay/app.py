@@ -247,16 +247,28 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
     return ctx
 
 
+def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """uvloop where it is installed (a runtime dependency, but not on Windows), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), "uvloop"
+
+
 def run(settings: Settings) -> None:
     """Serve until stopped. Raises StoreInUse when another relay owns the store (the CLI says so in one line)."""
     app = create_app(settings, deliver=True)
+    loop, loop_name = event_loop()
 
     async def announce(app: web.Application) -> None:  # after the store opened: a refused start says nothing else
-        log.info("relay listening on %s:%d with %s", settings.host, settings.port, describe(settings))
+        log.info("relay listening on %s:%d with %s, event loop %s", settings.host, settings.port,
+                 describe(settings), loop_name)
 
     app.on_startup.append(announce)
     web.run_app(
         app,
+        loop=loop,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
