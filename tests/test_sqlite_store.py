@@ -533,14 +533,17 @@ async def test_a_database_file_from_an_older_relay_is_migrated_in_place(tmp_path
     db = tmp_path / "relay.db"
     conn = sqlite3.connect(db)
     conn.executescript(OLD_SCHEMA)
-    a, b = event("a"), event("a", "Resolved", at="2025-01-01T00:05:00Z")
-    for seq, e in enumerate((a, b), start=1):
+    delivered, a, b = event("done"), event("a"), event("a", "Resolved", at="2025-01-01T00:05:00Z")
+    conn.execute("INSERT INTO events VALUES (1, ?, ?, ?, ?, ?, ?)",  # delivered by the old relay
+                 (delivered.key, delivered.alert_id, delivered.condition, delivered.occurred_at, delivered.body,
+                  time.time() - 100 * 86400))
+    for seq, e in enumerate((a, b), start=2):
         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                      (seq, e.key, e.alert_id, e.condition, e.occurred_at, e.body, time.time()))
         conn.execute("INSERT INTO deliveries (seq, alert_id, attempts, available_at, lease_until, receipt)"
-                     " VALUES (?, ?, ?, 0, ?, ?)", (seq, e.alert_id.lower(), 3 if seq == 1 else 0,
-                                                    time.time() + 3600 if seq == 1 else None,
-                                                    "old" if seq == 1 else None))
+                     " VALUES (?, ?, ?, 0, ?, ?)", (seq, e.alert_id.lower(), 3 if seq == 2 else 0,
+                                                    time.time() + 3600 if seq == 2 else None,
+                                                    "old" if seq == 2 else None))
     conn.execute("INSERT INTO tickets VALUES ('rt', 'k', '{\"ticket_id\": \"9\"}', 4)")
     conn.commit()
     conn.close()
@@ -557,7 +560,9 @@ async def test_a_database_file_from_an_older_relay_is_migrated_in_place(tmp_path
         ticket = await store.get_ticket("rt", "k")
         assert ticket is not None and ticket.data == {"ticket_id": "9"} and ticket.closed_at is None
         await store.put_ticket(TicketRecord("rt", "k", {"ticket_id": "9"}, ticket.version, closed_at=time.time()))
-        assert (await store.expire(time.time() + 10**6, Retention(1, 1, 1))).tickets == 1
+        assert not await store.accept(delivered), "the old relay's delivered event still deduplicates"
+        gone = await store.expire(time.time() + 10**6, Retention(1, 1, 1))
+        assert (gone.tickets, gone.events) == (1, 2), "the old delivered event and the one delivered since"
     finally:
         await store.close()
     check = sqlite3.connect(db)

@@ -60,7 +60,8 @@ TABLES = (
         occurred_at TEXT NOT NULL,
         body BLOB NOT NULL,
         received_at REAL NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 1
+        priority INTEGER NOT NULL DEFAULT 1,
+        delivered_at REAL  -- set by complete; retention counts a delivered event's age from it
     )""",
     """CREATE TABLE IF NOT EXISTS deliveries (
         seq INTEGER PRIMARY KEY REFERENCES events(seq),
@@ -89,6 +90,7 @@ TABLES = (
 # Columns added since the first layout: (table, column, declaration), added in place to an old file.
 ADDED_COLUMNS = (
     ("events", "priority", "INTEGER NOT NULL DEFAULT 1"),
+    ("events", "delivered_at", "REAL"),
     ("tickets", "closed_at", "REAL"),
 )
 INDEXES = (
@@ -103,7 +105,7 @@ INDEXES = (
     )""",
     "CREATE INDEX IF NOT EXISTS heads_by_due ON heads(priority, due_at)",
     # Retention's scans: delivered events by age, closed tickets by when they closed.
-    "CREATE INDEX IF NOT EXISTS events_by_received ON events(received_at)",
+    "CREATE INDEX IF NOT EXISTS events_by_delivered ON events(delivered_at) WHERE delivered_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters(dead_at)",
     "CREATE INDEX IF NOT EXISTS tickets_by_closed ON tickets(closed_at) WHERE closed_at IS NOT NULL",
     # One row that /readyz's ping rewrites: readiness is "a commit reaches the disk", not "a SELECT works".
@@ -225,6 +227,9 @@ class SqliteStore:
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            # Events an older relay delivered: it kept no delivery time, so their age counts from intake.
+            db.execute("UPDATE events SET delivered_at = received_at WHERE delivered_at IS NULL"
+                       " AND seq NOT IN (SELECT seq FROM deliveries) AND seq NOT IN (SELECT seq FROM dead_letters)")
             for statement in INDEXES:
                 db.execute(statement)
             db.execute("DELETE FROM heads")
@@ -516,6 +521,7 @@ class SqliteStore:
             rows = db.execute("DELETE FROM deliveries WHERE seq = ? AND receipt = ? RETURNING alert_id",
                               (int(claim.handle), claim.receipt)).fetchall()
             if rows:
+                db.execute("UPDATE events SET delivered_at = ? WHERE seq = ?", (time.time(), int(claim.handle)))
                 self._refresh_head(db, rows[0][0])
 
         await self._write(done)
@@ -656,14 +662,13 @@ class SqliteStore:
 
 
 def _expire_delivered(db: sqlite3.Connection, before: float) -> int:
-    """Delivered events accepted before `before`: no delivery row, no dead letter; never the newest."""
+    """Events delivered before `before` (never a pending one, nor the newest row)."""
     return db.execute(
         """DELETE FROM events WHERE seq IN (
                SELECT e.seq FROM events e
-               WHERE e.received_at < ? AND e.seq < (SELECT MAX(seq) FROM events)
+               WHERE e.delivered_at IS NOT NULL AND e.delivered_at < ? AND e.seq < (SELECT MAX(seq) FROM events)
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)
-                 AND NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.seq = e.seq)
-               ORDER BY e.received_at LIMIT ?)""",
+               ORDER BY e.delivered_at LIMIT ?)""",
         (before, EXPIRE_CHUNK),
     ).rowcount
 
