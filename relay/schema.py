@@ -121,3 +121,11 @@ DELIVERY: dict[str, Bound] = {
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),
 }
+# `delivery:` settings whose default depends on each target: absent, they are derived per target.
+# adopt_after_seconds: how long a create that got no answer may still land before the next attempt
+# searches for it and adopts it; absent, ADOPT_AFTER_TIMEOUTS x that target's timeout_seconds (the
+# default shown here is that of a target with the default timeout).
+ADOPT_AFTER_TIMEOUTS = 6
+DELIVERY_DERIVED: dict[str, Bound] = {
+    "adopt_after_seconds": Bound(0.001, 86400, ADOPT_AFTER_TIMEOUTS * TIMEOUT_SECONDS.default),
+}

@@ -404,12 +404,14 @@ class Worker:
         """Create the incident, or adopt the one a crashed delivery created: (ticket, record version, outcome).
 
         Before the call the intent is written to the ticket record, guarded by its version: of two workers,
-        only one gets to create. It outlives a crash; once it is older than a lease, the next delivery finds
-        and adopts. None: the record changed meanwhile (decide again).
+        only one gets to create. It outlives a crash; once it is older than `adopt_after_seconds` (a create
+        that got no answer may land until then), the next delivery finds and adopts. None: the record
+        changed meanwhile (decide again).
         """
         pending = data.get("pending")
         if pending:
-            left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
+            adopt_after = self.settings.adopt_after(self.config.targets[target.name])
+            left = float(pending.get("since", 0)) + adopt_after - self.wall_clock()
             if left > 0:
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
@@ -430,9 +432,10 @@ class Worker:
         except BaseException as exc:
             if creating and _unanswered(exc):
                 # The create may still land (a hung call the target finishes after we gave up): keep the
-                # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
-                log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
-                            target.name, incident.correlation_key)
+                # intent, so the retry waits `adopt_after_seconds`, then finds and adopts instead of
+                # creating twice.
+                log.warning("%s: create for %s got no answer; searching for it once adopt_after_seconds "
+                            "has passed", target.name, incident.correlation_key)
                 raise
             # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
             await asyncio.shield(self._put(target.name, key.key, base, intent_version))

@@ -59,6 +59,7 @@ routes:
 delivery:
   poll_seconds: 0.2
   lease_seconds: {lease_seconds}
+  adopt_after_seconds: {lease_seconds}
   backoff_base_seconds: 0.2
   backoff_max_seconds: 2
 """)
