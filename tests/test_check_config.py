@@ -116,8 +116,8 @@ delivery: {max_attempts: 0, sleep: 1}
 
 def test_adopt_after_seconds_is_checked_against_its_bounds_and_kept_when_valid():
     assert problems(GOOD + "delivery: {adopt_after_seconds: 0}\n") == [
-        "FILE:%d: delivery.adopt_after_seconds: must be a number from 0.001 to 86400 (got 0)"
-        % (GOOD.count("\n") + 1)
+        f"FILE:{GOOD.count(chr(10)) + 1}: delivery.adopt_after_seconds: must be a number from 0.001 to 86400 "
+        "(got 0)"
     ]
     config = parse_config(GOOD + "delivery: {adopt_after_seconds: 45}\n")
     assert config.delivery.adopt_after_seconds == 45

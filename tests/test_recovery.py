@@ -13,7 +13,6 @@ from relay.delivery.lifecycle import (
     EventFacts,
     Kind,
     Policy,
-    TicketState,
     closed_at,
     correlation_key,
     decide,
