@@ -5,7 +5,9 @@ parallel, at most `max_concurrency` per target. Failures a retry can fix go back
 backoff delay (`retry_later`, so nothing sleeps holding a slot); the rest, and events past the attempt
 limit, become dead letters. Before opening an incident the worker writes its intent to the ticket
 record and asks the target for a ticket with the correlation key, so a crash between the ITSM call and
-recording its result still yields exactly one incident.
+recording its result still yields exactly one incident. A note, resolve or reopen writes its intent too,
+and a retry of it reads the ticket first; a key the store has no record of is searched for in the target
+(docs/lifecycle.md: "Each step once", "A lost or replaced store").
 """
 
 from __future__ import annotations
