@@ -278,3 +278,14 @@ async def test_a_first_fired_with_nothing_in_the_target_creates_and_is_no_orphan
         "relay_orphan_events_total", {"target": "itsm", "outcome": "create"}) is None
 
 
+
+
+async def test_a_fresh_store_refuses_to_pick_between_two_open_tickets_of_one_key(vendor, runner):
+    vendor.seed(guid(7), True)
+    vendor.seed(guid(7), True)
+    store, _ = await runner(vendor, name="fresh.db")
+    await accept(store, alert_body(guid=guid(7), condition="Resolved", resolved=T1))
+    await until(lambda: drained(store), "the event is settled")
+    [dead] = await store.dead_letters()
+    assert "more than one open ticket" in dead.error
+    assert all(vendor.status_of(t) for t in vendor.tickets_with(guid(7))), "a guess resolved one of them"

@@ -25,6 +25,7 @@ from relay.delivery.lifecycle import (
     step_intent,
     step_marker,
     step_unsettled,
+    twin_keys,
 )
 from relay.store.base import idempotency_key
 from relay.targets import FoundTicket, Ticket, TicketView
@@ -211,3 +212,10 @@ def test_a_resolved_resolves_an_open_ticket_when_there_is_one_and_never_opens_an
     if any_open:
         assert decision.state.ticket_id in {f.ticket.id for f in found if not f.ticket.resolved}
         assert decision.state.open is False
+
+
+def test_two_open_tickets_under_one_key_are_twins_a_person_must_settle():
+    found = [ticket(1, open_=True), FoundTicket(KEY, Ticket("other", "O", False)), ticket(2, open_=True),
+             FoundTicket(f"{KEY}.2", Ticket("old", "OLD", True)), FoundTicket(f"{KEY}7", Ticket("x", "X", False))]
+    assert twin_keys(KEY, found) == [KEY]
+    assert twin_keys(KEY, [ticket(1, open_=True), ticket(2, open_=True)]) == []

@@ -390,6 +390,17 @@ def recovered_state(event: EventFacts, key: str, found: Sequence[FoundTicket]) -
     )
 
 
+def twin_keys(key: str, found: Sequence[FoundTicket]) -> list[str]:
+    """Correlation keys (of `key`) that more than one open ticket carries: a person must settle those,
+    as `find` refuses them; recovery never guesses between them."""
+    seen: dict[int, int] = {}
+    for f in found:
+        g = generation_of(key, f.correlation_key)
+        if g is not None and not f.ticket.resolved:
+            seen[g] = seen.get(g, 0) + 1
+    return [correlation_key(key, g) for g, n in sorted(seen.items()) if n > 1]
+
+
 def decide_recovered(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
     """`decide` for an event whose key the store holds no record of, given `recovered_state`.
 

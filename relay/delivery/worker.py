@@ -40,6 +40,7 @@ from relay.delivery.lifecycle import (
     step_marker,
     step_unsettled,
     ticket_keys,
+    twin_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rendering import note_text, render_incident
@@ -445,6 +446,10 @@ class Worker:
             # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
             if can_search(target):
                 found = await self._call(target, "search", target.search, key.key)  # type: ignore[attr-defined]
+                twins = twin_keys(key.key, found)
+                if twins:
+                    raise TargetError(f"{target.name}: more than one open ticket carries {', '.join(twins)}; "
+                                      "resolve or merge the duplicates, then replay", retryable=False)
                 state = recovered_state(facts, key.key, found)
                 searched = True
             decision = decide_recovered(facts, state, route.policy)
