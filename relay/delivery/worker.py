@@ -455,12 +455,12 @@ class Worker:
             decision = decide_recovered(facts, state, route.policy)
             if orphaned(facts, decision):
                 self.metrics.orphan_events.labels(target.name, str(decision.action)).inc()
-                log.warning("%s: no ticket record for %s (%s event; a lost or replaced store?): %s; %s",
-                            target.name, key.key, facts.kind,
-                            f"the target holds {state.generation} incident(s) under it, newest "
-                            f"{state.ticket_number or state.ticket_id}" if state is not None
-                            else ("it holds none" if searched else "this target cannot be searched"),
-                            decision.action)
+                if state is not None:
+                    held = f"the target holds {state.ticket_number or state.ticket_id} (up to .{state.generation})"
+                else:
+                    held = "the target holds none" if searched else "this target cannot be searched"
+                log.warning("%s: no ticket record for %s (a %s event; a lost or replaced store?): %s; %s",
+                            target.name, key.key, facts.kind, held, decision.action)
         else:
             decision = decide(facts, state, route.policy)
         action = decision.action
