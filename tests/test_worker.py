@@ -634,9 +634,9 @@ async def test_a_lost_lease_stops_the_delivery_and_records_nothing(store, runnin
     await accept(store, alert_body())
     spy = RenewSpy(store)
     spy.lose_lease = True
-    # adopt_after_seconds as short as the lease: a re-claim of the event adopts at once rather than
-    # recording a wait for the create intent the cut-off delivery left.
-    await running(spy, make_config(lease_seconds=0.3, adopt_after_seconds=0.3), {"itsm": target})
+    # A near-zero adopt_after_seconds: a re-claim of the event searches at once rather than recording a wait
+    # for the create intent the cut-off delivery left (that wait is a later delivery's outcome, not this one's).
+    await running(spy, make_config(lease_seconds=0.3, adopt_after_seconds=0.001), {"itsm": target})
     await until(lambda: spy.renewals >= 1, "the worker tried to renew")
     await asyncio.sleep(0.3)
     assert target.tickets == {}, "the delivery went on after its lease was lost"
