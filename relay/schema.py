@@ -140,3 +140,12 @@ RETENTION: dict[str, Bound] = {
     "closed_ticket_days": Bound(1, 3650, 30),
     "interval_minutes": Bound(1, 1440, 60),
 }
+
+# `delivery:` settings whose default depends on each target: absent, they are derived per target.
+# adopt_after_seconds: how long a create that got no answer may still land before the next attempt
+# searches for it and adopts it; absent, ADOPT_AFTER_TIMEOUTS x that target's timeout_seconds (the
+# default shown here is that of a target with the default timeout).
+ADOPT_AFTER_TIMEOUTS = 6
+DELIVERY_DERIVED: dict[str, Bound] = {
+    "adopt_after_seconds": Bound(0.001, 86400, ADOPT_AFTER_TIMEOUTS * TIMEOUT_SECONDS.default),
+}

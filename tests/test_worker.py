@@ -453,10 +453,10 @@ class HungCreateTarget(FakeTarget):
         raise TargetError("itsm: POST /incident timed out after 5s", retryable=True, unanswered=True)
 
 
-async def test_create_without_an_answer_is_searched_for_after_the_lease_not_created_again(store, running):
+async def test_create_without_an_answer_is_searched_for_after_the_adopt_wait_not_created_again(store, running):
     target = HungCreateTarget(lands_after=0.2)
     await accept(store, alert_body())
-    await running(store, make_config(lease_seconds=0.6), {"itsm": target})
+    await running(store, make_config(adopt_after_seconds=0.6), {"itsm": target})
     await until(lambda: drained(store), "event delivered")
     await until(lambda: target.landed is not None and target.landed.done(), "the hung create landed")
     assert len(target.tickets) == 1, f"a create that timed out and then landed was sent again: {target.calls}"
@@ -479,11 +479,23 @@ async def test_a_bare_timeout_from_a_create_counts_as_unanswered_and_keeps_the_i
     target.fail["create"] = [TimeoutError()]
     spy = SpyStore(store)
     await accept(store, alert_body())
-    await running(spy, make_config(lease_seconds=30), {"itsm": target})
+    # The defaults: no adopt_after_seconds, so the wait is 6 x the target's timeout_seconds (5 here),
+    # whatever the lease.
+    await running(spy, make_config(lease_seconds=300), {"itsm": target})
     await until(lambda: len(spy.delays) >= 2, "the event retried twice")
     assert "pending" in (await store.get_ticket("itsm", GUID)).data, "the intent was dropped"
-    assert spy.delays[1] > 20, f"the retry did not wait out the lease: {spy.delays}"
+    assert 25 < spy.delays[1] <= 30, f"the retry did not wait 6 x timeout_seconds (30 s) to adopt: {spy.delays}"
     assert target.count("create") == 1
+
+
+async def test_the_adopt_wait_is_its_own_setting_not_the_lease(store, running):
+    target = FakeTarget()
+    target.fail["create"] = [TimeoutError()]
+    spy = SpyStore(store)
+    await accept(store, alert_body())
+    await running(spy, make_config(lease_seconds=300, adopt_after_seconds=90), {"itsm": target})
+    await until(lambda: len(spy.delays) >= 2, "the event retried twice")
+    assert 85 < spy.delays[1] <= 90, f"the retry did not wait adopt_after_seconds (90 s): {spy.delays}"
 
 
 async def test_two_workers_on_one_store_open_one_incident_for_a_shared_key(store, running):
@@ -622,7 +634,9 @@ async def test_a_lost_lease_stops_the_delivery_and_records_nothing(store, runnin
     await accept(store, alert_body())
     spy = RenewSpy(store)
     spy.lose_lease = True
-    await running(spy, make_config(lease_seconds=0.3), {"itsm": target})
+    # A near-zero adopt_after_seconds: a re-claim of the event searches at once rather than recording a wait
+    # for the create intent the cut-off delivery left (that wait is a later delivery's outcome, not this one's).
+    await running(spy, make_config(lease_seconds=0.3, adopt_after_seconds=0.001), {"itsm": target})
     await until(lambda: spy.renewals >= 1, "the worker tried to renew")
     await asyncio.sleep(0.3)
     assert target.tickets == {}, "the delivery went on after its lease was lost"

@@ -20,6 +20,7 @@ from relay.delivery.rendering import compile_template
 from relay.delivery.routing import DeliverySettings, Match, RelayConfig, RetentionSettings, Route, TargetConfig
 from relay.schema import (
     DELIVERY,
+    DELIVERY_DERIVED,
     INCIDENT_PER,
     INLINE_SECRET_KEYS,
     MATCH_KEYS,
@@ -385,10 +386,11 @@ class _Validator:
         path: Path = ("delivery",)
         if value is None:
             return DeliverySettings()
-        body = self.mapping(value, path, DELIVERY)
+        settings = {**DELIVERY, **DELIVERY_DERIVED}
+        body = self.mapping(value, path, settings)
         if body is None:
             return DeliverySettings()
-        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in DELIVERY.items() if key in body}
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in settings.items() if key in body}
         return DeliverySettings(**kw)
 
     def retention(self, value: Any) -> RetentionSettings:

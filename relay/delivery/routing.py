@@ -15,7 +15,7 @@ from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Policy
-from relay.schema import DELIVERY, MAX_CONCURRENCY, RETENTION, TIMEOUT_SECONDS, IncidentPer
+from relay.schema import ADOPT_AFTER_TIMEOUTS, DELIVERY, MAX_CONCURRENCY, RETENTION, TIMEOUT_SECONDS, IncidentPer
 from relay.store.base import Retention
 
 
@@ -79,6 +79,14 @@ class DeliverySettings:
     record_retry_seconds: float = DELIVERY["record_retry_seconds"].default
     shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
     poll_seconds: float = DELIVERY["poll_seconds"].default
+    # None: derived per target (`adopt_after`); bounds in relay.schema.DELIVERY_DERIVED.
+    adopt_after_seconds: float | None = None
+
+    def adopt_after(self, target: TargetConfig) -> float:
+        """Seconds a create that got no answer is left to land before it is searched for and adopted."""
+        if self.adopt_after_seconds is not None:
+            return self.adopt_after_seconds
+        return ADOPT_AFTER_TIMEOUTS * target.timeout_seconds
 
 
 @dataclass(frozen=True, slots=True)
