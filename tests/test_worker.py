@@ -18,7 +18,7 @@ from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.retry_policy import CircuitState
 from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetConfig
 from relay.delivery.worker import RENEWALS_PER_LEASE, Worker
-from relay.store import Event, LeaseLost, StoreUnavailable
+from relay.store import Event, LeaseLost, StoreUnavailable, TicketRecord
 from relay.store.sqlite import SqliteStore
 from relay.targets import Incident, TargetError, TextLimits, Ticket
 from tests.conftest import load_sample
@@ -706,3 +706,33 @@ async def test_an_event_failing_past_max_age_becomes_a_dead_letter_whatever_its_
     [dead] = await store.dead_letters()
     assert "max_age_seconds" in dead.error and dead.attempts < 5
     assert metric(worker, "relay_dead_letters_total", reason="too_old") == 1
+
+
+async def test_a_create_cut_off_by_its_workers_death_is_adopted_after_one_call_timeout_not_adopt_after(
+        store, running):
+    # A process died mid-create (SIGKILL): its intent names the event and its owner; the create landed.
+    target = FakeTarget()
+    target.tickets["t9"] = {"key": GUID, "resolved": False, "notes": [], "cis": (), "summary": "s"}
+    event = await accept(store, alert_body())
+    since = time.time() - 6  # the call timeout (5 s here) has passed, adopt_after (6 x 5 s) has not
+    await store.put_ticket(TicketRecord("itsm", GUID, {"pending": {
+        "since": since, "correlation_key": GUID, "event": event.key, "owner": "a-dead-process"}}))
+    spy = SpyStore(store)
+    worker = await running(spy, make_config(), {"itsm": target})
+    await until(lambda: drained(store), "the restarted worker adopted the crashed create", limit=10)
+    assert spy.delays == [], f"the restarted worker waited for the dead writer's intent: {spy.delays}"
+    assert target.count("create") == 0
+    assert metric(worker, "relay_deliveries_total", target="itsm", outcome="adopt") == 1
+
+
+async def test_a_live_intent_of_another_event_on_a_shared_key_still_waits_adopt_after(store, running):
+    target = FakeTarget()
+    await accept(store, alert_body())
+    since = time.time() - 6
+    await store.put_ticket(TicketRecord("itsm", GUID, {"pending": {
+        "since": since, "correlation_key": GUID, "event": "another-event", "owner": "a-live-replica"}}))
+    spy = SpyStore(store)
+    await running(spy, make_config(), {"itsm": target})
+    await until(lambda: spy.delays, "the event was put back to wait")
+    assert spy.delays[0] > 20, f"an intent another delivery may still be acting on was not respected: {spy.delays}"
+    assert target.calls == []

@@ -324,6 +324,33 @@ STEP_MARKER_PREFIX = "azure-relay:"
 STEP_MARKER_DIGITS = 16  # of the event's idempotency key (a SHA-256 hex digest)
 
 
+def create_intent(correlation_key: str, *, since: float, event_key: str, owner: str) -> dict[str, Any]:
+    """What the ticket record holds while a create is being sent (`data["pending"]`): when, for which key,
+    by which delivery (the event) and which worker process (`owner`)."""
+    return {"since": since, "correlation_key": correlation_key, "event": event_key, "owner": owner}
+
+
+def create_intent_wait(pending: Mapping[str, Any], *, now: float, event_key: str, owner: str,
+                       call_timeout: float, adopt_after: float) -> float:
+    """Seconds an intent to create must still be respected before its key is searched for and adopted.
+
+    - Its writer saw the create go unanswered (`unanswered_at`): the target may still apply it, for up to
+      `adopt_after` from then.
+    - It was written for this very event by another worker process: this one holds the event's lease now,
+      so that writer's lease ended (it died, or lost the lease and stops). Its create could not have waited
+      for an answer longer than `call_timeout` after `since`; past that, search (a crash then costs one call
+      timeout, not `adopt_after`).
+    - Otherwise (another event of a shared key may be creating right now, or an intent from before owners
+      were recorded): `adopt_after` from `since`.
+    """
+    since = float(pending.get("since", 0))
+    if "unanswered_at" in pending:
+        return float(pending["unanswered_at"]) + adopt_after - now
+    if pending.get("event") == event_key and pending.get("owner") not in (None, owner):
+        return since + min(call_timeout, adopt_after) - now
+    return since + adopt_after - now
+
+
 def step_marker(event_key: str) -> str:
     """The short marker every note the relay writes ends with, derived from the event's idempotency key,
     so that a retried note finds out whether its earlier attempt landed: `[azure-relay:0123456789abcdef]`."""

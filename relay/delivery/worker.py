@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from relay.delivery.lifecycle import (
     TicketState,
     closed_at,
     correlation_key,
+    create_intent,
+    create_intent_wait,
     decide,
     decide_recovered,
     event_facts,
@@ -143,6 +146,9 @@ class Worker:
         # Claims in flight: enough to keep every target's slots busy, bounded.
         self.capacity = max(1, min(512, sum(cfg.max_concurrency for cfg in config.targets.values())))
         self._key_locks = _KeyLocks()
+        # This worker process, in the create intents it writes: another process finding one for an event
+        # it now holds knows the writer's lease on it ended.
+        self.owner = uuid.uuid4().hex
         self._inflight: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._stopping = asyncio.Event()
@@ -470,7 +476,7 @@ class Worker:
 
         incident = self._render(route, target, alert, event, key, decision)
         if action.opens_incident:
-            opened = await self._open_incident(target, action, key, incident, data, version,
+            opened = await self._open_incident(target, action, key, incident, data, version, event.key,
                                                searched=searched and state is None)
             if opened is None:
                 return False
@@ -528,24 +534,27 @@ class Worker:
         return f"{text}\n{marker}" if text else marker
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
-                             data: Mapping[str, Any], version: str | None, *,
+                             data: Mapping[str, Any], version: str | None, event_key: str, *,
                              searched: bool = False) -> tuple[Ticket, str, str] | None:
         """Create the incident, or adopt the one a crashed delivery created: (ticket, record version, outcome).
 
         Before the call the intent is written to the ticket record, guarded by its version: of two workers,
-        only one gets to create. It outlives a crash; once it is older than `adopt_after_seconds` (a create
-        that got no answer may land until then), the next delivery finds and adopts. None: the record
+        only one gets to create. It outlives a crash; the next delivery finds and adopts once it may
+        (`create_intent_wait`: a create that got no answer may land for `adopt_after_seconds`; one cut off
+        by its worker's death, for that worker's call timeout). None: the record
         changed meanwhile (decide again). `searched`: the key had no record and a search of the target by it
         just found nothing, so no earlier attempt can have created it and the find is skipped.
         """
         pending = data.get("pending")
         if pending:
-            adopt_after = self.settings.adopt_after(self.config.targets[target.name])
-            left = float(pending.get("since", 0)) + adopt_after - self.wall_clock()
+            cfg = self.config.targets[target.name]
+            left = create_intent_wait(pending, now=self.wall_clock(), event_key=event_key, owner=self.owner,
+                                      call_timeout=cfg.timeout_seconds, adopt_after=self.settings.adopt_after(cfg))
             if left > 0:
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
-        intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
+        intent = {**base, "pending": create_intent(incident.correlation_key, since=self.wall_clock(),
+                                                   event_key=event_key, owner=self.owner)}
         intent_version = await self._put(target.name, key.key, intent, version, None)
         if intent_version is None:
             return None
@@ -566,6 +575,9 @@ class Worker:
                 # creating twice.
                 log.warning("%s: create for %s got no answer; searching for it once adopt_after_seconds "
                             "has passed", target.name, incident.correlation_key)
+                unanswered = {**intent, "pending": {**intent["pending"], "unanswered_at": self.wall_clock()}}
+                with contextlib.suppress(Exception):  # unmarked, the intent still waits adopt_after from since
+                    await asyncio.shield(self._put(target.name, key.key, unanswered, intent_version, None))
                 raise
             # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
             await asyncio.shield(self._put(target.name, key.key, base, intent_version, None))
