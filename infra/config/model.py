@@ -62,8 +62,8 @@ STORAGE_SKUS = ("Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_RAGRS"
 RELAY_CPUS = tuple(q / 4 for q in range(1, 17))
 WORKLOAD_PROFILE = "Consumption"
 # Payload blobs older than this are deleted by the storage account's lifecycle rule: the relay's
-# dead-letter retention, so that a dead letter never outlives its payload's deletion unnoticed.
-PAYLOAD_RETENTION_DAYS = 90
+# default dead-letter retention, so that a dead letter's payload is kept as long as the dead letter.
+PAYLOAD_RETENTION_DAYS = int(schema.RETENTION["dead_letter_days"].default)
 RELAY_PORT = 8080
 # The relay's default for delivery.shutdown_grace_seconds, and the margin Container Apps must add
 # before it kills the container after SIGTERM.
