@@ -57,7 +57,8 @@ class DevIssuer:
 
     @property
     def v2_issuer(self) -> str:
-        return f"https://login.microsoftonline.com/{self.tenant_id}/v2.0"
+        # While serving, the issuer is on its own host, as the relay requires of the metadata's issuer.
+        return f"{self.base_url or 'https://login.microsoftonline.com'}/{self.tenant_id}/v2.0"
 
     def jwks(self) -> dict[str, Any]:
         keys = []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from relay.schema import GUID, STORE_URL_PREFIXES
 
@@ -13,6 +15,36 @@ AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 # The app role Microsoft's script creates and assigns to that app.
 DEFAULT_ROLE = "ActionGroupsSecureWebhook"
 DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+
+
+def fetch_url_problem(url: str) -> str | None:
+    """Why `url` may not be fetched for keys or metadata, or None: https with a host, or plain http only
+    to a loopback host (parsed, never a prefix compare: http://localhost.attacker.example/ is not
+    loopback), and never userinfo (http://localhost@host/ names `host`)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return "it is not a valid URL"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "it holds userinfo (user@ or user:password@): name the host alone"
+    if not host:
+        return "it names no host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http":
+        return None if is_loopback_host(host) else "plain http is allowed only to a loopback host"
+    return f"scheme {parts.scheme!r} is not https"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 
@@ -49,9 +81,10 @@ class Settings:
                 raise SettingsError(f"RELAY_ALLOWED_APP_IDS must be comma-separated app GUIDs (got {app!r})")
         role = env.get("RELAY_REQUIRED_ROLE", "").strip() or DEFAULT_ROLE
         url = env.get("RELAY_OPENID_CONFIG_URL", "").strip() or DEFAULT_OPENID_CONFIG_URL
-        if not url.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+        problem = fetch_url_problem(url.replace("{tenant}", tenant))
+        if problem is not None:
             raise SettingsError(
-                f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback), got {url!r}"
+                f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback): {problem}"
             )
         store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
         if not store.startswith(STORE_URL_PREFIXES):
