@@ -20,10 +20,21 @@ from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, default_config
 from relay.delivery.worker import Worker
-from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
+from relay.intake import (
+    MAX_BODY_BYTES,
+    METRICS_KEY,
+    ON_ACCEPT_KEY,
+    SOURCE_POLICY_KEY,
+    STORE_KEY,
+    VALIDATOR_KEY,
+    SourcePolicy,
+    expect_continue,
+    post_alert,
+)
 from relay.intake.metrics import IntakeMetrics
 from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
+from relay.logs import install_request_filter
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
@@ -42,6 +53,12 @@ DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
 KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
+# Instead of aiohttp's "Python/3.x aiohttp/3.y": versions help an attacker pick an exploit.
+SERVER_HEADER = "secure-export-relay"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
 
 
 @web.middleware
@@ -118,8 +135,13 @@ def create_app(
     app[VALIDATOR_KEY] = TokenValidator(settings, keys)
     app[METRICS_KEY] = metrics
     app[ON_ACCEPT_KEY] = []
+    app[SOURCE_POLICY_KEY] = SourcePolicy(settings.allowed_subscriptions, settings.allowed_alert_rules)
+    app.on_response_prepare.append(_server_header)
+    install_request_filter()
+    if app[SOURCE_POLICY_KEY].open:
+        log.warning("RELAY_ALLOWED_SUBSCRIPTIONS is not set: alerts from any action group in the tenant are taken")
 
-    app.router.add_post("/alerts", post_alert)
+    app.router.add_post("/alerts", post_alert, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if settings.metrics_port is None:

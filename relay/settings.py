@@ -64,6 +64,9 @@ class Settings:
     port: int = 8080
     metrics_port: int | None = None
     config_path: str | None = None
+    # Issue 12 item 15: empty means any source (with a warning at start).
+    allowed_subscriptions: tuple[str, ...] = ()
+    allowed_alert_rules: tuple[str, ...] = ()
 
     @property
     def metadata_url(self) -> str:
@@ -92,6 +95,19 @@ class Settings:
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
                 f"connection string (got {store.split(';')[0][:20]!r}...)"
             )
+        subscriptions = _list(env, "RELAY_ALLOWED_SUBSCRIPTIONS")
+        for sub in subscriptions:
+            if not GUID.match(sub):
+                raise SettingsError(
+                    f"RELAY_ALLOWED_SUBSCRIPTIONS must be comma-separated subscription GUIDs (got {sub[:40]!r})"
+                )
+        rules = _list(env, "RELAY_ALLOWED_ALERT_RULES")
+        for rule in rules:
+            if not rule.startswith(("/subscriptions/", "*")):
+                raise SettingsError(
+                    "RELAY_ALLOWED_ALERT_RULES must be comma-separated alert rule ids or glob patterns over them, "
+                    f"each starting with /subscriptions/ or * (got {rule[:60]!r})"
+                )
         return cls(
             tenant_id=tenant.lower(),
             audiences=audiences,
@@ -103,6 +119,8 @@ class Settings:
             port=_port(env, "RELAY_PORT", 8080),
             metrics_port=_port(env, "RELAY_METRICS_PORT", None),
             config_path=env.get("RELAY_CONFIG", "").strip() or None,
+            allowed_subscriptions=tuple(s.lower() for s in subscriptions),
+            allowed_alert_rules=rules,
         )
 
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from relay.alerts import Alert, ServiceHealthContext, configuration_items, subscription_of
-from relay.schema import IncidentPer, OnRefire, OnRepeat, OnResolve
+from relay.alerts import Alert, ServiceHealthContext, bind_configuration_items, configuration_items, subscription_of
+from relay.schema import DELIVERY, IncidentPer, OnRefire, OnRepeat, OnResolve
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
 # Service Health stages that only inform about an incident already handled (the post-incident review):
@@ -236,6 +236,7 @@ class TicketKey:
 
     key: str
     configuration_items: tuple[str, ...]
+    unbound: tuple[str, ...] = ()  # CIs over the per-alert limit: listed in the description, bound to nothing
 
 
 def event_facts(alert: Alert) -> EventFacts:
@@ -256,23 +257,25 @@ def event_facts(alert: Alert) -> EventFacts:
     )
 
 
-def ticket_keys(alert: Alert, incident_per: IncidentPer) -> list[TicketKey]:
+def ticket_keys(alert: Alert, incident_per: IncidentPer,
+                max_configuration_items: int = int(DELIVERY["max_configuration_items"].default)) -> list[TicketKey]:
     """The ticket keys an alert maps to: one per alert (default) or one per (alert rule, CI).
 
     Per alert: the alert GUID, or `sh-<trackingId>-<subscription>` for Service Health, whose every
     notification (Active, updates, Resolved) is a new alert of one incident. Per CI (ITSMC parity):
-    `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident.
+    `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident. At most
+    `max_configuration_items` CIs are bound; the rest ride along as `unbound`.
     """
-    cis = configuration_items(alert)
+    cis, rest = bind_configuration_items(configuration_items(alert), max_configuration_items)
     if incident_per == IncidentPer.CONFIGURATION_ITEM and cis:
         thread = _thread(alert) or (alert.essentials.alert_rule_id or alert.essentials.alert_rule or "").lower()
         if thread:
             keys = {}
             for ci in cis:
                 digest = hashlib.sha256(f"{thread}|{ci.lower()}".encode()).hexdigest()[:32]
-                keys.setdefault(f"ci-{digest}", TicketKey(f"ci-{digest}", (ci,)))
+                keys.setdefault(f"ci-{digest}", TicketKey(f"ci-{digest}", (ci,), rest))
             return list(keys.values())
-    return [TicketKey(_thread(alert) or _safe(alert.correlation_key.lower()), cis)]
+    return [TicketKey(_thread(alert) or _safe(alert.correlation_key.lower()), cis, rest)]
 
 
 def correlation_key(key: str, generation: int) -> str:

@@ -75,6 +75,7 @@ class DeliverySettings:
     lease_seconds: float = DELIVERY["lease_seconds"].default
     shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
     poll_seconds: float = DELIVERY["poll_seconds"].default
+    max_configuration_items: int = int(DELIVERY["max_configuration_items"].default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,7 +302,7 @@ class Worker:
                         await self._forward(target, alert, event)  # type: ignore[arg-type]
                     else:
                         facts = event_facts(alert)
-                        for key in ticket_keys(alert, route.incident_per):
+                        for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
                             await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
         except CircuitOpen as exc:
@@ -389,6 +389,7 @@ class Worker:
             target=target,
             correlation_key=correlation_key(key.key, decision.state.generation),
             configuration_items=key.configuration_items,
+            unbound_configuration_items=key.unbound,
             summary=route.summary,
             description=route.description,
             fields=route.fields,
