@@ -8,8 +8,8 @@ cannot apply and returns every row, so each row of a search must prove it carrie
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar

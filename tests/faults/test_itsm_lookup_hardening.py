@@ -6,6 +6,7 @@ bound; the rest listed in the description)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,11 +16,19 @@ from relay.delivery.lifecycle import ticket_keys
 from relay.delivery.routing import Route
 from relay.schema import DELIVERY, IncidentPer
 from relay.targets import Incident
-from tests.faults.test_itsm_fixtures import bmc, rt, servicenow_fake  # noqa: F401 - fixtures
+from tests import test_worker
+from tests.fakes.bmc_helix import FakeBmcHelix
+from tests.fakes.request_tracker import FakeRequestTracker
+from tests.fakes.servicenow import FakeServiceNow
 from tests.test_bmc_helix_target import make_target as make_bmc
+from tests.test_request_tracker_target import QUEUE
 from tests.test_request_tracker_target import make_target as make_rt
 from tests.test_servicenow_target import make_target as make_sn
-from tests.test_worker import FakeTarget, accept, alert_body, drained, make_config, running, store, until  # noqa: F401
+from tests.test_worker import FakeTarget, accept, alert_body, drained, make_config, until
+
+# The worker tests' fixtures: a SQLite store, and workers stopped after the test.
+store = test_worker.store
+running = test_worker.running
 
 CASES: dict[str, int] = {}
 
@@ -31,6 +40,31 @@ def count(group: str) -> None:
 def incident(cis: tuple[str, ...], **fields: Any) -> Incident:
     return Incident(correlation_key="5b6c1c8e-0b7a-4a41-9f43-2d1f5a9f6c11", summary="CPU high",
                     description="fired", severity="Sev2", fields=fields, configuration_items=cis)
+
+
+@pytest.fixture
+async def servicenow_fake() -> AsyncIterator[FakeServiceNow]:
+    server = FakeServiceNow()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def rt() -> AsyncIterator[FakeRequestTracker]:
+    server = FakeRequestTracker()
+    server.add_queue(QUEUE, custom_fields=("AzureAlertId",))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def bmc() -> AsyncIterator[FakeBmcHelix]:
+    server = FakeBmcHelix()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 # -- item 2: ServiceNow ------------------------------------------------------------------------------
@@ -156,9 +190,10 @@ def test_the_limit_is_read_from_relay_config(tmp_path):
     from relay.delivery.config import ConfigError, load_config
 
     path = tmp_path / "relay.yaml"
-    path.write_text("targets:\n  out: {kind: dry_run}\nroutes:\n  - target: out\ndelivery:\n  max_configuration_items: 5\n")
+    base = "targets:\n  out: {kind: dry_run}\nroutes:\n  - target: out\ndelivery:\n"
+    path.write_text(base + "  max_configuration_items: 5\n")
     assert load_config(str(path)).delivery.max_configuration_items == 5
-    path.write_text("targets:\n  out: {kind: dry_run}\nroutes:\n  - target: out\ndelivery:\n  max_configuration_items: 0\n")
+    path.write_text(base + "  max_configuration_items: 0\n")
     with pytest.raises(ConfigError, match="max_configuration_items"):
         load_config(str(path))
 
