@@ -91,9 +91,10 @@ class Settings:
             )
         store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
         if not store.startswith(STORE_URL_PREFIXES):
+            # Nothing of the value is shown: a connection string in the wrong form still holds an account key.
             raise SettingsError(
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
-                f"connection string (got {store.split(';')[0][:20]!r}...)"
+                "connection string starting with DefaultEndpointsProtocol= (the value given is not shown)"
             )
         subscriptions = _list(env, "RELAY_ALLOWED_SUBSCRIPTIONS")
         for sub in subscriptions:

@@ -93,7 +93,7 @@ delivery: {max_attempts: 0, sleep: 1}
     assert problems(text) == [
         "FILE:6: targets.snow.max_concurrency: must be a whole number from 1 to 256 (got 0)",
         "FILE:9: targets.fwd.base_url: must use https: the alert and credentials travel in it "
-        "(plain http is allowed only on loopback, got 'http://example.com/hook')",
+        "(plain http is allowed only on loopback, got http://example.com/...)",
         "FILE:11: targets.odd.kind: must be one of servicenow, bmc_helix, request_tracker, forward, dry_run "
         "(got 'jira')",
         "FILE:14: routes[0].on_refire: must be one of new, reopen, ignore (got 'renew')",
@@ -110,7 +110,7 @@ delivery: {max_attempts: 0, sleep: 1}
         "FILE:24: delivery.max_attempts: must be a whole number from 1 to 1000 (got 0)",
         "FILE:24: delivery.sleep: unknown key; expected one of max_attempts, backoff_base_seconds, "
         "backoff_max_seconds, circuit_failures, circuit_open_seconds, lease_seconds, shutdown_grace_seconds, "
-        "poll_seconds",
+        "poll_seconds, max_configuration_items",
     ]
 
 
