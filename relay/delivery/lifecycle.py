@@ -8,6 +8,10 @@ The state of one ticket key keeps a mark per alert that joined it: the firing ep
 firedDateTime) and whether that episode resolved. Episodes make the decision order-proof: a late
 Fired of an episode that already resolved, or any event of an older episode, is recorded and makes
 no call, so nothing moves a ticket backwards; a ticket resolves once every alert on it has resolved.
+
+The key is the alert GUID (targets hold it), so the state also keeps each alert's full id: an event
+whose GUID matches but whose full id differs (another subscription reusing the GUID) is refused
+delivery and recorded in the state's `refused` list.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from relay.alerts import Alert, ServiceHealthContext, bind_configuration_items, 
 from relay.schema import DELIVERY, IncidentPer, OnRefire, OnRepeat, OnResolve
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
+MAX_REFUSED = 20  # refused alert ids remembered per ticket key (the latest)
 # Service Health stages that only inform about an incident already handled (the post-incident review):
 # they add a note to the ticket and never open one.
 UPDATE_STAGES = frozenset({"rca"})
@@ -43,10 +48,11 @@ class Action(StrEnum):
     REOPEN = "reopen"
     NOTHING = "nothing"  # already applied, or a repeat the route does not want noted
     RECORD = "record"  # remember the event; no call (it is out of order, or there is no ticket to move)
+    REFUSE = "refuse"  # the event's full alert id is not the one this ticket belongs to: no call, recorded
 
     @property
     def calls_target(self) -> bool:
-        return self not in (Action.NOTHING, Action.RECORD)
+        return self not in (Action.NOTHING, Action.RECORD, Action.REFUSE)
 
     @property
     def opens_incident(self) -> bool:
@@ -72,6 +78,7 @@ class EventFacts:
     kind: Kind
     fired_at: str  # identifies the firing episode
     occurred_at: str  # when this state happened
+    alert_id: str = ""  # the full alertId, lower-case ("" when the key is not the GUID alone: not checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class TicketState:
     generation: int = 0  # incidents opened under this key so far
     last_at: str = ""  # time of the latest event that changed the ticket
     alerts: Mapping[str, Mark] = field(default_factory=dict)
+    alert_ids: Mapping[str, str] = field(default_factory=dict)  # the full alertId of each alert in `alerts`
+    refused: tuple[str, ...] = ()  # "<time> <full alert id>" of events refused for a different full id
 
     def with_ticket(self, ticket_id: str, number: str | None) -> TicketState:
         return replace(self, ticket_id=ticket_id, ticket_number=number)
@@ -105,6 +114,8 @@ class TicketState:
             "generation": self.generation,
             "last_at": self.last_at,
             "alerts": {k: [m.fired_at, m.resolved, m.at] for k, m in self.alerts.items()},
+            **({"alert_ids": dict(self.alert_ids)} if self.alert_ids else {}),
+            **({"refused": list(self.refused)} if self.refused else {}),
         }
 
     @classmethod
@@ -116,6 +127,8 @@ class TicketState:
             generation=int(data.get("generation", 0)),
             last_at=str(data.get("last_at", "")),
             alerts={k: Mark(str(v[0]), bool(v[1]), str(v[2])) for k, v in (data.get("alerts") or {}).items()},
+            alert_ids={str(k): str(v) for k, v in (data.get("alert_ids") or {}).items()},
+            refused=tuple(str(r) for r in data.get("refused") or ()),
         )
 
 
@@ -129,6 +142,21 @@ class Decision:
 def decide(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
     """The lifecycle table. Every branch returns; none does I/O."""
     st = state or TicketState()
+    known = st.alert_ids.get(event.alert)
+    if event.alert_id and known is not None and known != event.alert_id:
+        refused = (*st.refused, f"{event.occurred_at} {event.alert_id}")[-MAX_REFUSED:]
+        return Decision(Action.REFUSE, "full alert id differs from the ticket's (same GUID, another source)",
+                        replace(st, refused=refused))
+    decision = _decide(event, st, policy)
+    if not event.alert_id:
+        return decision
+    # Remember the full id of every alert the state keeps a mark for (and only those).
+    kept = decision.state.alerts
+    ids = {k: v for k, v in {**decision.state.alert_ids, event.alert: event.alert_id}.items() if k in kept}
+    return replace(decision, state=replace(decision.state, alert_ids=ids))
+
+
+def _decide(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
     mark = st.alerts.get(event.alert)
 
     if mark is not None and event.fired_at < mark.fired_at:
@@ -249,11 +277,14 @@ def event_facts(alert: Alert) -> EventFacts:
         kind = Kind.UPDATE
     else:
         kind = Kind.FIRED
+    thread = _thread(alert)
     return EventFacts(
-        alert=_thread(alert) or alert.correlation_key.lower(),
+        alert=thread or alert.correlation_key.lower(),
         kind=kind,
         fired_at=instant(alert.essentials.fired_at),
         occurred_at=instant(alert.occurred_at),
+        # A Service Health thread's notifications are alerts of their own ids: their key is not a GUID.
+        alert_id="" if thread else alert.essentials.alert_id.rstrip("/").lower(),
     )
 
 

@@ -348,6 +348,8 @@ class Worker:
         decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
+        if action is Action.REFUSE:  # issue 12: another source's alert with this GUID; recorded in the state
+            log.warning("%s: refused %s for ticket key %s: %s", target.name, facts.alert_id, key.key, decision.reason)
         if not action.calls_target:
             return await self._record_only(target, key, decision, state, data, version)
 
