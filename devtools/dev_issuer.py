@@ -129,6 +129,8 @@ class DevIssuer:
             "RELAY_TENANT_ID": self.tenant_id,
             "RELAY_AUDIENCES": f"{DEV_APP_ID_URI},{self.client_id}",
             "RELAY_OPENID_CONFIG_URL": self.metadata_url,
+            # Any free port for /metrics, so that relays of parallel tests and demos never collide on 9090.
+            "RELAY_METRICS_PORT": "0",
         }
 
     # -- serving ---------------------------------------------------------------------------------

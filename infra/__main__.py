@@ -13,7 +13,7 @@ from pulumi_azure_native import resources
 
 from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
-from infra.hosting import RelayHosting, RelayHostingArgs
+from infra.hosting import RelayHosting, RelayHostingArgs, source_subscriptions
 from infra.identity import SecureWebhookIdentity, SecureWebhookIdentityArgs
 
 cfg = config.load()  # validated before any resource is declared
@@ -43,6 +43,8 @@ hosting = RelayHosting(
         relay_config_yaml=relay_config.render(cfg.targets, cfg.routes, cfg.delivery),
         itsm_secrets=cfg.itsm_secrets,
         audiences=[identity.identifier_uri, identity.client_id],
+        allowed_subscriptions=source_subscriptions(cfg.azure.subscription_id,
+                                                   [scope for rule in cfg.alerts for scope in rule.scopes]),
     ),
 )
 

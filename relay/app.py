@@ -48,6 +48,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 # Container Apps' default 30 s termination grace period), so neither cuts the other short.
 SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
+METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
@@ -144,8 +145,6 @@ def create_app(
     app.router.add_post("/alerts", post_alert, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    if settings.metrics_port is None:
-        app.router.add_get("/metrics", metrics_handler)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
@@ -163,8 +162,8 @@ def create_app(
     app.cleanup_ctx.append(keys_ctx)
     if deliver:  # after the store opens, so the worker stops before the store closes
         _add_delivery(app, store, settings.config_path, metrics.registry)
-    if settings.metrics_port is not None:
-        app.cleanup_ctx.append(_metrics_site(settings, app))
+    app[METRICS_ADDRESS_KEY] = []
+    app.cleanup_ctx.append(_metrics_site(settings, app))
     return app
 
 
@@ -200,8 +199,14 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     app.on_shutdown.append(begin_shutdown)
 
 
+def metrics_url(app: web.Application) -> str:
+    """Where the running app serves /metrics (with RELAY_METRICS_PORT=0, the port it was given)."""
+    host, port = app[METRICS_ADDRESS_KEY][0]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+
+
 def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no-untyped-def]
-    """/metrics on its own port, so that a public ingress need not expose it."""
+    """/metrics on its own port and bind address (127.0.0.1 by default), never on the public listener."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         side = web.Application()
@@ -210,7 +215,9 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
         side.router.add_get("/metrics", metrics_handler)
         runner = web.AppRunner(side, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+        await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+        main[METRICS_ADDRESS_KEY][:] = [tuple(a[:2]) for a in runner.addresses]
+        log.info("metrics on %s", metrics_url(main))
         yield
         await runner.cleanup()
 
@@ -239,6 +246,8 @@ def describe(settings: Settings) -> str:
         "allowed_app_ids": list(settings.allowed_app_ids),
         "required_role": settings.required_role,
         "metadata_url": settings.metadata_url,
+        "metrics": f"{settings.metrics_host}:{settings.metrics_port}",
+        "allowed_subscriptions": list(settings.allowed_subscriptions) or "any",
         # Only the scheme: a connection string holds an account key and must never reach a log.
         "store": settings.store_url.split("://")[0]
         if settings.store_url.startswith((SQLITE_URL_PREFIX, AZURE_STORAGE_ACCOUNT_PREFIX))

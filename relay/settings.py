@@ -15,6 +15,10 @@ AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 # The app role Microsoft's script creates and assigns to that app.
 DEFAULT_ROLE = "ActionGroupsSecureWebhook"
 DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+# /metrics names token-failure reasons and targets: never on the public listener, by default loopback only
+# (the stack sets RELAY_METRICS_HOST to the container's interface so its scraper reaches it).
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 def fetch_url_problem(url: str) -> str | None:
@@ -62,7 +66,8 @@ class Settings:
     store_url: str = "sqlite:///./relay.db"
     host: str = "0.0.0.0"
     port: int = 8080
-    metrics_port: int | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0: any free port (tests); the app records the one bound
+    metrics_host: str = DEFAULT_METRICS_HOST
     config_path: str | None = None
     # Issue 12 item 15: empty means any source (with a warning at start).
     allowed_subscriptions: tuple[str, ...] = ()
@@ -96,6 +101,10 @@ class Settings:
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
                 "connection string starting with DefaultEndpointsProtocol= (the value given is not shown)"
             )
+        port = _port(env, "RELAY_PORT", 8080)
+        metrics_port = _port(env, "RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, allow_zero=True)
+        if metrics_port == port:
+            raise SettingsError(f"RELAY_METRICS_PORT must differ from RELAY_PORT ({port}): /metrics is never public")
         subscriptions = _list(env, "RELAY_ALLOWED_SUBSCRIPTIONS")
         for sub in subscriptions:
             if not GUID.match(sub):
@@ -117,8 +126,9 @@ class Settings:
             openid_config_url=url,
             store_url=store,
             host=env.get("RELAY_HOST", "").strip() or "0.0.0.0",
-            port=_port(env, "RELAY_PORT", 8080),
-            metrics_port=_port(env, "RELAY_METRICS_PORT", None),
+            port=port,
+            metrics_port=metrics_port,
+            metrics_host=env.get("RELAY_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
             config_path=env.get("RELAY_CONFIG", "").strip() or None,
             allowed_subscriptions=tuple(s.lower() for s in subscriptions),
             allowed_alert_rules=rules,
@@ -140,10 +150,11 @@ def _list(env: Mapping[str, str], name: str, required: bool = False) -> tuple[st
     return items
 
 
-def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+def _port(env: Mapping[str, str], name: str, default: int, allow_zero: bool = False) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SettingsError(f"{name} must be a port number from 1 to 65535 (got {raw!r})")
+    low = 0 if allow_zero else 1
+    if not raw.isdigit() or not low <= int(raw) < 65536:
+        raise SettingsError(f"{name} must be a port number from {low} to 65535 (got {raw[:10]!r})")
     return int(raw)

@@ -13,7 +13,7 @@ from relay.settings import Settings
 from relay.targets import Incident, Ticket, build_target
 from relay.targets.dry_run import DryRunTarget, from_config
 from relay.targets.target_config import TargetConfigError
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, scrape
 
 INCIDENT = Incident(correlation_key="abc-123", summary="[Sev1] cpu on vm-1", description="details",
                     severity="Sev1", fields={"impact": "1"}, configuration_items=("vm-1",), fired_at="t0")
@@ -89,7 +89,7 @@ async def test_relay_without_config_delivers_accepted_alerts_to_a_dry_run(tmp_pa
     assert create["target"] == "dry_run"
     assert create["correlation_key"] == "eeeeeeee-4444-5555-6666-ffffffffffff"
     assert create["incident"]["summary"] == "[Sev4] test-metricAlertRule on test-storageAccount"
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client)
     assert 'relay_deliveries_total{outcome="create",target="dry_run"} 1.0' in metrics
 
 
