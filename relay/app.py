@@ -34,6 +34,7 @@ from relay.intake import (
 from relay.intake.metrics import IntakeMetrics
 from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
+from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
 from relay.logs import install_request_filter
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
@@ -226,16 +227,32 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
 
 def run(settings: Settings) -> None:
     app = create_app(settings, deliver=True)
-    log.info("relay listening on %s:%d with %s", settings.host, settings.port, describe(settings))
-    web.run_app(
+    cap = connection_cap(raise_open_files_limit())
+    log.info("relay listening on %s:%d (at most %d connections) with %s", settings.host, settings.port, cap,
+             describe(settings))
+    try:
+        asyncio.run(_serve(app, settings, cap))
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass  # SIGTERM or SIGINT: the runner's cleanup ran as the serving task was cancelled
+
+
+async def _serve(app: web.Application, settings: Settings, max_connections: int) -> None:
+    """What web.run_app does, with the capped site (issue 12: no connection cap let the relay run out of
+    file descriptors) and the rate-limited accept-error log."""
+    asyncio.get_running_loop().set_exception_handler(accept_error_handler())
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
+        handle_signals=True,
         shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
         access_log_format='%a "%r" %s %b %Tfs',
-        print=None,
     )
+    await runner.setup()
+    try:
+        await CappedTCPSite(runner, settings.host, settings.port, max_connections=max_connections).start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels this task
+    finally:
+        await runner.cleanup()
 
 
 def describe(settings: Settings) -> str:
