@@ -32,6 +32,9 @@ REFRESH_SECONDS = 12 * 3600
 UNKNOWN_KID_COOLDOWN_SECONDS = 300
 RETRY_AFTER_FAILURE_SECONDS = 300
 MAX_DOCUMENT_BYTES = 512 * 1024
+# How long start() waits for the first load before serving anyway (a hanging metadata endpoint held the
+# start for ~13 s): the load goes on in the background and /readyz says 503 until it succeeds.
+FIRST_LOAD_WAIT_SECONDS = 2.0
 MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
 
@@ -69,11 +72,17 @@ class SigningKeys:
     def loaded(self) -> bool:
         return bool(self._keys)
 
-    async def start(self) -> None:
-        """Open the session, try a first load (failure is logged, not fatal) and start refreshing."""
+    async def start(self, first_load_wait: float = FIRST_LOAD_WAIT_SECONDS) -> None:
+        """Open the session, start loading and refreshing; wait for the first load at most
+        `first_load_wait` seconds (failure or a slow endpoint is logged, not fatal)."""
         self._session = client_session(timeout=aiohttp.ClientTimeout(total=10, connect=5), max_connections=4)
-        await self.refresh()
-        self._task = asyncio.create_task(self._refresh_loop(), name="signing-key-refresh")
+        first = asyncio.create_task(self.refresh(), name="signing-key-first-load")
+        self._task = asyncio.create_task(self._refresh_loop(first), name="signing-key-refresh")
+        try:
+            await asyncio.wait_for(asyncio.shield(first), first_load_wait)
+        except TimeoutError:
+            log.warning("signing keys not loaded within %.0f s of start; still trying in the background",
+                        first_load_wait)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -106,7 +115,12 @@ class SigningKeys:
         async with self._lock:
             return await self._fetch_logged()
 
-    async def _refresh_loop(self) -> None:
+    async def _refresh_loop(self, first: asyncio.Task[bool]) -> None:
+        try:
+            await first
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
         while True:
             delay = self.refresh_seconds if self.loaded else min(RETRY_AFTER_FAILURE_SECONDS, self.refresh_seconds)
             # Jitter so that replicas started together do not refresh together.

@@ -80,7 +80,7 @@ async def serve(aiohttp_server, server: KeyServer) -> str:
 
 async def load(url: str, tenant: str) -> SigningKeys:
     keys = SigningKeys(url, tenant)
-    await keys.start()
+    await keys.start(first_load_wait=60)  # wait for the (slow) first load: the test looks at its result
     await keys.stop()  # the keys stay loaded; only the session and the refresh task go
     return keys
 
@@ -195,7 +195,7 @@ async def validator_for(aiohttp_server, dev: DevIssuer) -> tuple[TokenValidator,
     url = await serve(aiohttp_server, server)
     dev.base_url = server.base  # tokens name the issuer the key server's metadata names
     keys = SigningKeys(url, dev.tenant_id, cooldown_seconds=0)
-    await keys.start()
+    await keys.start(first_load_wait=60)
     settings = Settings.from_env({**dev.relay_env(), "RELAY_OPENID_CONFIG_URL": url})
     return TokenValidator(settings, keys), keys, server
 
