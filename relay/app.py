@@ -231,25 +231,31 @@ def run(settings: Settings) -> None:
     log.info("relay listening on %s:%d (at most %d connections) with %s", settings.host, settings.port, cap,
              describe(settings))
     try:
-        asyncio.run(_serve(app, settings, cap))
+        asyncio.run(_serve(app, runner_options(app), settings.host, settings.port, cap))
     except (web.GracefulExit, KeyboardInterrupt):
         pass  # SIGTERM or SIGINT: the runner's cleanup ran as the serving task was cancelled
 
 
-async def _serve(app: web.Application, settings: Settings, max_connections: int) -> None:
+def runner_options(app: web.Application) -> dict[str, object]:
+    """How `relay serve` runs aiohttp: shutdown waits as long as the delivery grace; keep-alive (also the
+    only bound on how long request headers may take) is explicit."""
+    return {
+        "handle_signals": True,
+        "shutdown_timeout": app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
+        "keepalive_timeout": KEEPALIVE_TIMEOUT_SECONDS,
+        "access_log_format": '%a "%r" %s %b %Tfs',
+    }
+
+
+async def _serve(app: web.Application, options: dict[str, object], host: str, port: int,
+                 max_connections: int) -> None:
     """What web.run_app does, with the capped site (issue 12: no connection cap let the relay run out of
     file descriptors) and the rate-limited accept-error log."""
     asyncio.get_running_loop().set_exception_handler(accept_error_handler())
-    runner = web.AppRunner(
-        app,
-        handle_signals=True,
-        shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
-        access_log_format='%a "%r" %s %b %Tfs',
-    )
+    runner = web.AppRunner(app, **options)  # type: ignore[arg-type]
     await runner.setup()
     try:
-        await CappedTCPSite(runner, settings.host, settings.port, max_connections=max_connections).start()
+        await CappedTCPSite(runner, host, port, max_connections=max_connections).start()
         await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels this task
     finally:
         await runner.cleanup()
