@@ -116,11 +116,39 @@ DELIVERY: dict[str, Bound] = {
     "backoff_max_seconds": Bound(0.001, 86400, 600.0),
     "circuit_failures": Bound(1, 1000, 5, whole=True),
     "circuit_open_seconds": Bound(0.001, 86400, 30.0),
-    "lease_seconds": Bound(0.001, 86400, 300.0),
+    # A claim's lease, renewed every third of it while its delivery runs: a crashed relay's events
+    # go to another worker (or the restarted one) within about one lease.
+    "lease_seconds": Bound(0.001, 3600, 30.0),
+    # The longest one event's delivery may take over all its routes (the lease is renewed meanwhile).
+    "deadline_seconds": Bound(0.001, 86400, 600.0),
+    # Events still failing this long after intake accepted them become dead letters (besides max_attempts).
+    "max_age_seconds": Bound(1, 30 * 86400, 86400.0),
+    # How long recording an outcome (complete, retry, dead letter) is retried before the lease decides.
+    "record_retry_seconds": Bound(0, 3600, 30.0),
     # Under Container Apps' default 30 s termination grace period (the stack adds its margin to it).
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),
     # Configuration items bound per alert (issue 12: one alert with 3,000 CIs opened 3,000 incidents); the
     # rest are listed in the incident's description.
     "max_configuration_items": Bound(1, 1000, 20, whole=True),
+}
+
+# The `retention:` section of RELAY_CONFIG: how long the store keeps what delivery no longer needs
+# (`Store.expire`), and how often it looks. Azure Monitor retries a webhook for minutes, so even a day
+# of delivered events keeps its retries deduplicated.
+RETENTION: dict[str, Bound] = {
+    "delivered_days": Bound(1, 3650, 14),
+    "dead_letter_days": Bound(1, 3650, 90),
+    # At least a day: reconciliation (a later issue) looks back 24 h at tickets that resolved.
+    "closed_ticket_days": Bound(1, 3650, 30),
+    "interval_minutes": Bound(1, 1440, 60),
+}
+
+# `delivery:` settings whose default depends on each target: absent, they are derived per target.
+# adopt_after_seconds: how long a create that got no answer may still land before the next attempt
+# searches for it and adopts it; absent, ADOPT_AFTER_TIMEOUTS x that target's timeout_seconds (the
+# default shown here is that of a target with the default timeout).
+ADOPT_AFTER_TIMEOUTS = 6
+DELIVERY_DERIVED: dict[str, Bound] = {
+    "adopt_after_seconds": Bound(0.001, 86400, ADOPT_AFTER_TIMEOUTS * TIMEOUT_SECONDS.default),
 }

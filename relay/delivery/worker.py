@@ -5,7 +5,9 @@ parallel, at most `max_concurrency` per target. Failures a retry can fix go back
 backoff delay (`retry_later`, so nothing sleeps holding a slot); the rest, and events past the attempt
 limit, become dead letters. Before opening an incident the worker writes its intent to the ticket
 record and asks the target for a ticket with the correlation key, so a crash between the ITSM call and
-recording its result still yields exactly one incident.
+recording its result still yields exactly one incident. A note, resolve or reopen writes its intent too,
+and a retry of it reads the ticket first; a key the store has no record of is searched for in the target
+(docs/lifecycle.md: "Each step once", "A lost or replaced store").
 """
 
 from __future__ import annotations
@@ -26,17 +28,36 @@ from relay.delivery.lifecycle import (
     EventFacts,
     TicketKey,
     TicketState,
+    closed_at,
     correlation_key,
     decide,
+    decide_recovered,
     event_facts,
+    orphaned,
+    recovered_state,
+    step_done,
+    step_intent,
+    step_marker,
+    step_unsettled,
     ticket_keys,
+    twin_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
-from relay.store.base import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
-from relay.targets import Forwarder, Incident, Target, TargetError, Ticket, is_forwarder
+from relay.store.base import Claim, Event, LeaseLost, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.targets import (
+    Forwarder,
+    Incident,
+    Target,
+    TargetError,
+    Ticket,
+    can_read,
+    can_search,
+    is_forwarder,
+    truncate,
+)
 
 log = logging.getLogger("relay.delivery.worker")
 _T = TypeVar("_T")
@@ -44,6 +65,9 @@ _T = TypeVar("_T")
 FORWARDED_KEYS_KEPT = 50  # event keys remembered per alert per forwarder, to skip re-forwarding on retry
 RECORD_RETRIES = 8  # re-reads after a VersionConflict before giving the event back to the store
 BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again soon
+BOUNCE_MIN_SECONDS = 1.0  # an event bounced off an open circuit comes back no sooner than this
+RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
+RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
 
 
 class _Busy(Exception):
@@ -81,6 +105,7 @@ class _Failure:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    bounced: bool = False  # never sent: the target's circuit was open (not a delivery attempt)
 
 
 class Worker:
@@ -210,25 +235,75 @@ class Worker:
     # -- one claimed event ---------------------------------------------------------------------------
 
     async def _handle(self, claim: Claim) -> None:
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._keep_leased(claim, asyncio.current_task(), lost),
+                                      name=f"renew-{claim.handle}")
         try:
-            # Never hold an event past its lease: another claim of it would run beside this one.
-            async with asyncio.timeout(self.settings.lease_seconds * 0.9):
+            async with asyncio.timeout(self.settings.deadline_seconds):
                 await self._deliver(claim)
         except asyncio.CancelledError:
+            if lost.is_set():
+                # Another worker holds the event now; whatever this one did is in the ticket record.
+                log.warning("lease on %s was lost mid-delivery; another worker carries on", claim.event.key[:12])
+                return
             # Shutdown: give the event back at once, for the next process to deliver.
             await asyncio.shield(self._settle(self.store.retry_later(claim, 0, "released at shutdown")))
             raise
         except TimeoutError:
-            await self._retry(claim, [_Failure("*", "delivery did not finish within the lease")])
+            await self._retry(claim, [_Failure(
+                "*", f"delivery did not finish within deadline_seconds ({self.settings.deadline_seconds:g}s)")])
         except StoreUnavailable as exc:
-            # The outcome cannot be recorded; the lease runs out and the event is delivered again.
+            # Reading or writing a ticket record failed: give the event back for a prompt retry; if even
+            # that cannot be recorded, the lease runs out and the event is delivered again.
             log.error("store unavailable while delivering %s: %s", claim.event.key[:12], exc)
+            try:
+                await self._record(self.store.retry_later, claim, self.settings.backoff_base_seconds,
+                                   f"store unavailable: {exc}")
+            except StoreUnavailable as again:
+                log.error("could not give %s back to the store; its lease will expire: %s",
+                          claim.event.key[:12], again)
         except Exception as exc:
             log.exception("unexpected error delivering %s", claim.event.key[:12])
             try:
                 await self._retry(claim, [_Failure("*", f"unexpected {type(exc).__name__}: {exc}")])
             except Exception:
                 log.exception("could not give %s back to the store; its lease will expire", claim.event.key[:12])
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _keep_leased(self, claim: Claim, delivery: asyncio.Task[Any] | None, lost: asyncio.Event) -> None:
+        """Renew the claim's lease every third of it while its delivery runs. Should the lease be lost
+        (it ran out during a store outage and another worker claimed the event), stop the delivery:
+        one event is never delivered by two workers at once."""
+        lease = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
+            try:
+                await self.store.renew(claim, lease)
+            except LeaseLost:
+                lost.set()
+                if delivery is not None:
+                    delivery.cancel()
+                return
+            except Exception as exc:  # a store blip: try again at the next beat, while the lease lasts
+                log.warning("could not renew the lease on %s: %s", claim.event.key[:12], exc)
+
+    async def _record(self, op: Callable[..., Awaitable[None]], claim: Claim, *args: Any, **kwargs: Any) -> None:
+        """Record an outcome (complete, retry_later, dead_letter), retried through a store blip for up to
+        `record_retry_seconds`; past that StoreUnavailable, and the lease decides."""
+        give_up = self._clock() + self.settings.record_retry_seconds
+        for tries in range(1_000_000):
+            try:
+                await op(claim, *args, **kwargs)
+                return
+            except StoreUnavailable as exc:
+                pause = RECORD_BACKOFF_SECONDS[min(tries, len(RECORD_BACKOFF_SECONDS) - 1)]
+                if self._clock() + pause > give_up:
+                    raise
+                log.warning("could not record the outcome of %s (try %d): %s", claim.event.key[:12], tries + 1, exc)
+                await asyncio.sleep(pause)
 
     async def _deliver(self, claim: Claim) -> None:
         event = claim.event
@@ -237,7 +312,8 @@ class Worker:
             # outlives every lease) would otherwise come back forever.
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s: leased %d times without an outcome", claim.handle, claim.attempts)
-            await self.store.dead_letter(
+            await self._record(
+                self.store.dead_letter,
                 claim, f"gave up after {claim.attempts} attempts that ended without an outcome "
                 "(the relay stopped or the lease ran out while delivering it)",
             )
@@ -246,14 +322,14 @@ class Worker:
             alert = parse_alert_json(event.body)
         except (ValueError, SchemaError) as exc:
             self.metrics.dead_letters.labels("unparseable").inc()
-            await self.store.dead_letter(claim, f"the stored body is not a common-schema alert: {exc}")
+            await self._record(self.store.dead_letter, claim, f"the stored body is not a common-schema alert: {exc}")
             return
         routes = self.config.routes_for(alert)
         if not routes:
             log.warning("alert %s (%s) matched no route; not delivered", alert.correlation_key,
                         alert.essentials.alert_rule)
             self.metrics.unrouted.inc()
-            await self.store.complete(claim)
+            await self._record(self.store.complete, claim)
             return
         failures = []
         for route in routes:
@@ -261,7 +337,7 @@ class Worker:
             if outcome is not None:
                 failures.append(outcome)
         if not failures:
-            await self.store.complete(claim)
+            await self._record(self.store.complete, claim)
         elif all(f.retryable for f in failures):
             await self._retry(claim, failures)
         else:
@@ -270,31 +346,49 @@ class Worker:
             self.metrics.dead_letters.labels("non_retryable").inc()
             error = _describe(failures)
             log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
-            await self.store.dead_letter(claim, error)
+            await self._record(self.store.dead_letter, claim, error)
 
     async def _retry(self, claim: Claim, failures: list[_Failure]) -> None:
         error = _describe(failures)
-        attempts = claim.attempts + 1
+        # A bounce off open circuits sent nothing: it does not use up an attempt.
+        bounced = all(f.bounced for f in failures)
+        attempts = claim.attempts if bounced else claim.attempts + 1
+        age = self.wall_clock() - claim.received_at if claim.received_at else 0.0
+        if age >= self.settings.max_age_seconds:
+            for f in failures:
+                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
+            self.metrics.dead_letters.labels("too_old").inc()
+            log.error("dead letter %s: not delivered %.0fs after it was accepted (max_age_seconds %g): %s",
+                      claim.handle, age, self.settings.max_age_seconds, error)
+            await self._record(self.store.dead_letter, claim,
+                               f"not delivered within max_age_seconds ({self.settings.max_age_seconds:g}s) "
+                               f"after {attempts} attempts: {error}")
+            return
         if attempts >= self.settings.max_attempts:
             for f in failures:
                 self.metrics.deliveries.labels(f.target, "dead_letter").inc()
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error)
-            await self.store.dead_letter(claim, f"gave up after {attempts} attempts: {error}")
+            await self._record(self.store.dead_letter, claim, f"gave up after {attempts} attempts: {error}")
             return
         retry_after = max((f.retry_after for f in failures if f.retry_after is not None), default=None)
-        delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
-                              cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
-        log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
-        await self.store.retry_later(claim, delay, error)
+        if bounced:
+            # Not before the circuit's next probe, and spread out: the probe is one call, not all of them.
+            wait = retry_after if retry_after is not None else self.settings.circuit_open_seconds
+            delay = max(wait, BOUNCE_MIN_SECONDS) * (1 + 0.25 * self.rng())
+            log.info("%s waits %.1fs for its target's circuit: %s", claim.handle, delay, error)
+        else:
+            delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
+                                  cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
+            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
+        await self._record(self.store.retry_later, claim, delay, error, count_attempt=not bounced)
 
     async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
         """Deliver to one route's target; None on success, else what went wrong."""
         name = route.target
         target = self.targets[name]
-        # A backstop over the target's own per-call timeouts (a delivery may make several calls),
-        # well inside the lease.
-        deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.lease_seconds * 0.8)
+        # A backstop over the target's own per-call timeouts (a delivery may make several calls).
+        deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.deadline_seconds)
         try:
             async with self._slots[name]:
                 async with asyncio.timeout(deadline):
@@ -307,7 +401,7 @@ class Worker:
             return None
         except CircuitOpen as exc:
             self.metrics.deliveries.labels(name, "circuit_open").inc()
-            return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in)
+            return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in, bounced=True)
         except _Busy as exc:
             self.metrics.deliveries.labels(name, "retry").inc()
             return _Failure(name, str(exc), retryable=True, retry_after=exc.after)
@@ -345,26 +439,56 @@ class Worker:
         data = record.data if record else {}
         state = TicketState.from_data(data) if record else None
         version = record.version if record else None
-        decision = decide(facts, state, route.policy)
+        closed = record.closed_at if record else None
+        searched = False
+        if record is None:
+            # No record: the first event of this key, or a lost or replaced store. The target's tickets
+            # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
+            if can_search(target):
+                found = await self._call(target, "search", target.search, key.key)  # type: ignore[attr-defined]
+                twins = twin_keys(key.key, found)
+                if twins:
+                    raise TargetError(f"{target.name}: more than one open ticket carries {', '.join(twins)}; "
+                                      "resolve or merge the duplicates, then replay", retryable=False)
+                state = recovered_state(facts, key.key, found)
+                searched = True
+            decision = decide_recovered(facts, state, route.policy)
+            if orphaned(facts, decision):
+                self.metrics.orphan_events.labels(target.name, str(decision.action)).inc()
+                if state is not None:
+                    held = f"the target holds {state.ticket_number or state.ticket_id} (up to .{state.generation})"
+                else:
+                    held = "the target holds none" if searched else "this target cannot be searched"
+                log.warning("%s: no ticket record for %s (a %s event; a lost or replaced store?): %s; %s",
+                            target.name, key.key, facts.kind, held, decision.action)
+        else:
+            decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
         if action is Action.REFUSE:  # issue 12: another source's alert with this GUID; recorded in the state
             log.warning("%s: refused %s for ticket key %s: %s", target.name, facts.alert_id, key.key, decision.reason)
         if not action.calls_target:
-            return await self._record_only(target, key, decision, state, data, version)
+            return await self._record_only(target, key, decision, state, data, version, closed, record is None)
 
         incident = self._render(route, target, alert, event, key, decision)
         if action.opens_incident:
-            opened = await self._open_incident(target, action, key, incident, data, version)
+            opened = await self._open_incident(target, action, key, incident, data, version,
+                                               searched=searched and state is None)
             if opened is None:
                 return False
             ticket, version, outcome = opened
             new_state = decision.state.with_ticket(ticket.id, ticket.number)
         else:
             assert state is not None  # decide() only notes, resolves or reopens known tickets
-            await self._update_incident(target, action, state, incident, self._note(target, action, facts, alert))
+            base = {k: v for k, v in data.items() if k != "step"} if record else state.to_data()
+            marker = step_marker(event.key)
+            version = await self._update_incident(target, action, key, state, incident, base, version, closed,
+                                                  self._note(target, action, facts, alert, marker), marker,
+                                                  retrying=step_unsettled(data, action, marker))
+            if version is None:
+                return False
             new_state, outcome = decision.state, str(action)
-        if await self._put(target.name, key.key, new_state.to_data(), version) is None:
+        if await self._put(target.name, key.key, new_state.to_data(), version, closed) is None:
             log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
                         action)
             return False
@@ -374,11 +498,12 @@ class Worker:
         return True
 
     async def _record_only(self, target: Target, key: TicketKey, decision: Decision, state: TicketState | None,
-                           data: Mapping[str, Any], version: str | None) -> bool:
+                           data: Mapping[str, Any], version: str | None, closed: float | None,
+                           unrecorded: bool) -> bool:
         """An action that calls no target: remember the event (keeping an open intent); False on a conflict."""
-        if state is None or decision.state != state:
-            keep = {"pending": data["pending"]} if "pending" in data else {}
-            if await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version) is None:
+        if unrecorded or state is None or decision.state != state:
+            keep = {k: data[k] for k in ("pending", "step") if k in data}
+            if await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version, closed) is None:
                 return False
         self.metrics.deliveries.labels(target.name, str(decision.action)).inc()
         return True
@@ -399,30 +524,37 @@ class Worker:
             body=event.body,
         )
 
-    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert) -> str:
-        return note_text(action, facts.kind, alert, target)
+    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str) -> str:
+        """The note text, ending with the event's step marker (kept whole when the text is cut)."""
+        limit = target.limits.note
+        text = truncate(note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
+        return f"{text}\n{marker}" if text else marker
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
-                             data: Mapping[str, Any], version: str | None) -> tuple[Ticket, str, str] | None:
+                             data: Mapping[str, Any], version: str | None, *,
+                             searched: bool = False) -> tuple[Ticket, str, str] | None:
         """Create the incident, or adopt the one a crashed delivery created: (ticket, record version, outcome).
 
         Before the call the intent is written to the ticket record, guarded by its version: of two workers,
-        only one gets to create. It outlives a crash; once it is older than a lease, the next delivery finds
-        and adopts. None: the record changed meanwhile (decide again).
+        only one gets to create. It outlives a crash; once it is older than `adopt_after_seconds` (a create
+        that got no answer may land until then), the next delivery finds and adopts. None: the record
+        changed meanwhile (decide again). `searched`: the key had no record and a search of the target by it
+        just found nothing, so no earlier attempt can have created it and the find is skipped.
         """
         pending = data.get("pending")
         if pending:
-            left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
+            adopt_after = self.settings.adopt_after(self.config.targets[target.name])
+            left = float(pending.get("since", 0)) + adopt_after - self.wall_clock()
             if left > 0:
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
         intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
-        intent_version = await self._put(target.name, key.key, intent, version)
+        intent_version = await self._put(target.name, key.key, intent, version, None)
         if intent_version is None:
             return None
         creating = False
         try:
-            found = await self._call(target, "find", target.find, incident)
+            found = None if searched else await self._call(target, "find", target.find, incident)
             if found is not None and not found.resolved:
                 log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
                          found.number or found.id, incident.correlation_key)
@@ -433,26 +565,50 @@ class Worker:
         except BaseException as exc:
             if creating and _unanswered(exc):
                 # The create may still land (a hung call the target finishes after we gave up): keep the
-                # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
-                log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
-                            target.name, incident.correlation_key)
+                # intent, so the retry waits `adopt_after_seconds`, then finds and adopts instead of
+                # creating twice.
+                log.warning("%s: create for %s got no answer; searching for it once adopt_after_seconds "
+                            "has passed", target.name, incident.correlation_key)
                 raise
             # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
-            await asyncio.shield(self._put(target.name, key.key, base, intent_version))
+            await asyncio.shield(self._put(target.name, key.key, base, intent_version, None))
             raise
 
-    async def _update_incident(self, target: Target, action: Action, state: TicketState, incident: Incident,
-                               text: str) -> None:
-        """A note, resolve or reopen on the ticket the record names."""
+    async def _update_incident(self, target: Target, action: Action, key: TicketKey, state: TicketState,
+                               incident: Incident, base: Mapping[str, Any], version: str | None,
+                               closed: float | None, text: str, marker: str, *, retrying: bool) -> str | None:
+        """A note, resolve or reopen on the ticket the record names, sent at most once per event.
+
+        The step's intent goes into the record first. When the record already holds it (an earlier attempt's
+        outcome is unknown: `retrying`), a target that can be read is read first and what is already there is skipped; a
+        target that cannot be read gets the step again and relies on its own deduplication. The intent stays
+        until the outcome is recorded. Returns the record's version, None on a conflict (decide again).
+        """
         assert state.ticket_id is not None
         ticket = Ticket(id=state.ticket_id, number=state.ticket_number, resolved=not state.open)
+        intent_version = await self._put(target.name, key.key,
+                                         {**base, "step": step_intent(action, marker, self.wall_clock())},
+                                         version, closed)
+        if intent_version is None:
+            return None
+        if retrying and can_read(target):
+            view = await self._call(target, "read", target.read, ticket)  # type: ignore[attr-defined]
+            if step_done(action, view, marker):
+                log.info("%s: %s of %s for %s was already applied by an earlier attempt; not sent again",
+                         target.name, action, ticket.number or ticket.id, incident.correlation_key)
+                return intent_version
         call = {Action.NOTE: target.note, Action.RESOLVE: target.resolve, Action.REOPEN: target.reopen}[action]
         await self._call(target, str(action), call, ticket, incident, text)
+        return intent_version
 
-    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None) -> str | None:
-        """Write a ticket record if unchanged since read: its new version, or None on a conflict."""
+    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None,
+                   closed_before: float | None = None) -> str | None:
+        """Write a ticket record if unchanged since read: its new version, or None on a conflict.
+        `closed_before`: the record's `closed_at` as read (kept while the ticket stays closed)."""
+        record = TicketRecord(target=target, key=key, data=data, version=version,
+                              closed_at=closed_at(data, closed_before, self.wall_clock()))
         try:
-            stored = await self.store.put_ticket(TicketRecord(target=target, key=key, data=data, version=version))
+            stored = await self.store.put_ticket(record)
         except VersionConflict:
             return None
         return stored.version

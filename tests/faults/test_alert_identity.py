@@ -30,10 +30,12 @@ def from_other_subscription(body: bytes) -> bytes:
 async def test_resolved_from_another_subscription_with_the_same_guid_does_not_resolve(store, running, fault_report):
     target = FakeTarget()
     await accept(store, alert_body())
+    worker = await running(store, make_config(), {"itsm": target})
+    await until(lambda: drained(store), "the genuine Fired delivered")
     await accept(store, from_other_subscription(alert_body(condition="Resolved", resolved=T1)))
     await accept(store, from_other_subscription(alert_body(fired=T2)))
-    worker = await running(store, make_config(), {"itsm": target})
-    await until(lambda: drained(store), "all events handled")
+    worker.notify()
+    await until(lambda: drained(store), "the impostor events handled")
     [ticket] = target.tickets.values()
     assert not ticket["resolved"], "another subscription's Resolved with the same GUID resolved the incident"
     assert [c for c, _ in target.calls] == ["find", "create"], f"impostor events reached the target: {target.calls}"
