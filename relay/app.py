@@ -148,7 +148,10 @@ def create_app(
     app.on_response_prepare.append(_server_header)
     install_request_filter()
     if app[SOURCE_POLICY_KEY].open:
-        log.warning("RELAY_ALLOWED_SUBSCRIPTIONS is not set: alerts from any action group in the tenant are taken")
+        async def warn_open_sources(app: web.Application) -> None:  # after the store opened, like the start line
+            log.warning("RELAY_ALLOWED_SUBSCRIPTIONS is not set: alerts from any action group in the tenant are taken")
+
+        app.on_startup.append(warn_open_sources)
 
     app.router.add_post("/alerts", post_alert, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz)

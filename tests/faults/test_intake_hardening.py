@@ -307,10 +307,14 @@ async def test_alerts_from_outside_the_allow_list_are_403_counted_logged_and_not
     count("alerts from elsewhere refused (item 15)")
 
 
-def test_no_allow_list_warns_at_start(relay_env, caplog):
+async def test_no_allow_list_warns_at_start(aiohttp_client, relay_env, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="relay.app")
-    create_app(Settings.from_env(relay_env))
+    await aiohttp_client(create_app(Settings.from_env(relay_env)))
     assert any("RELAY_ALLOWED_SUBSCRIPTIONS is not set" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    await aiohttp_client(create_app(Settings.from_env({**relay_env, "RELAY_ALLOWED_SUBSCRIPTIONS": SUB,
+                                                       "RELAY_STORE": f"sqlite:///{tmp_path / 'other.db'}"})))
+    assert not any("RELAY_ALLOWED_SUBSCRIPTIONS" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(("name", "value"), [("RELAY_ALLOWED_SUBSCRIPTIONS", "prod-sub"),
