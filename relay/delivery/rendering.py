@@ -102,8 +102,11 @@ def render_incident(
     fields: Mapping[str, Any] | None = None,
     severity_fields: Mapping[str, Mapping[str, Any]] | None = None,
     body: bytes = b"",
+    unbound_configuration_items: tuple[str, ...] = (),
 ) -> Incident:
     """The incident a target should hold for this alert (or one CI of it), cut to the target's limits.
+
+    `unbound_configuration_items` (over the per-alert limit) are listed at the end of the description.
 
     `severity_fields` overrides the target's own `severity_fields` (the target block's `severity:`).
     """
@@ -133,6 +136,9 @@ def render_incident(
     if problems:
         log.warning("alert %s: %s", alert.correlation_key, "; ".join(problems))
         description_text = "\n".join(problems) + "\n\n" + description_text
+    if unbound_configuration_items:
+        description_text += (f"\nConfiguration items not bound to a ticket (over the per-alert limit): "
+                             f"{', '.join(unbound_configuration_items)}")
     return Incident(
         correlation_key=correlation_key,
         summary=truncate(" ".join(summary_text.split()) or "Azure Monitor alert", limits.summary),
