@@ -162,7 +162,7 @@ class Forwarder(Protocol):
 
 
 # Keys of a target block that the delivery core reads and the target module never sees.
-CORE_KEYS = frozenset({"severity"})
+CORE_KEYS = frozenset({"severity", "rate_limit_per_second"})
 
 # kind -> module; imported when a target of that kind is built, so one kind's import cost or
 # breakage never touches the others.
