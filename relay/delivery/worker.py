@@ -32,6 +32,7 @@ from relay.delivery.lifecycle import (
     ticket_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
+from relay.delivery.rate_limit import RateLimiter
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
@@ -103,6 +104,8 @@ class Worker:
         self.wall_clock = wall_clock
         self.rng = rng
         self._slots = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in config.targets.items()}
+        self.rate_limits = {name: RateLimiter(name, cfg.rate_limit_per_second, max_wait=cfg.timeout_seconds,
+                                              clock=clock) for name, cfg in config.targets.items()}
         self.breakers = {
             name: CircuitBreaker(
                 name,
@@ -457,11 +460,14 @@ class Worker:
     async def _call(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """One call to a target, through its circuit breaker and timed."""
         breaker = self.breakers[target.name]
+        await self.rate_limits[target.name].acquire()
         breaker.before_call()
         started = time.perf_counter()
         try:
             result = await fn(*args)
         except TargetError as exc:
+            if exc.status == 429:
+                self.rate_limits[target.name].throttled(exc.retry_after)
             if exc.retryable:
                 breaker.failed()
             else:
