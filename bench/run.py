@@ -131,6 +131,7 @@ def storm_section(s: dict | None) -> list[str]:
     """Section 3b: the storm (bench/storm.py); absent from figures written before it existed."""
     if s is None:
         return []
+    means = ", ".join(f"{call} {ms:.0f} ms" for call, ms in s.get("call_mean_ms", {}).items())
     return [
         "## 3b. Storm",
         "",
@@ -142,6 +143,7 @@ def storm_section(s: dict | None) -> list[str]:
         "|---|---|",
         f"| incidents per second | {s['incidents_per_second']:.0f} (all {s['alerts']:,} in {s['seconds']:.1f} s) |",
         f"| ServiceNow calls per incident | {s['calls_per_incident']:.2f} (`{json.dumps(s['calls'])}`) |",
+        *([f"| mean target call as the relay timed it | {means} |"] if means else []),
         f"| intake p50 / p99 while the worker delivers | {s['intake_p50_ms']:.0f} ms / {s['intake_p99_ms']:.0f} ms |",
         f"| duplicates | {s['duplicates']} ({s['incidents']:,} incidents, {s['bound_to_the_ci']:,} bound to the CI) |",
         "",
