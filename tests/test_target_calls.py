@@ -34,6 +34,7 @@ class Kind:
     remove_cis: Callable[[Any], None]
     bound_to: Callable[[Any, str], str | None]  # (fake, ticket id) -> the bound CI's id
     create_path: str
+    add_ticket: Callable[[Any, str, bool], str]  # (fake, key, resolved) -> the ticket's id
 
 
 def _rt_fake() -> FakeRequestTracker:
@@ -56,6 +57,10 @@ KINDS = [
         lambda f: f.cis.clear(),
         lambda f, tid: f.incidents[tid].get("cmdb_ci") or None,
         "/api/now/table/incident",
+        lambda f, key, resolved: f.add_incident(
+            correlation_id=key,
+            **({"state": "6", "close_code": "x", "close_notes": "y"} if resolved else {"state": "2"}),
+        )["sys_id"],
     ),
     Kind(
         "bmc_helix",
@@ -65,6 +70,9 @@ KINDS = [
         lambda f: f.cis.clear(),
         lambda f, tid: f.incidents[tid].get("HPD_CI_ReconID"),
         "HPD:IncidentInterface_Create",
+        lambda f, key, resolved: f.add_incident(
+            **{"Vendor Ticket Number": key, "Status": "Resolved" if resolved else "In Progress"}
+        )["Incident Number"],
     ),
     Kind(
         "request_tracker",
@@ -74,6 +82,7 @@ KINDS = [
         lambda f: f.assets.clear(),
         _rt_bound,
         "/REST/2.0/ticket",
+        lambda f, key, resolved: str(f.add_ticket(QUEUE, "resolved" if resolved else "open", AzureAlertId=key)["id"]),
     ),
 ]
 
@@ -219,3 +228,44 @@ async def test_servicenow_an_open_duplicate_behind_two_newer_resolved_incidents_
     fake.add_incident(correlation_id=key, state="1")
     with pytest.raises(TargetError, match="more than one open incident"):
         await target.find(incident(1))
+
+
+@pytest.mark.parametrize(
+    ("tickets", "found", "searches"),
+    [
+        ([], None, 1),
+        (["open"], "open", 1),
+        (["resolved"], "resolved", 1),
+        (["resolved", "resolved"], "newest", 2),  # a full page: settled by the open-only search
+        (["open", "resolved", "resolved"], 0, 2),  # an open ticket behind two newer resolved ones
+    ],
+    ids=["none", "open", "resolved", "two-resolved", "open-behind-resolved"],
+)
+async def test_find_is_one_search_unless_a_full_page_needs_the_open_only_one(kind, tickets, found, searches):
+    k, fake, target = kind
+    key = incident(1).correlation_key
+    ids = [k.add_ticket(fake, key, state == "resolved") for state in tickets]  # oldest first
+    await target.find(incident(99))  # a login or queue check, once per process, is not the find's
+    ticket, calls = await counted(fake, lambda: target.find(incident(1)))
+    assert len(calls) == searches, f"{k.name}: {calls}"
+    if found is None:
+        assert ticket is None
+    elif found == "open" or found == "resolved":
+        assert ticket.id == ids[0] and ticket.resolved == (found == "resolved")
+    elif found == "newest":
+        assert ticket.id == ids[-1] and ticket.resolved
+    else:
+        assert ticket.id == ids[found] and not ticket.resolved
+
+
+async def test_two_open_tickets_with_one_key_are_refused_in_one_search(kind):
+    k, fake, target = kind
+    key = incident(1).correlation_key
+    k.add_ticket(fake, key, False)
+    k.add_ticket(fake, key, False)
+    await target.find(incident(99))
+    before = len(fake.calls)
+    with pytest.raises(TargetError) as caught:
+        await target.find(incident(1))
+    assert not caught.value.retryable and "more than one" in str(caught.value)
+    assert len(fake.calls) - before == 1
