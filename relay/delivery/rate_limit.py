@@ -1,4 +1,5 @@
-"""Per-target `rate_limit_per_second`: a token bucket in front of every call, lowered by 429s.
+"""Per-target `rate_limit_per_second`: a token bucket in front of every call the worker makes to a
+target (find, create, note, resolve, reopen, forward; one may be a few HTTP requests), lowered by 429s.
 
 The bucket holds one second of calls (at least one), so a quiet target can take a short burst. A 429
 halves the rate (down to 1/16 of the configured one; more 429s within a second count once, since
