@@ -195,11 +195,23 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
     return ctx
 
 
+def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """uvloop where it is installed (a runtime dependency, but not on Windows), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), "uvloop"
+
+
 def run(settings: Settings) -> None:
     app = create_app(settings, deliver=True)
-    log.info("relay listening on %s:%d with %s", settings.host, settings.port, describe(settings))
+    loop, loop_name = event_loop()
+    log.info("relay listening on %s:%d with %s, event loop %s", settings.host, settings.port, describe(settings),
+             loop_name)
     web.run_app(
         app,
+        loop=loop,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,

@@ -119,7 +119,15 @@ DELIVERY: dict[str, Bound] = {
     "backoff_max_seconds": Bound(0.001, 86400, 600.0),
     "circuit_failures": Bound(1, 1000, 5, whole=True),
     "circuit_open_seconds": Bound(0.001, 86400, 30.0),
-    "lease_seconds": Bound(0.001, 86400, 300.0),
+    # A claim's lease, renewed every third of it while its delivery runs: a crashed relay's events
+    # go to another worker (or the restarted one) within about one lease.
+    "lease_seconds": Bound(0.001, 3600, 30.0),
+    # The longest one event's delivery may take over all its routes (the lease is renewed meanwhile).
+    "deadline_seconds": Bound(0.001, 86400, 600.0),
+    # Events still failing this long after intake accepted them become dead letters (besides max_attempts).
+    "max_age_seconds": Bound(1, 30 * 86400, 86400.0),
+    # How long recording an outcome (complete, retry, dead letter) is retried before the lease decides.
+    "record_retry_seconds": Bound(0, 3600, 30.0),
     # Under Container Apps' default 30 s termination grace period (the stack adds its margin to it).
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),

@@ -9,6 +9,7 @@ import pytest
 
 from relay.cli import main
 from relay.delivery.config import ConfigError, parse_config
+from relay.schema import DELIVERY
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -108,9 +109,7 @@ delivery: {max_attempts: 0, sleep: 1}
         "FILE:22: routes[2].target: duplicate key",
         "FILE:23: routes[2].continue: must be true or false",
         "FILE:24: delivery.max_attempts: must be a whole number from 1 to 1000 (got 0)",
-        "FILE:24: delivery.sleep: unknown key; expected one of max_attempts, backoff_base_seconds, "
-        "backoff_max_seconds, circuit_failures, circuit_open_seconds, lease_seconds, shutdown_grace_seconds, "
-        "poll_seconds",
+        "FILE:24: delivery.sleep: unknown key; expected one of " + ", ".join(DELIVERY),
     ]
 
 

@@ -17,12 +17,13 @@ from relay.delivery.rate_limit import (
     LOWER_AT_MOST_EVERY,
     MIN_FACTOR,
     RECOVERY_SECONDS,
+    RateLimited,
     RateLimiter,
     TokenBucket,
 )
 from relay.delivery.worker import Worker
 from relay.targets import TargetError
-from tests.test_worker import FakeTarget, accept, alert_body, drained, make_config, until
+from tests.test_worker import FakeTarget, SpyStore, accept, alert_body, drained, make_config, metric, until
 
 
 def sends(bucket: TokenBucket, arrivals: list[float]) -> list[float]:
@@ -139,14 +140,14 @@ async def test_the_limiter_waits_what_the_bucket_says_on_the_clock_it_is_given()
     assert waited == pytest.approx([0.25, 0.5])
 
 
-async def test_a_wait_longer_than_max_wait_is_given_back_as_a_retryable_error():
+async def test_a_wait_longer_than_max_wait_is_not_waited_out_but_raised_with_when_to_come_back():
     now = [0.0]
     limiter = RateLimiter("snow", 1, max_wait=5, clock=lambda: now[0], sleep=lambda s: asyncio.sleep(0))
     for _ in range(6):
         await limiter.acquire()  # waits 0..5 s
-    with pytest.raises(TargetError) as caught:
+    with pytest.raises(RateLimited) as caught:
         await limiter.acquire()
-    assert caught.value.retryable and caught.value.retry_after == pytest.approx(6.0)
+    assert caught.value.retry_in == pytest.approx(6.0)
     assert "rate_limit_per_second" in str(caught.value)
     assert limiter.bucket.reserve(0.0) == pytest.approx(6.0), "the refused call's token was not given back"
 
@@ -177,6 +178,32 @@ async def test_the_worker_holds_every_call_to_the_targets_rate(store):
         await worker.stop(grace_seconds=1)
     assert len(target.calls) == 6  # find + create each
     assert sorted(waited) == pytest.approx([0.5, 1.0, 1.5, 2.0]), "2/s: two at once, then one every 0.5 s"
+
+
+async def test_a_call_whose_turn_is_too_far_off_goes_back_to_the_store_without_using_an_attempt(store):
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:  # waits within timeout_seconds (5) are waited out
+        pass
+
+    target = FakeTarget()
+    spy = SpyStore(store)
+    worker = Worker(spy, rate_config(0.3), {"itsm": target}, clock=lambda: now[0])
+    worker.rate_limits["itsm"]._sleep = sleep
+    await accept(store, alert_body(guid="11111111-0000-4000-8000-000000000001"))
+    await accept(store, alert_body(guid="11111111-0000-4000-8000-000000000002"))
+    await worker.start()
+    try:
+        # 0.3/s: the first alert's find and create fit; the second's find is 6.7 s away, over 5.
+        await until(lambda: spy.counted, "the second alert bounced off the rate limit")
+        assert spy.counted[0] is False, "a call that was never sent used up an attempt"
+        assert "rate_limit_per_second" in spy.errors[0]
+        assert metric(worker, "relay_deliveries_total", target="itsm", outcome="rate_limited") >= 1
+        now[0] = 100.0  # time passes: the bucket has room again
+        await until(lambda: drained(store), "both alerts delivered")
+    finally:
+        await worker.stop(grace_seconds=1)
+    assert len(target.tickets) == 2 and not any(spy.counted)
 
 
 async def test_a_429_through_the_worker_lowers_the_targets_rate(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -16,8 +17,8 @@ from relay.delivery.lifecycle import Policy
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.retry_policy import CircuitState
 from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetConfig
-from relay.delivery.worker import Worker
-from relay.store import Event, StoreUnavailable
+from relay.delivery.worker import RENEWALS_PER_LEASE, Worker
+from relay.store import Event, LeaseLost, StoreUnavailable
 from relay.store.sqlite import SqliteStore
 from relay.targets import Incident, TargetError, TextLimits, Ticket
 from tests.conftest import load_sample
@@ -139,15 +140,17 @@ class SpyStore:
         self.inner = inner
         self.delays: list[float] = []
         self.errors: list[str] = []
+        self.counted: list[bool] = []
         self.fail_final_puts = fail_puts
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def retry_later(self, claim, delay_seconds, error):  # type: ignore[no-untyped-def]
+    async def retry_later(self, claim, delay_seconds, error, *, count_attempt=True):  # type: ignore[no-untyped-def]
         self.delays.append(delay_seconds)
         self.errors.append(error)
-        await self.inner.retry_later(claim, min(delay_seconds, 0.01), error)
+        self.counted.append(count_attempt)
+        await self.inner.retry_later(claim, min(delay_seconds, 0.01), error, count_attempt=count_attempt)
 
     async def put_ticket(self, record):  # type: ignore[no-untyped-def]
         if self.fail_final_puts and record.data.get("ticket_id"):
@@ -570,3 +573,122 @@ async def test_unexpected_error_in_a_target_is_retried_then_dead_lettered(store,
     await until(lambda: drained(store), "event given up")
     [dead] = await store.dead_letters()
     assert dead.attempts == 2 and "unexpected KeyError" in dead.error
+
+
+# -- short leases, outcomes recorded through store blips, bounces and age ---------------------------------
+
+
+class SlowTarget(FakeTarget):
+    """Its creates take `seconds`: longer than a short lease."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def create(self, incident: Incident) -> Ticket:
+        await asyncio.sleep(self.seconds)
+        return await super().create(incident)
+
+
+class RenewSpy(SpyStore):
+    def __init__(self, inner: SqliteStore) -> None:
+        super().__init__(inner)
+        self.renewals = 0
+        self.lose_lease = False
+
+    async def renew(self, claim, lease_seconds):  # type: ignore[no-untyped-def]
+        self.renewals += 1
+        if self.lose_lease:
+            raise LeaseLost("taken over")
+        await self.inner.renew(claim, lease_seconds)
+
+
+async def test_a_delivery_longer_than_its_lease_renews_it_and_no_other_worker_takes_the_event(store, running):
+    target = SlowTarget(seconds=1.5)
+    await accept(store, alert_body())
+    spy = RenewSpy(store)
+    await running(spy, make_config(lease_seconds=0.6), {"itsm": target})
+    other = FakeTarget("itsm")
+    await until(lambda: target.count("find") == 1, "the first worker started delivering")
+    await running(store, make_config(lease_seconds=0.6), {"itsm": other})  # a second replica, polling
+    await until(lambda: drained(store), "event delivered")
+    assert spy.renewals >= 3, f"a 1.5 s delivery under a 0.6 s lease must renew it (renewed {spy.renewals}x)"
+    assert other.calls == [], "another worker claimed an event whose delivery was still running"
+    assert len(target.tickets) == 1
+
+
+async def test_a_lost_lease_stops_the_delivery_and_records_nothing(store, running):
+    target = SlowTarget(seconds=5)
+    await accept(store, alert_body())
+    spy = RenewSpy(store)
+    spy.lose_lease = True
+    await running(spy, make_config(lease_seconds=0.3), {"itsm": target})
+    await until(lambda: spy.renewals >= 1, "the worker tried to renew")
+    await asyncio.sleep(0.3)
+    assert target.tickets == {}, "the delivery went on after its lease was lost"
+    assert spy.delays == [], "a worker that lost its lease must not record an outcome"
+
+
+def test_the_default_lease_is_short_and_renewed_every_third_of_it():
+    defaults = DeliverySettings()
+    assert defaults.lease_seconds == 30, "after a crash, events wait at most about one lease"
+    assert RENEWALS_PER_LEASE == 3
+    assert defaults.deadline_seconds > defaults.lease_seconds, "the deadline is its own setting, not the lease's"
+
+
+class FlakyOutcomeStore(SpyStore):
+    """complete() fails `n` times with StoreUnavailable (a storage blip), then works."""
+
+    def __init__(self, inner: SqliteStore, n: int) -> None:
+        super().__init__(inner)
+        self.failures_left = n
+        self.completes = 0
+
+    async def complete(self, claim):  # type: ignore[no-untyped-def]
+        self.completes += 1
+        if self.failures_left:
+            self.failures_left -= 1
+            raise StoreUnavailable("simulated storage blip")
+        await self.inner.complete(claim)
+
+
+async def test_an_outcome_write_that_fails_in_a_store_blip_is_retried_not_left_to_the_lease(store, running):
+    target = FakeTarget()
+    await accept(store, alert_body())
+    spy = FlakyOutcomeStore(store, n=2)
+    await running(spy, make_config(lease_seconds=30), {"itsm": target})
+    await until(lambda: drained(store), "the event completed after the blip, not after the 30 s lease", limit=10)
+    assert spy.completes == 3 and target.count("create") == 1
+
+
+async def test_circuit_open_bounces_do_not_use_up_attempts(store, running):
+    now = [1000.0]
+    target = FakeTarget()
+    target.fail["find"] = [TargetError("HTTP 503", retryable=True, status=503)]
+    for n in range(4):
+        await accept(store, alert_body(guid=guid(n)))
+    # Three attempts only: before, every bounce off the open circuit used one up and these were dead-lettered.
+    config = make_config(circuit_failures=1, circuit_open_seconds=60, max_attempts=3)
+    spy = SpyStore(store)
+    worker = await running(spy, config, {"itsm": target}, clock=lambda: now[0])
+    await until(lambda: spy.counted.count(False) >= 9, "events bounced off the open circuit many times")
+    assert await store.dead_letters() == []
+    now[0] += 61
+    await until(lambda: drained(store), "all delivered once the circuit closed")
+    assert await store.dead_letters() == [] and len(target.tickets) == 4
+    assert metric(worker, "relay_deliveries_total", target="itsm", outcome="circuit_open") >= 9
+
+
+async def test_an_event_failing_past_max_age_becomes_a_dead_letter_whatever_its_attempts(store, running):
+    target = FakeTarget()
+    target.fail["find"] = [TargetError("HTTP 503", retryable=True, status=503) for _ in range(3)]
+    await accept(store, alert_body())
+    later = [0.0]
+    worker = await running(store, make_config(max_attempts=1000, circuit_failures=100), {"itsm": target},
+                           wall_clock=lambda: time.time() + later[0])
+    await until(lambda: target.count("find") >= 1, "first attempt")
+    later[0] = DeliverySettings().max_age_seconds + 60  # a day passes with the target down
+    await until(lambda: store.dead_letters(), "dead-lettered by age")
+    [dead] = await store.dead_letters()
+    assert "max_age_seconds" in dead.error and dead.attempts < 5
+    assert metric(worker, "relay_dead_letters_total", reason="too_old") == 1

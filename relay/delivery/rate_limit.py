@@ -19,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from relay.targets import TargetError
-
 MIN_FACTOR = 1 / 16  # the lowest a run of 429s takes the rate, as a share of the configured one
 RECOVERY_SECONDS = 30.0  # quiet time after a 429 before the rate doubles back (or the Retry-After)
 LOWER_AT_MOST_EVERY = 1.0  # 429s closer together than this are one signal
@@ -113,9 +111,20 @@ class TokenBucket:
             t = changes
 
 
+class RateLimited(Exception):
+    """The call was not sent: its turn under the target's rate is more than `max_wait` away. The worker
+    gives the event back to the store for `retry_in` seconds, as it does off an open circuit (no attempt)."""
+
+    def __init__(self, target: str, rate: float, retry_in: float) -> None:
+        super().__init__(
+            f"{target}: over rate_limit_per_second ({rate:g}/s in force); the next call could go in {retry_in:.1f}s"
+        )
+        self.retry_in = retry_in
+
+
 class RateLimiter:
     """The bucket of one target, awaited before each call; a wait over `max_wait` is not waited out
-    here (the slot would sit idle past the call's timeout) but given back as a retryable error."""
+    here (the slot would sit idle past the call's timeout) but raised as `RateLimited`."""
 
     def __init__(
         self,
@@ -138,12 +147,7 @@ class RateLimiter:
         wait = self.bucket.reserve(self._clock())
         if wait > self.max_wait:
             self.bucket.release(self._clock())
-            raise TargetError(
-                f"{self.target}: over rate_limit_per_second ({self.bucket.rate_at(self._clock()):g}/s in force); "
-                f"the next call could go in {wait:.1f}s",
-                retryable=True,
-                retry_after=wait,
-            )
+            raise RateLimited(self.target, self.bucket.rate_at(self._clock()), wait)
         if wait > 0:
             await self._sleep(wait)
 

@@ -73,6 +73,9 @@ class DeliverySettings:
     circuit_failures: int = int(DELIVERY["circuit_failures"].default)
     circuit_open_seconds: float = DELIVERY["circuit_open_seconds"].default
     lease_seconds: float = DELIVERY["lease_seconds"].default
+    deadline_seconds: float = DELIVERY["deadline_seconds"].default
+    max_age_seconds: float = DELIVERY["max_age_seconds"].default
+    record_retry_seconds: float = DELIVERY["record_retry_seconds"].default
     shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
     poll_seconds: float = DELIVERY["poll_seconds"].default
 

@@ -32,11 +32,11 @@ from relay.delivery.lifecycle import (
     ticket_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
-from relay.delivery.rate_limit import RateLimiter
+from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
-from relay.store.base import Claim, Event, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.store.base import Claim, Event, LeaseLost, Store, StoreUnavailable, TicketRecord, VersionConflict
 from relay.targets import Forwarder, Incident, Target, TargetError, Ticket, is_forwarder
 
 log = logging.getLogger("relay.delivery.worker")
@@ -45,6 +45,9 @@ _T = TypeVar("_T")
 FORWARDED_KEYS_KEPT = 50  # event keys remembered per alert per forwarder, to skip re-forwarding on retry
 RECORD_RETRIES = 8  # re-reads after a VersionConflict before giving the event back to the store
 BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again soon
+BOUNCE_MIN_SECONDS = 1.0  # an event bounced off an open circuit comes back no sooner than this
+RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
+RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
 
 
 class _Busy(Exception):
@@ -82,6 +85,7 @@ class _Failure:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    bounced: bool = False  # never sent: the target's circuit was open (not a delivery attempt)
 
 
 class Worker:
@@ -213,25 +217,75 @@ class Worker:
     # -- one claimed event ---------------------------------------------------------------------------
 
     async def _handle(self, claim: Claim) -> None:
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._keep_leased(claim, asyncio.current_task(), lost),
+                                      name=f"renew-{claim.handle}")
         try:
-            # Never hold an event past its lease: another claim of it would run beside this one.
-            async with asyncio.timeout(self.settings.lease_seconds * 0.9):
+            async with asyncio.timeout(self.settings.deadline_seconds):
                 await self._deliver(claim)
         except asyncio.CancelledError:
+            if lost.is_set():
+                # Another worker holds the event now; whatever this one did is in the ticket record.
+                log.warning("lease on %s was lost mid-delivery; another worker carries on", claim.event.key[:12])
+                return
             # Shutdown: give the event back at once, for the next process to deliver.
             await asyncio.shield(self._settle(self.store.retry_later(claim, 0, "released at shutdown")))
             raise
         except TimeoutError:
-            await self._retry(claim, [_Failure("*", "delivery did not finish within the lease")])
+            await self._retry(claim, [_Failure(
+                "*", f"delivery did not finish within deadline_seconds ({self.settings.deadline_seconds:g}s)")])
         except StoreUnavailable as exc:
-            # The outcome cannot be recorded; the lease runs out and the event is delivered again.
+            # Reading or writing a ticket record failed: give the event back for a prompt retry; if even
+            # that cannot be recorded, the lease runs out and the event is delivered again.
             log.error("store unavailable while delivering %s: %s", claim.event.key[:12], exc)
+            try:
+                await self._record(self.store.retry_later, claim, self.settings.backoff_base_seconds,
+                                   f"store unavailable: {exc}")
+            except StoreUnavailable as again:
+                log.error("could not give %s back to the store; its lease will expire: %s",
+                          claim.event.key[:12], again)
         except Exception as exc:
             log.exception("unexpected error delivering %s", claim.event.key[:12])
             try:
                 await self._retry(claim, [_Failure("*", f"unexpected {type(exc).__name__}: {exc}")])
             except Exception:
                 log.exception("could not give %s back to the store; its lease will expire", claim.event.key[:12])
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _keep_leased(self, claim: Claim, delivery: asyncio.Task[Any] | None, lost: asyncio.Event) -> None:
+        """Renew the claim's lease every third of it while its delivery runs. Should the lease be lost
+        (it ran out during a store outage and another worker claimed the event), stop the delivery:
+        one event is never delivered by two workers at once."""
+        lease = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
+            try:
+                await self.store.renew(claim, lease)
+            except LeaseLost:
+                lost.set()
+                if delivery is not None:
+                    delivery.cancel()
+                return
+            except Exception as exc:  # a store blip: try again at the next beat, while the lease lasts
+                log.warning("could not renew the lease on %s: %s", claim.event.key[:12], exc)
+
+    async def _record(self, op: Callable[..., Awaitable[None]], claim: Claim, *args: Any, **kwargs: Any) -> None:
+        """Record an outcome (complete, retry_later, dead_letter), retried through a store blip for up to
+        `record_retry_seconds`; past that StoreUnavailable, and the lease decides."""
+        give_up = self._clock() + self.settings.record_retry_seconds
+        for tries in range(1_000_000):
+            try:
+                await op(claim, *args, **kwargs)
+                return
+            except StoreUnavailable as exc:
+                pause = RECORD_BACKOFF_SECONDS[min(tries, len(RECORD_BACKOFF_SECONDS) - 1)]
+                if self._clock() + pause > give_up:
+                    raise
+                log.warning("could not record the outcome of %s (try %d): %s", claim.event.key[:12], tries + 1, exc)
+                await asyncio.sleep(pause)
 
     async def _deliver(self, claim: Claim) -> None:
         event = claim.event
@@ -240,7 +294,8 @@ class Worker:
             # outlives every lease) would otherwise come back forever.
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s: leased %d times without an outcome", claim.handle, claim.attempts)
-            await self.store.dead_letter(
+            await self._record(
+                self.store.dead_letter,
                 claim, f"gave up after {claim.attempts} attempts that ended without an outcome "
                 "(the relay stopped or the lease ran out while delivering it)",
             )
@@ -249,14 +304,14 @@ class Worker:
             alert = parse_alert_json(event.body)
         except (ValueError, SchemaError) as exc:
             self.metrics.dead_letters.labels("unparseable").inc()
-            await self.store.dead_letter(claim, f"the stored body is not a common-schema alert: {exc}")
+            await self._record(self.store.dead_letter, claim, f"the stored body is not a common-schema alert: {exc}")
             return
         routes = self.config.routes_for(alert)
         if not routes:
             log.warning("alert %s (%s) matched no route; not delivered", alert.correlation_key,
                         alert.essentials.alert_rule)
             self.metrics.unrouted.inc()
-            await self.store.complete(claim)
+            await self._record(self.store.complete, claim)
             return
         failures = []
         for route in routes:
@@ -264,7 +319,7 @@ class Worker:
             if outcome is not None:
                 failures.append(outcome)
         if not failures:
-            await self.store.complete(claim)
+            await self._record(self.store.complete, claim)
         elif all(f.retryable for f in failures):
             await self._retry(claim, failures)
         else:
@@ -273,31 +328,49 @@ class Worker:
             self.metrics.dead_letters.labels("non_retryable").inc()
             error = _describe(failures)
             log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
-            await self.store.dead_letter(claim, error)
+            await self._record(self.store.dead_letter, claim, error)
 
     async def _retry(self, claim: Claim, failures: list[_Failure]) -> None:
         error = _describe(failures)
-        attempts = claim.attempts + 1
+        # A bounce off open circuits sent nothing: it does not use up an attempt.
+        bounced = all(f.bounced for f in failures)
+        attempts = claim.attempts if bounced else claim.attempts + 1
+        age = self.wall_clock() - claim.received_at if claim.received_at else 0.0
+        if age >= self.settings.max_age_seconds:
+            for f in failures:
+                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
+            self.metrics.dead_letters.labels("too_old").inc()
+            log.error("dead letter %s: not delivered %.0fs after it was accepted (max_age_seconds %g): %s",
+                      claim.handle, age, self.settings.max_age_seconds, error)
+            await self._record(self.store.dead_letter, claim,
+                               f"not delivered within max_age_seconds ({self.settings.max_age_seconds:g}s) "
+                               f"after {attempts} attempts: {error}")
+            return
         if attempts >= self.settings.max_attempts:
             for f in failures:
                 self.metrics.deliveries.labels(f.target, "dead_letter").inc()
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error)
-            await self.store.dead_letter(claim, f"gave up after {attempts} attempts: {error}")
+            await self._record(self.store.dead_letter, claim, f"gave up after {attempts} attempts: {error}")
             return
         retry_after = max((f.retry_after for f in failures if f.retry_after is not None), default=None)
-        delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
-                              cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
-        log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
-        await self.store.retry_later(claim, delay, error)
+        if bounced:
+            # Not before the circuit's next probe, and spread out: the probe is one call, not all of them.
+            wait = retry_after if retry_after is not None else self.settings.circuit_open_seconds
+            delay = max(wait, BOUNCE_MIN_SECONDS) * (1 + 0.25 * self.rng())
+            log.info("%s waits %.1fs for its target's circuit: %s", claim.handle, delay, error)
+        else:
+            delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
+                                  cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
+            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
+        await self._record(self.store.retry_later, claim, delay, error, count_attempt=not bounced)
 
     async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
         """Deliver to one route's target; None on success, else what went wrong."""
         name = route.target
         target = self.targets[name]
-        # A backstop over the target's own per-call timeouts (a delivery may make several calls),
-        # well inside the lease.
-        deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.lease_seconds * 0.8)
+        # A backstop over the target's own per-call timeouts (a delivery may make several calls).
+        deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.deadline_seconds)
         try:
             async with self._slots[name]:
                 async with asyncio.timeout(deadline):
@@ -308,9 +381,10 @@ class Worker:
                         for key in ticket_keys(alert, route.incident_per):
                             await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
-        except CircuitOpen as exc:
-            self.metrics.deliveries.labels(name, "circuit_open").inc()
-            return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in)
+        except (CircuitOpen, RateLimited) as exc:  # nothing was sent: not an attempt
+            outcome = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
+            self.metrics.deliveries.labels(name, outcome).inc()
+            return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in, bounced=True)
         except _Busy as exc:
             self.metrics.deliveries.labels(name, "retry").inc()
             return _Failure(name, str(exc), retryable=True, retry_after=exc.after)

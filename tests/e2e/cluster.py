@@ -43,7 +43,9 @@ def episode(i: int, tag: str = "replicas") -> tuple[bytes, bytes]:
     return json.dumps(doc).encode(), json.dumps(resolved).encode()
 
 
-def write_config(path: Path, servicenow: FakeServiceNow, lease_seconds: float = 30) -> Path:
+def write_config(path: Path, servicenow: FakeServiceNow, lease_seconds: float | None = None) -> Path:
+    """One ServiceNow target; the lease is the default unless a test names one."""
+    lease = "" if lease_seconds is None else f"\n  lease_seconds: {lease_seconds}"
     path.write_text(f"""\
 targets:
   servicenow:
@@ -57,8 +59,7 @@ targets:
 routes:
   - target: servicenow
 delivery:
-  poll_seconds: 0.2
-  lease_seconds: {lease_seconds}
+  poll_seconds: 0.2{lease}
   backoff_base_seconds: 0.2
   backoff_max_seconds: 2
 """)

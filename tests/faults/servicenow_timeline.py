@@ -101,3 +101,16 @@ class TimedServiceNow(FakeServiceNow):
     def applied_to(self, correlation_id: str) -> list[str]:
         """What happened to this alert's incident, in order: "created", "resolved"."""
         return [what for _, what, key in self.applied if key == correlation_id]
+
+    def steps_twice(self) -> dict[str, list[str]]:
+        """Incidents (by number) that got one journal entry (a work note, a resolve or reopen note) more
+        than once, with the repeated texts: a step applied twice."""
+        repeated: dict[str, list[str]] = {}
+        for sys_id, entries in self.journal.items():
+            seen: set[tuple[str, str]] = set()
+            for entry in entries:
+                if entry in seen:
+                    repeated.setdefault(self.incidents[sys_id].get("number", sys_id), []).append(entry[1][:60])
+                seen.add(entry)
+        return repeated
+

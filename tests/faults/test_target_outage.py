@@ -53,7 +53,6 @@ routes:
   - target: servicenow
 delivery:
   poll_seconds: 0.05
-  lease_seconds: 3
   backoff_base_seconds: 0.05
   backoff_max_seconds: 0.4
   circuit_failures: 3
@@ -134,6 +133,8 @@ async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_
     grouped = incidents_by_correlation(servicenow)
     doubled = {k: [r["number"] for r in v] for k, v in grouped.items() if len(v) > 1}
     assert not doubled, f"the outage made the relay open an incident twice: {doubled}"
+    twice = servicenow.steps_twice()
+    assert not twice, f"the outage made the relay apply a step twice: {twice}"
     assert sorted(grouped) == sorted(keys)
     out_of_order = {k: servicenow.applied_to(k) for k in keys if servicenow.applied_to(k) != ["created", "resolved"]}
     assert not out_of_order, f"ServiceNow did not see each alert opened, then resolved: {out_of_order}"
@@ -148,6 +149,7 @@ async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_
         "target outage",
         f"{ALERTS} alerts ({2 * ALERTS} notifications) through {served}; {len(servicenow.timeline)} calls, "
         f"{failed} failed; {len(grouped)} incidents, all resolved, opened before resolved for {len(keys)} of "
-        f"{len(keys)}, 0 duplicates, 0 dead letters; Retry-After honoured on {checked} of {checked} retries "
+        f"{len(keys)}, 0 duplicates, 0 steps twice, 0 dead letters; "
+        f"Retry-After honoured on {checked} of {checked} retries "
         f"(shortest pause {shortest:.2f}s for {RETRY_AFTER}s)",
     )

@@ -1,0 +1,151 @@
+"""Recovery: how long acknowledged alerts wait after a crash, with the default lease.
+
+- SQLite: `relay serve` delivering to the ServiceNow fake (50 ms a call) is SIGKILLed in the middle of
+  a stream of alerts, then restarted on the same database; measured from the restart until every
+  acknowledged alert has its incident.
+- Azure Storage (Azurite), two replicas: one is SIGKILLed while both deliver; measured from the kill
+  until every acknowledged alert has its incident (the survivor takes the dead replica's events over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.delivery import FakeThread, TimedServiceNow, alert
+from bench.harness import free_port, relay_process, wait_http
+from devtools.dev_issuer import DevIssuer
+
+ALERTS = 400
+KILL_AFTER = 240  # acknowledgements before the SIGKILL: mid-stream, with deliveries in flight
+SENDERS = 16
+PAUSE = 0.15  # between one sender's posts: about 100 alerts a second in all, delivered as they come
+
+
+def config(path: Path, fake: TimedServiceNow) -> Path:
+    # Defaults everywhere but the target (the lease, retries and polling are what a user gets).
+    path.write_text(f"""\
+targets:
+  servicenow:
+    kind: servicenow
+    base_url: {fake.url}
+    auth: {{type: basic, username: {fake.username}, password_env: SN_PASSWORD}}
+    max_concurrency: 16
+routes:
+  - target: servicenow
+""")
+    return path
+
+
+async def stream(urls: list[str], auth: str, bodies: list[tuple[str, bytes]], fake: TimedServiceNow,
+                 kill: Any) -> tuple[set[str], float]:
+    """Post every alert (round-robin over `urls`); call `kill()` after KILL_AFTER acknowledgements.
+    Returns (acknowledged alert ids, when the kill happened)."""
+    acked: set[str] = set()
+    killed_at = 0.0
+    queue = list(reversed(bodies))
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+
+    async def sender(n: int, http: aiohttp.ClientSession) -> None:
+        nonlocal killed_at
+        while queue:
+            guid, body = queue.pop()
+            url = urls[(n + len(queue)) % len(urls)]
+            try:
+                async with http.post(url, data=body, headers=headers) as r:
+                    if r.status == 202:
+                        acked.add(guid)
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # the relay died under it: not acknowledged
+            if not killed_at and len(acked) >= KILL_AFTER:
+                killed_at = time.monotonic()
+                kill()
+            await asyncio.sleep(PAUSE)  # a stream, not a burst: the kill lands while deliveries run
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        await asyncio.gather(*(sender(n, http) for n in range(SENDERS)))
+    return acked, killed_at
+
+
+def wait_applied(fake: TimedServiceNow, acked: set[str], within: float) -> float:
+    deadline = time.monotonic() + within
+    while not acked <= set(fake.created_at):
+        if time.monotonic() > deadline:
+            missing = len(acked - set(fake.created_at))
+            raise RuntimeError(f"{missing} acknowledged alerts still without an incident after {within:.0f}s")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def duplicates(fake: TimedServiceNow) -> int:
+    keys = [r.get("correlation_id") for r in fake.incidents.values()]
+    return len(keys) - len(set(keys))
+
+
+def sqlite_sigkill(issuer: DevIssuer, work: Path) -> dict:
+    with FakeThread(TimedServiceNow()) as fake:
+        port = free_port()
+        env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{work / 'kill.db'}", "RELAY_LOG_LEVEL": "WARNING",
+               "RELAY_CONFIG": str(config(work / "kill.yaml", fake)), "SN_PASSWORD": fake.password}
+        relay = relay_process(env, port, work / "kill-1.log")
+        wait_http(f"http://127.0.0.1:{port}/readyz", relay.proc)
+        url = f"http://127.0.0.1:{port}/alerts"
+        acked, killed_at = asyncio.run(stream([url], issuer.authorization(), [alert(i) for i in range(ALERTS)],
+                                              fake, relay.proc.kill))
+        relay.proc.wait(30)
+        missing_at_kill = len(acked - set(fake.created_at))
+        restarted = time.monotonic()
+        relay = relay_process(env, port, work / "kill-2.log")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", relay.proc)
+            done = wait_applied(fake, acked, 600)
+        finally:
+            relay.stop()
+        return {"alerts_acknowledged": len(acked), "without_incident_at_restart": missing_at_kill,
+                "restart_to_all_applied_seconds": round(done - restarted, 1),
+                "kill_to_all_applied_seconds": round(done - killed_at, 1), "duplicates": duplicates(fake)}
+
+
+def azurite_replica_death(issuer: DevIssuer, work: Path) -> dict:
+    from tests.azurite import Azurite  # the benchmark needs Azurite from npm, as the tests do
+
+    azurite = Azurite(work).start()
+    try:
+        with FakeThread(TimedServiceNow()) as fake:
+            env = {**issuer.relay_env(), "RELAY_STORE": azurite.connection_string, "RELAY_LOG_LEVEL": "WARNING",
+                   "RELAY_CONFIG": str(config(work / "replicas.yaml", fake)), "SN_PASSWORD": fake.password}
+            ports = [free_port(), free_port()]
+            relays = [relay_process(env, p, work / f"replica-{i}.log") for i, p in enumerate(ports)]
+            try:
+                for p, r in zip(ports, relays, strict=True):
+                    wait_http(f"http://127.0.0.1:{p}/readyz", r.proc)
+                urls = [f"http://127.0.0.1:{p}/alerts" for p in ports]
+                acked, killed_at = asyncio.run(stream(urls, issuer.authorization(),
+                                                      [alert(i) for i in range(ALERTS)], fake,
+                                                      relays[0].proc.kill))
+                done = wait_applied(fake, acked, 600)
+            finally:
+                for r in relays:
+                    r.stop()
+            return {"alerts_acknowledged": len(acked), "kill_to_all_applied_seconds": round(done - killed_at, 1),
+                    "duplicates": duplicates(fake)}
+    finally:
+        azurite.stop()
+
+
+def run() -> dict:
+    issuer = DevIssuer()
+    with issuer.serving_in_thread(), tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
+        work = Path(tmp)
+        return {"sqlite_sigkill": sqlite_sigkill(issuer, work),
+                "azurite_replica_death": azurite_replica_death(issuer, work)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
