@@ -132,3 +132,14 @@ DELIVERY: dict[str, Bound] = {
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),
 }
+
+# The `retention:` section of RELAY_CONFIG: how long the store keeps what delivery no longer needs
+# (`Store.expire`), and how often it looks. Azure Monitor retries a webhook for minutes, so even a day
+# of delivered events keeps its retries deduplicated.
+RETENTION: dict[str, Bound] = {
+    "delivered_days": Bound(1, 3650, 14),
+    "dead_letter_days": Bound(1, 3650, 90),
+    # At least a day: reconciliation (a later issue) looks back 24 h at tickets that resolved.
+    "closed_ticket_days": Bound(1, 3650, 30),
+    "interval_minutes": Bound(1, 1440, 60),
+}

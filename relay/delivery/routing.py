@@ -15,7 +15,8 @@ from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Policy
-from relay.schema import DELIVERY, MAX_CONCURRENCY, RATE_LIMIT_PER_SECOND, TIMEOUT_SECONDS, IncidentPer
+from relay.schema import DELIVERY, MAX_CONCURRENCY, RATE_LIMIT_PER_SECOND, RETENTION, TIMEOUT_SECONDS, IncidentPer
+from relay.store.base import Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,23 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """The `retention:` section; every default and bound is `relay.schema.RETENTION`'s."""
+
+    delivered_days: float = RETENTION["delivered_days"].default
+    dead_letter_days: float = RETENTION["dead_letter_days"].default
+    closed_ticket_days: float = RETENTION["closed_ticket_days"].default
+    interval_minutes: float = RETENTION["interval_minutes"].default
+
+    def store_retention(self) -> Retention:
+        """The ages as `Store.expire` takes them."""
+        day = 86400.0
+        return Retention(delivered_seconds=self.delivered_days * day,
+                         dead_letter_seconds=self.dead_letter_days * day,
+                         ticket_seconds=self.closed_ticket_days * day)
+
+
+@dataclass(frozen=True, slots=True)
 class TargetConfig:
     """What the delivery core reads of a target block; the target module reads `block` itself."""
 
@@ -98,6 +116,7 @@ class RelayConfig:
     targets: Mapping[str, TargetConfig]
     routes: tuple[Route, ...]
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""
