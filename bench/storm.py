@@ -95,9 +95,10 @@ def measure(issuer: DevIssuer, work: Path) -> dict[str, Any]:
     resource, bodies = storm_alerts()
     with FakeThread(TimedServiceNow()) as fake:
         fake.add_ci("test-storageAccount", object_id=resource)
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{work / 'storm.db'}", "RELAY_LOG_LEVEL": "WARNING",
-               "RELAY_CONFIG": str(config(work / "storm.yaml", fake)), "SN_PASSWORD": fake.password}
+               "RELAY_CONFIG": str(config(work / "storm.yaml", fake)), "SN_PASSWORD": fake.password,
+               "RELAY_METRICS_PORT": str(metrics_port)}
         relay = relay_process(env, port, work / "storm.log")
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", relay.proc)
@@ -109,7 +110,7 @@ def measure(issuer: DevIssuer, work: Path) -> dict[str, Any]:
             incidents = Counter(r.get("correlation_id") for r in fake.incidents.values())
             calls = Counter(f"{c.method} {c.path.rsplit('/', 1)[-1]}" for c in fake.calls)
             # With 64 slots and 2 calls of ~50 ms, delivery alone could open ~640 incidents/s: compare.
-            means = call_means_ms(f"http://127.0.0.1:{port}/metrics")
+            means = call_means_ms(f"http://127.0.0.1:{metrics_port}/metrics")
             return {
                 "alerts": ALERTS,
                 "senders": SENDERS,
