@@ -170,6 +170,8 @@ TARGET_MODULES = {
     "servicenow": "relay.targets.servicenow",
     "bmc_helix": "relay.targets.bmc_helix",
     "request_tracker": "relay.targets.request_tracker",
+    "jira_service_management": "relay.targets.jira_service_management",
+    "pagerduty": "relay.targets.pagerduty",
     "forward": "relay.targets.forward",
     "dry_run": "relay.targets.dry_run",
 }
