@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from relay.schema import GUID, SEVERITIES
 
@@ -426,3 +427,28 @@ def resource_group_of(alert: Alert) -> str | None:
         if m:
             return m.group(1)
     return None
+
+
+# The Azure portal's alert details blade, which takes the whole alert id (URL-encoded).
+PORTAL_ALERT_URL = "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails.ReactView/alertId/"
+
+
+def portal_link(alert: Alert) -> str:
+    """Where a person sees the alert in the Azure portal: `investigationLink` when Azure sent one, else the
+    alert details page built from the alert id."""
+    if alert.essentials.investigation_link:
+        return alert.essentials.investigation_link
+    return PORTAL_ALERT_URL + quote(alert.essentials.alert_id, safe="")
+
+
+def log_search_link(alert: Alert) -> str | None:
+    """A log alert's link to its query results in the portal (filtered when Azure gives one), else None."""
+    if not isinstance(alert.context, LogContext):
+        return None
+    ctx = (alert.raw.get("data") or {}).get("alertContext") or {}
+    candidates: list[Any] = [ctx.get("LinkToFilteredSearchResultsUI"), ctx.get("LinkToSearchResultsUI"),
+                             ctx.get("LinkToSearchResults")]
+    all_of = (ctx.get("condition") or {}).get("allOf") if isinstance(ctx.get("condition"), dict) else None
+    if isinstance(all_of, list) and all_of and isinstance(all_of[0], dict):
+        candidates[:0] = [all_of[0].get("linkToFilteredSearchResultsUI"), all_of[0].get("linkToSearchResultsUI")]
+    return next((c for c in candidates if isinstance(c, str) and c.startswith("https://")), None)
