@@ -169,7 +169,16 @@ async def test_resolve_takes_the_transition_into_done_with_a_resolution_and_reop
     assert (await target.find(an_incident())).resolved is True
     await target.reopen(ticket, an_incident(), "fired again")
     assert fake.status(ticket.number) == "Open"
-    assert fake.issues[ticket.number]["history"] == ["comment", "Resolved", "Open", "comment"]
+    assert fake.issues[ticket.number]["history"] == ["Resolved", "comment", "Open", "comment"]
+
+
+async def test_a_resolve_retried_after_it_was_applied_changes_nothing_more(fake, target):
+    ticket = await target.create(an_incident())
+    await target.note(ticket, an_incident(), "fired again at 10:05")
+    await target.resolve(ticket, an_incident(), "resolved at 10:10")
+    await target.note(ticket, an_incident(), "fired again at 10:05")  # the same note, retried
+    await target.resolve(ticket, an_incident(), "resolved at 10:10")  # a crash before it was recorded
+    assert fake.issues[ticket.number]["history"] == ["comment", "Resolved", "comment"]
 
 
 async def test_a_resolve_status_the_workflow_does_not_offer_is_not_retryable_and_lists_the_offers(fake):

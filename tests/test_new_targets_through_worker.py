@@ -67,7 +67,7 @@ async def test_jira_create_note_resolve_and_refire_opens_a_new_issue_naming_the_
     assert first["fields"]["labels"] == [f"azure-alert-{GUID}"]
     assert second["fields"]["labels"] == [f"azure-alert-{GUID}.2"]
     assert (first["fields"]["status"]["name"], second["fields"]["status"]["name"]) == ("Resolved", "Open")
-    assert first["history"] == ["comment", "comment", "Resolved"]  # the repeat note, the resolve note
+    assert first["history"] == ["comment", "Resolved", "comment"]  # the repeat note, the resolve note
     assert all(c["internal"] for c in first["comments"])
     text = jsm.adf_text(second["fields"]["description"])
     assert f"previous ticket {first['key']} was resolved" in text, text

@@ -50,6 +50,8 @@ DONE = "done"
 # Cloud's search lags behind a create: the ids of issues this process created are passed back to it
 # (`reconcileIssues`, at most 50 a call) so that a retry after an unrecorded create finds them.
 RECONCILE_KEPT = 50
+# Comments are not idempotent: before adding one, the latest are read, and an identical one is not added again.
+RECENT_COMMENTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +164,14 @@ class JiraServiceManagementTarget:
         await self._comment(ticket, text)
 
     async def resolve(self, ticket: Ticket, incident: Incident, text: str) -> None:
+        # Each step checks first, so a resolve retried after a crash or a hung call is applied once.
+        if await self._status_category(ticket) != DONE:
+            await self._transition(ticket, "resolve", self.options.resolve_status, (DONE,))
         await self._comment(ticket, text)
-        await self._transition(ticket, "resolve", self.options.resolve_status, (DONE,))
 
     async def reopen(self, ticket: Ticket, incident: Incident, text: str) -> None:
-        await self._transition(ticket, "reopen", self.options.reopen_status, ("indeterminate", "new"))
+        if await self._status_category(ticket) == DONE:
+            await self._transition(ticket, "reopen", self.options.reopen_status, ("indeterminate", "new"))
         await self._comment(ticket, text)
 
     async def close(self) -> None:
@@ -242,10 +247,27 @@ class JiraServiceManagementTarget:
                         self.options.property_key, ticket.number, exc)
 
     async def _comment(self, ticket: Ticket, text: str) -> None:
-        body = {"body": self._text(truncate(text, self.limits.note)), "properties": [INTERNAL_COMMENT]}
-        reply = await self.http.request("POST", f"{self.api}/issue/{ticket.number or ticket.id}/comment",
-                                        json_body=body)
+        """An internal comment, unless one of the latest already says this (a retried note is added once)."""
+        content = self._text(truncate(text, self.limits.note))
+        path = f"{self.api}/issue/{ticket.number or ticket.id}/comment"
+        reply = await self.http.request("GET", path, params={"orderBy": "-created", "maxResults": str(RECENT_COMMENTS)})
+        data = self.http.parse_json(reply, f"read comments of {ticket.number}", _error_text)
+        recent = data.get("comments") if isinstance(data, dict) else None
+        if not isinstance(recent, list):
+            raise self.http.bad_answer(reply, f"read comments of {ticket.number}", "the answer has no comments")
+        if any(isinstance(c, dict) and c.get("body") == content for c in recent):
+            log.info("%s: %s already carries this comment; not added again", self.name, ticket.number)
+            return
+        reply = await self.http.request("POST", path, json_body={"body": content, "properties": [INTERNAL_COMMENT]})
         self.http.parse_json(reply, f"comment on {ticket.number}", _error_text, ok=(200, 201))
+
+    async def _status_category(self, ticket: Ticket) -> str:
+        reply = await self.http.request("GET", f"{self.api}/issue/{ticket.number or ticket.id}",
+                                        params={"fields": "status"})
+        data = self.http.parse_json(reply, f"read {ticket.number}", _error_text)
+        if not isinstance(data, dict):
+            raise self.http.bad_answer(reply, f"read {ticket.number}", "the answer is not an issue")
+        return self._category(data)
 
     async def _transition(self, ticket: Ticket, what: str, status: str | None, categories: tuple[str, ...]) -> None:
         path = f"{self.api}/issue/{ticket.number or ticket.id}/transitions"

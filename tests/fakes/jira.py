@@ -11,8 +11,9 @@ Cloud (REST v3) or Data Center (REST v2), chosen per fake:
   `search_lag` seconds after its create unless its id is in `reconcileIssues`; the old
   `/rest/api/3/search` and `/rest/api/2/search` answer 410 on Cloud. Data Center has `/rest/api/2/search`
   (consistent). JQL: `labels = "x"` (case-insensitive, as Jira compares labels), `ORDER BY`.
-- Comments (`POST .../issue/{key}/comment`, body ADF on v3, text on v2; `sd.public.comment` makes one
-  internal) and transitions (`GET ...?expand=transitions.fields`, `POST` 204): a JSM-like workflow
+- `GET .../issue/{key}?fields=`; comments (`POST .../issue/{key}/comment`, body ADF on v3, text on v2;
+  `sd.public.comment` makes one internal; `GET` lists them, `orderBy=-created`) and transitions
+  (`GET ...?expand=transitions.fields`, `POST` 204): a JSM-like workflow
   Open -> In Progress -> Resolved -> (Reopen) Open; Resolve asks for a resolution ("Resolution is
   required", 400, without one), a transition the current status does not offer is 400.
 - Assets: `POST /jsm/assets/workspace/{id}/v1/object/aql` (Cloud, `values`) and
@@ -121,6 +122,8 @@ class FakeJira(FakeServer):
             app.router.add_get(f"/rest/api/{v}/issue/{{key}}/transitions", self.list_transitions)
             app.router.add_post(f"/rest/api/{v}/issue/{{key}}/transitions", self.do_transition)
             app.router.add_post(f"/rest/api/{v}/issue/{{key}}/comment", self.add_comment)
+            app.router.add_get(f"/rest/api/{v}/issue/{{key}}/comment", self.get_comments)
+            app.router.add_get(f"/rest/api/{v}/issue/{{key}}", self.get_issue)
             app.router.add_put(f"/rest/api/{v}/issue/{{key}}/properties/{{prop}}", self.set_property)
         app.router.add_post("/rest/api/3/search/jql", self.search_jql)
         app.router.add_post("/rest/servicedeskapi/request", self.create_request)
@@ -275,6 +278,25 @@ class FakeJira(FakeServer):
         issue["comments"].append(comment)
         issue["history"].append("comment")
         return web.json_response(comment, status=201)
+
+    async def get_comments(self, request: web.Request) -> web.Response:
+        issue = self._issue(request)
+        if issue is None:
+            return _errors(404, ["Issue does not exist or you do not have permission to see it."])
+        comments = list(issue["comments"])
+        if request.query.get("orderBy") == "-created":
+            comments.reverse()
+        limit = int(request.query.get("maxResults", 50))
+        return web.json_response({"startAt": 0, "maxResults": limit, "total": len(comments),
+                                  "comments": comments[:limit]})
+
+    async def get_issue(self, request: web.Request) -> web.Response:
+        issue = self._issue(request)
+        if issue is None:
+            return _errors(404, ["Issue does not exist or you do not have permission to see it."])
+        wanted = request.query.get("fields", "")
+        fields = {f: issue["fields"].get(f) for f in wanted.split(",") if f} if wanted else issue["fields"]
+        return web.json_response({"id": issue["id"], "key": issue["key"], "fields": fields})
 
     async def list_transitions(self, request: web.Request) -> web.Response:
         issue = self._issue(request)
