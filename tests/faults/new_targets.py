@@ -140,13 +140,14 @@ class TimedPagerDuty(_Timeline, FakePagerDuty):
         return any(i["status"] == "resolved" for i in self.incidents_for(key))
 
     def steps_twice(self) -> dict[str, list[str]]:
-        """A resolve that reached an incident already resolved (PagerDuty drops it, but the relay sent it)."""
-        twice: dict[str, list[str]] = {}
+        """Keys whose events PagerDuty saw out of order: a trigger after the resolve. (A trigger sent twice
+        is folded into its open alert, and a resolve sent twice is dropped: both are harmless.)"""
+        wrong: dict[str, list[str]] = {}
         for key in self.tickets_by_key():
             actions = [e["event_action"] for e in self.events if e.get("dedup_key") == key]
-            if actions.count("resolve") > 1:
-                twice[key] = actions
-        return twice
+            if "resolve" in actions and "trigger" in actions[actions.index("resolve"):]:
+                wrong[key] = actions
+        return wrong
 
     def target_block(self, timeout: float) -> str:
         return f"""\
