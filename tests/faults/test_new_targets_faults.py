@@ -141,7 +141,9 @@ async def test_target_outage_then_recovery_delivers_all_once_honouring_retry_aft
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_alert_once(kind, tmp_path, fault_report):
+async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_alert_once(
+    kind, tmp_path, monkeypatch, fault_report
+):
     pairs = [episode(i, f"sigkill-{kind}") for i in range(KILL_ALERTS)]
     episodes = [(fired, resolved if i % 2 == 0 else None) for i, (fired, resolved) in enumerate(pairs)]
     keys = [key_of(fired) for fired, _ in episodes]
@@ -163,12 +165,8 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
                    "RELAY_LOG_LEVEL": "INFO", **fake.env()}
             relay = RelayProcess(env, tmp_path / "relay.log")
             await asyncio.to_thread(relay.start)
-            original = sigkill.KILL_AFTER
-            sigkill.KILL_AFTER = KILL_AFTER
-            try:
-                results, killed_at = await post_stream(relay, issuer.authorization(), episodes)
-            finally:
-                sigkill.KILL_AFTER = original
+            monkeypatch.setattr(sigkill, "KILL_AFTER", KILL_AFTER)  # post_stream kills after this many
+            results, killed_at = await post_stream(relay, issuer.authorization(), episodes)
             relay.kill()
             relay = RelayProcess(env, tmp_path / "relay.log", port=relay.port)
             restarted_at = time.monotonic()
@@ -218,7 +216,8 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
     fault_report(
         f"sigkill under load with delivery ({kind})",
         f"{len(results)} posted, {len(acked)} acknowledged ({len(fired)} fired, {len(resolved)} resolved), "
-        f"{in_flight} creates/triggers in flight at the kill, {len(grouped)} incidents, {log.count(': adopted ')} adopted, "
+        f"{in_flight} creates/triggers in flight at the kill, {len(grouped)} incidents, "
+        f"{log.count(': adopted ')} adopted, "
         f"0 lost, 0 duplicates, 0 steps twice, 0 dead letters, all applied {recovered_in:.1f}s after the restart "
         "(default lease)",
     )
