@@ -93,6 +93,9 @@ class JiraServiceManagementTarget:
         "Sev4": {"priority": "Lowest"},
     }
     options_class: ClassVar[type] = JiraOptions
+    # For the per-target rate limit: API-token traffic meets Jira Cloud's per-second burst limits (per
+    # endpoint and method) and a per-issue write limit; 5 a second is a conservative pace, not a quota.
+    default_rate_limit_per_second: ClassVar[float] = 5.0
 
     def __init__(self, name: str, http: VendorHTTP, options: JiraOptions, assets: VendorHTTP | None = None) -> None:
         self.name = name
