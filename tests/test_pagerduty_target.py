@@ -22,7 +22,11 @@ KEY = "5b6c1c8e-0b7a-4a41-9f43-2d1f5a9f6c11"
 
 def make_target(fake: FakePagerDuty, **options: Any) -> pagerduty.PagerDutyTarget:
     cfg = {"kind": "pagerduty", "base_url": fake.url, "routing_key_env": "PD_KEY", "timeout_seconds": 5, **options}
-    return pagerduty.from_config("pd-test", cfg, env={"PD_KEY": fake.routing_key, "PD_DB_KEY": "DBKEY"})
+    if "api_token_env" in options:
+        options.setdefault("api_base_url", fake.url)
+        cfg.update(options)
+    env = {"PD_KEY": fake.routing_key, "PD_DB_KEY": "DBKEY", "PD_API_TOKEN": fake.api_token}
+    return pagerduty.from_config("pd-test", cfg, env=env)
 
 
 def an_incident(key: str = KEY, sample: str = "testaction-metric-static-fired.json", severity: str | None = None,
@@ -97,6 +101,32 @@ async def test_resolve_resolves_it_and_a_refire_under_the_next_key_opens_a_new_i
     assert len(fake.events) == 2, "a note must not be sent as an event"
     await target.create(an_incident(key=f"{KEY}.2"))
     assert [(i["dedup_key"], i["status"]) for i in fake.incidents] == [(KEY, "resolved"), (f"{KEY}.2", "triggered")]
+
+
+async def test_with_a_rest_api_token_a_note_goes_on_the_open_incident(fake):
+    t = make_target(fake, api_token_env="PD_API_TOKEN", from_email="relay@example.com")
+    t2 = make_target(fake, api_token_env="PD_API_TOKEN", from_email="nobody@example.com")
+    try:
+        ticket = await t.create(an_incident())
+        await t.note(ticket, an_incident(), "fired again at 10:05")
+        [note_call] = fake.calls_to("/notes")
+        assert note_call.headers["Accept"] == "application/vnd.pagerduty+json;version=2"
+        err = await expect_error(t2.note(ticket, an_incident(), "x"))
+        await t.resolve(ticket, an_incident(), "resolved")
+        await t.note(ticket, an_incident(), "after the resolve")  # no open incident: skipped
+    finally:
+        await t.close()
+        await t2.close()
+    assert fake.incidents[0]["notes"] == ["fired again at 10:05"]
+    assert not err.retryable and "From header" in str(err)
+    assert "pd-rest-token" not in str(err)
+
+
+def test_a_rest_api_token_needs_the_user_notes_are_recorded_as():
+    with pytest.raises(TargetConfigError) as info:
+        pagerduty.from_config("pd", {"kind": "pagerduty", "routing_key_env": "K", "api_token_env": "T"},
+                              env={"K": "k", "T": "t"})
+    assert [k for k, _ in info.value.problems] == ["from_email"]
 
 
 async def test_reopen_is_refused_not_retryable(fake, target):

@@ -1,8 +1,9 @@
 """PagerDuty target: alerts through the Events API v2 (`POST /v2/enqueue`), trigger and resolve.
 
 The Events API cannot search, read, note or reopen: the `dedup_key` (the correlation key) is the
-idempotency, so a trigger sent twice is one PagerDuty alert, `find` answers None, notes are skipped,
-and a re-fire after a resolve opens a new PagerDuty incident (reopen does not apply; `relay
+idempotency, so a trigger sent twice is one PagerDuty alert and `find` answers None; notes are
+skipped (or, with a REST API token configured, added to the incident through the REST API); a
+re-fire after a resolve opens a new PagerDuty incident (reopen does not apply, and `relay
 check-config` refuses `on_refire: reopen` for this kind, see `unsupported_route_options`).
 """
 
@@ -17,13 +18,15 @@ from typing import Any, ClassVar
 from relay.alerts import Alert, SchemaError, parse_alert_json, portal_link, resource_group_of, subscription_of
 from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
-from relay.targets.vendor_api import Reply, VendorHTTP, checked_key
+from relay.targets.vendor_api import Reply, StaticAuth, VendorHTTP, checked_key
 
 log = logging.getLogger("relay.targets.pagerduty")
 
 KIND = "pagerduty"
 EVENTS_API = "https://events.pagerduty.com"
 ENQUEUE = "/v2/enqueue"
+REST_API = "https://api.pagerduty.com"
+REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
 DEDUP_KEY_MAX = 255  # Events API v2: dedup_key holds 255 characters
 SUMMARY_MAX = 1024  # payload.summary
 CUSTOM_DETAILS_TEXT_MAX = 8000  # the rendered description in custom_details (the event's total is 512 KB)
@@ -39,6 +42,9 @@ class PagerDutyOptions:
     routing_key_env: str | None = None  # the variable holding the integration's routing key (required)
     default_severity: str = field(default="warning", metadata={"choices": PAYLOAD_SEVERITIES})
     source: str | None = None  # payload.source when the alert names no resource; default "Azure Monitor"
+    api_token_env: str | None = None  # a REST API token: notes are then added to the incident
+    from_email: str | None = None  # the PagerDuty user the REST API records notes as (required with a token)
+    api_base_url: str | None = None  # the REST API's root; default https://api.pagerduty.com
 
 
 OPTION_KEYS = option_keys(PagerDutyOptions)
@@ -66,10 +72,11 @@ class PagerDutyTarget:
     default_rate_limit_per_second: ClassVar[float] = 2.0
 
     def __init__(self, name: str, http: VendorHTTP, options: PagerDutyOptions, routing_key: str,
-                 env: Mapping[str, str]) -> None:
+                 env: Mapping[str, str], rest: VendorHTTP | None = None) -> None:
         self.name = name
         self.http = http
         self.options = options
+        self.rest = rest  # the REST API, for notes, when a token is configured
         self._routing_key = routing_key
         self._env = env
 
@@ -89,7 +96,28 @@ class PagerDutyTarget:
         return Ticket(id=key, number=key)
 
     async def note(self, ticket: Ticket, incident: Incident, text: str) -> None:
-        log.debug("%s: notes are not sent through the Events API (%s)", self.name, ticket.id)
+        """Skipped without a REST API token; with one, a note on the open incident carrying the dedup key."""
+        if self.rest is None:
+            log.debug("%s: notes are not sent through the Events API (%s)", self.name, ticket.id)
+            return
+        reply = await self.rest.request(
+            "GET", "/incidents", params={"incident_key": ticket.id}, accept=REST_ACCEPT,
+        )
+        data = self.rest.parse_json(reply, f"find the incident of {ticket.id}", _rest_error_text)
+        incidents = data.get("incidents") if isinstance(data, dict) else None
+        if not isinstance(incidents, list):
+            raise self.rest.bad_answer(reply, f"find the incident of {ticket.id}", "the answer has no incidents")
+        incidents = [i for i in incidents if isinstance(i, dict) and i.get("status") in ("triggered", "acknowledged")]
+        if not incidents:
+            # Not yet an incident (the event is still being processed) or already resolved: nothing to note.
+            log.info("%s: no open PagerDuty incident carries %s; note skipped", self.name, ticket.id)
+            return
+        incident_id = incidents[0].get("id")
+        reply = await self.rest.request(
+            "POST", f"/incidents/{incident_id}/notes", json_body={"note": {"content": truncate(text, 25000)}},
+            headers={"From": str(self.options.from_email)}, accept=REST_ACCEPT,
+        )
+        self.rest.parse_json(reply, f"note on {incident_id}", _rest_error_text, ok=(200, 201))
 
     async def resolve(self, ticket: Ticket, incident: Incident, text: str) -> None:
         await self._send("resolve", incident, None, dedup_key=ticket.id)
@@ -102,6 +130,8 @@ class PagerDutyTarget:
 
     async def close(self) -> None:
         await self.http.close()
+        if self.rest is not None:
+            await self.rest.close()
 
     # -- Events API ------------------------------------------------------------------------------
 
@@ -198,6 +228,16 @@ def _error_text(reply: Reply) -> str | None:
     return ": ".join(parts) or None
 
 
+def _rest_error_text(reply: Reply) -> str | None:
+    """The REST API's `{"error": {"message", "errors": [...]}}`, or None to show the raw body."""
+    body = reply.json_or_none()
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None
+    parts = [str(error.get("message") or "")] + [str(e) for e in error.get("errors") or []]
+    return ": ".join(p for p in parts if p) or None
+
+
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> PagerDutyTarget:
     """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
@@ -206,5 +246,14 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
     options = opts.read(PagerDutyOptions)
     routing_key = opts.secret("routing_key_env", env)
     http = VendorHTTP.from_options(opts, base_url=base_url, auth=None, logger=log)
+    rest = None
+    if options.api_token_env:
+        token = opts.secret("api_token_env", env)
+        if not options.from_email:
+            opts.problem("from_email", "is required with api_token_env (the REST API records notes as a user)")
+        rest_url = REST_API
+        if options.api_base_url:
+            rest_url = Options(name, {"base_url": options.api_base_url}, "api_", opts.problems).base_url()
+        rest = VendorHTTP.from_options(opts, base_url=rest_url, auth=StaticAuth(f"Token token={token}"), logger=log)
     opts.check()
-    return PagerDutyTarget(name, http, options, routing_key, env)
+    return PagerDutyTarget(name, http, options, routing_key, env, rest)

@@ -7,6 +7,9 @@
   `{"status": "invalid event", "message": "Event object is invalid", "errors": [...]}` for an event
   that breaks the schema (summary over 1024, dedup_key over 255, unknown severity or action, missing
   source); an unknown routing key is 400 too (the integration does not exist).
+- The REST API's `GET /incidents?incident_key=&statuses[]=` and `POST /incidents/{id}/notes` (201),
+  with `Authorization: Token token=<api token>` (else 401) and a `From` header naming a user (else 400);
+  an incident's `incident_key` is the dedup_key of the alert that opened it.
 - `rate_limit`: at most that many events per `rate_window` seconds per routing key, then 429 (the
   documented limit is about 120 a minute). Other failure modes come from `FakeServer.inject`.
 """
@@ -31,8 +34,11 @@ def _invalid(*errors: str) -> web.Response:
 
 class FakePagerDuty(FakeServer):
     def __init__(self, *, routing_keys: tuple[str, ...] = ("R0UTINGKEY0000000000000000000001",),
-                 rate_limit: int | None = None, rate_window: float = 60.0) -> None:
+                 rate_limit: int | None = None, rate_window: float = 60.0, api_token: str = "pd-rest-token",
+                 users: tuple[str, ...] = ("relay@example.com",)) -> None:
         super().__init__()
+        self.api_token = api_token
+        self.users = set(users)
         self.routing_keys = set(routing_keys)
         self.rate_limit = rate_limit
         self.rate_window = rate_window
@@ -56,6 +62,39 @@ class FakePagerDuty(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/enqueue", self.enqueue)
+        app.router.add_get("/incidents", self.list_incidents)
+        app.router.add_post("/incidents/{id}/notes", self.add_note)
+
+    def _rest_refusal(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("Authorization") != f"Token token={self.api_token}":
+            return web.json_response({"error": {"message": "Unauthorized", "code": 2006}}, status=401)
+        return None
+
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        key = request.query.get("incident_key")
+        statuses = request.query.getall("statuses[]", [])
+        found = [i for i in self.incidents if (key is None or i["dedup_key"] == key)
+                 and (not statuses or i["status"] in statuses)]
+        return web.json_response({"incidents": [{"id": f"PINC{i['number']}", "incident_key": i["dedup_key"],
+                                                 "status": i["status"]} for i in found], "more": False})
+
+    async def add_note(self, request: web.Request) -> web.Response:
+        refused = self._rest_refusal(request)
+        if refused is not None:
+            return refused
+        if request.headers.get("From") not in self.users:
+            return web.json_response({"error": {"message": "Invalid Input Provided", "code": 2001,
+                                                "errors": ["A valid user email is required in the From header."]}},
+                                     status=400)
+        incident = next((i for i in self.incidents if f"PINC{i['number']}" == request.match_info["id"]), None)
+        if incident is None:
+            return web.json_response({"error": {"message": "Not Found", "code": 2100}}, status=404)
+        content = ((await request.json()).get("note") or {}).get("content")
+        incident.setdefault("notes", []).append(content)
+        return web.json_response({"note": {"id": "PNOTE", "content": content}}, status=201)
 
     async def enqueue(self, request: web.Request) -> web.Response:
         try:
