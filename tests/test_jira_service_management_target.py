@@ -3,6 +3,7 @@ modes, the label + property correlation, the lagging Cloud search, transitions, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,6 +88,7 @@ async def test_create_opens_an_issue_labelled_with_the_key_and_carrying_it_as_a_
         assert marks == ["https://portal.azure.com/#view/x"]
     else:  # v2 takes wiki markup text
         assert desc.startswith("Azure Monitor alert: cpu-high\n")
+        assert "Portal: https://portal.azure.com/#view/x" in desc
     assert await target.find(an_incident()) == Ticket(id=ticket.id, number=ticket.number, resolved=False)
 
 
@@ -222,6 +224,21 @@ def test_adf_keeps_every_non_blank_line_text(text):
         assert jsm.adf_text(doc).split("\n") == lines
     else:
         assert doc["content"] == []
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\\"), max_size=200))
+def test_wiki_markup_shows_the_text_as_written(text):
+    markup = jsm.wiki_text(text)
+    assert re.sub(r"\\(.)", r"\1", markup) == text  # Jira shows an escaped character as itself
+    for word in re.split(r"[ \n]", markup):
+        if not word.startswith(("https://", "http://")):
+            assert not re.search(r"(?<!\\)[{}\[\]*_|^~+#!]", word), f"unescaped formatting in {word!r}"
+
+
+def test_data_center_descriptions_escape_wiki_markup_and_keep_links():
+    text = "Budget test_forcasted_budget *spent* {code}\nPortal: https://portal.azure.com/#view/Microsoft_Azure_x"
+    assert jsm.wiki_text(text) == ("Budget test\\_forcasted\\_budget \\*spent\\* \\{code\\}\n"
+                                   "Portal: https://portal.azure.com/#view/Microsoft_Azure_x")
 
 
 # -- Assets --------------------------------------------------------------------------------------------

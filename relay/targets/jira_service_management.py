@@ -296,8 +296,8 @@ class JiraServiceManagementTarget:
             raise self.http.failure(reply, f"{what} {ticket.number}", _error_text(reply))
 
     def _text(self, text: str) -> Any:
-        """The description or comment as each API wants it: ADF on Cloud v3, wiki markup text on v2."""
-        return adf(text) if self.cloud else text
+        """The description or comment as each API wants it: ADF on Cloud v3, wiki markup on v2."""
+        return adf(text) if self.cloud else wiki_text(text)
 
     def _route_fields(self, incident: Incident) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -404,6 +404,25 @@ def adf(text: str) -> dict[str, Any]:
                 nodes.append({"type": "text", "text": piece})
         content.append({"type": "paragraph", "content": nodes})
     return {"type": "doc", "version": 1, "content": content}
+
+
+# Characters Jira's wiki markup would read as formatting (macros, links, bold, italics, tables, ...).
+_WIKI_SPECIAL = frozenset("{}[]*_|^~+#!")
+
+
+def wiki_text(text: str) -> str:
+    """Plain text as wiki markup that shows as written: formatting characters escaped, URLs kept whole
+    (so they still link)."""
+    out = []
+    for line in text.split("\n"):
+        words = []
+        for word in line.split(" "):
+            if word.startswith(("https://", "http://")):
+                words.append(word)
+            else:
+                words.append("".join("\\" + c if c in _WIKI_SPECIAL else c for c in word))
+        out.append(" ".join(words))
+    return "\n".join(out)
 
 
 def adf_text(doc: Any) -> str:
