@@ -6,7 +6,7 @@ import datetime
 import json
 import sys
 
-from bench import delivery, infra, intake, recovery, soak
+from bench import delivery, infra, intake, recovery, soak, storage_ops
 from bench.harness import ROOT, machine
 
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -171,9 +171,37 @@ def render(results: dict, when: str, host: str) -> str:
         f"| intake at peak under load 1 | {i['rss_load_mib']:.0f} MiB |",
         f"| whole relay (with the delivery worker) idle | {i['relay_rss_idle_mib']:.0f} MiB |",
         "",
+        *storage_ops_section(results.get("storage_ops")),
         FINDINGS,
     ]
     return "\n".join(lines)
+
+
+def storage_ops_section(s: dict | None) -> list[str]:
+    """Azure Storage operations per event (bench/storage_ops.py), on Azurite."""
+    if s is None:
+        return []
+    storm = s["storm"]
+    return [
+        "## 6. Azure Storage operations per event",
+        "",
+        "Counted on Azurite by the store's request hook (`AzureStorageStore.operations`; see docs/storage.md).",
+        "",
+        "| what | operations |",
+        "|---|---|",
+        f"| one Fired, accept to complete | {s['fired_total']} |",
+        f"| its Resolved, accept to complete | {s['resolved_total']} |",
+        f"| a Fired with a body over 32 KiB | {s['large_body_fired_total']} |",
+        f"| a storm of {storm['alerts']} Fired, claimed {storm['claim_batch']} at a time: accept / deliver, "
+        f"per event | {storm['fired_accept_per_event']} / {storm['fired_delivery_per_event']} |",
+        f"| then their Resolved: accept / deliver, per event | {storm['resolved_accept_per_event']} / "
+        f"{storm['resolved_delivery_per_event']} |",
+        f"| a lease renewal (every 10 s while a delivery runs) | "
+        f"{sum(s['single']['renew (every 10 s while a delivery runs)'].values())} |",
+        f"| an idle poll | {sum(s['single']['idle poll'].values())} |",
+        f"| an expire pass deleting {s['expire']['events_deleted']} events | {s['expire']['operations']} |",
+        "",
+    ]
 
 
 def main() -> int:
@@ -185,7 +213,7 @@ def main() -> int:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results = {}
     for name, module in (("intake", intake), ("delivery", delivery), ("infra", infra), ("recovery", recovery),
-                         ("soak", soak)):
+                         ("soak", soak), ("storage_ops", storage_ops)):
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         results[name] = module.run()
     RAW.write_text(json.dumps({"machine": host, "when": when, **results}, indent=2) + "\n")

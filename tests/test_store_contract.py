@@ -666,3 +666,128 @@ def test_open_store_picks_the_backend_from_the_url():
     with pytest.raises(ValueError) as err:
         open_store("defaultendpointsprotocol=https;AccountKey=c2VjcmV0")
     assert "c2VjcmV0" not in str(err.value), "an unsupported store URL holding a key must not be echoed"
+
+
+async def test_azure_renew_keeps_the_claim_valid_when_an_earlier_write_lost_its_answer(azure, azurite):
+    # A second store instance renews the claim: to the first, that is its own write whose answer never
+    # came (the q-row's ETag moved on under the same receipt). The first must still settle the claim.
+    other = AzureStorageStore(connection_string=azurite.connection_string, names=azure.names)
+    await other.open()
+    try:
+        await azure.accept(event(1))
+        [c] = await azure.claim(10, LONG)
+        await other.renew(c, LONG)
+        await azure.renew(c, LONG)
+        await other.renew(c, LONG)
+        await azure.complete(c)
+        assert await azure.pending() == 0, "a claim whose ETag moved under its own receipt must still complete"
+    finally:
+        await other.close()
+
+
+async def test_azure_expire_deletes_payload_blobs_and_counts_them(azure):
+    big, small = event("big", body=os.urandom(INLINE_BODY_LIMIT + 1)), event("small")
+    await azure.accept(big)
+    await azure.accept(small)
+    for c in await azure.claim(10, LONG):
+        await azure.complete(c)
+    assert [b.name async for b in azure._container.list_blobs()] != [], "the large body went to a blob"
+    gone = await azure.expire(time.time() + 15 * DAY, RETAIN)
+    assert (gone.events, gone.blobs) == (2, 1), f"two events, one of them with a payload blob: {gone}"
+    assert [b.name async for b in azure._container.list_blobs()] == [], "the payload blob must be deleted"
+    rows = [r["RowKey"] async for r in azure._t.list_entities()]
+    assert rows == [], f"an alert whose events all expired keeps nothing, its counter row included: {rows}"
+
+
+async def test_azure_expire_pass_is_bounded_and_the_next_pass_goes_on(azure, monkeypatch):
+    monkeypatch.setattr("relay.store.azure.EXPIRE_PAGES_PER_PASS", 1)
+    monkeypatch.setattr("relay.store.azure.EXPIRE_PAGE_ROWS", 2)
+    for i in range(5):
+        await azure.accept(event(i))
+    for c in await azure.claim(10, LONG):
+        await azure.complete(c)
+    later = time.time() + 15 * DAY
+    per_pass = []
+    for _ in range(6):
+        before = azure.operations.total()
+        per_pass.append(deleted := (await azure.expire(later, RETAIN)).events)
+        # one page read per scan (events, tickets); per event (each its alert's only one): delete it,
+        # read its partition's first rows, delete the alert's counter row
+        assert azure.operations.total() - before <= 2 + 3 * deleted, "a pass must read one page per scan"
+    assert max(per_pass) <= 2, f"a pass deletes at most one page of rows: {per_pass}"
+    assert sum(per_pass) == 5, f"successive passes must reach every expired event: {per_pass}"
+
+
+async def test_azure_expire_on_two_replicas_at_once_deletes_each_row_once(azure, azurite):
+    other = AzureStorageStore(connection_string=azurite.connection_string, names=azure.names)
+    await other.open()
+    try:
+        for i in range(6):
+            await azure.accept(event(i, body=os.urandom(INLINE_BODY_LIMIT + 1) if i % 2 else None))
+        for c in await azure.claim(10, LONG):
+            await azure.dead_letter(c, "boom") if c.event.alert_id.endswith("5") else await azure.complete(c)
+        later = time.time() + 91 * DAY
+        a, b = await asyncio.gather(azure.expire(later, RETAIN), other.expire(later, RETAIN))
+        assert (a.events + b.events, a.dead_letters + b.dead_letters, a.blobs + b.blobs) == (5, 1, 3), (a, b)
+        assert await azure.dead_letters() == []
+        assert [r async for r in azure._t.list_entities()] == []
+    finally:
+        await other.close()
+
+
+async def test_azure_storage_operations_per_fired_and_resolved_event(azure):
+    """Issue 11: what one event costs in Azure Storage operations (billed, and counted against the
+    account's and the queue's scalability targets). A change here must be a deliberate one."""
+    azure._next_sweep = float("inf")  # the 5-minute sweep is a background cost of its own
+    last = azure.operations.snapshot()
+
+    def step() -> dict[str, int]:
+        nonlocal last
+        now = azure.operations.snapshot()
+        diff, last = now - last, now
+        return {f"{service} {op}": n for (service, op), n in sorted(diff.items())}
+
+    fired, resolved = event("ops"), event("ops", "Resolved", "t2")
+    claim_one = {"queue get messages": 1, "table query entities": 1, "table merge entity": 1}
+    complete_last = {"table entity group transaction": 1, "table query entities": 1, "queue delete message": 1}
+    await azure.accept(fired)
+    assert step() == {"table entity group transaction": 1, "queue put message": 1}, "accept of a Fired"
+    [c] = await azure.claim(10, LONG)
+    assert step() == claim_one, "claim"
+    await azure.renew(c, LONG)
+    assert step() == {"table merge entity": 1, "queue update message": 1}, "one lease renewal"
+    await azure.complete(c)
+    assert step() == complete_last, "complete (no next event: look, then delete the token)"
+    await azure.accept(resolved)
+    assert step() == {"table get entity": 1, "table entity group transaction": 1, "queue put message": 1}, \
+        "accept of a Resolved (reads the alert's counter first)"
+    [c] = await azure.claim(10, LONG)
+    assert step() == claim_one, "claim"
+    await azure.complete(c)
+    assert step() == complete_last, "complete"
+    assert await azure.claim(10, LONG) == []
+    assert step() == {"queue get messages": 1}, "an idle poll"
+
+
+async def test_azure_claim_reads_only_the_alert_it_claims_whatever_the_backlog(azure):
+    """Issue 11: a claim's cost must not grow with the backlog. Each table query a claim and its
+    complete send is scoped to the claimed alert's partition and reads at most two rows."""
+    from urllib.parse import parse_qs, urlsplit
+
+    azure._next_sweep = float("inf")  # the sweep is a background scan, not part of a claim
+    costs = {}
+    for backlog in (1, 40):
+        for i in range(backlog):  # each earlier round's one event was completed
+            await azure.accept(event(f"backlog-{backlog}-{i}"))
+        assert await azure.pending() == backlog
+        azure.operations.trace = []
+        [c] = await azure.claim(1, LONG)
+        await azure.complete(c)
+        trace, azure.operations.trace = azure.operations.trace, None
+        costs[backlog] = sorted((service, op) for service, op, _ in trace)
+        for _, op, url in trace:
+            if op == "query entities":
+                q = parse_qs(urlsplit(url).query)
+                assert "PartitionKey eq" in q["$filter"][0], f"a claim's query scans partitions: {url}"
+                assert int(q["$top"][0]) <= 2, f"a claim's query reads more than two rows: {url}"
+    assert costs[1] == costs[40], f"a claim costs more with a larger backlog: {costs}"

@@ -7,7 +7,8 @@ Layout (names are the constants below; the Pulumi program creates the same ones)
   - `e-<idempotency key>`: the event (dedup marker, metadata, inline body or blob name) and its
     `state`: pending, done or dead.
   - `q-<seq, 16 digits>`: one row per event waiting for delivery, holding its lease
-    (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error.
+    (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error, and a
+    copy of the event (so that a claim reads one row, not two).
   Partition `deadletters` lists dead letters (`RowKey` = event key); ticket records live in
   partitions `t` + sha256(target, key), row `ticket`, their ETag being `TicketRecord.version`.
 - Queue `relay-events`: wake-up tokens naming an alert partition. Queue `relay-events-poison`
@@ -38,6 +39,20 @@ again (a token per duplicate of a pending event is harmless). Without a retry, t
 with the next event of its alert, whose token wakes the whole partition, or at the latest when a
 replica's sweep (at its first claim, then every 5 minutes) finds the alert's head due and untouched.
 
+Leases are short and renewed: `renew` extends `lease_until` under the q-row's ETag and pushes the
+token's visibility out as far. Each write changes that ETag and the token's pop receipt, while the
+worker keeps the Claim it was handed; so the store keeps each held claim's current ETag and pop
+receipt (`_Lease`, keyed by the claim's receipt) and settles with them. An ETag that no longer
+matches is re-read: the same receipt means a write of ours lost its answer; another receipt, or
+no row, means the lease is lost (LeaseLost for renew; nothing done for complete, retry or dead
+letter). A dead replica stops renewing, so its tokens come back one lease after its last renewal.
+
+Retention (`expire`): bounded, resumable scans for finished e-rows and closed ticket rows; every
+delete is ETag-guarded or tolerates "already gone", so replicas may run it at once.
+
+Costs: `operations` counts every storage request by service and operation (docs/storage.md has
+the counts per event and what each step needs).
+
 Poison: a claim's `attempts` counts its earlier leases, including leases that ran out because the
 worker crashed or hung on it, like a queue's dequeue count; the worker dead-letters past its limit.
 """
@@ -54,9 +69,11 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import MatchConditions
@@ -73,7 +90,17 @@ from azure.storage.blob.aio import ContainerClient
 from azure.storage.queue.aio import QueueClient
 
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX
-from relay.store.base import Claim, DeadLetter, Event, StoreUnavailable, TicketRecord, VersionConflict
+from relay.store.base import (
+    Claim,
+    DeadLetter,
+    Event,
+    Expired,
+    LeaseLost,
+    Retention,
+    StoreUnavailable,
+    TicketRecord,
+    VersionConflict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +152,85 @@ def _queue_row(seq: int) -> str:
 
 
 _QUEUE_ROWS = "PartitionKey eq @pk and RowKey ge 'q-' and RowKey lt 'q.'"
+# Finished events past their age, whatever their partition: one scan of the table, page by page.
+# (The SDK substitutes a parameter only where spaces surround it.)
+_EXPIRED_EVENTS = ("RowKey ge 'e-' and RowKey lt 'e.' and ((state eq 'done' and finished_at lt @done )"
+                   " or (state eq 'dead' and finished_at lt @dead ))")
+_EXPIRED_TICKETS = "RowKey eq 'ticket' and closed_at lt @closed"
+# One expire pass reads at most this many pages of each query (a page is one storage operation and
+# holds at most 1,000 rows); the next pass goes on where this one stopped.
+EXPIRE_PAGES_PER_PASS = 10
+EXPIRE_PAGE_ROWS = 1000
+EXPIRE_CONCURRENCY = 16
+# A settled or abandoned claim's lease state is forgotten this long after its lease ended.
+FORGET_LEASES_AFTER_SECONDS = 3600.0
+
+
+@dataclass(slots=True)
+class _Lease:
+    """What proves a claim now: the q-row's ETag and the token's pop receipt change on every write
+    (claim, renew), while the worker keeps the Claim it was handed. Keyed by the claim's receipt."""
+
+    etag: str
+    pop_receipt: str
+    lease_until: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class OperationCounter:
+    """Counts the storage operations a store sends, by service and operation, as the account bills
+    them: a request hook runs after the SDK's retry policy, so a retried request counts each time."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.trace: list[tuple[str, str, str]] | None = None  # (service, operation, URL) while a list
+
+    def hook(self, service: str) -> Callable[[Any], None]:
+        def count(request: Any) -> None:
+            http = request.http_request
+            operation = operation_name(service, http.method, http.url)
+            self.counts[(service, operation)] += 1
+            if self.trace is not None:
+                self.trace.append((service, operation, http.url))
+        return count
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def snapshot(self) -> Counter[tuple[str, str]]:
+        return Counter(self.counts)
+
+
+def operation_name(service: str, method: str, url: str) -> str:
+    """The storage operation a request is, from its method and URL (the REST API's names)."""
+    parts = urlsplit(url)
+    path, query = parts.path, parts.query
+    if service == "table":
+        if path.endswith("/$batch"):
+            return "entity group transaction"
+        if path.rstrip("/").endswith("/Tables") or "/Tables(" in path:
+            return {"POST": "create table", "DELETE": "delete table"}.get(method, "query tables")
+        if "(" in path.rsplit("/", 1)[-1] and "PartitionKey=" in path:
+            return {"GET": "get entity", "DELETE": "delete entity", "PUT": "update entity",
+                    "MERGE": "merge entity", "PATCH": "merge entity"}.get(method, method)
+        return "insert entity" if method == "POST" else "query entities"
+    if service == "queue":
+        if "/messages" in path:
+            if method == "POST":
+                return "put message"
+            if method == "GET":
+                return "peek messages" if "peekonly=true" in query else "get messages"
+            if method == "PUT":
+                return "update message"
+            if method == "DELETE":
+                return "delete message" if "popreceipt=" in query else "clear messages"
+        if "comp=metadata" in query:
+            return "get queue metadata"
+        return {"PUT": "create queue", "DELETE": "delete queue"}.get(method, method)
+    if "restype=container" in query:
+        return {"PUT": "create container", "DELETE": "delete container"}.get(method, "get container properties")
+    return {"PUT": "put blob", "GET": "get blob", "DELETE": "delete blob", "HEAD": "get blob properties"}.get(
+        method, method)
 
 
 class AzureStorageStore:
@@ -146,6 +252,9 @@ class AzureStorageStore:
         self._container: ContainerClient | None = None
         self._next_sweep = 0.0  # monotonic; the first claim sweeps, so a restart recovers strays
         self._sweeper: asyncio.Task[int] | None = None
+        self._leases: dict[str, _Lease] = {}  # by claim receipt: the claims this replica holds
+        self._expire_from: dict[str, Any] = {}  # by query: where the last expire pass stopped
+        self.operations = OperationCounter()
 
     @classmethod
     def from_url(cls, url: str) -> AzureStorageStore:
@@ -167,22 +276,31 @@ class AzureStorageStore:
         storage_opts: dict[str, Any] = dict(initial_backoff=0.5, increment_base=1.5, random_jitter_range=0.5,
                                             retry_total=2, connection_timeout=5, read_timeout=10)
         n = self.names
+        count = self.operations.hook
         if self._connection_string is not None:
             cs = self._connection_string
-            self._table = TableClient.from_connection_string(cs, n.table, **table_opts)
-            self._queue = QueueClient.from_connection_string(cs, n.queue, **storage_opts)
-            self._poison = QueueClient.from_connection_string(cs, n.poison_queue, **storage_opts)
-            self._container = ContainerClient.from_connection_string(cs, n.container, **storage_opts)
+            self._table = TableClient.from_connection_string(cs, n.table, raw_request_hook=count("table"),
+                                                             **table_opts)
+            self._queue = QueueClient.from_connection_string(cs, n.queue, raw_request_hook=count("queue"),
+                                                             **storage_opts)
+            self._poison = QueueClient.from_connection_string(cs, n.poison_queue,
+                                                              raw_request_hook=count("queue"), **storage_opts)
+            self._container = ContainerClient.from_connection_string(cs, n.container,
+                                                                     raw_request_hook=count("blob"), **storage_opts)
         else:
             from azure.identity.aio import DefaultAzureCredential
 
             self._credential = cred = DefaultAzureCredential()
             base = f"{self.account}.{{}}.core.windows.net"
             table_url, queue_url, blob_url = (f"https://{base.format(s)}" for s in ("table", "queue", "blob"))
-            self._table = TableClient(table_url, n.table, credential=cred, **table_opts)
-            self._queue = QueueClient(queue_url, n.queue, credential=cred, **storage_opts)
-            self._poison = QueueClient(queue_url, n.poison_queue, credential=cred, **storage_opts)
-            self._container = ContainerClient(blob_url, n.container, credential=cred, **storage_opts)
+            self._table = TableClient(table_url, n.table, credential=cred, raw_request_hook=count("table"),
+                                      **table_opts)
+            self._queue = QueueClient(queue_url, n.queue, credential=cred, raw_request_hook=count("queue"),
+                                      **storage_opts)
+            self._poison = QueueClient(queue_url, n.poison_queue, credential=cred,
+                                       raw_request_hook=count("queue"), **storage_opts)
+            self._container = ContainerClient(blob_url, n.container, credential=cred,
+                                              raw_request_hook=count("blob"), **storage_opts)
         async with self._storage("create the queues, table and container"):
             await asyncio.gather(
                 _ensure(self._table.create_table()),
@@ -250,13 +368,15 @@ class AzureStorageStore:
             entity["body_blob"] = blob_name
         else:
             entity["body"] = event.body
-        alert: TableEntity | None = None  # most events are their alert's first: try creating its row
+        # A Fired is most often its alert's first event: try creating the alert row (one operation
+        # saved). Anything else follows a Fired, so read the counter first (one failed transaction saved).
+        alert: TableEntity | None = None if event.condition == "Fired" else await self._get(pk, "alert")
         for attempt in range(ACCEPT_TRIES):
             seq = int(alert["next_seq"]) if alert is not None else 0
             counter: dict[str, Any] = {"PartitionKey": pk, "RowKey": "alert", "next_seq": seq + 1}
             ops: list[Any] = [
                 ("create", {**entity, "seq": seq}),
-                ("create", _new_queue_row(pk, seq, event.key)),
+                ("create", _new_queue_row(pk, seq, entity)),
                 ("create", {**counter, "alert_id": event.alert_id}) if alert is None else
                 ("update", counter, {"mode": UpdateMode.MERGE, "etag": alert.metadata["etag"],
                                      "match_condition": MatchConditions.IfNotModified}),
@@ -309,6 +429,7 @@ class AzureStorageStore:
         if time.monotonic() >= self._next_sweep and (self._sweeper is None or self._sweeper.done()):
             self._next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
             self._sweeper = asyncio.create_task(self._sweep_in_background(), name="azure-store-sweep")
+        self._forget_old_leases(time.time())
         async with self._storage("claim events"):
             claims: list[Claim] = []
             # Redundant tokens are deleted as they come; look behind them a couple of times.
@@ -317,9 +438,9 @@ class AzureStorageStore:
                 if want <= 0:
                     break
                 visibility = min(MAX_VISIBILITY_SECONDS, math.ceil(lease_seconds) + 1)
+                page_size = min(32, want)  # a Get Messages call returns at most 32
                 try:
-                    messages = [m async for m in self._q.receive_messages(
-                        max_messages=want, messages_per_page=min(32, want), visibility_timeout=visibility)]
+                    messages = await self._receive(page_size, visibility)
                 except AzureError:
                     if claims:  # leases already taken: hand them out rather than let them expire
                         break
@@ -341,9 +462,17 @@ class AzureStorageStore:
                     raise failures[0]
                 for f in failures:
                     log.warning("claim: one alert's tokens failed, its lease will expire: %s", _brief(f))
-                if len(messages) < want:
+                if len(messages) < page_size:
                     break
             return claims
+
+    async def _receive(self, count: int, visibility: int) -> list[Any]:
+        """One Get Messages call. (Iterating the SDK's pager whole costs a second, empty call
+        whenever a page holds some messages but fewer than asked for: nearly every busy claim.)"""
+        pages = self._q.receive_messages(messages_per_page=count, visibility_timeout=visibility).by_page()
+        async for page in pages:
+            return [m async for m in page]
+        return []
 
     async def _claim_alert(self, content: str, messages: list[Any], lease_seconds: float) -> list[Claim]:
         """Handle one alert's tokens in turn: the first may lease the head, the others see it leased."""
@@ -359,7 +488,7 @@ class AzureStorageStore:
         return claims
 
     async def _claim_head(self, pk: str, message: Any, lease_seconds: float) -> Claim | None:
-        head = await self._head(pk)
+        head, has_next = await self._head_and_next(pk)
         if head is None:
             await self._delete_token(message.id, message.pop_receipt)
             return None
@@ -374,29 +503,33 @@ class AzureStorageStore:
             return None
         receipt = uuid.uuid4().hex
         attempts = int(head["attempts"])
-        leased_row = {**head, "attempts": attempts + 1, "lease_until": now + lease_seconds,
-                      "receipt": receipt, "token": message.id}
-        lease = self._t.update_entity(leased_row, mode=UpdateMode.REPLACE, etag=head.metadata["etag"],
-                                      match_condition=MatchConditions.IfNotModified)
-        # Read the event while the lease is being written: one round trip less per delivery.
-        meta, erow = await asyncio.gather(lease, self._get(pk, "e-" + head["key"]), return_exceptions=True)
-        if isinstance(meta, (ResourceModifiedError, ResourceNotFoundError)):
+        lease_until = now + lease_seconds
+        leased_row = {"PartitionKey": pk, "RowKey": head["RowKey"], "attempts": attempts + 1,
+                      "lease_until": lease_until, "receipt": receipt, "token": message.id}
+        try:
+            meta = await self._t.update_entity(leased_row, mode=UpdateMode.MERGE, etag=head.metadata["etag"],
+                                               match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
             # Another replica changed the head first; let this token be looked at again.
             await self._rearm(message.id, message.pop_receipt, 0)
             return None
-        for result in (meta, erow):
-            if isinstance(result, BaseException):
-                raise result
-        if erow is None:
-            log.error("alert %s: queued event %s has no event row; leaving its lease to expire",
-                      pk, head["key"])
-            return None
-        event = await self._event(erow)  # type: ignore[arg-type]
-        # The lease's ETag proves the claim: whoever takes the event over changes it.
-        handle = json.dumps({"p": pk, "s": int(head["seq"]), "e": meta["etag"],  # type: ignore[index]
-                             "m": message.id, "r": message.pop_receipt})
+        if head.get("alert_id") is not None:  # the q-row carries the event (since it was accepted)
+            source: TableEntity | None = head
+        else:  # a q-row written before q-rows carried their event
+            source = await self._get(pk, "e-" + head["key"])
+            if source is None:
+                log.error("alert %s: queued event %s has no event row; leaving its lease to expire",
+                          pk, head["key"])
+                return None
+        event = await self._event(source)  # type: ignore[arg-type]
+        self._leases[receipt] = _Lease(etag=meta["etag"], pop_receipt=message.pop_receipt,
+                                       lease_until=lease_until)
+        # The lease's ETag proves the claim: whoever takes the event over changes it. `x`: the alert
+        # had a next event already, so completing hands the token over without looking.
+        handle = json.dumps({"p": pk, "s": int(head["seq"]), "e": meta["etag"], "m": message.id,
+                             "r": message.pop_receipt, "x": has_next})
         return Claim(event=event, receipt=receipt, attempts=attempts, handle=handle,
-                     received_at=float(erow.get("received_at", 0.0)))  # type: ignore[union-attr]
+                     received_at=float(source.get("received_at", 0.0)))  # type: ignore[union-attr]
 
     async def sweep(self, stranded_after: float = STRANDED_AFTER_SECONDS) -> int:
         """Wake the alerts whose next event has been due for `stranded_after` seconds yet untouched:
@@ -405,12 +538,21 @@ class AzureStorageStore:
         async with self._storage("look for stranded events"):
             now = time.time()
             heads: dict[str, TableEntity] = {}
-            async for row in self._t.query_entities("RowKey ge 'q-' and RowKey lt 'q.'"):
+            # Only the columns it needs: q-rows carry their event's body.
+            rows = self._t.query_entities("RowKey ge 'q-' and RowKey lt 'q.'", results_per_page=1000,
+                                          select=["PartitionKey", "RowKey", "available_at", "lease_until",
+                                                  "queued_at"])
+            async for row in rows:
                 heads.setdefault(row["PartitionKey"], row)  # rows come in key order: the first is the head
             woken = 0
             for pk, head in heads.items():
-                due_since = max(float(head["available_at"]), float(head["lease_until"]),
-                                head.metadata["timestamp"].timestamp())
+                queued_at = head.get("queued_at")
+                if queued_at is None:  # a q-row written before q-rows had `queued_at`
+                    full = await self._get(pk, head["RowKey"])
+                    if full is None:
+                        continue
+                    queued_at = full.metadata["timestamp"].timestamp()
+                due_since = max(float(head["available_at"]), float(head["lease_until"]), float(queued_at))
                 if due_since <= now - stranded_after:
                     await self._send_token(pk)
                     woken += 1
@@ -425,63 +567,153 @@ class AzureStorageStore:
             log.warning("sweep for stranded events failed, trying again later: %s", exc)
             return 0
 
+    def _lease(self, claim: Claim) -> _Lease:
+        """This replica's current proof of the claim (from its handle if this replica never held it)."""
+        lease = self._leases.get(claim.receipt)
+        if lease is None:
+            h = json.loads(claim.handle)
+            lease = self._leases[claim.receipt] = _Lease(etag=h["e"], pop_receipt=h["r"], lease_until=0.0)
+        return lease
+
+    def _forget_old_leases(self, now: float) -> None:
+        for receipt in [r for r, le in self._leases.items() if le.lease_until < now - FORGET_LEASES_AFTER_SECONDS]:
+            del self._leases[receipt]
+
+    async def _still_held(self, claim: Claim, lease: _Lease) -> bool:
+        """After an ETag mismatch: True (and the fresh ETag) if the q-row is still under this claim's
+        receipt, as when a write of ours went through but its answer was lost."""
+        h = json.loads(claim.handle)
+        row = await self._get(h["p"], _queue_row(h["s"]))
+        if row is None or row.get("receipt") != claim.receipt:
+            return False
+        lease.etag = row.metadata["etag"]
+        return True
+
+    async def renew(self, claim: Claim, lease_seconds: float) -> None:
+        async with self._storage("renew a lease"):
+            lease = self._lease(claim)
+            async with lease.lock:
+                await self._renew(claim, lease, lease_seconds)
+
+    async def _renew(self, claim: Claim, lease: _Lease, lease_seconds: float) -> None:
+        h = json.loads(claim.handle)
+        lease_until = time.time() + lease_seconds
+        row = {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"]), "lease_until": lease_until}
+        for _ in range(2):
+            try:
+                meta = await self._t.update_entity(row, mode=UpdateMode.MERGE, etag=lease.etag,
+                                                   match_condition=MatchConditions.IfNotModified)
+                break
+            except (ResourceModifiedError, ResourceNotFoundError):
+                if not await self._still_held(claim, lease):
+                    self._leases.pop(claim.receipt, None)
+                    raise LeaseLost(f"event {claim.event.key[:12]}: its lease was taken over or settled") from None
+        else:
+            raise StoreUnavailable(f"azure storage ({self.account}): a lease changed twice while renewing it")
+        lease.etag, lease.lease_until = meta["etag"], lease_until
+        # The token's visibility is the lease's safety net: push it out with the lease. A token
+        # already received again by another replica (it saw the lease and re-armed it) needs nothing.
+        try:
+            token = await self._q.update_message(
+                h["m"], lease.pop_receipt, visibility_timeout=min(MAX_VISIBILITY_SECONDS, math.ceil(lease_seconds) + 1))
+        except (ResourceNotFoundError, HttpResponseError) as exc:
+            if not _lost_token(exc):
+                raise
+        else:
+            lease.pop_receipt = token.pop_receipt
+
     async def complete(self, claim: Claim) -> None:
         async with self._storage("complete a delivery"):
-            await self._finish(claim, "done")
+            lease = self._lease(claim)
+            async with lease.lock:
+                try:
+                    await self._finish(claim, lease, "done")
+                finally:
+                    self._leases.pop(claim.receipt, None)
 
     async def retry_later(self, claim: Claim, delay_seconds: float, error: str, *,
                           count_attempt: bool = True) -> None:
         async with self._storage("schedule a retry"):
-            h = json.loads(claim.handle)
-            delay = max(0.0, delay_seconds)
-            waiting = {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"]),
-                       "available_at": time.time() + delay, "lease_until": 0.0, "receipt": "",
-                       "token": h["m"], "last_error": error[:2000]}
-            if not count_attempt:  # the claim counted an attempt that never reached the target
-                waiting["attempts"] = claim.attempts
+            lease = self._lease(claim)
+            async with lease.lock:
+                try:
+                    await self._retry_later(claim, lease, delay_seconds, error, count_attempt)
+                finally:
+                    self._leases.pop(claim.receipt, None)
+
+    async def _retry_later(self, claim: Claim, lease: _Lease, delay_seconds: float, error: str,
+                           count_attempt: bool) -> None:
+        h = json.loads(claim.handle)
+        delay = max(0.0, delay_seconds)
+        waiting = {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"]),
+                   "available_at": time.time() + delay, "lease_until": 0.0, "receipt": "",
+                   "token": h["m"], "last_error": error[:2000]}
+        if not count_attempt:  # the claim counted an attempt that never reached the target
+            waiting["attempts"] = claim.attempts
+        for _ in range(2):
             try:
-                await self._t.update_entity(waiting, mode=UpdateMode.MERGE, etag=h["e"],
+                await self._t.update_entity(waiting, mode=UpdateMode.MERGE, etag=lease.etag,
                                             match_condition=MatchConditions.IfNotModified)
+                break
             except (ResourceModifiedError, ResourceNotFoundError):
-                return  # the lease ran out and another replica took the event
-            if not await self._rearm(h["m"], h["r"], delay):
-                # Someone else holds the token now: add one that wakes up on time.
-                await self._send_token(h["p"], delay)
+                if not await self._still_held(claim, lease):
+                    return  # the lease ran out and another replica took the event
+        else:
+            return
+        if not await self._rearm(h["m"], lease.pop_receipt, delay):
+            # Someone else holds the token now: add one that wakes up on time.
+            await self._send_token(h["p"], delay)
 
     async def dead_letter(self, claim: Claim, error: str) -> None:
         async with self._storage("dead-letter an event"):
-            h = json.loads(claim.handle)
-            row = await self._get(h["p"], _queue_row(h["s"]))
-            if row is None or row.metadata["etag"] != h["e"]:
-                return  # the lease ran out and another replica took the event
-            # Index first: an event marked dead must always be listed. A crash between the two
-            # writes leaves an index row for a pending event, which listings skip.
-            index = {"PartitionKey": DEAD_PARTITION, "RowKey": claim.event.key, "alert_partition": h["p"],
-                     "attempts": claim.attempts + 1, "error": error[:4000], "dead_at": time.time()}
-            await self._t.upsert_entity(index, mode=UpdateMode.REPLACE)
-            if not await self._finish(claim, "dead"):
-                with contextlib.suppress(ResourceNotFoundError):
-                    await self._t.delete_entity(DEAD_PARTITION, claim.event.key)
+            lease = self._lease(claim)
+            async with lease.lock:
+                try:
+                    await self._dead_letter(claim, lease, error)
+                finally:
+                    self._leases.pop(claim.receipt, None)
 
-    async def _finish(self, claim: Claim, state: str) -> bool:
+    async def _dead_letter(self, claim: Claim, lease: _Lease, error: str) -> None:
+        h = json.loads(claim.handle)
+        row = await self._get(h["p"], _queue_row(h["s"]))
+        if row is None or row.get("receipt") != claim.receipt:
+            return  # the lease ran out and another replica took the event
+        lease.etag = row.metadata["etag"]
+        # Index first: an event marked dead must always be listed. A crash between the two
+        # writes leaves an index row for a pending event, which listings skip.
+        index = {"PartitionKey": DEAD_PARTITION, "RowKey": claim.event.key, "alert_partition": h["p"],
+                 "attempts": claim.attempts + 1, "error": error[:4000], "dead_at": time.time()}
+        await self._t.upsert_entity(index, mode=UpdateMode.REPLACE)
+        if not await self._finish(claim, lease, "dead"):
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._t.delete_entity(DEAD_PARTITION, claim.event.key)
+
+    async def _finish(self, claim: Claim, lease: _Lease, state: str) -> bool:
         """Remove a held event from its alert's queue and hand the token to the next event."""
         h = json.loads(claim.handle)
-        try:
-            await self._t.submit_transaction([
-                ("delete", {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"])},
-                 {"etag": h["e"], "match_condition": MatchConditions.IfNotModified}),
-                ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "state": state,
-                            "finished_at": time.time()}, {"mode": UpdateMode.MERGE}),
-            ])
-        except TableTransactionError as exc:
-            if _code(exc) not in _CONFLICTS:
-                raise
-            return False  # the lease ran out and another replica took the event
-        if await self._head(h["p"]) is not None:
-            if not await self._rearm(h["m"], h["r"], 0):
+        for _ in range(2):
+            try:
+                await self._t.submit_transaction([
+                    ("delete", {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"])},
+                     {"etag": lease.etag, "match_condition": MatchConditions.IfNotModified}),
+                    ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "state": state,
+                                "finished_at": time.time()}, {"mode": UpdateMode.MERGE}),
+                ])
+                break
+            except TableTransactionError as exc:
+                if _code(exc) not in _CONFLICTS:
+                    raise
+                if not await self._still_held(claim, lease):
+                    return False  # the lease ran out and another replica took the event
+        else:
+            return False
+        # A next event seen at claim time is still queued (only a lease holder deletes a q-row, and
+        # this claim held the alert's only lease): hand the token over without looking.
+        if h.get("x") or await self._head(h["p"]) is not None:
+            if not await self._rearm(h["m"], lease.pop_receipt, 0):
                 await self._send_token(h["p"])
         else:
-            await self._delete_token(h["m"], h["r"])
+            await self._delete_token(h["m"], lease.pop_receipt)
         return True
 
     async def dead_letters(self) -> list[DeadLetter]:
@@ -533,7 +765,7 @@ class AzureStorageStore:
                     ("update", {"PartitionKey": pk, "RowKey": "alert", "next_seq": seq + 1},
                      {"mode": UpdateMode.MERGE, "etag": alert.metadata["etag"],
                       "match_condition": MatchConditions.IfNotModified}),
-                    ("create", _new_queue_row(pk, seq, erow["key"])),
+                    ("create", _new_queue_row(pk, seq, erow)),
                     ("update", {"PartitionKey": pk, "RowKey": erow["RowKey"], "state": "pending", "seq": seq},
                      {"mode": UpdateMode.MERGE, "etag": erow.metadata["etag"],
                       "match_condition": MatchConditions.IfNotModified}),
@@ -549,6 +781,111 @@ class AzureStorageStore:
             return
         raise StoreUnavailable(f"azure storage ({self.account}): too many concurrent writes to one alert")
 
+    # -- retention ---------------------------------------------------------------------------------
+
+    async def expire(self, now: float, retention: Retention) -> Expired:
+        """One bounded pass: at most EXPIRE_PAGES_PER_PASS pages of each of two scans (finished
+        events, closed tickets), resumed by the next pass where this one stopped. Every delete is
+        ETag-guarded or tolerates "already gone", so replicas running passes at once only repeat work."""
+        done_cut, dead_cut = now - retention.delivered_seconds, now - retention.dead_letter_seconds
+        events = dead = blobs = tickets = 0
+        touched: set[str] = set()
+        async for rows in self._expire_pages("events", _EXPIRED_EVENTS, {"done": done_cut, "dead": dead_cut},
+                                             ["PartitionKey", "RowKey", "state", "body_blob", "key"]):
+            results = await self._bounded(self._expire_event(row) for row in rows)
+            for row, (gone, blob) in zip(rows, results, strict=True):
+                blobs += blob
+                if gone:
+                    touched.add(row["PartitionKey"])
+                    if row["state"] == "dead":
+                        dead += 1
+                    else:
+                        events += 1
+        async for rows in self._expire_pages("tickets", _EXPIRED_TICKETS,
+                                             {"closed": now - retention.ticket_seconds},
+                                             ["PartitionKey", "RowKey"]):
+            tickets += sum(await self._bounded(
+                self._delete_unchanged(r["PartitionKey"], r["RowKey"], r.metadata["etag"]) for r in rows))
+        await self._bounded(self._drop_empty_alert(pk) for pk in touched)
+        if events or dead or tickets:
+            log.info("retention: deleted %d delivered events, %d dead letters, %d ticket records, %d blobs",
+                     events, dead, tickets, blobs)
+        return Expired(events=events, dead_letters=dead, tickets=tickets, blobs=blobs)
+
+    async def _expire_pages(self, name: str, query: str, parameters: dict[str, Any],
+                            select: list[str]) -> AsyncIterator[list[TableEntity]]:
+        """Up to EXPIRE_PAGES_PER_PASS pages of a scan, each read within the operation timeout."""
+        pages = self._t.query_entities(query, parameters=parameters, select=select,
+                                       results_per_page=EXPIRE_PAGE_ROWS).by_page(
+            continuation_token=self._expire_from.get(name))
+        for _ in range(EXPIRE_PAGES_PER_PASS):
+            async with self._storage("scan for expired rows"):
+                try:
+                    page = await anext(pages)
+                except StopAsyncIteration:
+                    self._expire_from.pop(name, None)  # the scan is complete: start over next pass
+                    return
+                rows = [r async for r in page]
+            self._expire_from[name] = pages.continuation_token  # type: ignore[attr-defined]
+            if rows:
+                yield rows
+            if not self._expire_from[name]:
+                self._expire_from.pop(name, None)
+                return
+
+    async def _bounded(self, jobs: Any) -> list[Any]:
+        """Run deletions a few at a time, each within the operation timeout."""
+        sem = asyncio.Semaphore(EXPIRE_CONCURRENCY)
+
+        async def one(job: Any) -> Any:
+            async with sem, self._storage("delete expired rows"):
+                return await job
+
+        return await asyncio.gather(*(one(j) for j in jobs))
+
+    async def _expire_event(self, row: TableEntity) -> tuple[bool, int]:
+        """Delete a finished event (its dead-letter index row and payload blob first, so that a pass
+        cut short leaves the e-row for the next pass to find). Returns (deleted, blobs deleted)."""
+        if row["state"] == "dead":
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._t.delete_entity(DEAD_PARTITION, row["key"])
+        blobs = 0
+        if row.get("body_blob"):
+            assert self._container is not None
+            try:
+                await self._container.delete_blob(row["body_blob"])
+                blobs = 1
+            except ResourceNotFoundError:
+                pass
+        return await self._delete_unchanged(row["PartitionKey"], row["RowKey"], row.metadata["etag"]), blobs
+
+    async def _delete_unchanged(self, pk: str, rk: str, etag: str) -> bool:
+        """Delete a row unless it changed since it was read (a replay, a reopened ticket)."""
+        # A one-operation transaction, not delete_entity: the SDK's delete swallows "not found", and
+        # only one of two replicas racing over a row may count it.
+        try:
+            await self._t.submit_transaction([
+                ("delete", {"PartitionKey": pk, "RowKey": rk},
+                 {"etag": etag, "match_condition": MatchConditions.IfNotModified})])
+            return True
+        except TableTransactionError as exc:
+            if _code(exc) not in _CONFLICTS:
+                raise
+            return False  # another pass deleted it, or it changed and is no longer expired
+
+    async def _drop_empty_alert(self, pk: str) -> None:
+        """An alert whose every event expired keeps only its counter row: delete it too, under its
+        ETag, so that an accept racing with this (which writes the counter) wins."""
+        # One page of the partition's first two rows ('alert' sorts before 'e-' and 'q-'): the
+        # counter row with its ETag, and whether anything is left beside it.
+        pages = self._t.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"],
+                                       results_per_page=2).by_page()
+        async for page in pages:
+            rows = [r async for r in page]
+            if len(rows) == 1 and rows[0]["RowKey"] == "alert":
+                await self._delete_unchanged(pk, "alert", rows[0].metadata["etag"])
+            return
+
     # -- ticket records ----------------------------------------------------------------------------
 
     async def get_ticket(self, target: str, key: str) -> TicketRecord | None:
@@ -556,14 +893,18 @@ class AzureStorageStore:
             row = await self._get(ticket_partition(target, key), "ticket")
             if row is None:
                 return None
+            closed_at = row.get("closed_at")
             return TicketRecord(target=target, key=key, data=json.loads(row["data"]),
-                                version=row.metadata["etag"])
+                                version=row.metadata["etag"],
+                                closed_at=float(closed_at) if closed_at is not None else None)
 
     async def put_ticket(self, record: TicketRecord) -> TicketRecord:
         async with self._storage("write a ticket record"):
-            entity = {"PartitionKey": ticket_partition(record.target, record.key), "RowKey": "ticket",
-                      "target": record.target, "key": record.key,
-                      "data": json.dumps(record.data, sort_keys=True)}
+            entity: dict[str, Any] = {"PartitionKey": ticket_partition(record.target, record.key),
+                                      "RowKey": "ticket", "target": record.target, "key": record.key,
+                                      "data": json.dumps(record.data, sort_keys=True)}
+            if record.closed_at is not None:  # REPLACE drops it when the ticket is open again
+                entity["closed_at"] = float(record.closed_at)
             try:
                 if record.version is None:
                     meta = await self._t.create_entity(entity)
@@ -574,7 +915,7 @@ class AzureStorageStore:
                 raise VersionConflict(
                     f"ticket record {record.target}/{record.key} changed since it was read"
                 ) from exc
-            return TicketRecord(record.target, record.key, record.data, meta["etag"])
+            return TicketRecord(record.target, record.key, record.data, meta["etag"], record.closed_at)
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -585,9 +926,18 @@ class AzureStorageStore:
             return None
 
     async def _head(self, pk: str) -> TableEntity | None:
-        async for row in self._t.query_entities(_QUEUE_ROWS, parameters={"pk": pk}, results_per_page=1):
+        async for row in self._t.query_entities(_QUEUE_ROWS, parameters={"pk": pk}, results_per_page=1,
+                                                select=["RowKey"]):
             return row
         return None
+
+    async def _head_and_next(self, pk: str) -> tuple[TableEntity | None, bool]:
+        """The alert's first q-row, and whether a second one exists, in one operation (one page)."""
+        pages = self._t.query_entities(_QUEUE_ROWS, parameters={"pk": pk}, results_per_page=2).by_page()
+        async for page in pages:
+            rows = [r async for r in page]
+            return (rows[0] if rows else None), len(rows) > 1
+        return None, False
 
     async def _event(self, erow: TableEntity) -> Event:
         if erow.get("body_blob"):
@@ -634,9 +984,15 @@ async def _after_lost_race(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2**attempt)))
 
 
-def _new_queue_row(pk: str, seq: int, key: str) -> dict[str, Any]:
-    return {"PartitionKey": pk, "RowKey": _queue_row(seq), "seq": seq, "key": key, "attempts": 0,
-            "available_at": 0.0, "lease_until": 0.0, "receipt": "", "token": "", "last_error": ""}
+# The event's fields a q-row carries, so that a claim reads the q-row alone (not the e-row too).
+_EVENT_FIELDS = ("key", "alert_id", "condition", "occurred_at", "received_at", "body", "body_blob")
+
+
+def _new_queue_row(pk: str, seq: int, erow: dict[str, Any]) -> dict[str, Any]:
+    carried = {f: erow[f] for f in _EVENT_FIELDS if erow.get(f) is not None}
+    return {**carried, "PartitionKey": pk, "RowKey": _queue_row(seq), "seq": seq, "attempts": 0,
+            "available_at": 0.0, "lease_until": 0.0, "receipt": "", "token": "", "last_error": "",
+            "queued_at": time.time()}
 
 
 def _lost_token(exc: Exception) -> bool:

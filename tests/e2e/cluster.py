@@ -43,9 +43,11 @@ def episode(i: int, tag: str = "replicas") -> tuple[bytes, bytes]:
     return json.dumps(doc).encode(), json.dumps(resolved).encode()
 
 
-def write_config(path: Path, servicenow: FakeServiceNow, lease_seconds: float | None = None) -> Path:
-    """One ServiceNow target; the lease is the default unless a test names one."""
-    lease = "" if lease_seconds is None else f"\n  lease_seconds: {lease_seconds}"
+def write_config(path: Path, servicenow: FakeServiceNow, lease_seconds: float | None = None,
+                 timeout_seconds: float = 5, max_concurrency: int | None = None) -> Path:
+    """`lease_seconds` None: the relay's default lease."""
+    lease = f"  lease_seconds: {lease_seconds}\n" if lease_seconds is not None else ""
+    concurrency = f"    max_concurrency: {max_concurrency}\n" if max_concurrency is not None else ""
     path.write_text(f"""\
 targets:
   servicenow:
@@ -55,12 +57,12 @@ targets:
       type: basic
       username: {servicenow.username}
       password_env: SN_PASSWORD
-    timeout_seconds: 5
-routes:
+    timeout_seconds: {timeout_seconds}
+{concurrency}routes:
   - target: servicenow
 delivery:
-  poll_seconds: 0.2{lease}
-  backoff_base_seconds: 0.2
+  poll_seconds: 0.2
+{lease}  backoff_base_seconds: 0.2
   backoff_max_seconds: 2
 """)
     return path

@@ -1,16 +1,20 @@
-"""Three relays share one Azurite: an alert stream posted across all three at once, with duplicates
-and Fired/Resolved pairs, ends as exactly one incident per firing episode, each one resolved."""
+"""Relays sharing one Azurite. Three: an alert stream posted across all three at once, with duplicates
+and Fired/Resolved pairs, ends as exactly one incident per firing episode, each one resolved. Two,
+with the default lease: one is SIGKILLed holding deliveries, and the other applies them within 45 s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 
 import aiohttp
 import pytest
 
 from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
+from relay.schema import DELIVERY
 from relay.store import Event
 from tests.azurite import DEV_KEY, Azurite, require_azurite
 from tests.e2e.cluster import (
@@ -27,6 +31,7 @@ from tests.e2e.cluster import (
 from tests.fakes.servicenow import FakeServiceNow
 
 pytestmark = pytest.mark.e2e
+log = logging.getLogger("tests.e2e")
 
 EPISODES = 30
 REPLICAS = 3
@@ -99,3 +104,77 @@ async def test_three_replicas_open_one_incident_per_episode_and_apply_every_reso
     assert dead == [], f"dead letters: {[d.error for d in dead]}"
     for r in relays:
         assert DEV_KEY not in r.log_path.read_text(), f"{r.log_path.name} holds the storage account key"
+
+
+# Issue 10: a dead replica's deliveries are taken over within about one lease; with the default lease
+# (30 s) that must be within 45 s of its death.
+TAKEOVER_WITHIN_SECONDS = 45
+IN_FLIGHT = 4
+HELD_SECONDS = 50  # how long ServiceNow holds the dying replica's calls: past the test's end
+
+
+async def test_replica_killed_holding_deliveries_has_them_applied_by_the_other_within_45s(tmp_path):
+    require_azurite()
+    assert DELIVERY["lease_seconds"].default <= 30, "this test pins the takeover time at the default lease"
+    azurite = Azurite(tmp_path).start()
+    servicenow = FakeServiceNow()
+    await servicenow.start()
+    issuer = DevIssuer()
+    relays = []
+    episodes = [episode(i, tag="takeover") for i in range(IN_FLIGHT)]
+    try:
+        with issuer.serving_in_thread():
+            # The default lease (none set); a target timeout longer than the held calls, so that the
+            # dying replica is still waiting on them, lease renewed, when it is killed.
+            config = write_config(tmp_path / "relay.yaml", servicenow, timeout_seconds=HELD_SECONDS + 10,
+                                  max_concurrency=IN_FLIGHT)
+            env = relay_env(issuer, azurite.connection_string, config, servicenow)
+            [doomed] = await start_relays(env, tmp_path, 1)
+            relays.append(doomed)
+            held = servicenow.inject("slow", times=IN_FLIGHT, delay=HELD_SECONDS,
+                                     path="/api/now/table/incident", method="GET")
+            auth = issuer.authorization()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+                for fired, _ in episodes:
+                    assert (await post_like_azure(http, doomed.url, fired, auth))[-1] in ACKNOWLEDGED
+                for _, resolved in episodes:  # queued behind their Fired, on the dying replica's alerts
+                    assert (await post_like_azure(http, doomed.url, resolved, auth))[-1] in ACKNOWLEDGED
+
+            async def all_held() -> bool:
+                return held.times == 0
+
+            await wait_until(f"the first replica holding {IN_FLIGHT} deliveries", all_held, 60)
+            [survivor] = await start_relays(env, tmp_path, 1)
+            relays.append(survivor)
+            doomed.kill()  # SIGKILL: no release of its leases, no last words
+            killed_at = time.monotonic()
+
+            store = await open_shared_store(azurite.connection_string)
+            try:
+                async def all_applied() -> bool:
+                    resolved = [r for r in servicenow.incidents.values() if r.get("state") == "6"]
+                    return len(resolved) >= IN_FLIGHT and await store.pending() == 0
+
+                async def progress() -> str:
+                    states = sorted(r.get("state", "") for r in servicenow.incidents.values())
+                    return f"incident states {states}; {await store.pending()} pending"
+
+                await wait_until("the killed replica's deliveries applied by the other",
+                                 all_applied, TAKEOVER_WITHIN_SECONDS, progress)
+                delay = time.monotonic() - killed_at
+                dead = await store.dead_letters()
+            finally:
+                await store.close()
+    finally:
+        for r in relays:
+            r.stop()
+        await servicenow.stop()
+        azurite.stop()
+
+    log.warning("takeover: the surviving replica applied every held delivery %.1f s after the SIGKILL "
+                "(default lease %g s)", delay, DELIVERY["lease_seconds"].default)
+    print(f"takeover delay after SIGKILL: {delay:.1f} s")
+    grouped = incidents_by_correlation(servicenow)
+    assert len(grouped) == IN_FLIGHT and all(len(v) == 1 for v in grouped.values()), (
+        f"expected one incident per episode, got {({k: len(v) for k, v in grouped.items()})}")
+    assert dead == [], f"dead letters: {[d.error for d in dead]}"
