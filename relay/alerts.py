@@ -113,6 +113,8 @@ class BudgetContext:
     category: str | None
     budget_name: str | None
     spent_amount: str | None
+    threshold_type: str | None = None  # Actual or Forecasted
+    budget_amount: str | None = None  # BudgetThreshold, as Azure writes it ("$50.00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +322,8 @@ def _parse_context(service: str, c: dict[str, Any]) -> AlertContext:
             category=_text(c.get("AlertCategory")),
             budget_name=_text(data.get("BudgetName")),
             spent_amount=_text(data.get("SpentAmount")),
+            threshold_type=_text(data.get("ThresholdType")),
+            budget_amount=_text(data.get("BudgetThreshold")),
         )
     return OtherContext()
 
@@ -445,10 +449,14 @@ def log_search_link(alert: Alert) -> str | None:
     """A log alert's link to its query results in the portal (filtered when Azure gives one), else None."""
     if not isinstance(alert.context, LogContext):
         return None
-    ctx = (alert.raw.get("data") or {}).get("alertContext") or {}
+    data = alert.raw.get("data")
+    ctx = data.get("alertContext") if isinstance(data, dict) else None
+    if not isinstance(ctx, dict):
+        return None
     candidates: list[Any] = [ctx.get("LinkToFilteredSearchResultsUI"), ctx.get("LinkToSearchResultsUI"),
                              ctx.get("LinkToSearchResults")]
-    all_of = (ctx.get("condition") or {}).get("allOf") if isinstance(ctx.get("condition"), dict) else None
+    condition = ctx.get("condition")
+    all_of = condition.get("allOf") if isinstance(condition, dict) else None
     if isinstance(all_of, list) and all_of and isinstance(all_of[0], dict):
         candidates[:0] = [all_of[0].get("linkToFilteredSearchResultsUI"), all_of[0].get("linkToSearchResultsUI")]
     return next((c for c in candidates if isinstance(c, str) and c.startswith("https://")), None)

@@ -88,3 +88,18 @@ def test_the_ticket_names_the_rule_subscription_and_resource_group_of_a_metric_a
     assert "Subscription: aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e | Resource group: test-RG" in lines
     assert any(line.startswith("To silence it") and "alert processing rule" in line and "test-metricAlertRule" in line
                for line in lines)
+
+
+@pytest.mark.parametrize(("name", "mutate"), [
+    ("testaction-budget-fired.json", lambda d: d["data"]["alertContext"].__setitem__("AlertData", "not an object")),
+    ("testaction-budget-fired.json", lambda d: d["data"].__setitem__("alertContext", {"AlertData": [1, 2]})),
+    ("testaction-log-v2-fired.json", lambda d: d["data"]["alertContext"].__setitem__("condition", "odd")),
+    ("testaction-log-v1-numresults-fired.json",
+     lambda d: d["data"]["alertContext"].__setitem__("LinkToSearchResults", {"not": "a link"})),
+])
+def test_odd_shapes_azure_might_send_still_render(name, mutate):
+    # A fuzzed budget body with AlertData as text once made rendering raise, and the worker kept retrying.
+    doc = load_sample(name)
+    mutate(doc)
+    _, incident = render(doc)
+    assert incident.summary and "Azure portal: " in incident.description

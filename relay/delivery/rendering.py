@@ -123,11 +123,10 @@ def _budget(alert: Alert) -> dict[str, str | None] | None:
     ctx = alert.context
     if not isinstance(ctx, BudgetContext):
         return None
-    data = ((alert.raw.get("data") or {}).get("alertContext") or {}).get("AlertData") or {}
     return {
         "name": ctx.budget_name or "(unnamed)",
-        "threshold_type": data.get("ThresholdType"),
-        "amount": data.get("BudgetThreshold"),
+        "threshold_type": ctx.threshold_type,
+        "amount": ctx.budget_amount,
         "spent": ctx.spent_amount,
     }
 
