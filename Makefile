@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint plan bench clean
+.PHONY: demo test lint plan plan-diff bench clean
 
 # Set-up steps write to stderr, so that `make plan` keeps stdout for its JSON even on a first run.
 $(BIN)/python:
@@ -46,6 +46,13 @@ lint: $(VENV)/.all-installed
 STACK ?= dev
 plan: $(VENV)/.all-installed
 	@$(BIN)/python -m infra.plan $(STACK)
+
+# What a change does to a stack's declared resources: the offline plan of the working tree against the
+# one at BASE (a git ref; HEAD, the default, shows uncommitted changes), per resource and property, as
+# Markdown for a pull-request comment. `make plan-diff BASE=origin/main STACK=prod`
+BASE ?= HEAD
+plan-diff: $(VENV)/.all-installed
+	@$(BIN)/python -m infra.plan_diff $(BASE) $(STACK)
 
 # Benchmarks: they start and stop everything themselves and write docs/benchmarks.md (never a test).
 bench: $(VENV)/.all-installed

@@ -1,5 +1,6 @@
-"""secure-export, one stack per environment: Entra app and role for Azure Monitor's Secure Webhook,
-the relay on Container Apps, the action group that calls it, and the alert rules that use the group."""
+"""secure-export, one stack per environment: the relay on Container Apps, the action group that calls
+it, and the alert rules that use the group. The Entra application Azure Monitor requests tokens for
+comes from the bootstrap stack (infra/bootstrap), through `secure-export:entra`."""
 
 import sys
 from pathlib import Path
@@ -14,20 +15,12 @@ from pulumi_azure_native import resources
 from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
 from infra.hosting import RelayHosting, RelayHostingArgs
-from infra.identity import SecureWebhookIdentity, SecureWebhookIdentityArgs
 
 cfg = config.load()  # validated before any resource is declared
 names = cfg.names
 
 group = resources.ResourceGroup(
     "resource-group", resource_group_name=names.resource_group, location=cfg.azure.location, tags=cfg.tags
-)
-
-identity = SecureWebhookIdentity(
-    "secure-webhook",
-    SecureWebhookIdentityArgs(
-        display_name=names.application, identifier_uri=cfg.identifier_uri, extra_owners=cfg.app_owners
-    ),
 )
 
 hosting = RelayHosting(
@@ -40,9 +33,11 @@ hosting = RelayHosting(
         relay=cfg.relay,
         key_vault=cfg.key_vault,
         storage_sku=cfg.storage_sku,
+        payload_retention_days=cfg.payload_retention_days,
+        network=cfg.network,
         relay_config_yaml=relay_config.render(cfg.targets, cfg.routes, cfg.delivery),
-        itsm_secrets=cfg.itsm_secrets,
-        audiences=[identity.identifier_uri, identity.client_id],
+        itsm_secret_envs=cfg.itsm_secret_envs,
+        audiences=[cfg.entra.identifier_uri, cfg.entra.client_id],
     ),
 )
 
@@ -55,15 +50,15 @@ alerting = Alerting(
         short_name=cfg.action_group_short_name,
         webhook_url=hosting.webhook_url,
         tenant_id=cfg.azure.tenant_id,
-        application_object_id=identity.application_object_id,
-        identifier_uri=identity.identifier_uri,
+        application_object_id=cfg.entra.object_id,
+        identifier_uri=cfg.entra.identifier_uri,
         rules=cfg.alerts,
-        entra_dependencies=identity.ordering_dependencies,
     ),
 )
 
 pulumi.export("webhookUrl", hosting.webhook_url)
-pulumi.export("applicationClientId", identity.client_id)
-pulumi.export("identifierUri", identity.identifier_uri)
+pulumi.export("applicationClientId", cfg.entra.client_id)
+pulumi.export("identifierUri", cfg.entra.identifier_uri)
 pulumi.export("actionGroupId", alerting.action_group.id)
 pulumi.export("relayFqdn", hosting.fqdn)
+pulumi.export("keyVaultName", hosting.key_vault.name)  # where operators set the ITSM secret values

@@ -3,8 +3,8 @@
 A Secure Webhook is an ordinary webhook receiver with Entra fields
 (https://learn.microsoft.com/azure/azure-monitor/alerts/action-groups#secure-webhook):
 `use_aad_auth`, the application's object id, its identifier URI and the tenant, with the common
-alert schema on. Azure checks that the caller owns that application when the action group is saved,
-so the group waits for the Entra side (owners, identifier URI, role assignment) to exist.
+alert schema on. Azure checks that the caller owns that application when the action group is saved;
+the bootstrap stack (infra/bootstrap) creates it, with the main stack's deploy identity among its owners.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class AlertingArgs:
     application_object_id: pulumi.Input[str]  # the application's object id, not its service principal's
     identifier_uri: pulumi.Input[str]
     rules: Sequence[AlertRule]
-    entra_dependencies: Sequence[pulumi.Resource]  # must exist before the action group is saved
+    # Resources that must exist before the action group is saved (none when the Entra application
+    # comes from the bootstrap stack, which ran before).
+    entra_dependencies: Sequence[pulumi.Resource] = ()
 
 
 class Alerting(pulumi.ComponentResource):
@@ -176,6 +178,7 @@ class Alerting(pulumi.ComponentResource):
             scopes=list(rule.scopes),
             window_size=rule.window_size,
             evaluation_frequency=rule.evaluation_frequency,
+            override_query_time_range=rule.override_query_time_range,
             # Without auto-mitigation a log alert never resolves, so its incident would stay open.
             auto_mitigate=True,
             criteria=monitor.ScheduledQueryRuleCriteriaArgs(

@@ -14,19 +14,33 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker_build as docker_build
+import pulumi_random as random
+import pulumiverse_time as time
 from pulumi_azure_native import (
     app,
     authorization,
     containerregistry,
     keyvault,
     managedidentity,
+    monitor,
+    network,
     operationalinsights,
+    privatedns,
     storage,
 )
 
-from infra.config import RELAY_PORT, AzureContext, KeyVaultSettings, RelaySettings, SecretValue
+from infra import networking
+from infra.config import (
+    RELAY_PORT,
+    WORKLOAD_PROFILE,
+    AzureContext,
+    KeyVaultSettings,
+    NetworkSettings,
+    RelaySettings,
+    secret_name,
+)
 from infra.identity import AZURE_MONITOR_APP_ID, SECURE_WEBHOOK_ROLE
-from infra.naming import Names
+from infra.naming import SUFFIX_LENGTH, Names
 from relay import schema
 
 # Azure Storage names the relay's store uses; the queue-length scale rule watches EVENTS_QUEUE. Their
@@ -44,6 +58,15 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+
+# Role assignments can take minutes to reach the services that check them (Azure documents up to 30):
+# the first revision waits this long after its grants, so that its Key Vault references, image pull
+# and queue scaler find their rights. A longer delay is a rerun of `pulumi up` (docs/deploy.md).
+RBAC_PROPAGATION_WAIT = "120s"
+
+# What each Key Vault secret the stack creates holds until an operator sets the real value: secret
+# values never pass through Pulumi config or state.
+PLACEHOLDER_SECRET_VALUE = "not set yet: az keyvault secret set --vault-name <vault> --name <this secret> --value ..."
 
 # The targets-and-routes YAML reaches the container as a Container Apps secret mounted as a file.
 CONFIG_SECRET = "relay-config"
@@ -67,15 +90,11 @@ class RelayHostingArgs:
     relay: RelaySettings
     key_vault: KeyVaultSettings
     storage_sku: str
+    payload_retention_days: int  # the lifecycle rule deletes payload blobs older than this
+    network: NetworkSettings
     relay_config_yaml: str
-    itsm_secrets: Mapping[str, SecretValue]  # env var name -> value, stored in Key Vault
+    itsm_secret_envs: Sequence[str]  # env var names; each a Key Vault secret whose value an operator sets
     audiences: Sequence[pulumi.Input[str]]  # token audiences: the Application ID URI and the client id
-
-
-def secret_name(env_var: str) -> str:
-    """The Key Vault and Container Apps secret name for an ITSM secret's env var (SNOW_PASSWORD ->
-    snow-password): both services allow lowercase letters, digits and dashes."""
-    return env_var.lower().replace("_", "-")
 
 
 class RelayHosting(pulumi.ComponentResource):
@@ -104,39 +123,57 @@ class RelayHosting(pulumi.ComponentResource):
         self.identity = managedidentity.UserAssignedIdentity(
             f"{name}-identity", resource_name_=args.names.managed_identity, **located, opts=self._child
         )
+        self._virtual_network(located)
         self._store(located)
         self._vault(located)
+        self._private_endpoints(located)
         self._registry_and_image(located)
         grants = self._grants()
-
-        keys = operationalinsights.get_shared_keys_output(
-            resource_group_name=args.resource_group_name,
-            workspace_name=self.workspace.name,
-            opts=pulumi.InvokeOutputOptions(parent=self),
+        self.rbac_wait = time.Sleep(
+            f"{name}-rbac-propagation",
+            create_duration=RBAC_PROPAGATION_WAIT,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=grants),
         )
+
         self.environment = app.ManagedEnvironment(
             f"{name}-environment",
             environment_name=args.names.container_environment,
-            app_logs_configuration=app.AppLogsConfigurationArgs(
-                destination="log-analytics",
-                log_analytics_configuration=app.LogAnalyticsConfigurationArgs(
-                    customer_id=self.workspace.customer_id,
-                    shared_key=pulumi.Output.secret(keys.primary_shared_key),
-                ),
+            # Logs reach the workspace through a diagnostic setting (below), not its shared key: the
+            # state then holds no secret, and a preview needs no right beyond Reader.
+            app_logs_configuration=app.AppLogsConfigurationArgs(destination="azure-monitor"),
+            # Workload profiles (v2), not the legacy Consumption-only kind: VNet integration, private
+            # endpoints and zone redundancy need it. The app runs on its serverless Consumption profile.
+            workload_profiles=[app.WorkloadProfileArgs(name=WORKLOAD_PROFILE, workload_profile_type=WORKLOAD_PROFILE)],
+            vnet_configuration=(
+                app.VnetConfigurationArgs(infrastructure_subnet_id=self.environment_subnet.id, internal=False)
+                if self.vnet is not None
+                else None
             ),
             **located,
+            opts=self._child,
+        )
+        self.environment_logs = monitor.DiagnosticSetting(
+            f"{name}-environment-logs",
+            name="to-log-analytics",
+            resource_uri=self.environment.id,
+            workspace_id=self.workspace.id,
+            # Resource-specific tables (ContainerAppConsoleLogs, ContainerAppSystemLogs).
+            log_analytics_destination_type="Dedicated",
+            logs=[monitor.DiagnosticsLogSettingsArgs(category_group="allLogs", enabled=True)],
             opts=self._child,
         )
         self.container_app = app.ContainerApp(
             f"{name}-app",
             container_app_name=args.names.container_app,
             environment_id=self.environment.id,
+            workload_profile_name=WORKLOAD_PROFILE,
             identity=app.ManagedServiceIdentityArgs(type="UserAssigned", user_assigned_identities=[self.identity.id]),
             configuration=self._configuration(),
             template=self._template(),
             **located,
-            # The first revision must start with its registry, Key Vault and storage rights in place.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=grants),
+            # The first revision must start with its registry, Key Vault and storage rights in place
+            # (and, in a VNet, with the private endpoints it reaches them through).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.rbac_wait, *self.private_endpoints]),
         )
 
         self.fqdn: pulumi.Output[str] = self.container_app.configuration.apply(
@@ -144,6 +181,88 @@ class RelayHosting(pulumi.ComponentResource):
         )
         self.webhook_url: pulumi.Output[str] = pulumi.Output.concat("https://", self.fqdn, "/alerts")
         self.register_outputs({"fqdn": self.fqdn, "webhook_url": self.webhook_url, "image_ref": self.image_ref})
+
+    def _virtual_network(self, located: dict) -> None:
+        """Optional (`network.virtualNetwork`): a VNet with one subnet for the Container Apps
+        environment (delegated to it) and one for the private endpoints of storage and Key Vault."""
+        name, args = self._name, self._args
+        self.vnet: network.VirtualNetwork | None = None
+        if args.network.virtual_network is None:
+            return
+        environment_prefix, endpoints_prefix = networking.split_address_space(args.network.virtual_network)
+        self.vnet = network.VirtualNetwork(
+            f"{name}-vnet",
+            virtual_network_name=args.names.virtual_network,
+            address_space=network.AddressSpaceArgs(address_prefixes=[args.network.virtual_network]),
+            **located,
+            opts=self._child,
+        )
+        in_vnet = {"resource_group_name": args.resource_group_name, "virtual_network_name": self.vnet.name}
+        self.environment_subnet = network.Subnet(
+            f"{name}-environment-subnet",
+            subnet_name="container-apps",
+            address_prefix=environment_prefix,
+            delegations=[network.DelegationArgs(name="container-apps", service_name="Microsoft.App/environments")],
+            **in_vnet,
+            opts=self._child,
+        )
+        self.endpoints_subnet = network.Subnet(
+            f"{name}-endpoints-subnet",
+            subnet_name="private-endpoints",
+            address_prefix=endpoints_prefix,
+            **in_vnet,
+            # Azure updates one subnet of a VNet at a time.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.environment_subnet]),
+        )
+
+    def _private_endpoints(self, located: dict) -> None:
+        """In a VNet: a private endpoint and private DNS zone for each storage service the relay uses
+        and for Key Vault, whose public network access is then off."""
+        self.private_endpoints: list[pulumi.Resource] = []
+        if self.vnet is None:
+            return
+        name, args = self._name, self._args
+        in_group = {"resource_group_name": args.resource_group_name}
+        for target, group, zone_name in (
+            (self.storage_account, "blob", networking.PRIVATE_DNS_ZONES["blob"]),
+            (self.storage_account, "queue", networking.PRIVATE_DNS_ZONES["queue"]),
+            (self.storage_account, "table", networking.PRIVATE_DNS_ZONES["table"]),
+            (self.key_vault, "vault", networking.PRIVATE_DNS_ZONES["vault"]),
+        ):
+            zone = privatedns.PrivateZone(
+                f"{name}-{group}-dns", private_zone_name=zone_name, location="global", **in_group, opts=self._child
+            )
+            link = privatedns.VirtualNetworkLink(
+                f"{name}-{group}-dns-link",
+                private_zone_name=zone.name,
+                virtual_network_link_name=args.names.virtual_network,
+                virtual_network=privatedns.SubResourceArgs(id=self.vnet.id),
+                registration_enabled=False,
+                location="global",
+                **in_group,
+                opts=self._child,
+            )
+            endpoint = network.PrivateEndpoint(
+                f"{name}-{group}-endpoint",
+                private_endpoint_name=f"pe-{args.names.prefix}-{args.names.environment}-{group}",
+                subnet=network.SubnetArgs(id=self.endpoints_subnet.id),
+                private_link_service_connections=[
+                    network.PrivateLinkServiceConnectionArgs(
+                        name=group, private_link_service_id=target.id, group_ids=[group]
+                    )
+                ],
+                **located,
+                opts=self._child,
+            )
+            zone_group = network.PrivateDnsZoneGroup(
+                f"{name}-{group}-dns-group",
+                private_endpoint_name=endpoint.name,
+                private_dns_zone_group_name="default",
+                private_dns_zone_configs=[network.PrivateDnsZoneConfigArgs(name=group, private_dns_zone_id=zone.id)],
+                **in_group,
+                opts=self._child,
+            )
+            self.private_endpoints += [link, zone_group]
 
     def _store(self, located: dict) -> None:
         """The relay's shared store (its `azure-storage://` backend): queues, state table and payload
@@ -159,6 +278,8 @@ class RelayHosting(pulumi.ComponentResource):
             default_to_o_auth_authentication=True,
             enable_https_traffic_only=True,
             minimum_tls_version=storage.MinimumTlsVersion.TLS1_2,
+            # In a VNet the relay reaches the account through private endpoints; nothing else may.
+            public_network_access="Disabled" if self.vnet is not None else None,
             **located,
             opts=self._child,
         )
@@ -177,13 +298,49 @@ class RelayHosting(pulumi.ComponentResource):
             **in_account,
             opts=self._child,
         )
+        # Payload blobs the relay no longer needs are deleted by the relay; this rule deletes whatever
+        # is left (a crashed expiry pass, an abandoned event) after the retention period.
+        self.payload_lifecycle = storage.ManagementPolicy(
+            f"{name}-payload-lifecycle",
+            management_policy_name="default",  # the only name Azure accepts: one policy per account
+            policy=storage.ManagementPolicySchemaArgs(
+                rules=[
+                    storage.ManagementPolicyRuleArgs(
+                        name="expire-relay-payloads",
+                        enabled=True,
+                        type=storage.RuleType.LIFECYCLE,
+                        definition=storage.ManagementPolicyDefinitionArgs(
+                            filters=storage.ManagementPolicyFilterArgs(
+                                blob_types=["blockBlob"], prefix_match=[f"{PAYLOAD_CONTAINER}/"]
+                            ),
+                            actions=storage.ManagementPolicyActionArgs(
+                                base_blob=storage.ManagementPolicyBaseBlobArgs(
+                                    delete=storage.DateAfterModificationArgs(
+                                        days_after_modification_greater_than=args.payload_retention_days
+                                    )
+                                )
+                            ),
+                        ),
+                    )
+                ]
+            ),
+            **in_account,
+            opts=self._child,
+        )
 
     def _vault(self, located: dict) -> None:
-        """Key Vault holding the ITSM credentials; the Container App reads them by reference."""
+        """Key Vault holding the ITSM credentials; the Container App reads them by reference.
+
+        Its name ends in a random suffix kept in the state: a destroyed vault stays soft-deleted (and
+        its name reserved) for the retention period, so a redeployed stack gets a new name instead of
+        failing. Secrets are created once with a placeholder; operators set the real values."""
         name, args = self._name, self._args
+        self.vault_suffix = random.RandomString(
+            f"{name}-vault-suffix", length=SUFFIX_LENGTH, special=False, upper=False, opts=self._child
+        )
         self.key_vault = keyvault.Vault(
             f"{name}-vault",
-            vault_name=args.names.key_vault,
+            vault_name=pulumi.Output.concat(args.names.key_vault_stem, self.vault_suffix.result),
             properties=keyvault.VaultPropertiesArgs(
                 tenant_id=args.azure.tenant_id,
                 sku=keyvault.SkuArgs(family=keyvault.SkuFamily.A, name=keyvault.SkuName.STANDARD),
@@ -191,44 +348,47 @@ class RelayHosting(pulumi.ComponentResource):
                 # Azure accepts only true or absent: purge protection cannot be switched off once on.
                 enable_purge_protection=True if args.key_vault.purge_protection else None,
                 soft_delete_retention_in_days=args.key_vault.soft_delete_retention_days,
+                public_network_access="Disabled" if self.vnet is not None else None,
             ),
             **located,
             opts=self._child,
         )
-        self.vault_secrets: dict[str, keyvault.Secret] = {}
-        for env_var, secret in args.itsm_secrets.items():
-            self.vault_secrets[env_var] = keyvault.Secret(
-                f"{name}-secret-{secret_name(env_var)}",
-                resource_group_name=args.resource_group_name,
-                vault_name=self.key_vault.name,
-                secret_name=secret_name(env_var),
-                properties=keyvault.SecretPropertiesArgs(
-                    value=pulumi.Output.secret(secret.value), content_type="text/plain"
-                ),
-                opts=self._child,
-            )
+        self.vault_secrets: dict[str, keyvault.Secret] = {
+            env_var: self._placeholder_secret(secret_name(env_var)) for env_var in args.itsm_secret_envs
+        }
+        registry = args.relay.registry
+        self.registry_password: keyvault.Secret | None = (
+            self._placeholder_secret(registry.password_secret) if registry and registry.password_secret else None
+        )
+
+    def _placeholder_secret(self, secret: str) -> keyvault.Secret:
+        return keyvault.Secret(
+            f"{self._name}-secret-{secret}",
+            resource_group_name=self._args.resource_group_name,
+            vault_name=self.key_vault.name,
+            secret_name=secret,
+            properties=keyvault.SecretPropertiesArgs(value=PLACEHOLDER_SECRET_VALUE, content_type="text/plain"),
+            # Written once; the value an operator sets later is never compared nor overwritten.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["properties.value"]),
+        )
 
     def _registry_and_image(self, located: dict) -> None:
-        """The registry the Container App pulls from with its identity, and the relay image: a
-        prebuilt reference from config, or relay/Dockerfile built and pushed by pulumi-docker-build.
-        Pushing uses the registry's admin credentials, so they are enabled only for that case."""
+        """The relay image: a prebuilt reference from config (pulled from its own registry, no
+        registry here), or relay/Dockerfile built by pulumi-docker-build and pushed to the stack's
+        registry. The registry has no admin user: the deploy job pushes with its Entra identity
+        (AcrPush, docker credentials from `az acr login`), the Container App pulls with its own (AcrPull)."""
         name, args = self._name, self._args
-        build = args.relay.image is None
+        self.registry: containerregistry.Registry | None = None
+        if args.relay.image is not None:
+            self.image_ref: pulumi.Output[str] = pulumi.Output.from_input(args.relay.image)
+            return
         self.registry = containerregistry.Registry(
             f"{name}-registry",
             registry_name=args.names.container_registry,
             sku=containerregistry.SkuArgs(name=containerregistry.SkuName.BASIC),
-            admin_user_enabled=build,
+            admin_user_enabled=False,
             **located,
             opts=self._child,
-        )
-        if not build:
-            self.image_ref: pulumi.Output[str] = pulumi.Output.from_input(args.relay.image)
-            return
-        credentials = containerregistry.list_registry_credentials_output(
-            resource_group_name=args.resource_group_name,
-            registry_name=self.registry.name,
-            opts=pulumi.InvokeOutputOptions(parent=self),
         )
         # Paths relative to the working directory Pulumi runs the program in, so that the
         # recorded inputs do not depend on where the repository is checked out.
@@ -236,6 +396,7 @@ class RelayHosting(pulumi.ComponentResource):
         self.image = docker_build.Image(
             f"{name}-image",
             context=docker_build.BuildContextArgs(location=os.path.relpath(REPO_ROOT, here)),
+            # relay/Dockerfile.dockerignore keeps the context to what the image copies.
             dockerfile=docker_build.DockerfileArgs(location=os.path.relpath(DOCKERFILE, here)),
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,
@@ -246,13 +407,8 @@ class RelayHosting(pulumi.ComponentResource):
                     self.registry.login_server, f"/{args.names.image_repository}:{args.names.environment}"
                 )
             ],
-            registries=[
-                docker_build.RegistryArgs(
-                    address=self.registry.login_server,
-                    username=credentials.username,
-                    password=pulumi.Output.secret(credentials.passwords.apply(lambda passwords: passwords[0].value)),
-                )
-            ],
+            # No `registries`: the push uses the host's Docker credentials, which the deploy job gets
+            # from its own Entra identity (.github/docker-credential-acr-entra), never a password.
             opts=self._child,
         )
         # tag@digest: a new build changes the reference, which rolls a new revision.
@@ -279,7 +435,22 @@ class RelayHosting(pulumi.ComponentResource):
             self._grant("state-table-data", STORAGE_TABLE_DATA_CONTRIBUTOR, self.state_table.id),
             self._grant("payloads-blob-data", STORAGE_BLOB_DATA_CONTRIBUTOR, self.payload_container.id),
             self._grant("vault-secrets-user", KEY_VAULT_SECRETS_USER, self.key_vault.id),
-            self._grant("registry-pull", ACR_PULL, self.registry.id),
+            *([self._grant("registry-pull", ACR_PULL, self.registry.id)] if self.registry is not None else []),
+        ]
+
+    def _registries(self) -> list[app.RegistryCredentialsArgs]:
+        """One entry for the registry the image comes from: Container Apps signs in to a registry
+        only when an entry names its server, and pulls anonymously otherwise."""
+        if self.registry is not None:
+            return [app.RegistryCredentialsArgs(server=self.registry.login_server, identity=self.identity.id)]
+        login = self._args.relay.registry
+        assert login is not None  # set by the config whenever relay.image is
+        if login.username is None:
+            return [app.RegistryCredentialsArgs(server=login.server, identity=self.identity.id)]
+        return [
+            app.RegistryCredentialsArgs(
+                server=login.server, username=login.username, password_secret_ref=login.password_secret
+            )
         ]
 
     def _configuration(self) -> app.ConfigurationArgs:
@@ -293,6 +464,14 @@ class RelayHosting(pulumi.ComponentResource):
             )
             for env_var, secret in self.vault_secrets.items()
         ]
+        if self.registry_password is not None:
+            secrets.append(
+                app.SecretArgs(
+                    name=self._args.relay.registry.password_secret,  # type: ignore[union-attr]
+                    key_vault_url=self.registry_password.properties.secret_uri,
+                    identity=self.identity.id,
+                )
+            )
         return app.ConfigurationArgs(
             active_revisions_mode=app.ActiveRevisionsMode.SINGLE,
             ingress=app.IngressArgs(
@@ -301,8 +480,20 @@ class RelayHosting(pulumi.ComponentResource):
                 transport=app.IngressTransportMethod.AUTO,
                 allow_insecure=False,  # HTTPS only: plain HTTP is redirected
                 traffic=[app.TrafficWeightArgs(latest_revision=True, weight=100)],
+                # Optional: only Azure Monitor's ActionGroup service-tag ranges may call (any rule
+                # set makes Container Apps deny every other address).
+                ip_security_restrictions=[
+                    app.IpSecurityRestrictionRuleArgs(
+                        name=f"action-group-{number:03d}",
+                        ip_address_range=address_range,
+                        action=app.Action.ALLOW,
+                        description="Azure Monitor ActionGroup service tag",
+                    )
+                    for number, address_range in enumerate(args.network.ingress_allowed_ranges, start=1)
+                ]
+                or None,
             ),
-            registries=[app.RegistryCredentialsArgs(server=self.registry.login_server, identity=self.identity.id)],
+            registries=self._registries(),
             secrets=secrets,
         )
 

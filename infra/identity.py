@@ -3,8 +3,11 @@ role, and that role granted to Azure Monitor's action-group service principal.
 
 It does what Microsoft's PowerShell script does
 (https://learn.microsoft.com/azure/azure-monitor/alerts/action-groups#secure-webhook), minus two of
-its gaps: the role is assigned by its id, not as `AppRoles[0]`; and the deploying identity owns the
-application, without which Azure refuses to save the action group (`AadWebhookResourceNotOwnedByCaller`).
+its gaps: the role is assigned by its id, not as `AppRoles[0]`; and the owners are an explicit list
+(whoever saves the action group must be one, else `AadWebhookResourceNotOwnedByCaller`).
+
+Only the bootstrap stack (infra/bootstrap) declares it, run once by an Application Administrator: it
+needs Microsoft Graph write rights that the main stack's deploy identity then never holds.
 """
 
 from __future__ import annotations
@@ -32,21 +35,24 @@ ACCESS_TOKEN_VERSION = 2
 class SecureWebhookIdentityArgs:
     display_name: str
     identifier_uri: str | None  # None: api://<client id>, which every tenant's URI policy accepts
-    extra_owners: Sequence[str] = ()  # object ids owning the application besides the deploying identity
+    # The complete owner set (users or service principals; Entra never lets a group own an
+    # application). Nobody is added implicitly, so an `up` by someone else changes nothing.
+    owners: Sequence[str]
+    # Azure Monitor's service principal is read, never managed. Only a tenant that lacks it sets
+    # this once, and the stack then creates it (and never deletes it).
+    create_azure_monitor_service_principal: bool = False
 
 
 class SecureWebhookIdentity(pulumi.ComponentResource):
     """The Entra application and role assignment that make Azure Monitor's token acceptable.
 
-    Outputs: `client_id`, `application_object_id` (what the action group's receiver names),
-    `identifier_uri` (the token audience for v1 tokens), and `ordering_dependencies`: the resources
-    that must exist before an action group may reference the application.
+    Outputs: `client_id`, `application_object_id` (what the action group's receiver names) and
+    `identifier_uri` (the token audience for v1 tokens).
     """
 
     def __init__(self, name: str, args: SecureWebhookIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("secure-export:entra:SecureWebhookIdentity", name, None, opts)
-        deployer = azuread.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
-        owners = deployer.object_id.apply(lambda me: sorted({me, *args.extra_owners}))
+        owners = sorted(args.owners)
 
         self.application = azuread.Application(
             f"{name}-app",
@@ -81,18 +87,25 @@ class SecureWebhookIdentity(pulumi.ComponentResource):
             owners=owners,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        # One per tenant, shared by every action group: adopt it if present, create it if not (as the
-        # script does), and never delete it on destroy.
-        self.azure_monitor_service_principal = azuread.ServicePrincipal(
-            f"{name}-azure-monitor-sp",
-            client_id=AZURE_MONITOR_APP_ID,
-            use_existing=True,
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
-        )
+        self.azure_monitor_service_principal: azuread.ServicePrincipal | None = None
+        if args.create_azure_monitor_service_principal:
+            # Microsoft's first-party SP, shared by every action group of the tenant: created here
+            # only where it is missing, and a destroy only forgets it.
+            self.azure_monitor_service_principal = azuread.ServicePrincipal(
+                f"{name}-azure-monitor-sp",
+                client_id=AZURE_MONITOR_APP_ID,
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
+            azure_monitor_object_id = self.azure_monitor_service_principal.object_id
+        else:
+            # Read only: adopting it as a resource would PATCH it (tags, appRoleAssignmentRequired).
+            azure_monitor_object_id = azuread.get_service_principal_output(
+                client_id=AZURE_MONITOR_APP_ID, opts=pulumi.InvokeOutputOptions(parent=self)
+            ).object_id
         self.role_assignment = azuread.AppRoleAssignment(
             f"{name}-azure-monitor-role",
             app_role_id=self.application.app_role_ids.apply(lambda ids: ids[SECURE_WEBHOOK_ROLE]),
-            principal_object_id=self.azure_monitor_service_principal.object_id,
+            principal_object_id=azure_monitor_object_id,
             resource_object_id=self.service_principal.object_id,
             opts=pulumi.ResourceOptions(parent=self),
         )
@@ -100,11 +113,6 @@ class SecureWebhookIdentity(pulumi.ComponentResource):
         self.client_id: pulumi.Output[str] = self.application.client_id
         self.application_object_id: pulumi.Output[str] = self.application.object_id
         self.identifier_uri: pulumi.Output[str] = self.identifier_uri_resource.identifier_uri
-        self.ordering_dependencies: list[pulumi.Resource] = [
-            self.application,  # carries the owners
-            self.identifier_uri_resource,  # else AadWebhookApplicationUriNotFound
-            self.role_assignment,
-        ]
         self.register_outputs(
             {
                 "client_id": self.client_id,

@@ -1,9 +1,11 @@
 """Azure resource names for one stack, derived once from the prefix, the environment and a suffix.
 
 Names follow the Cloud Adoption Framework abbreviations (rg-, log-, st, kv-, id-, cr, cae-, ca-, ag-).
-Storage accounts, key vaults and registries are globally unique, so their names carry a short suffix
-that is a hash of the subscription, prefix and environment: the same stack always gets the same names
-(like Bicep's uniqueString), and two subscriptions do not collide.
+Storage accounts, key vaults and registries are globally unique, so their names carry a short suffix.
+For storage and the registry it is a hash of the subscription, prefix and environment: the same stack
+always gets the same names (like Bicep's uniqueString), and two subscriptions do not collide. The key
+vault's is random and kept in the state instead (hosting.py), because a deleted vault's name stays
+reserved while it is soft-deleted.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class Names:
         return f"st{self.prefix}{self.environment}{self.suffix}"
 
     @property
-    def key_vault(self) -> str:
-        return f"kv-{self.prefix}{self.environment}{self.suffix}"
+    def key_vault_stem(self) -> str:
+        """The key vault's name before its random suffix (SUFFIX_LENGTH characters, kept in the
+        state): a soft-deleted vault keeps its name reserved, so a redeployed stack needs a new one."""
+        return f"kv-{self.prefix}{self.environment}"
 
     @property
     def managed_identity(self) -> str:
@@ -59,6 +63,10 @@ class Names:
     @property
     def container_registry(self) -> str:
         return f"cr{self.prefix}{self.environment}{self.suffix}"
+
+    @property
+    def virtual_network(self) -> str:
+        return f"vnet-{self.prefix}-{self.environment}"
 
     @property
     def container_environment(self) -> str:

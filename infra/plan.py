@@ -2,7 +2,9 @@
 
 Runs infra/__main__.py under Pulumi's mock runtime with the config of stacks/Pulumi.<name>.yaml and
 prints every resource (type, name, parent, dependencies, options, inputs) and the stack outputs as
-sorted, stable JSON on standard output; notes go to standard error. Values only the cloud knows are
+sorted, stable JSON on standard output; notes go to standard error. `main` also runs the relay's own
+`relay check-config` on the relay YAML the Container App would mount (infra/relay_check.py) and fails,
+with the relay's file:line messages, when the relay would refuse it. Values only the cloud knows are
 shown as `${<resource name>.<attribute>}`, secrets as `[secret]`: the stack file holds only their
 ciphertext, which needs the Pulumi CLI to decrypt. The tests run the program through `run` as well.
 
@@ -30,13 +32,16 @@ from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await  # private API: see run()
 
-from infra.config import PROJECT, ConfigError, referenced_secret_envs
+from infra import relay_check
+from infra.config import PROJECT, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROGRAM_DIR = REPO_ROOT / "infra"
 STACKS_DIR = REPO_ROOT / "stacks"
+# The bootstrap stack (the privileged Entra part): its own project, program and stack files.
+BOOTSTRAP_DIR = PROGRAM_DIR / "bootstrap"
+BOOTSTRAP_STACKS_DIR = STACKS_DIR / "bootstrap"
 SECRET = "[secret]"
-ITSM_SECRETS_KEY = f"{PROJECT}:itsmSecrets"
 
 # The Azure name input of each azure-native type: the provider echoes it back as `name`.
 _NAME_INPUTS = {
@@ -56,6 +61,11 @@ _NAME_INPUTS = {
     "azure-native:monitor:MetricAlert": "ruleName",
     "azure-native:monitor:ScheduledQueryRule": "ruleName",
     "azure-native:monitor:ActivityLogAlert": "activityLogAlertName",
+    "azure-native:storage:ManagementPolicy": "managementPolicyName",
+    "azure-native:network:VirtualNetwork": "virtualNetworkName",
+    "azure-native:network:Subnet": "subnetName",
+    "azure-native:network:PrivateEndpoint": "privateEndpointName",
+    "azure-native:privatedns:PrivateZone": "privateZoneName",
 }
 
 
@@ -199,6 +209,8 @@ class _RecordingMocks(pulumi.runtime.Mocks):
                 configuration = outputs["configuration"]
                 ingress = {**configuration["ingress"], "fqdn": _unknown(name, "configuration.ingress.fqdn")}
                 outputs["configuration"] = {**configuration, "ingress": ingress}
+            case "random:index/randomString:RandomString":
+                outputs.update(result=_unknown(name, "result"))
             case "docker-build:index:Image":
                 outputs.update(ref=_unknown(name, "ref"), digest=_unknown(name, "digest"))
         custom = bool(args.custom)  # components reach the mocks too; they have no inputs of their own
@@ -226,10 +238,8 @@ class _RecordingMocks(pulumi.runtime.Mocks):
                     "clientId": _unknown("deploying-identity", "clientId"),
                     "tenantId": _unknown("deploying-identity", "tenantId"),
                 }
-            case "azure-native:operationalinsights:getSharedKeys":
-                return {"primarySharedKey": SECRET, "secondarySharedKey": SECRET}
-            case "azure-native:containerregistry:listRegistryCredentials":
-                return {"username": args.args["registryName"], "passwords": [{"name": "password", "value": SECRET}]}
+            case "azuread:index/getServicePrincipal:getServicePrincipal":
+                return {"objectId": _unknown("azure-monitor-service-principal", "objectId"), **args.args}
         raise NotImplementedError(f"infra/plan.py has no mock for the invoke {args.token}; add one")
 
 
@@ -295,10 +305,10 @@ class _Request:
 
 
 @contextlib.contextmanager
-def _program_directory() -> Iterator[None]:
+def _program_directory(program_dir: Path) -> Iterator[None]:
     """Pulumi runs a `main:` directory program from inside that directory."""
     previous = Path.cwd()
-    os.chdir(PROGRAM_DIR)
+    os.chdir(program_dir)
     try:
         yield
     finally:
@@ -314,33 +324,43 @@ class ProgramFailed(Exception):
         self.plan = plan
 
 
-def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = ()) -> Plan:
-    """Run infra/__main__.py under mocks with CLI-style config (full keys, structured values as JSON).
+def run(
+    stack: str,
+    raw_config: Mapping[str, str],
+    secret_keys: Sequence[str] = (),
+    *,
+    project: str = PROJECT,
+    program_dir: Path = PROGRAM_DIR,
+    program: Path | None = None,
+) -> Plan:
+    """Run a program (infra/__main__.py unless told: `program_dir`'s `__main__.py`, or another `program`
+    file, as bench/infra.py does) under mocks with CLI-style config (full keys, structured values as JSON).
     Raises ProgramFailed if the program raises."""
+    program = (program or program_dir / "__main__.py").resolve()  # before the run changes directory
     mocks = _RecordingMocks()
-    monitor = _RecordingMonitor(mocks, f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}")
+    monitor = _RecordingMonitor(mocks, f"urn:pulumi:{stack}::{project}::pulumi:pulumi:Stack::{project}-{stack}")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     failure: BaseException | None = None
     try:
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
         # set_mocks installs a root stack for programs run inline; run_in_stack brings its own, as
         # `pulumi up` does, and collects the exports on it.
         settings.set_root_resource(None)  # type: ignore[arg-type]
         pulumi.runtime.set_all_config(dict(raw_config), list(secret_keys))
-        with _program_directory():
+        with _program_directory(program.parent):
             # Private API, used on purpose: Pulumi's own mock runtime drives a program with this
             # re-entrant loop pump (pulumi.runtime.mocks, its `test` decorator) and calls it again from
             # inside the program. pyproject.toml pins pulumi exactly, so an upgrade that moves it fails
             # `make plan` and every infra test at once, in the upgrade's own change.
-            _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM_DIR / "__main__.py"), run_name="__main__")))
+            _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
     except Exception as error:  # reported with the partial plan below
         failure = error
     finally:
         asyncio.set_event_loop(None)
         loop.close()
     plan = Plan(
-        project=PROJECT,
+        project=project,
         stack=stack,
         resources=list(mocks.resources.values()),
         calls=mocks.calls,
@@ -351,16 +371,26 @@ def run(stack: str, raw_config: Mapping[str, str], secret_keys: Sequence[str] = 
     return plan
 
 
-def stack_names() -> list[str]:
-    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+def azure_name_input(type_: str) -> str | None:
+    """The input that carries a resource type's Azure name: changing it replaces the resource."""
+    return _NAME_INPUTS.get(type_)
 
 
-def stack_file_config(stack: str) -> tuple[dict[str, str], list[str]]:
+def stack_names(stacks_dir: Path | None = None) -> list[str]:
+    """The stacks with a file in `stacks_dir` (default: the main stack's, STACKS_DIR)."""
+    files = (stacks_dir or STACKS_DIR).glob("Pulumi.*.yaml")
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in files)
+
+
+def stack_file_config(stack: str, stacks_dir: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """A stack file's config as the CLI hands it to the program: strings, structured values as JSON
     text. Ciphertext (`secure:`) cannot be decrypted here, so it reads as the placeholder."""
-    path = STACKS_DIR / f"Pulumi.{stack}.yaml"
+    stacks_dir = stacks_dir or STACKS_DIR
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no stack file {os.path.relpath(path, REPO_ROOT)}; stacks: {', '.join(stack_names())}")
+        raise FileNotFoundError(
+            f"no stack file {os.path.relpath(path, REPO_ROOT)}; stacks: {', '.join(stack_names(stacks_dir))}"
+        )
     document = yaml.safe_load(path.read_text()) or {}
     raw: dict[str, str] = {}
     secret_keys = []
@@ -384,25 +414,18 @@ def _decrypt_placeholder(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def with_placeholder_secrets(
-    raw: Mapping[str, str], secret_keys: Sequence[str]
-) -> tuple[dict[str, str], list[str], list[str]]:
-    """Fill each ITSM secret the targets reference but the stack file lacks with the placeholder,
-    so that the rest of the stack can be planned. Returns the config, the secret keys and the names
-    filled in (each still needs `pulumi config set --secret` before `pulumi up`)."""
-    present = json.loads(raw.get(ITSM_SECRETS_KEY, "{}"))
-    missing = [name for name in referenced_secret_envs(raw) if name not in present]
-    if not missing:
-        return dict(raw), list(secret_keys), []
-    filled = {**present, **dict.fromkeys(missing, SECRET)}
-    return {**raw, ITSM_SECRETS_KEY: json.dumps(filled)}, sorted({*secret_keys, ITSM_SECRETS_KEY}), missing
+def run_stack(stack: str) -> Plan:
+    """Plan one stack file."""
+    return run(stack, *stack_file_config(stack))
 
 
-def run_stack(stack: str) -> tuple[Plan, list[str]]:
-    """Plan one stack file; also returns the ITSM secrets it still lacks."""
-    raw, secret_keys = stack_file_config(stack)
-    raw, secret_keys, missing = with_placeholder_secrets(raw, secret_keys)
-    return run(stack, raw, secret_keys), missing
+def run_bootstrap(stack: str, raw_config: Mapping[str, str] | None = None) -> Plan:
+    """Run the bootstrap program (infra/bootstrap) on its stack file, or on `raw_config`."""
+    from infra.config.bootstrap import BOOTSTRAP_PROJECT
+
+    if raw_config is None:
+        raw_config, _ = stack_file_config(stack, BOOTSTRAP_STACKS_DIR)
+    return run(stack, raw_config, project=BOOTSTRAP_PROJECT, program_dir=BOOTSTRAP_DIR)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -412,16 +435,16 @@ def main(argv: Sequence[str]) -> int:
     stack = argv[0]
     print(f"plan: running infra/__main__.py under mocks for stack {stack!r}", file=sys.stderr)
     try:
-        plan, missing = run_stack(stack)
+        plan = run_stack(stack)
     except (ConfigError, FileNotFoundError, ProgramFailed) as error:
         print(f"plan: {error}", file=sys.stderr)
         return 1
-    for name in missing:
-        print(
-            f"plan: itsmSecrets.{name} is not set (shown as {SECRET}); before `pulumi up`, run "
-            f"pulumi config set --stack {stack} --secret --path 'itsmSecrets.{name}' <value>",
-            file=sys.stderr,
-        )
+    relay_yaml = relay_check.mounted_config(plan.one("azure-native:app:ContainerApp").inputs)
+    verdict = relay_check.check(relay_yaml)
+    for line in relay_check.report(verdict, relay_yaml):
+        print(f"plan: {line}", file=sys.stderr)
+    if not verdict.ok:
+        return 1
     sys.stdout.write(plan.to_json())
     custom = sum(1 for r in plan.resources if r.custom)
     print(f"plan: {custom} resources in {len(plan.resources) - custom} components", file=sys.stderr)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
-from relay.delivery.routing import RelayConfig, default_config
+from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
 from relay.delivery.worker import Worker
 from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
 from relay.intake.metrics import IntakeMetrics
@@ -42,6 +43,10 @@ DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
 KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
+# Retention's first pass comes a minute after start (not at start: a restart loop must not turn
+# into a deletion loop, and start-up stays quick), then every `retention.interval_minutes`.
+RETENTION_FIRST_PASS_SECONDS = 60.0
+EXPIRED_KINDS = ("events", "dead_letters", "tickets", "blobs")
 
 
 @web.middleware
@@ -176,6 +181,53 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
 
     app.cleanup_ctx.append(delivery_ctx)
     app.on_shutdown.append(begin_shutdown)
+    app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
+
+
+def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:
+    """(seconds until the first retention pass, seconds between passes)."""
+    return RETENTION_FIRST_PASS_SECONDS, settings.interval_minutes * 60
+
+
+async def expire_periodically(store: Store, settings: RetentionSettings, expired: Counter, *,
+                              first: float, every: float) -> None:
+    """Run `store.expire` now and then, forever: a failed pass is logged and the next one comes anyway."""
+    delay = first
+    while True:
+        await asyncio.sleep(delay)
+        delay = every
+        try:
+            gone = await store.expire(time.time(), settings.store_retention())
+        except StoreUnavailable as exc:
+            log.warning("retention pass failed, next in %.0f s: %s", every, exc)
+            continue
+        except Exception:
+            log.exception("retention pass failed, next in %.0f s", every)
+            continue
+        for kind in EXPIRED_KINDS:
+            expired.labels(kind).inc(getattr(gone, kind))
+        if any(getattr(gone, kind) for kind in EXPIRED_KINDS):
+            log.info("retention deleted %d delivered events, %d dead letters, %d ticket records, %d blobs",
+                     gone.events, gone.dead_letters, gone.tickets, gone.blobs)
+
+
+def _retention_ctx(store: Store, settings: RetentionSettings, registry: CollectorRegistry | None):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        expired = Counter("relay_store_expired_total", "Rows the store's retention deleted, by kind",
+                          ["kind"], registry=registry)
+        for kind in EXPIRED_KINDS:
+            expired.labels(kind)
+        first, every = retention_schedule(settings)
+        task = asyncio.create_task(expire_periodically(store, settings, expired, first=first, every=every),
+                                   name="store-retention")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    return ctx
 
 
 def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no-untyped-def]
@@ -205,10 +257,15 @@ def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
 
 
 def run(settings: Settings) -> None:
+    """Serve until stopped. Raises StoreInUse when another relay owns the store (the CLI says so in one line)."""
     app = create_app(settings, deliver=True)
     loop, loop_name = event_loop()
-    log.info("relay listening on %s:%d with %s, event loop %s", settings.host, settings.port, describe(settings),
-             loop_name)
+
+    async def announce(app: web.Application) -> None:  # after the store opened: a refused start says nothing else
+        log.info("relay listening on %s:%d with %s, event loop %s", settings.host, settings.port,
+                 describe(settings), loop_name)
+
+    app.on_startup.append(announce)
     web.run_app(
         app,
         loop=loop,

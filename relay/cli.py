@@ -50,6 +50,7 @@ def _serve() -> int:
         return 2
     from relay.app import run
     from relay.delivery.config import ConfigError
+    from relay.store import StoreInUse
     from relay.targets.target_config import TargetConfigError
 
     try:
@@ -57,6 +58,9 @@ def _serve() -> int:
     except (ConfigError, TargetConfigError) as exc:  # RELAY_CONFIG, or a secret it names, is wrong
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreInUse as exc:  # another relay serves this SQLite file: one line, no traceback
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -89,7 +93,7 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("dead-letters replay: give dead letter ids or --all (not both)")
     url = args.store or os.environ.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
     try:
-        store = open_store(url)
+        store = open_store(url, owner=False)  # beside a running relay: never take its lock
     except ValueError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2

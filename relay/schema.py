@@ -129,3 +129,23 @@ DELIVERY: dict[str, Bound] = {
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),
 }
+
+# The `retention:` section of RELAY_CONFIG: how long the store keeps what delivery no longer needs
+# (`Store.expire`), and how often it looks. Azure Monitor retries a webhook for minutes, so even a day
+# of delivered events keeps its retries deduplicated.
+RETENTION: dict[str, Bound] = {
+    "delivered_days": Bound(1, 3650, 14),
+    "dead_letter_days": Bound(1, 3650, 90),
+    # At least a day: reconciliation (a later issue) looks back 24 h at tickets that resolved.
+    "closed_ticket_days": Bound(1, 3650, 30),
+    "interval_minutes": Bound(1, 1440, 60),
+}
+
+# `delivery:` settings whose default depends on each target: absent, they are derived per target.
+# adopt_after_seconds: how long a create that got no answer may still land before the next attempt
+# searches for it and adopts it; absent, ADOPT_AFTER_TIMEOUTS x that target's timeout_seconds (the
+# default shown here is that of a target with the default timeout).
+ADOPT_AFTER_TIMEOUTS = 6
+DELIVERY_DERIVED: dict[str, Bound] = {
+    "adopt_after_seconds": Bound(0.001, 86400, ADOPT_AFTER_TIMEOUTS * TIMEOUT_SECONDS.default),
+}

@@ -413,3 +413,29 @@ def test_config_names_the_unset_password_variable():
 def test_config_refuses_a_quote_in_the_correlation_field():
     with pytest.raises(TargetConfigError, match="correlation_field"):
         bmc_helix.from_config("h", base_cfg(correlation_field="a'b"), env={"P": "p"})
+
+
+# -- read and search (idempotent steps, store-loss recovery) -------------------------------------------
+
+async def test_search_finds_the_key_and_its_successors_newest_first_in_any_status(fake, target):
+    first = fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Resolved"})
+    second = fake.add_incident(**{"Vendor Ticket Number": f"{KEY}.2", "Status": "Assigned"})
+    fake.add_incident(**{"Vendor Ticket Number": "another-alert", "Status": "Assigned"})
+    found = await target.search(KEY)
+    assert [(f.correlation_key, f.ticket.id, f.ticket.resolved) for f in found] == [
+        (f"{KEY}.2", second["Incident Number"], False), (KEY, first["Incident Number"], True)]
+    assert fake.calls_to("HPD:IncidentInterface", "GET")[-1].query["q"] == f"'Vendor Ticket Number' LIKE \"{KEY}%\""
+
+
+async def test_read_gives_the_status_and_the_latest_work_log_entries_newest_first(fake, target):
+    number = fake.add_incident(**{"Vendor Ticket Number": KEY})["Incident Number"]
+    ticket = Ticket(number, number)
+    for n in range(7):
+        await target.note(ticket, an_incident(), f"entry {n}")
+    other = fake.add_incident(**{"Vendor Ticket Number": "other"})["Incident Number"]
+    await target.note(Ticket(other, other), an_incident(), "not this one")
+    view = await target.read(ticket)
+    assert view.resolved is False
+    assert view.notes == ("entry 6", "entry 5", "entry 4", "entry 3", "entry 2")
+    await target.resolve(ticket, an_incident(), "resolved")
+    assert (await target.read(ticket)).resolved is True

@@ -9,7 +9,7 @@ import pytest
 
 from relay.cli import main
 from relay.delivery.config import ConfigError, parse_config
-from relay.schema import DELIVERY
+from relay.schema import DELIVERY, DELIVERY_DERIVED
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -109,8 +109,18 @@ delivery: {max_attempts: 0, sleep: 1}
         "FILE:22: routes[2].target: duplicate key",
         "FILE:23: routes[2].continue: must be true or false",
         "FILE:24: delivery.max_attempts: must be a whole number from 1 to 1000 (got 0)",
-        "FILE:24: delivery.sleep: unknown key; expected one of " + ", ".join(DELIVERY),
+        "FILE:24: delivery.sleep: unknown key; expected one of " + ", ".join([*DELIVERY, *DELIVERY_DERIVED]),
     ]
+
+
+def test_adopt_after_seconds_is_checked_against_its_bounds_and_kept_when_valid():
+    assert problems(GOOD + "delivery: {adopt_after_seconds: 0}\n") == [
+        f"FILE:{GOOD.count(chr(10)) + 1}: delivery.adopt_after_seconds: must be a number from 0.001 to 86400 "
+        "(got 0)"
+    ]
+    config = parse_config(GOOD + "delivery: {adopt_after_seconds: 45}\n")
+    assert config.delivery.adopt_after_seconds == 45
+    assert parse_config(GOOD).delivery.adopt_after_seconds is None, "absent: derived per target"
 
 
 def test_a_target_modules_own_complaint_points_at_its_key():

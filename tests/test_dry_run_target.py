@@ -89,8 +89,14 @@ async def test_relay_without_config_delivers_accepted_alerts_to_a_dry_run(tmp_pa
     assert create["target"] == "dry_run"
     assert create["correlation_key"] == "eeeeeeee-4444-5555-6666-ffffffffffff"
     assert create["incident"]["summary"] == "[Sev4] test-metricAlertRule on test-storageAccount"
-    metrics = await (await client.get("/metrics")).text()
-    assert 'relay_deliveries_total{outcome="create",target="dry_run"} 1.0' in metrics
+    # The worker counts the outcome once it is recorded in the store, just after the create is written.
+    counted = 'relay_deliveries_total{outcome="create",target="dry_run"} 1.0'
+    for _ in range(2000):
+        metrics = await (await client.get("/metrics")).text()
+        if counted in metrics:
+            break
+        await asyncio.sleep(0.005)
+    assert counted in metrics
 
 
 async def test_relay_with_a_config_file_writes_to_the_configured_path(tmp_path, issuer, aiohttp_client):

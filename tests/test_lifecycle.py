@@ -19,6 +19,8 @@ from relay.delivery.lifecycle import (
     Policy,
     TicketState,
     correlation_key,
+    create_intent,
+    create_intent_wait,
     decide,
     event_facts,
     instant,
@@ -182,9 +184,9 @@ def test_update_follows_on_repeat_nothing():
     assert actions == [Action.CREATE, Action.NOTHING]
 
 
-def test_only_create_and_new_open_incidents_and_only_record_and_nothing_skip_the_target():
+def test_only_create_and_new_open_incidents_and_only_record_nothing_and_adopt_skip_the_target():
     assert {a for a in Action if a.opens_incident} == {Action.CREATE, Action.NEW}
-    assert {a for a in Action if not a.calls_target} == {Action.NOTHING, Action.RECORD}
+    assert {a for a in Action if not a.calls_target} == {Action.NOTHING, Action.RECORD, Action.ADOPT}
 
 
 # -- facts from real payloads ----------------------------------------------------------------------
@@ -430,3 +432,28 @@ def test_a_shared_ticket_never_resolves_while_an_alert_on_it_is_firing(order, po
                 )
         state = world.apply(ev, d, state)
     assert len(world.opened_for) == len(set(world.opened_for))
+
+
+# -- how long a create intent holds its key ---------------------------------------------------------------
+
+INTENT_CASES = [
+    # (intent fields beyond since=100, event held now, owner now, now, expected seconds left)
+    ({"event": "e1", "owner": "dead"}, "e1", "me", 103.0, 2.0),  # writer's lease ended: its call timeout (5)
+    ({"event": "e1", "owner": "dead"}, "e1", "me", 106.0, -1.0),
+    ({"event": "e1", "owner": "me"}, "e1", "me", 103.0, 27.0),  # our own: adopt_after (30) from since
+    ({"event": "e2", "owner": "other"}, "e1", "me", 103.0, 27.0),  # another event of a shared key: may be live
+    ({}, "e1", "me", 103.0, 27.0),  # written before owners were recorded
+    ({"event": "e1", "owner": "dead", "unanswered_at": 110.0}, "e1", "me", 112.0, 28.0),  # may still land
+]
+
+
+@pytest.mark.parametrize(("extra", "event_key", "owner", "now", "left"), INTENT_CASES)
+def test_create_intent_wait(extra, event_key, owner, now, left):
+    pending = {"since": 100.0, "correlation_key": "k", **extra}
+    assert create_intent_wait(pending, now=now, event_key=event_key, owner=owner,
+                              call_timeout=5.0, adopt_after=30.0) == pytest.approx(left)
+
+
+def test_a_create_intent_names_its_event_and_owner():
+    assert create_intent("k.2", since=1.0, event_key="e", owner="o") == {
+        "since": 1.0, "correlation_key": "k.2", "event": "e", "owner": "o"}

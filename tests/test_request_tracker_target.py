@@ -272,3 +272,34 @@ def test_config_names_the_bad_key(key, value):
 def test_config_names_the_unset_token_variable():
     with pytest.raises(TargetConfigError, match=r"auth\.token_env names the environment variable T"):
         request_tracker.from_config("rt", cfg(), env={})
+
+
+# -- read and search (idempotent steps, store-loss recovery) -------------------------------------------
+
+async def test_search_finds_the_key_and_its_successors_newest_first_in_any_status(fake, target):
+    first = fake.add_ticket(QUEUE, "resolved", AzureAlertId=KEY)
+    second = fake.add_ticket(QUEUE, "open", AzureAlertId=f"{KEY}.2")
+    fake.add_ticket(QUEUE, "open", AzureAlertId="another-alert")
+    found = await target.search(KEY)
+    assert [(f.correlation_key, f.ticket.id, f.ticket.resolved) for f in found] == [
+        (f"{KEY}.2", str(second["id"]), False), (KEY, str(first["id"]), True)]
+    assert fake.calls_to("/REST/2.0/tickets")[-1].form()["query"] == f"'CF.{{AzureAlertId}}' LIKE '{KEY}'"
+
+
+async def test_search_refuses_a_row_that_does_not_carry_the_key(fake, target, monkeypatch):
+    fake.add_ticket(QUEUE, "open", AzureAlertId="another-alert")
+    monkeypatch.setattr("tests.fakes.request_tracker._holds", lambda actual, op, value: True)  # a filter ignored
+    error = await expect_error(target.search(KEY))
+    assert not error.retryable and "refusing to trust the search" in str(error)
+
+
+async def test_read_gives_the_status_and_the_latest_comments_newest_first(fake, target):
+    ticket = Ticket(str(fake.add_ticket(QUEUE, "open", AzureAlertId=KEY)["id"]))
+    for n in range(7):
+        await target.note(ticket, an_incident(), f"comment {n}")
+    view = await target.read(ticket)
+    assert view.resolved is False
+    assert view.notes == ("comment 6", "comment 5", "comment 4", "comment 3", "comment 2")
+    await target.resolve(ticket, an_incident(), "resolved")
+    view = await target.read(ticket)
+    assert view.resolved is True and view.notes[0] == "resolved", "the status change's comment is a note too"

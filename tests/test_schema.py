@@ -16,10 +16,22 @@ from relay.delivery.routing import DeliverySettings, Route, TargetConfig
 
 def test_delivery_settings_are_exactly_the_schemas_keys_with_its_defaults():
     fields = {f.name: f.default for f in dataclasses.fields(DeliverySettings)}
-    assert list(fields) == list(schema.DELIVERY), "DeliverySettings and schema.DELIVERY name different settings"
+    assert list(fields) == [*schema.DELIVERY, *schema.DELIVERY_DERIVED], (
+        "DeliverySettings and schema.DELIVERY (+ DELIVERY_DERIVED) name different settings")
     for name, bound in schema.DELIVERY.items():
         assert fields[name] == bound.default, f"delivery.{name}: model default {fields[name]} != schema {bound.default}"
         assert bound.accepts(bound.default), f"delivery.{name}: its default is outside its own bounds"
+    for name, bound in schema.DELIVERY_DERIVED.items():
+        assert fields[name] is None, f"delivery.{name}: a derived setting must default to None (derived per target)"
+        assert bound.accepts(bound.default), f"delivery.{name}: its documented default is outside its own bounds"
+
+
+def test_adopt_after_defaults_to_six_timeouts_of_each_target_and_a_setting_overrides_it():
+    slow = TargetConfig(name="slow", kind="dry_run", block={}, timeout_seconds=50)
+    default = TargetConfig(name="t", kind="dry_run", block={})
+    assert DeliverySettings().adopt_after(slow) == 300
+    assert DeliverySettings().adopt_after(default) == schema.DELIVERY_DERIVED["adopt_after_seconds"].default == 180
+    assert DeliverySettings(adopt_after_seconds=12).adopt_after(slow) == 12
 
 
 def test_target_and_route_defaults_are_the_schemas():

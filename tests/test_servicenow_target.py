@@ -514,3 +514,41 @@ def test_config_rejects_an_unknown_ci_binding():
             },
             env={"P": "p"},
         )
+
+
+# -- read and search (idempotent steps, store-loss recovery) -------------------------------------------
+
+async def test_search_finds_the_key_and_its_successors_newest_first_in_any_state(fake, target):
+    first = fake.add_incident(correlation_id=KEY, state="6", close_code="x", close_notes="y")
+    second = fake.add_incident(correlation_id=f"{KEY}.2", state="2")
+    fake.add_incident(correlation_id="another-alert", state="2")
+    found = await target.search(KEY)
+    assert [(f.correlation_key, f.ticket.id, f.ticket.resolved) for f in found] == [
+        (f"{KEY}.2", second["sys_id"], False), (KEY, first["sys_id"], True)]
+    query = fake.calls_to("/api/now/table/incident", "GET")[-1].query["sysparm_query"]
+    assert query.startswith(f"correlation_idSTARTSWITH{KEY}^")
+
+
+async def test_search_refuses_the_unfiltered_list_an_ignored_clause_returns(fake):
+    fake.unreadable_columns = frozenset({"correlation_id"})
+    fake.add_incident(correlation_id="another-alert", state="2")
+    target = make_target(fake)
+    try:
+        error = await expect_error(target.search(KEY))
+    finally:
+        await target.close()
+    assert not error.retryable and "ignored a query clause" in str(error)
+
+
+async def test_read_gives_the_state_and_the_latest_work_notes_newest_first(fake, target):
+    record = fake.add_incident(correlation_id=KEY, state="2")
+    ticket = Ticket(record["sys_id"], record["number"])
+    for n in range(7):
+        await target.note(ticket, an_incident(), f"note {n}")
+    other = fake.add_incident(correlation_id="other", state="2")
+    await target.note(Ticket(other["sys_id"], other["number"]), an_incident(), "not this one")
+    view = await target.read(ticket)
+    assert view.resolved is False
+    assert view.notes == ("note 6", "note 5", "note 4", "note 3", "note 2")
+    await target.resolve(ticket, an_incident(), "resolved")
+    assert (await target.read(ticket)).resolved is True

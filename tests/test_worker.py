@@ -18,7 +18,7 @@ from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.retry_policy import CircuitState
 from relay.delivery.routing import DeliverySettings, RelayConfig, Route, TargetConfig
 from relay.delivery.worker import RENEWALS_PER_LEASE, Worker
-from relay.store import Event, LeaseLost, StoreUnavailable
+from relay.store import Event, LeaseLost, StoreUnavailable, TicketRecord
 from relay.store.sqlite import SqliteStore
 from relay.targets import Incident, TargetError, TextLimits, Ticket
 from tests.conftest import load_sample
@@ -453,10 +453,10 @@ class HungCreateTarget(FakeTarget):
         raise TargetError("itsm: POST /incident timed out after 5s", retryable=True, unanswered=True)
 
 
-async def test_create_without_an_answer_is_searched_for_after_the_lease_not_created_again(store, running):
+async def test_create_without_an_answer_is_searched_for_after_the_adopt_wait_not_created_again(store, running):
     target = HungCreateTarget(lands_after=0.2)
     await accept(store, alert_body())
-    await running(store, make_config(lease_seconds=0.6), {"itsm": target})
+    await running(store, make_config(adopt_after_seconds=0.6), {"itsm": target})
     await until(lambda: drained(store), "event delivered")
     await until(lambda: target.landed is not None and target.landed.done(), "the hung create landed")
     assert len(target.tickets) == 1, f"a create that timed out and then landed was sent again: {target.calls}"
@@ -479,11 +479,23 @@ async def test_a_bare_timeout_from_a_create_counts_as_unanswered_and_keeps_the_i
     target.fail["create"] = [TimeoutError()]
     spy = SpyStore(store)
     await accept(store, alert_body())
-    await running(spy, make_config(lease_seconds=30), {"itsm": target})
+    # The defaults: no adopt_after_seconds, so the wait is 6 x the target's timeout_seconds (5 here),
+    # whatever the lease.
+    await running(spy, make_config(lease_seconds=300), {"itsm": target})
     await until(lambda: len(spy.delays) >= 2, "the event retried twice")
     assert "pending" in (await store.get_ticket("itsm", GUID)).data, "the intent was dropped"
-    assert spy.delays[1] > 20, f"the retry did not wait out the lease: {spy.delays}"
+    assert 25 < spy.delays[1] <= 30, f"the retry did not wait 6 x timeout_seconds (30 s) to adopt: {spy.delays}"
     assert target.count("create") == 1
+
+
+async def test_the_adopt_wait_is_its_own_setting_not_the_lease(store, running):
+    target = FakeTarget()
+    target.fail["create"] = [TimeoutError()]
+    spy = SpyStore(store)
+    await accept(store, alert_body())
+    await running(spy, make_config(lease_seconds=300, adopt_after_seconds=90), {"itsm": target})
+    await until(lambda: len(spy.delays) >= 2, "the event retried twice")
+    assert 85 < spy.delays[1] <= 90, f"the retry did not wait adopt_after_seconds (90 s): {spy.delays}"
 
 
 async def test_two_workers_on_one_store_open_one_incident_for_a_shared_key(store, running):
@@ -622,7 +634,9 @@ async def test_a_lost_lease_stops_the_delivery_and_records_nothing(store, runnin
     await accept(store, alert_body())
     spy = RenewSpy(store)
     spy.lose_lease = True
-    await running(spy, make_config(lease_seconds=0.3), {"itsm": target})
+    # A near-zero adopt_after_seconds: a re-claim of the event searches at once rather than recording a wait
+    # for the create intent the cut-off delivery left (that wait is a later delivery's outcome, not this one's).
+    await running(spy, make_config(lease_seconds=0.3, adopt_after_seconds=0.001), {"itsm": target})
     await until(lambda: spy.renewals >= 1, "the worker tried to renew")
     await asyncio.sleep(0.3)
     assert target.tickets == {}, "the delivery went on after its lease was lost"
@@ -692,3 +706,33 @@ async def test_an_event_failing_past_max_age_becomes_a_dead_letter_whatever_its_
     [dead] = await store.dead_letters()
     assert "max_age_seconds" in dead.error and dead.attempts < 5
     assert metric(worker, "relay_dead_letters_total", reason="too_old") == 1
+
+
+async def test_a_create_cut_off_by_its_workers_death_is_adopted_after_one_call_timeout_not_adopt_after(
+        store, running):
+    # A process died mid-create (SIGKILL): its intent names the event and its owner; the create landed.
+    target = FakeTarget()
+    target.tickets["t9"] = {"key": GUID, "resolved": False, "notes": [], "cis": (), "summary": "s"}
+    event = await accept(store, alert_body())
+    since = time.time() - 6  # the call timeout (5 s here) has passed, adopt_after (6 x 5 s) has not
+    await store.put_ticket(TicketRecord("itsm", GUID, {"pending": {
+        "since": since, "correlation_key": GUID, "event": event.key, "owner": "a-dead-process"}}))
+    spy = SpyStore(store)
+    worker = await running(spy, make_config(), {"itsm": target})
+    await until(lambda: drained(store), "the restarted worker adopted the crashed create", limit=10)
+    assert spy.delays == [], f"the restarted worker waited for the dead writer's intent: {spy.delays}"
+    assert target.count("create") == 0
+    assert metric(worker, "relay_deliveries_total", target="itsm", outcome="adopt") == 1
+
+
+async def test_a_live_intent_of_another_event_on_a_shared_key_still_waits_adopt_after(store, running):
+    target = FakeTarget()
+    await accept(store, alert_body())
+    since = time.time() - 6
+    await store.put_ticket(TicketRecord("itsm", GUID, {"pending": {
+        "since": since, "correlation_key": GUID, "event": "another-event", "owner": "a-live-replica"}}))
+    spy = SpyStore(store)
+    await running(spy, make_config(), {"itsm": target})
+    await until(lambda: spy.delays, "the event was put back to wait")
+    assert spy.delays[0] > 20, f"an intent another delivery may still be acting on was not respected: {spy.delays}"
+    assert target.calls == []

@@ -220,6 +220,7 @@ def _log_search_alert(rule: Section, common: dict[str, Any], azure: AzureContext
     column = rule.text("metricMeasureColumn", None if aggregation == "Count" else _MISSING)
     window, frequency = _window(rule, None, None, "PT5M", "PT5M")
     evaluation, failing = _failing_periods(rule, 1)
+    override = _query_time_range(rule, _minutes(window) * evaluation)
     return LogSearchAlertRule(
         **common,
         severity=_severity(rule),
@@ -237,7 +238,30 @@ def _log_search_alert(rule: Section, common: dict[str, Any], azure: AzureContext
         evaluation_periods=evaluation,
         min_failing_periods=failing,
         dimensions=_dimensions(rule),
+        override_query_time_range=override,
     )
+
+
+# Azure's bound on a log search rule's query time range (overrideQueryTimeRange).
+_MAX_QUERY_TIME_RANGE_MINUTES = 2 * 1440
+
+
+def _query_time_range(rule: Section, default_minutes: int) -> str | None:
+    """`overrideQueryTimeRange`: how far back the query looks, when longer than windowSize x
+    evaluationPeriods (Azure's default). A "no data for N minutes" query needs it: with the default
+    range, a resource silent for longer than the window has no rows at all and the alert resolves."""
+    value = rule.text(
+        "overrideQueryTimeRange", None, pattern=_DURATION, expected="an ISO 8601 duration such as PT1H or P2D"
+    )
+    if value is None:
+        return None
+    if not default_minutes <= _minutes(value) <= _MAX_QUERY_TIME_RANGE_MINUTES:
+        raise ConfigError(
+            rule.key_of("overrideQueryTimeRange"),
+            f"{value} is outside the range Azure accepts",
+            f"at least windowSize x evaluationPeriods ({default_minutes} minutes) and at most P2D",
+        )
+    return value
 
 
 def _subscription_scopes(rule: Section, azure: AzureContext, *, subscription_only: bool = False) -> tuple[str, ...]:

@@ -61,8 +61,13 @@ ACTIVITY_STATUSES = ("Started", "Succeeded", "Failed")
 SERVICE_HEALTH_INCIDENT_TYPES = ("Incident", "Maintenance", "Informational", "ActionRequired", "Security")
 RESOURCE_HEALTH_STATUSES = ("Available", "Degraded", "Unavailable", "Unknown")
 STORAGE_SKUS = ("Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_RAGRS", "Standard_GZRS", "Standard_RAGZRS")
-# Consumption-plan Container Apps: CPU in quarter cores, memory fixed at 2 GiB per core.
+# The Consumption workload profile of a workload-profiles environment: CPU in quarter cores up to 4,
+# memory fixed at 2 GiB per core.
 RELAY_CPUS = tuple(q / 4 for q in range(1, 17))
+WORKLOAD_PROFILE = "Consumption"
+# Payload blobs older than this are deleted by the storage account's lifecycle rule: the relay's
+# default dead-letter retention, so that a dead letter's payload is kept as long as the dead letter.
+PAYLOAD_RETENTION_DAYS = int(schema.RETENTION["dead_letter_days"].default)
 RELAY_PORT = 8080
 # The relay's default for delivery.shutdown_grace_seconds, and the margin Container Apps must add
 # before it kills the container after SIGTERM.
@@ -70,11 +75,10 @@ RELAY_SHUTDOWN_GRACE_SECONDS = schema.DELIVERY["shutdown_grace_seconds"].default
 TERMINATION_MARGIN_SECONDS = 10
 
 
-@dataclass(frozen=True)
-class SecretValue:
-    """A secret from `pulumi config set --secret`; its repr never shows the value."""
-
-    value: str = field(repr=False)
+def secret_name(env_var: str) -> str:
+    """The Key Vault and Container Apps secret name for an ITSM secret's env var (SNOW_PASSWORD ->
+    snow-password): both services allow lowercase letters, digits and dashes."""
+    return env_var.lower().replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,20 @@ class AzureContext:
 
 
 @dataclass(frozen=True)
+class RegistryLogin:
+    """How the Container App signs in to the registry of a prebuilt image (`relay.registry`)."""
+
+    server: str  # the image reference's host
+    username: str | None  # None: the relay's managed identity (grant it AcrPull on that registry)
+    password_secret: str | None  # Key Vault secret holding the password, set by an operator
+
+
+@dataclass(frozen=True)
 class RelaySettings:
     """How the relay runs on Container Apps (`secure-export:relay`)."""
 
     image: str | None  # prebuilt image reference; None: build relay/Dockerfile and push it to the stack's registry
+    registry: RegistryLogin | None  # set exactly when `image` is
     cpu: float
     memory: str
     min_replicas: int
@@ -102,6 +116,24 @@ class RelaySettings:
     openid_config_url: str | None
     log_retention_days: int
     termination_grace_seconds: int  # > the relay's shutdown grace, so in-flight deliveries can finish
+
+
+@dataclass(frozen=True)
+class EntraApplication:
+    """The Entra application the bootstrap stack (infra/bootstrap) created: the main stack only
+    reads it (`secure-export:entra`), so its deploy identity needs no Microsoft Graph write rights."""
+
+    client_id: str
+    object_id: str  # the application's object id, which the action group's receiver names
+    identifier_uri: str
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Optional network hardening (`secure-export:network`)."""
+
+    ingress_allowed_ranges: tuple[str, ...]  # IPv4 CIDRs (the ActionGroup service tag); empty: any caller
+    virtual_network: str | None  # address prefix of the stack's VNet; None: no VNet, public endpoints
 
 
 @dataclass(frozen=True)
@@ -215,6 +247,7 @@ class LogSearchAlertRule(AlertRuleBase):
     evaluation_periods: int
     min_failing_periods: int
     dimensions: tuple[Dimension, ...]
+    override_query_time_range: str | None = None  # None: windowSize x evaluationPeriods
 
 
 @dataclass(frozen=True)
@@ -253,17 +286,20 @@ class StackConfig:
     azure: AzureContext
     names: Names
     tags: Mapping[str, str]
-    app_owners: tuple[str, ...]  # object ids owning the Entra app besides the deploying identity
-    identifier_uri: str | None  # None: api://<client id>, accepted by every tenant's URI policy
+    entra: EntraApplication
     action_group_short_name: str
     storage_sku: str
+    payload_retention_days: int
+    network: NetworkSettings
     key_vault: KeyVaultSettings
     relay: RelaySettings
     targets: tuple[Target, ...]
     routes: tuple[Route, ...]
     delivery: Mapping[str, Any]  # the relay's optional `delivery` tuning, passed as it is
     alerts: tuple[AlertRule, ...]
-    itsm_secrets: Mapping[str, SecretValue]  # env var name -> value
+    # Env var names of the ITSM secrets: each a Key Vault secret the stack creates with a placeholder
+    # and an operator sets (`az keyvault secret set`), so no value ever reaches Pulumi config or state.
+    itsm_secret_envs: tuple[str, ...]
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

@@ -9,14 +9,17 @@ relay's shape to targets.py and the alert rules to alert_rules.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from infra import networking
 from infra.config.alert_rules import _alerts
 from infra.config.model import (
+    PAYLOAD_RETENTION_DAYS,
     PROJECT,
     RELAY_CPUS,
     RELAY_PORT,
@@ -24,12 +27,16 @@ from infra.config.model import (
     STORAGE_SKUS,
     TERMINATION_MARGIN_SECONDS,
     AzureContext,
+    EntraApplication,
     KeyVaultSettings,
+    NetworkSettings,
+    RegistryLogin,
     RelaySettings,
     StackConfig,
+    secret_name,
 )
-from infra.config.reader import _HTTPS_URL, _LOCATION, ConfigError, Section, _guid, _text
-from infra.config.targets import _delivery, _itsm_secrets, _routes, _secret_envs, _targets
+from infra.config.reader import _HTTPS_URL, _LOCATION, _MISSING, ConfigError, Section, _text
+from infra.config.targets import _delivery, _itsm_secret_envs, _routes, _secret_envs, _targets
 from infra.naming import SUFFIX_LENGTH, Names, unique_suffix
 from relay import schema
 
@@ -38,11 +45,16 @@ _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9]{0,6}$")
 _SUFFIX = re.compile(rf"^[a-z0-9]{{1,{SUFFIX_LENGTH}}}$")
 _IDENTIFIER_URI = re.compile(r"^api://[^\s]*[^\s/]$")
 _IMAGE = re.compile(r"^[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+(:[\w.-]{1,128}|@sha256:[0-9a-f]{64})$")
+# A name both Key Vault and Container Apps accept for a secret.
+_SECRET_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,125}[a-z0-9])?$")
+# Keys the bootstrap stack (infra/bootstrap) owns now; the main stack reads its outputs instead.
+_MOVED_TO_BOOTSTRAP = ("appOwners", "identifierUri")
 
 
 def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()) -> StackConfig:
     """Validate the whole stack config. `raw` holds full keys (`secure-export:targets`) and the
-    CLI's values: plain strings, structured values as JSON text."""
+    CLI's values: plain strings, structured values as JSON text. `secret_keys` (the keys set with
+    `--secret`) is accepted for the CLI's interface; no key of this project needs to be secret."""
     azure = _azure(raw)
     project = _project(raw)
 
@@ -70,24 +82,22 @@ def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()
         azure=azure,
         names=names,
         tags=tags,
-        app_owners=project.strings("appOwners", (), check=_guid("an object id GUID"), expected="object id GUIDs"),
-        identifier_uri=project.text(
-            "identifierUri",
-            None,
-            pattern=_IDENTIFIER_URI,
-            expected="an api:// URI not ending in '/', e.g. api://<tenant id>/secure-export "
-            "(default: api://<client id>)",
-        ),
+        entra=_entra(project),
         action_group_short_name=_short_name(project),
         storage_sku=project.choice("storageSku", STORAGE_SKUS, "Standard_LRS", what="storage SKU"),
+        payload_retention_days=project.integer(
+            "payloadRetentionDays", PAYLOAD_RETENTION_DAYS, minimum=1, maximum=36500
+        ),
+        network=_network(project),
         key_vault=_key_vault(project),
         relay=_relay(project, delivery),
         targets=targets,
         routes=_routes(project, targets),
         delivery=delivery,
         alerts=_alerts(project, azure),
-        itsm_secrets=_itsm_secrets(project, targets, secret_keys),
+        itsm_secret_envs=_itsm_secret_envs(project, targets),
     )
+    _check_registry_secret(project, config)
     project.finish()
     return config
 
@@ -98,7 +108,10 @@ def referenced_secret_envs(raw: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _project(raw: Mapping[str, Any]) -> Section:
-    structured = {"appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"}
+    structured = {
+        *("appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"),
+        *("entra", "network"),
+    }
     view: dict[str, Any] = {}
     for full_key, value in raw.items():
         if not full_key.startswith(f"{PROJECT}:"):
@@ -141,6 +154,107 @@ def _azure(raw: Mapping[str, Any]) -> AzureContext:
     )
 
 
+def _entra(project: Section) -> EntraApplication:
+    """The bootstrap stack's outputs (`pulumi stack output` in infra/bootstrap), copied once."""
+    for moved in _MOVED_TO_BOOTSTRAP:
+        if project.has(moved):
+            raise ConfigError(
+                project.key_of(moved),
+                "is set in the bootstrap stack now (infra/bootstrap), which owns the Entra application",
+                "no such key here: move it to infra/bootstrap/Pulumi.<stack>.yaml and set secure-export:entra "
+                "from that stack's outputs",
+            )
+    entra = project.mapping("entra", required=True)
+    assert entra is not None
+    client_id = entra.text("clientId", pattern=schema.GUID, expected="the application's client id (a GUID)")
+    application = EntraApplication(
+        client_id=client_id,
+        object_id=entra.text("objectId", pattern=schema.GUID, expected="the application's object id (a GUID)"),
+        identifier_uri=entra.text(
+            "identifierUri",
+            f"api://{client_id}",
+            pattern=_IDENTIFIER_URI,
+            expected="the application's api:// identifier URI (default: api://<client id>)",
+        ),
+    )
+    entra.finish()
+    return application
+
+
+def _ipv4_range(key: str, value: Any) -> str:
+    expected = "IPv4 ranges in CIDR notation, e.g. 20.21.22.0/24 (Container Apps ingress rules take IPv4 only)"
+    text = _text(key, value, None, expected)
+    try:
+        network = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as error:
+        raise ConfigError(key, f"{text!r} is not an IPv4 range ({error})", expected) from None
+    return str(network)
+
+
+def _network(project: Section) -> NetworkSettings:
+    network = project.section("network")
+    ranges = network.strings("ingressAllowedRanges", (), check=_ipv4_range, expected="IPv4 CIDR ranges")
+    if len(set(ranges)) != len(ranges):
+        duplicate = next(r for r in ranges if ranges.count(r) > 1)
+        raise ConfigError(network.key_of("ingressAllowedRanges"), f"lists {duplicate} twice", "distinct ranges")
+    settings = NetworkSettings(
+        ingress_allowed_ranges=ranges,
+        virtual_network=_vnet_prefix(network) if network.has("virtualNetwork") else None,
+    )
+    network.finish()
+    return settings
+
+
+def _vnet_prefix(network: Section) -> str:
+    key = network.key_of("virtualNetwork")
+    smallest = networking.SMALLEST_ENVIRONMENT_SUBNET - 1
+    expected = f"a private IPv4 range from /16 to /{smallest}, e.g. 10.42.0.0/24 (split into two subnets)"
+    try:
+        prefix = ipaddress.IPv4Network(network.raw("virtualNetwork"), strict=True)
+        networking.split_address_space(str(prefix))
+    except ValueError as error:
+        raise ConfigError(key, f"is not usable ({error})", expected) from None
+    if not (prefix.is_private and prefix.prefixlen >= 16):
+        raise ConfigError(key, f"{prefix} is not a private range from /16 to /{smallest}", expected)
+    return str(prefix)
+
+
+def _check_registry_secret(project: Section, config: StackConfig) -> None:
+    registry = config.relay.registry
+    if registry is None or registry.password_secret is None:
+        return
+    itsm = {secret_name(env) for env in config.itsm_secret_envs}
+    if registry.password_secret in itsm:
+        raise ConfigError(
+            f"{project.key_of('relay')}.registry.passwordSecret",
+            f"{registry.password_secret!r} is also the Key Vault secret of an ITSM credential",
+            "a Key Vault secret name of its own",
+        )
+
+
+def _registry(relay: Section, image: str | None) -> RegistryLogin | None:
+    if image is None:
+        if relay.has("registry"):
+            raise ConfigError(
+                relay.key_of("registry"),
+                "applies only to a prebuilt relay.image",
+                "leave it out: the stack's own registry is read with the relay's identity",
+            )
+        return None
+    registry = relay.section("registry")
+    username = registry.text("username", None)
+    password_secret = registry.text(
+        "passwordSecret",
+        None if username is None else _MISSING,
+        pattern=_SECRET_NAME,
+        expected="the name of the Key Vault secret holding the password (lowercase letters, digits and dashes)",
+    )
+    if username is None and password_secret is not None:
+        raise ConfigError(registry.key_of("username"), "is required with passwordSecret", "the registry user name")
+    registry.finish()
+    return RegistryLogin(server=image.split("/", 1)[0], username=username, password_secret=password_secret)
+
+
 def _short_name(project: Section) -> str:
     name = project.text("actionGroupShortName", "SecureExport")
     if len(name) > 12:
@@ -169,7 +283,9 @@ def _relay(project: Section, delivery: Mapping[str, Any]) -> RelaySettings:
         raise ConfigError(
             relay.key_of("cpu"), f"{cpu:g} cores is not a Container Apps size", ", ".join(f"{c:g}" for c in RELAY_CPUS)
         )
-    min_replicas = relay.integer("minReplicas", 1, minimum=0, maximum=1000)
+    # At least 1: after failed retries Azure Monitor stops calling a webhook for 15 minutes, and a
+    # cold start from zero can outlast its timeout.
+    min_replicas = relay.integer("minReplicas", 1, minimum=1, maximum=1000)
     max_replicas = relay.integer("maxReplicas", 3, minimum=1, maximum=1000)
     if max_replicas < min_replicas:
         raise ConfigError(
@@ -184,14 +300,16 @@ def _relay(project: Section, delivery: Mapping[str, Any]) -> RelaySettings:
             f"{metrics_port} is the relay's public port",
             f"any port from 1024 to 65535 except {RELAY_PORT}",
         )
+    image = relay.text(
+        "image",
+        None,
+        pattern=_IMAGE,
+        expected="a registry-qualified image reference with a tag or digest, "
+        "e.g. myregistry.azurecr.io/secure-export-relay@sha256:<64 hex digits>",
+    )
     settings = RelaySettings(
-        image=relay.text(
-            "image",
-            None,
-            pattern=_IMAGE,
-            expected="a registry-qualified image reference with a tag or digest, "
-            "e.g. myregistry.azurecr.io/secure-export-relay@sha256:<64 hex digits>",
-        ),
+        image=image,
+        registry=_registry(relay, image),
         cpu=cpu,
         memory=f"{cpu * 2:g}Gi",
         min_replicas=min_replicas,

@@ -18,7 +18,6 @@ from infra.config.model import (
     TARGET_AUTH,
     TERMINATION_MARGIN_SECONDS,
     Route,
-    SecretValue,
     Target,
     TargetAuth,
 )
@@ -192,30 +191,14 @@ def _delivery(project: Section) -> dict[str, Any]:
     return values
 
 
-def _itsm_secrets(project: Section, targets: Sequence[Target], secret_keys: Sequence[str]) -> dict[str, SecretValue]:
-    needed = _secret_envs(targets)
-    secrets = project.section("itsmSecrets")
-    if project.has("itsmSecrets") and project.key_of("itsmSecrets") not in secret_keys:
+def _itsm_secret_envs(project: Section, targets: Sequence[Target]) -> tuple[str, ...]:
+    """The ITSM secrets the targets reference. Their values never pass through Pulumi: the stack
+    creates each Key Vault secret with a placeholder and an operator sets the real value."""
+    if project.has("itsmSecrets"):
         raise ConfigError(
             project.key_of("itsmSecrets"),
-            "is stored in clear text in the stack file",
-            "values set with `pulumi config set --secret --path 'itsmSecrets.<NAME>' <value>`",
+            "is no longer read: ITSM secret values stay out of Pulumi config and state",
+            "no such key: remove it (`pulumi config rm itsmSecrets`) and set each value in Key Vault with "
+            "`az keyvault secret set --vault-name <vault> --name <secret> --value <value>` (docs/deploy.md)",
         )
-    values = {}
-    for name, value in secrets.entries():
-        key = secrets.key_of(name)
-        if name not in needed:
-            raise ConfigError(key, "is not referenced by any target's *_env key", ", ".join(needed) or "none")
-        if not isinstance(value, str) or not value:
-            # Never echo the value: it is a secret even when it is malformed.
-            raise ConfigError(key, "must be a non-empty string", "a secret string")
-        values[name] = SecretValue(value)
-    for name in needed:
-        if name not in values:
-            users = ", ".join(t.name for t in targets if name in t.secret_envs)
-            raise ConfigError(
-                secrets.key_of(name),
-                f"is missing (referenced by targets {users})",
-                f"a secret value, set with `pulumi config set --secret --path 'itsmSecrets.{name}' <value>`",
-            )
-    return dict(sorted(values.items()))
+    return _secret_envs(targets)

@@ -17,9 +17,10 @@ from jinja2 import Template, TemplateSyntaxError
 
 from relay.delivery.lifecycle import Policy
 from relay.delivery.rendering import compile_template
-from relay.delivery.routing import DeliverySettings, Match, RelayConfig, Route, TargetConfig
+from relay.delivery.routing import DeliverySettings, Match, RelayConfig, RetentionSettings, Route, TargetConfig
 from relay.schema import (
     DELIVERY,
+    DELIVERY_DERIVED,
     INCIDENT_PER,
     INLINE_SECRET_KEYS,
     MATCH_KEYS,
@@ -27,6 +28,7 @@ from relay.schema import (
     ON_REFIRE,
     ON_REPEAT,
     ON_RESOLVE,
+    RETENTION,
     ROUTE_KEYS,
     SEVERITIES,
     TARGET_NAME,
@@ -192,13 +194,14 @@ class _Validator:
         if doc is None:
             self.bad((), "the file is empty; it needs targets: and routes: (see docs/configuration.md)")
             return None
-        root = self.mapping(doc, (), ("targets", "routes", "delivery"))
+        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention"))
         if root is None:
             return None
         targets = self.targets(root.get("targets"))
         routes = self.routes(root.get("routes"), targets)
         delivery = self.delivery(root.get("delivery"))
-        return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery)
+        retention = self.retention(root.get("retention"))
+        return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery, retention=retention)
 
     # targets ---------------------------------------------------------------------------------------
 
@@ -397,11 +400,22 @@ class _Validator:
         path: Path = ("delivery",)
         if value is None:
             return DeliverySettings()
-        body = self.mapping(value, path, DELIVERY)
+        settings = {**DELIVERY, **DELIVERY_DERIVED}
+        body = self.mapping(value, path, settings)
         if body is None:
             return DeliverySettings()
-        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in DELIVERY.items() if key in body}
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in settings.items() if key in body}
         return DeliverySettings(**kw)
+
+    def retention(self, value: Any) -> RetentionSettings:
+        path: Path = ("retention",)
+        if value is None:
+            return RetentionSettings()
+        body = self.mapping(value, path, RETENTION)
+        if body is None:
+            return RetentionSettings()
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in RETENTION.items() if key in body}
+        return RetentionSettings(**kw)
 
 
 def _type(value: Any) -> str:

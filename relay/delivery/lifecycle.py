@@ -8,13 +8,18 @@ The state of one ticket key keeps a mark per alert that joined it: the firing ep
 firedDateTime) and whether that episode resolved. Episodes make the decision order-proof: a late
 Fired of an episode that already resolved, or any event of an older episode, is recorded and makes
 no call, so nothing moves a ticket backwards; a ticket resolves once every alert on it has resolved.
+
+Two more pure pieces keep a crash or a lost store from doubling anything: the step markers and
+`step_done` (a retried note, resolve or reopen whose earlier attempt may have landed), and
+`recovered_state` / `decide_recovered` (an event whose key the store holds no record of, decided from
+the tickets the target holds under the key).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,6 +27,7 @@ from typing import Any
 
 from relay.alerts import Alert, ServiceHealthContext, configuration_items, subscription_of
 from relay.schema import IncidentPer, OnRefire, OnRepeat, OnResolve
+from relay.targets import FoundTicket, TicketView
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
 # Service Health stages that only inform about an incident already handled (the post-incident review):
@@ -43,10 +49,11 @@ class Action(StrEnum):
     REOPEN = "reopen"
     NOTHING = "nothing"  # already applied, or a repeat the route does not want noted
     RECORD = "record"  # remember the event; no call (it is out of order, or there is no ticket to move)
+    ADOPT = "adopt"  # remember an open ticket the target holds and the store had no record of; no call
 
     @property
     def calls_target(self) -> bool:
-        return self not in (Action.NOTHING, Action.RECORD)
+        return self not in (Action.NOTHING, Action.RECORD, Action.ADOPT)
 
     @property
     def opens_incident(self) -> bool:
@@ -297,3 +304,145 @@ def _thread(alert: Alert) -> str | None:
         return None
     sub = subscription_of(alert) or ""
     return "sh-" + _safe(ctx.tracking_id.lower(), 20) + ("-" + _safe(sub.lower()) if sub else "")
+
+
+def generation_of(key: str, correlation_key: str) -> int | None:
+    """The inverse of `correlation_key`: 1 for `key`, N for `key.N` (N >= 2), None for any other key (a
+    search by prefix also finds `key2`, `key.x`, ...). Case-insensitive, as the targets compare keys."""
+    k, c = key.lower(), correlation_key.lower()
+    if c == k:
+        return 1
+    suffix = c[len(k) + 1:] if c.startswith(k + ".") else ""
+    if suffix.isdigit() and suffix.isascii() and not suffix.startswith("0") and int(suffix) >= 2:
+        return int(suffix)
+    return None
+
+
+# -- idempotent steps -----------------------------------------------------------------------------
+
+STEP_MARKER_PREFIX = "azure-relay:"
+STEP_MARKER_DIGITS = 16  # of the event's idempotency key (a SHA-256 hex digest)
+
+
+def create_intent(correlation_key: str, *, since: float, event_key: str, owner: str) -> dict[str, Any]:
+    """What the ticket record holds while a create is being sent (`data["pending"]`): when, for which key,
+    by which delivery (the event) and which worker process (`owner`)."""
+    return {"since": since, "correlation_key": correlation_key, "event": event_key, "owner": owner}
+
+
+def create_intent_wait(pending: Mapping[str, Any], *, now: float, event_key: str, owner: str,
+                       call_timeout: float, adopt_after: float) -> float:
+    """Seconds an intent to create must still be respected before its key is searched for and adopted.
+
+    - Its writer saw the create go unanswered (`unanswered_at`): the target may still apply it, for up to
+      `adopt_after` from then.
+    - It was written for this very event by another worker process: this one holds the event's lease now,
+      so that writer's lease ended (it died, or lost the lease and stops). Its create could not have waited
+      for an answer longer than `call_timeout` after `since`; past that, search (a crash then costs one call
+      timeout, not `adopt_after`).
+    - Otherwise (another event of a shared key may be creating right now, or an intent from before owners
+      were recorded): `adopt_after` from `since`.
+    """
+    since = float(pending.get("since", 0))
+    if "unanswered_at" in pending:
+        return float(pending["unanswered_at"]) + adopt_after - now
+    if pending.get("event") == event_key and pending.get("owner") not in (None, owner):
+        return since + min(call_timeout, adopt_after) - now
+    return since + adopt_after - now
+
+
+def step_marker(event_key: str) -> str:
+    """The short marker every note the relay writes ends with, derived from the event's idempotency key,
+    so that a retried note finds out whether its earlier attempt landed: `[azure-relay:0123456789abcdef]`."""
+    if not event_key:
+        raise ValueError("an event key is needed to derive a step marker")
+    return f"[{STEP_MARKER_PREFIX}{event_key[:STEP_MARKER_DIGITS]}]"
+
+
+def step_intent(action: Action, marker: str, since: float) -> dict[str, Any]:
+    """What the ticket record holds while a note, resolve or reopen is being sent (`data["step"]`)."""
+    return {"action": str(action), "marker": marker, "since": since}
+
+
+def step_unsettled(data: Mapping[str, Any], action: Action, marker: str) -> bool:
+    """Whether the record holds the intent of this very step: an earlier attempt sent it (or was about to)
+    and its outcome is unknown (a crash, a lost answer, a failed read-back, a failed record write)."""
+    step = data.get("step")
+    return isinstance(step, Mapping) and step.get("action") == str(action) and step.get("marker") == marker
+
+
+def step_done(action: Action, view: TicketView, marker: str) -> bool:
+    """Whether the ticket, as read back, already shows the step: its status for resolve and reopen, its
+    marker among the latest notes for a note."""
+    if action is Action.RESOLVE:
+        return view.resolved
+    if action is Action.REOPEN:
+        return not view.resolved
+    if action is Action.NOTE:
+        return any(marker in note for note in view.notes)
+    raise ValueError(f"{action} is not a step on an existing ticket")
+
+
+def closed_at(data: Mapping[str, Any], before: float | None, now: float) -> float | None:
+    """When a record's ticket was resolved, for retention: None while the ticket is open or an intent is
+    pending (a create or a step); the earlier time once it was closed already; else `now`. A record that
+    never got a ticket (a Resolved that opened nothing) counts as closed from its first write."""
+    if data.get("open") or "pending" in data or "step" in data:
+        return None
+    return before if before is not None else now
+
+
+# -- a lost store: decide from what the target holds ----------------------------------------------
+
+def recovered_state(event: EventFacts, key: str, found: Sequence[FoundTicket]) -> TicketState | None:
+    """What the store would know of `key`, rebuilt from the tickets the target holds under it (its own key
+    and `key.N`); None when it holds none. `generation` is the highest suffix found, so a new episode's
+    incident continues after it. A Fired looks at the newest ticket; a Resolved or an update at the newest
+    open one if any (that is the incident to resolve), else the newest."""
+    ours = sorted(
+        ((g, f) for f in found if (g := generation_of(key, f.correlation_key)) is not None),
+        key=lambda pair: pair[0],
+        reverse=True,
+    )
+    if not ours:
+        return None
+    newest = ours[0][1]
+    if event.kind is not Kind.FIRED:
+        newest = next((f for _, f in ours if not f.ticket.resolved), newest)
+    return TicketState(
+        ticket_id=newest.ticket.id,
+        ticket_number=newest.ticket.number,
+        open=not newest.ticket.resolved,
+        generation=ours[0][0],
+    )
+
+
+def twin_keys(key: str, found: Sequence[FoundTicket]) -> list[str]:
+    """Correlation keys (of `key`) that more than one open ticket carries: a person must settle those,
+    as `find` refuses them; recovery never guesses between them."""
+    seen: dict[int, int] = {}
+    for f in found:
+        g = generation_of(key, f.correlation_key)
+        if g is not None and not f.ticket.resolved:
+            seen[g] = seen.get(g, 0) + 1
+    return [correlation_key(key, g) for g, n in sorted(seen.items()) if n > 1]
+
+
+def decide_recovered(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
+    """`decide` for an event whose key the store holds no record of, given `recovered_state`.
+
+    A Fired that finds an open ticket adopts it (no call: it is this alert's incident, created before the
+    store was lost); a Fired that finds only resolved ones follows `on_refire`; a Resolved resolves the
+    open one; a Resolved that finds nothing records only (an alert that never fired opens nothing).
+    """
+    if state is not None and event.kind is Kind.FIRED and state.open:
+        marked = _with_mark(state, event.alert, Mark(event.fired_at, False, event.occurred_at))
+        return Decision(Action.ADOPT, "fired, no record, the target holds an open ticket: adopted",
+                        _touched(marked, event))
+    return decide(event, state, policy)
+
+
+def orphaned(event: EventFacts, decision: Decision) -> bool:
+    """An event of a key the store held no record of, other than the ordinary first Fired (which creates):
+    a Resolved or update with nothing on record, or a Fired the target already holds tickets for."""
+    return event.kind is not Kind.FIRED or not decision.action.opens_incident or decision.state.generation > 1

@@ -21,6 +21,14 @@ class DeliveryMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.orphan_events = Counter(
+            "relay_orphan_events",
+            "Events of a ticket key the store held no record of (a lost or replaced store, or a Resolved whose"
+            " Fired it never had), other than an ordinary first Fired, by target and the action taken: resolve,"
+            " adopt, new, reopen, note, record",
+            ["target", "outcome"],
+            registry=self.registry,
+        )
         self.unrouted = Counter(
             "relay_unrouted_alerts",
             "Alerts that matched no route (completed without delivery)",

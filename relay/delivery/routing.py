@@ -15,7 +15,8 @@ from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Policy
-from relay.schema import DELIVERY, MAX_CONCURRENCY, TIMEOUT_SECONDS, IncidentPer
+from relay.schema import ADOPT_AFTER_TIMEOUTS, DELIVERY, MAX_CONCURRENCY, RETENTION, TIMEOUT_SECONDS, IncidentPer
+from relay.store.base import Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,31 @@ class DeliverySettings:
     record_retry_seconds: float = DELIVERY["record_retry_seconds"].default
     shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
     poll_seconds: float = DELIVERY["poll_seconds"].default
+    # None: derived per target (`adopt_after`); bounds in relay.schema.DELIVERY_DERIVED.
+    adopt_after_seconds: float | None = None
+
+    def adopt_after(self, target: TargetConfig) -> float:
+        """Seconds a create that got no answer is left to land before it is searched for and adopted."""
+        if self.adopt_after_seconds is not None:
+            return self.adopt_after_seconds
+        return ADOPT_AFTER_TIMEOUTS * target.timeout_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """The `retention:` section; every default and bound is `relay.schema.RETENTION`'s."""
+
+    delivered_days: float = RETENTION["delivered_days"].default
+    dead_letter_days: float = RETENTION["dead_letter_days"].default
+    closed_ticket_days: float = RETENTION["closed_ticket_days"].default
+    interval_minutes: float = RETENTION["interval_minutes"].default
+
+    def store_retention(self) -> Retention:
+        """The ages as `Store.expire` takes them."""
+        day = 86400.0
+        return Retention(delivered_seconds=self.delivered_days * day,
+                         dead_letter_seconds=self.dead_letter_days * day,
+                         ticket_seconds=self.closed_ticket_days * day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +123,7 @@ class RelayConfig:
     targets: Mapping[str, TargetConfig]
     routes: tuple[Route, ...]
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""

@@ -5,7 +5,9 @@ parallel, at most `max_concurrency` per target. Failures a retry can fix go back
 backoff delay (`retry_later`, so nothing sleeps holding a slot); the rest, and events past the attempt
 limit, become dead letters. Before opening an incident the worker writes its intent to the ticket
 record and asks the target for a ticket with the correlation key, so a crash between the ITSM call and
-recording its result still yields exactly one incident.
+recording its result still yields exactly one incident. A note, resolve or reopen writes its intent too,
+and a retry of it reads the ticket first; a key the store has no record of is searched for in the target
+(docs/lifecycle.md: "Each step once", "A lost or replaced store").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,17 +29,38 @@ from relay.delivery.lifecycle import (
     EventFacts,
     TicketKey,
     TicketState,
+    closed_at,
     correlation_key,
+    create_intent,
+    create_intent_wait,
     decide,
+    decide_recovered,
     event_facts,
+    orphaned,
+    recovered_state,
+    step_done,
+    step_intent,
+    step_marker,
+    step_unsettled,
     ticket_keys,
+    twin_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
 from relay.store.base import Claim, Event, LeaseLost, Store, StoreUnavailable, TicketRecord, VersionConflict
-from relay.targets import Forwarder, Incident, Target, TargetError, Ticket, is_forwarder
+from relay.targets import (
+    Forwarder,
+    Incident,
+    Target,
+    TargetError,
+    Ticket,
+    can_read,
+    can_search,
+    is_forwarder,
+    truncate,
+)
 
 log = logging.getLogger("relay.delivery.worker")
 _T = TypeVar("_T")
@@ -122,6 +146,9 @@ class Worker:
         # Claims in flight: enough to keep every target's slots busy, bounded.
         self.capacity = max(1, min(512, sum(cfg.max_concurrency for cfg in config.targets.values())))
         self._key_locks = _KeyLocks()
+        # This worker process, in the create intents it writes: another process finding one for an event
+        # it now holds knows the writer's lease on it ended.
+        self.owner = uuid.uuid4().hex
         self._inflight: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._stopping = asyncio.Event()
@@ -418,24 +445,54 @@ class Worker:
         data = record.data if record else {}
         state = TicketState.from_data(data) if record else None
         version = record.version if record else None
-        decision = decide(facts, state, route.policy)
+        closed = record.closed_at if record else None
+        searched = False
+        if record is None:
+            # No record: the first event of this key, or a lost or replaced store. The target's tickets
+            # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
+            if can_search(target):
+                found = await self._call(target, "search", target.search, key.key)  # type: ignore[attr-defined]
+                twins = twin_keys(key.key, found)
+                if twins:
+                    raise TargetError(f"{target.name}: more than one open ticket carries {', '.join(twins)}; "
+                                      "resolve or merge the duplicates, then replay", retryable=False)
+                state = recovered_state(facts, key.key, found)
+                searched = True
+            decision = decide_recovered(facts, state, route.policy)
+            if orphaned(facts, decision):
+                self.metrics.orphan_events.labels(target.name, str(decision.action)).inc()
+                if state is not None:
+                    held = f"the target holds {state.ticket_number or state.ticket_id} (up to .{state.generation})"
+                else:
+                    held = "the target holds none" if searched else "this target cannot be searched"
+                log.warning("%s: no ticket record for %s (a %s event; a lost or replaced store?): %s; %s",
+                            target.name, key.key, facts.kind, held, decision.action)
+        else:
+            decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
         if not action.calls_target:
-            return await self._record_only(target, key, decision, state, data, version)
+            return await self._record_only(target, key, decision, state, data, version, closed, record is None)
 
         incident = self._render(route, target, alert, event, key, decision, state)
         if action.opens_incident:
-            opened = await self._open_incident(target, action, key, incident, data, version)
+            opened = await self._open_incident(target, action, key, incident, data, version, event.key,
+                                               searched=searched and state is None)
             if opened is None:
                 return False
             ticket, version, outcome = opened
             new_state = decision.state.with_ticket(ticket.id, ticket.number)
         else:
             assert state is not None  # decide() only notes, resolves or reopens known tickets
-            await self._update_incident(target, action, state, incident, self._note(target, action, facts, alert))
+            base = {k: v for k, v in data.items() if k != "step"} if record else state.to_data()
+            marker = step_marker(event.key)
+            version = await self._update_incident(target, action, key, state, incident, base, version, closed,
+                                                  self._note(target, action, facts, alert, marker), marker,
+                                                  retrying=step_unsettled(data, action, marker))
+            if version is None:
+                return False
             new_state, outcome = decision.state, str(action)
-        if await self._put(target.name, key.key, new_state.to_data(), version) is None:
+        if await self._put(target.name, key.key, new_state.to_data(), version, closed) is None:
             log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
                         action)
             return False
@@ -445,11 +502,12 @@ class Worker:
         return True
 
     async def _record_only(self, target: Target, key: TicketKey, decision: Decision, state: TicketState | None,
-                           data: Mapping[str, Any], version: str | None) -> bool:
+                           data: Mapping[str, Any], version: str | None, closed: float | None,
+                           unrecorded: bool) -> bool:
         """An action that calls no target: remember the event (keeping an open intent); False on a conflict."""
-        if state is None or decision.state != state:
-            keep = {"pending": data["pending"]} if "pending" in data else {}
-            if await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version) is None:
+        if unrecorded or state is None or decision.state != state:
+            keep = {k: data[k] for k in ("pending", "step") if k in data}
+            if await self._put(target.name, key.key, {**decision.state.to_data(), **keep}, version, closed) is None:
                 return False
         self.metrics.deliveries.labels(target.name, str(decision.action)).inc()
         return True
@@ -472,30 +530,40 @@ class Worker:
             previous_ticket=previous,
         )
 
-    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert) -> str:
-        return note_text(action, facts.kind, alert, target)
+    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str) -> str:
+        """The note text, ending with the event's step marker (kept whole when the text is cut)."""
+        limit = target.limits.note
+        text = truncate(note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
+        return f"{text}\n{marker}" if text else marker
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
-                             data: Mapping[str, Any], version: str | None) -> tuple[Ticket, str, str] | None:
+                             data: Mapping[str, Any], version: str | None, event_key: str, *,
+                             searched: bool = False) -> tuple[Ticket, str, str] | None:
         """Create the incident, or adopt the one a crashed delivery created: (ticket, record version, outcome).
 
         Before the call the intent is written to the ticket record, guarded by its version: of two workers,
-        only one gets to create. It outlives a crash; once it is older than a lease, the next delivery finds
-        and adopts. None: the record changed meanwhile (decide again).
+        only one gets to create. It outlives a crash; the next delivery finds and adopts once it may
+        (`create_intent_wait`: a create that got no answer may land for `adopt_after_seconds`; one cut off
+        by its worker's death, for that worker's call timeout). None: the record
+        changed meanwhile (decide again). `searched`: the key had no record and a search of the target by it
+        just found nothing, so no earlier attempt can have created it and the find is skipped.
         """
         pending = data.get("pending")
         if pending:
-            left = float(pending.get("since", 0)) + self.settings.lease_seconds - self.wall_clock()
+            cfg = self.config.targets[target.name]
+            left = create_intent_wait(pending, now=self.wall_clock(), event_key=event_key, owner=self.owner,
+                                      call_timeout=cfg.timeout_seconds, adopt_after=self.settings.adopt_after(cfg))
             if left > 0:
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
-        intent = {**base, "pending": {"since": self.wall_clock(), "correlation_key": incident.correlation_key}}
-        intent_version = await self._put(target.name, key.key, intent, version)
+        intent = {**base, "pending": create_intent(incident.correlation_key, since=self.wall_clock(),
+                                                   event_key=event_key, owner=self.owner)}
+        intent_version = await self._put(target.name, key.key, intent, version, None)
         if intent_version is None:
             return None
         creating = False
         try:
-            found = await self._call(target, "find", target.find, incident)
+            found = None if searched else await self._call(target, "find", target.find, incident)
             if found is not None and not found.resolved:
                 log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
                          found.number or found.id, incident.correlation_key)
@@ -506,26 +574,53 @@ class Worker:
         except BaseException as exc:
             if creating and _unanswered(exc):
                 # The create may still land (a hung call the target finishes after we gave up): keep the
-                # intent, so the retry waits out the lease, then finds and adopts instead of creating twice.
-                log.warning("%s: create for %s got no answer; searching for it once the lease has passed",
-                            target.name, incident.correlation_key)
+                # intent, so the retry waits `adopt_after_seconds`, then finds and adopts instead of
+                # creating twice.
+                log.warning("%s: create for %s got no answer; searching for it once adopt_after_seconds "
+                            "has passed", target.name, incident.correlation_key)
+                unanswered = {**intent, "pending": {**intent["pending"], "unanswered_at": self.wall_clock()}}
+                with contextlib.suppress(Exception):  # unmarked, the intent still waits adopt_after from since
+                    await asyncio.shield(self._put(target.name, key.key, unanswered, intent_version, None))
                 raise
             # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
-            await asyncio.shield(self._put(target.name, key.key, base, intent_version))
+            await asyncio.shield(self._put(target.name, key.key, base, intent_version, None))
             raise
 
-    async def _update_incident(self, target: Target, action: Action, state: TicketState, incident: Incident,
-                               text: str) -> None:
-        """A note, resolve or reopen on the ticket the record names."""
+    async def _update_incident(self, target: Target, action: Action, key: TicketKey, state: TicketState,
+                               incident: Incident, base: Mapping[str, Any], version: str | None,
+                               closed: float | None, text: str, marker: str, *, retrying: bool) -> str | None:
+        """A note, resolve or reopen on the ticket the record names, sent at most once per event.
+
+        The step's intent goes into the record first. When the record already holds it (an earlier attempt's
+        outcome is unknown: `retrying`), a target that can be read is read first and what is already there is skipped; a
+        target that cannot be read gets the step again and relies on its own deduplication. The intent stays
+        until the outcome is recorded. Returns the record's version, None on a conflict (decide again).
+        """
         assert state.ticket_id is not None
         ticket = Ticket(id=state.ticket_id, number=state.ticket_number, resolved=not state.open)
+        intent_version = await self._put(target.name, key.key,
+                                         {**base, "step": step_intent(action, marker, self.wall_clock())},
+                                         version, closed)
+        if intent_version is None:
+            return None
+        if retrying and can_read(target):
+            view = await self._call(target, "read", target.read, ticket)  # type: ignore[attr-defined]
+            if step_done(action, view, marker):
+                log.info("%s: %s of %s for %s was already applied by an earlier attempt; not sent again",
+                         target.name, action, ticket.number or ticket.id, incident.correlation_key)
+                return intent_version
         call = {Action.NOTE: target.note, Action.RESOLVE: target.resolve, Action.REOPEN: target.reopen}[action]
         await self._call(target, str(action), call, ticket, incident, text)
+        return intent_version
 
-    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None) -> str | None:
-        """Write a ticket record if unchanged since read: its new version, or None on a conflict."""
+    async def _put(self, target: str, key: str, data: dict[str, Any], version: str | None,
+                   closed_before: float | None = None) -> str | None:
+        """Write a ticket record if unchanged since read: its new version, or None on a conflict.
+        `closed_before`: the record's `closed_at` as read (kept while the ticket stays closed)."""
+        record = TicketRecord(target=target, key=key, data=data, version=version,
+                              closed_at=closed_at(data, closed_before, self.wall_clock()))
         try:
-            stored = await self.store.put_ticket(TicketRecord(target=target, key=key, data=data, version=version))
+            stored = await self.store.put_ticket(record)
         except VersionConflict:
             return None
         return stored.version

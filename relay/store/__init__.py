@@ -42,12 +42,18 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
-    """Build the backend named by RELAY_STORE (not yet opened)."""
+def open_store(url: str, *, owner: bool = True) -> Store:
+    """Build the backend named by RELAY_STORE (not yet opened).
+
+    owner: this process serves the store (`relay serve`). SQLite has one owner, which holds a lock file
+    beside the database (a second one gets StoreInUse at `open`) and releases its dead predecessor's
+    leases; admin commands (`relay dead-letters`) pass False and work beside a running relay. Azure
+    Storage has no owner: any number of replicas share it.
+    """
     if url.startswith(SQLITE_URL_PREFIX):
         from relay.store.sqlite import SqliteStore
 
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, owner=owner)
     if url.startswith(AZURE_STORAGE_URL_PREFIXES):
         from relay.store.azure import AzureStorageStore
 

@@ -34,6 +34,23 @@ class StoreInUse(Exception):
     """Another running relay owns this store (SQLite: it holds the lock file beside the database)."""
 
 
+# Delivery priorities, highest first. Only alerts' next events compete: one alert's events always go
+# in order, whatever their priorities.
+PRIORITY_URGENT = 2  # resolves (they close incidents) and Sev0/Sev1
+PRIORITY_NORMAL = 1  # Sev2, no severity, and events stored before priorities existed
+PRIORITY_LOW = 0  # Sev3/Sev4
+PRIORITIES = (PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_LOW)
+_SEVERITY_PRIORITY = {"Sev0": PRIORITY_URGENT, "Sev1": PRIORITY_URGENT, "Sev2": PRIORITY_NORMAL,
+                      "Sev3": PRIORITY_LOW, "Sev4": PRIORITY_LOW}
+
+
+def delivery_priority(condition: str, severity: str | None) -> int:
+    """How soon a backlog delivers an event: a Resolved, or a Sev0/Sev1, before a Sev3/Sev4."""
+    if condition == "Resolved":
+        return PRIORITY_URGENT
+    return _SEVERITY_PRIORITY.get(severity or "", PRIORITY_NORMAL)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One delivery from Azure, as stored: its idempotency key, what it is about, and the raw body."""
@@ -43,6 +60,9 @@ class Event:
     condition: str
     occurred_at: str
     body: bytes = field(repr=False)
+    # Which alert's next event a backlog delivers first (`delivery_priority`); derived from the body, so
+    # not part of an event's identity. Events stored before the field existed read as PRIORITY_NORMAL.
+    priority: int = field(default=PRIORITY_NORMAL, compare=False)
 
     @classmethod
     def from_alert(cls, alert: Alert, body: bytes) -> Event:
@@ -52,6 +72,7 @@ class Event:
             condition=alert.condition,
             occurred_at=alert.occurred_at,
             body=body,
+            priority=delivery_priority(alert.condition, alert.essentials.severity),
         )
 
 

@@ -1,27 +1,45 @@
-"""The embedded store: one SQLite file in WAL mode with synchronous=FULL.
+"""The embedded store: one SQLite file in WAL mode with synchronous=FULL, owned by one relay.
 
-All database work runs on one dedicated thread, so the event loop never blocks on disk. Concurrent
-`accept` calls are group-committed: while one transaction is being fsynced, new events gather in the
-next batch, so one fsync covers many alerts and durability does not cap throughput.
+Every write (intake's accepts and the worker's claims, renewals and outcomes alike) goes through one
+writer thread that group-commits: while one transaction is being fsynced, new writes gather in the
+next batch, so one fsync covers many of them and intake's commits never wait behind a worker's
+separate transaction. Reads run on a second connection and thread (WAL lets readers beside the
+writer), so a long read never holds a commit up.
+
+Claims read only what they claim: `heads` holds each alert's next event with its priority and the
+time it is due, kept on every write that changes an alert's queue, so a claim is an index range
+scan whatever the backlog. The relay that serves a file owns it through an advisory lock on
+`<db>.lock` (`owner=True`); admin commands open it without taking ownership.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.schema import SQLITE_URL_PREFIX
 from relay.store.base import (
+    PRIORITIES,
+    PRIORITY_LOW,
+    PRIORITY_URGENT,
     Claim,
     DeadLetter,
     Event,
+    Expired,
     LeaseLost,
+    Retention,
+    StoreInUse,
     StoreUnavailable,
     TicketRecord,
     VersionConflict,
@@ -29,78 +47,208 @@ from relay.store.base import (
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    -- A plain rowid (no AUTOINCREMENT): events are never deleted from the top, so a new row's seq
-    -- is always above every earlier one, which _insert_batch relies on.
-    seq INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    alert_id TEXT NOT NULL,
-    condition TEXT NOT NULL,
-    occurred_at TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER PRIMARY KEY REFERENCES events(seq),
-    alert_id TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    available_at REAL NOT NULL,
-    lease_until REAL,
-    receipt TEXT,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_alert ON deliveries(alert_id, seq);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY REFERENCES events(seq),
-    attempts INTEGER NOT NULL,
-    error TEXT NOT NULL,
-    dead_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tickets (
-    target TEXT NOT NULL,
-    key TEXT NOT NULL,
-    data TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    PRIMARY KEY (target, key)
-);
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is a file from before heads, priorities and closed_at
+
+TABLES = (
+    # A plain rowid (no AUTOINCREMENT): a new row's seq is MAX(seq) + 1, which _insert_events relies
+    # on; retention therefore never deletes the newest event row.
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        alert_id TEXT NOT NULL,
+        condition TEXT NOT NULL,
+        occurred_at TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 1,
+        delivered_at REAL  -- set by complete; retention counts a delivered event's age from it
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        seq INTEGER PRIMARY KEY REFERENCES events(seq),
+        alert_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        available_at REAL NOT NULL,
+        lease_until REAL,
+        receipt TEXT,
+        last_error TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        seq INTEGER PRIMARY KEY REFERENCES events(seq),
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        dead_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tickets (
+        target TEXT NOT NULL,
+        key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        closed_at REAL,
+        PRIMARY KEY (target, key)
+    )""",
+)
+# Columns added since the first layout: (table, column, declaration), added in place to an old file.
+ADDED_COLUMNS = (
+    ("events", "priority", "INTEGER NOT NULL DEFAULT 1"),
+    ("events", "delivered_at", "REAL"),
+    ("tickets", "closed_at", "REAL"),
+)
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS deliveries_by_alert ON deliveries(alert_id, seq)",
+    # Each alert with something to deliver: its first queued event, and when that is due (its back-off
+    # or its lease, whichever ends later). A claim scans (priority, due_at) and reads nothing else.
+    """CREATE TABLE IF NOT EXISTS heads (
+        alert_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        due_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS heads_by_due ON heads(priority, due_at)",
+    # Retention's scans: delivered events by age, closed tickets by when they closed.
+    "CREATE INDEX IF NOT EXISTS events_by_delivered ON events(delivered_at) WHERE delivered_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters(dead_at)",
+    "CREATE INDEX IF NOT EXISTS tickets_by_closed ON tickets(closed_at) WHERE closed_at IS NOT NULL",
+    # One row that /readyz's ping rewrites: readiness is "a commit reaches the disk", not "a SELECT works".
+    "CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)",
+)
+REBUILD_HEADS = """
+    INSERT INTO heads (alert_id, seq, priority, due_at)
+    SELECT d.alert_id, MIN(d.seq), e.priority, MAX(d.available_at, COALESCE(d.lease_until, 0))
+    FROM deliveries d JOIN events e ON e.seq = d.seq GROUP BY d.alert_id
 """
+# Rows one retention step deletes: short transactions, so intake's commits slip in between them.
+EXPIRE_CHUNK = 500
+# Truncate the WAL back to this after a checkpoint, so a burst does not leave a large WAL file behind.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    """owner=True (the serving relay): take the lock file, refuse with StoreInUse if another relay
+    holds it, and release the leases a dead predecessor held. owner=False: admin commands and tests;
+    any number of them may open the file beside the owner."""
+
+    def __init__(self, path: str | Path, *, owner: bool = False) -> None:
         self.path = str(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._conn: sqlite3.Connection | None = None
-        self._batch: list[tuple[Event, asyncio.Future[bool]]] = []
+        self.lock_path = self.path + ".lock"
+        self.owner = owner
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._conn: sqlite3.Connection | None = None  # the writer's
+        self._reader: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._accepts: list[tuple[Event, asyncio.Future[bool]]] = []
+        self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committing: list[asyncio.Future[Any]] = []  # the batch being written now
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.commits = 0  # transactions committed by accept(); tests and benchmarks read it
+        self.commits = 0  # group commits; tests and benchmarks read it
+        self.released_leases = 0  # leases of a dead predecessor released at open (owner only)
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, owner: bool = False) -> SqliteStore:
         path = url.removeprefix(SQLITE_URL_PREFIX)
         if not path.startswith("/") or path == "/":
             raise ValueError(f"malformed sqlite store URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
         path = path[1:]  # sqlite:///x.db -> x.db ; sqlite:////abs/x.db -> /abs/x.db
-        return cls(path)
+        return cls(path, owner=owner)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
         await self._run(self._open_sync)
+        await self._read(self._open_reader)
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-group-commit")
 
     def _open_sync(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.owner:
+                self._take_lock()
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so an acknowledged alert survives power loss.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged alert survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            self._migrate(conn)
+            if self.owner:
+                self.released_leases = self._in_tx_on(conn, self._release_leases)
+        except BaseException:
+            conn.close()
+            self._drop_lock()
+            raise
         self._conn = conn
+
+    def _open_reader(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA query_only=ON")
+        self._reader = conn
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreInUse(
+                f"{self.path} is in use by another relay{by}: it holds {self.lock_path}; stop it first "
+                "(`relay dead-letters` works beside it)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _drop_lock(self) -> None:
+        # Closing the descriptor releases the flock; the file stays (deleting it would race a newcomer).
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+
+        def migrate(db: sqlite3.Connection) -> None:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return  # another process migrated it while this one waited for the write lock
+            for statement in TABLES:
+                db.execute(statement)
+            for table, column, decl in ADDED_COLUMNS:
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            # Events an older relay delivered: it kept no delivery time, so their age counts from intake.
+            db.execute("UPDATE events SET delivered_at = received_at WHERE delivered_at IS NULL"
+                       " AND seq NOT IN (SELECT seq FROM deliveries) AND seq NOT IN (SELECT seq FROM dead_letters)")
+            for statement in INDEXES:
+                db.execute(statement)
+            db.execute("DELETE FROM heads")
+            db.execute(REBUILD_HEADS)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+        self._in_tx_on(conn, migrate)
+
+    @staticmethod
+    def _release_leases(db: sqlite3.Connection) -> int:
+        """The owner starts: every lease is a dead predecessor's, so its events go at once. Their
+        attempts stay counted (a poison event that kills the relay still reaches its limit). `heads` is
+        rebuilt too (one pass over the backlog), in case a relay too old to keep it wrote meanwhile."""
+        released = db.execute(
+            "UPDATE deliveries SET lease_until = NULL, receipt = NULL WHERE lease_until IS NOT NULL"
+        ).rowcount
+        db.execute("DELETE FROM heads")
+        db.execute(REBUILD_HEADS)
+        return released
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -110,38 +258,87 @@ class SqliteStore:
             except asyncio.CancelledError:
                 pass
             self._writer = None
-        self._wake = None  # accept() after close must fail, not wait for a writer that is gone
-        for _, fut in self._batch:
+        self._wake = None  # writes after close must fail, not wait for a writer that is gone
+        waiting = [fut for _, fut in [*self._accepts, *self._ops]] + self._committing
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(StoreUnavailable("store closed"))
-        self._batch.clear()
+        self._committing = []
+        self._accepts.clear()
+        self._ops.clear()
+        loop = asyncio.get_running_loop()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await loop.run_in_executor(self._reader_executor, reader.close)
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+            await loop.run_in_executor(self._executor, conn.close)
+        await loop.run_in_executor(self._executor, self._drop_lock)
         self._executor.shutdown(wait=True)
+        self._reader_executor.shutdown(wait=True)
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """One clear message per failure; a full disk says so (SQLITE_FULL, or ENOSPC from the OS)."""
+        full = (isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL) or (
+            isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        if full:
+            return StoreUnavailable(f"sqlite: disk full: cannot write {self.path}")
+        return StoreUnavailable(f"sqlite: {exc}")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
+        """Run `fn` on the writer's thread (outside the group commit: opening, and tests)."""
+        return await self._on(self._executor, fn, *args)
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        return await self._on(self._reader_executor, fn, *args)
+
+    async def _on(self, executor: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
         try:
-            pending = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            pending = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except RuntimeError as exc:  # the executor is shut down: the store was closed
             raise StoreUnavailable("sqlite: store is closed") from exc
         try:
             return await pending
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise sqlite3.OperationalError("store is not open")
         return self._conn
 
-    # -- intake ----------------------------------------------------------------------------------
+    def _rdb(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise sqlite3.OperationalError("store is not open")
+        return self._reader
+
+    @staticmethod
+    def _in_tx_on(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return result
+
+    # -- the group commit ------------------------------------------------------------------------
 
     async def accept(self, event: Event) -> bool:
         if self._wake is None:
             raise StoreUnavailable("store is not open")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._batch.append((event, fut))
+        self._accepts.append((event, fut))
+        self._wake.set()
+        return await fut
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in the next group commit; its own exception (LeaseLost, ...) undoes only its part."""
+        if self._wake is None:
+            raise StoreUnavailable("store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.append((fn, fut))
         self._wake.set()
         return await fut
 
@@ -150,45 +347,81 @@ class SqliteStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._batch = self._batch, []
-            if not batch:
+            accepts, self._accepts = self._accepts, []
+            ops, self._ops = self._ops, []
+            if not accepts and not ops:
                 continue
+            self._committing = [fut for _, fut in [*accepts, *ops]]
             try:
-                inserted = await self._run(self._insert_batch, [e for e, _ in batch])
+                inserted, outcomes = await self._run(
+                    self._commit_batch, [e for e, _ in accepts], [fn for fn, _ in ops]
+                )
             except Exception as exc:  # every waiter learns the commit failed; none is acknowledged
-                err = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
-                for _, fut in batch:
+                err = exc if isinstance(exc, StoreUnavailable) else self._unavailable(exc)
+                for _, fut in [*accepts, *ops]:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
             self.commits += 1
-            for (_, fut), new in zip(batch, inserted, strict=True):
+            for (_, fut), new in zip(accepts, inserted, strict=True):
                 if not fut.done():
                     fut.set_result(new)
+            for (_, fut), (ok, value) in zip(ops, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
 
-    def _insert_batch(self, events: list[Event]) -> list[bool]:
+    def _commit_batch(self, events: list[Event], ops: list[Callable[[sqlite3.Connection], Any]]
+                      ) -> tuple[list[bool], list[tuple[bool, Any]]]:
         # A handful of statements per batch, not per event: this thread then holds the GIL only
         # briefly and the event loop keeps serving requests while SQLite writes and fsyncs.
         db = self._db()
-        now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            db.executemany(
-                "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now) for ev in events],
-            )
-            db.execute(
-                "INSERT INTO deliveries (seq, alert_id, available_at)"
-                " SELECT seq, lower(alert_id), ? FROM events WHERE seq > ?",
-                (now, before),
-            )
-            inserted = {row[0] for row in db.execute("SELECT key FROM events WHERE seq > ?", (before,))}
+            inserted = self._insert_events(db, events) if events else []
+            outcomes: list[tuple[bool, Any]] = []
+            for fn in ops:
+                db.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, fn(db)))
+                except Exception as exc:
+                    if not db.in_transaction:  # SQLite gave the whole transaction up: so does everyone
+                        raise
+                    db.execute("ROLLBACK TO op")
+                    is_db_error = isinstance(exc, sqlite3.Error)
+                    outcomes.append((False, self._unavailable(exc) if is_db_error else exc))
+                db.execute("RELEASE op")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
+        return inserted, outcomes
+
+    def _insert_events(self, db: sqlite3.Connection, events: list[Event]) -> list[bool]:
+        now = time.time()
+        before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        db.executemany(
+            "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at, priority)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now, _level(ev.priority))
+             for ev in events],
+        )
+        db.execute(
+            "INSERT INTO deliveries (seq, alert_id, available_at)"
+            " SELECT seq, lower(alert_id), ? FROM events WHERE seq > ?",
+            (now, before),
+        )
+        # An alert with nothing queued gets its first new event as its head; one with a head keeps it.
+        db.execute(
+            "INSERT OR IGNORE INTO heads (alert_id, seq, priority, due_at)"
+            " SELECT d.alert_id, MIN(d.seq), e.priority, d.available_at"
+            " FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.seq > ? GROUP BY d.alert_id",
+            (before,),
+        )
+        inserted = {row[0] for row in db.execute("SELECT key FROM events WHERE seq > ?", (before,))}
         # A key inserted by this batch is new for its first holder only; later copies are duplicates.
         results = []
         for ev in events:
@@ -196,115 +429,142 @@ class SqliteStore:
             inserted.discard(ev.key)
         return results
 
+    @staticmethod
+    def _refresh_head(db: sqlite3.Connection, alert_id: str) -> None:
+        """Point the alert's head at its first queued event (or drop it): after that event's lease ended."""
+        row = db.execute(
+            "SELECT d.seq, e.priority, MAX(d.available_at, COALESCE(d.lease_until, 0))"
+            " FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.alert_id = ? ORDER BY d.seq LIMIT 1",
+            (alert_id,),
+        ).fetchone()
+        if row is None:
+            db.execute("DELETE FROM heads WHERE alert_id = ?", (alert_id,))
+        else:
+            db.execute("INSERT OR REPLACE INTO heads (alert_id, seq, priority, due_at) VALUES (?, ?, ?, ?)",
+                       (alert_id, *row))
+
     async def ping(self) -> None:
-        # Take and release the write lock: SELECT 1 succeeds even when nothing can commit.
-        await self._run(self._in_tx, lambda db: None)
+        # A real commit, through the same group commit as intake: a SELECT succeeds on a full disk.
+        await self._write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (time.time(),)
+        ))
+
+    # -- reads (their own connection and thread) -------------------------------------------------
 
     async def pending(self) -> int:
-        return await self._run(lambda: self._db().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
+        return await self._read(lambda: self._rdb().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
 
     async def events(self) -> list[Event]:
-        """Every event ever accepted, in acceptance order (for tests and audits)."""
+        """Every event still stored, in acceptance order (for tests and audits)."""
 
         def read() -> list[Event]:
-            rows = self._db().execute(
-                "SELECT key, alert_id, condition, occurred_at, body FROM events ORDER BY seq"
+            rows = self._rdb().execute(
+                "SELECT key, alert_id, condition, occurred_at, body, priority FROM events ORDER BY seq"
             ).fetchall()
             return [Event(*row) for row in rows]
 
-        return await self._run(read)
+        return await self._read(read)
 
     # -- delivery --------------------------------------------------------------------------------
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
-        return await self._run(self._claim_sync, limit, lease_seconds)
+        return await self._write(lambda db: self._claim(db, limit, lease_seconds))
 
-    def _claim_sync(self, limit: int, lease_seconds: float) -> list[Claim]:
-        db = self._db()
+    @staticmethod
+    def _claim(db: sqlite3.Connection, limit: int, lease_seconds: float) -> list[Claim]:
+        # Only an alert's head is claimable, so one alert's events go in order; a leased or
+        # backing-off head (due later) holds the events behind it. Highest priority first, then
+        # whichever came due first: one index range scan per priority, whatever the backlog.
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Only the head of each alert's queue is claimable, so one alert's events go in order;
-            # a leased or backing-off head holds the events behind it. A replayed dead letter goes
-            # back in at its old place, ahead of an event that may be leased: none while one is.
-            rows = db.execute(
-                """
-                SELECT d.seq, d.attempts, e.key, e.alert_id, e.condition, e.occurred_at, e.body, e.received_at
-                FROM deliveries d JOIN events e ON e.seq = d.seq
-                WHERE d.available_at <= ? AND (d.lease_until IS NULL OR d.lease_until <= ?)
-                  AND d.seq = (SELECT MIN(d2.seq) FROM deliveries d2 WHERE d2.alert_id = d.alert_id)
-                  AND NOT EXISTS (SELECT 1 FROM deliveries d3
-                                  WHERE d3.alert_id = d.alert_id AND d3.lease_until > ?)
-                ORDER BY d.seq LIMIT ?
-                """,
-                (now, now, now, limit),
+        until = now + lease_seconds
+        claims: list[Claim] = []
+        for level in PRIORITIES:
+            if len(claims) >= limit:
+                break
+            heads = db.execute(
+                "SELECT alert_id, seq FROM heads WHERE priority = ? AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (level, now, limit - len(claims)),
             ).fetchall()
-            claims = []
-            for seq, attempts, key, alert_id, condition, occurred_at, body, received_at in rows:
+            for alert_id, seq in heads:
                 receipt = uuid.uuid4().hex
-                db.execute(
-                    "UPDATE deliveries SET lease_until = ?, receipt = ?, attempts = attempts + 1 WHERE seq = ?",
-                    (now + lease_seconds, receipt, seq),
-                )
-                event = Event(key, alert_id, condition, occurred_at, body)
-                claims.append(Claim(event=event, receipt=receipt, attempts=attempts, handle=str(seq),
+                [(attempts,)] = db.execute(
+                    "UPDATE deliveries SET lease_until = ?, receipt = ?, attempts = attempts + 1 WHERE seq = ?"
+                    " RETURNING attempts",
+                    (until, receipt, seq),
+                ).fetchall()
+                db.execute("UPDATE heads SET due_at = ? WHERE alert_id = ?", (until, alert_id))
+                key, alert, condition, occurred_at, body, priority, received_at = db.execute(
+                    "SELECT key, alert_id, condition, occurred_at, body, priority, received_at"
+                    " FROM events WHERE seq = ?", (seq,),
+                ).fetchone()
+                event = Event(key, alert, condition, occurred_at, body, priority)
+                claims.append(Claim(event=event, receipt=receipt, attempts=attempts - 1, handle=str(seq),
                                     received_at=received_at))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return claims
 
     async def renew(self, claim: Claim, lease_seconds: float) -> None:
         def extend(db: sqlite3.Connection) -> None:
-            cur = db.execute(
-                "UPDATE deliveries SET lease_until = ? WHERE seq = ? AND receipt = ?",
-                (time.time() + lease_seconds, int(claim.handle), claim.receipt),
-            )
-            if cur.rowcount != 1:
+            until = time.time() + lease_seconds
+            rows = db.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE seq = ? AND receipt = ? RETURNING alert_id",
+                (until, int(claim.handle), claim.receipt),
+            ).fetchall()
+            if not rows:
                 raise LeaseLost(f"event {claim.handle}: the lease is no longer this worker's")
+            db.execute("UPDATE heads SET due_at = ? WHERE alert_id = ? AND seq = ?",
+                       (until, rows[0][0], int(claim.handle)))
 
-        await self._run(self._in_tx, extend)
+        await self._write(extend)
 
     async def complete(self, claim: Claim) -> None:
-        await self._run(self._in_tx, lambda db: db.execute(
-            "DELETE FROM deliveries WHERE seq = ? AND receipt = ?", (int(claim.handle), claim.receipt)
-        ))
+        def done(db: sqlite3.Connection) -> None:
+            rows = db.execute("DELETE FROM deliveries WHERE seq = ? AND receipt = ? RETURNING alert_id",
+                              (int(claim.handle), claim.receipt)).fetchall()
+            if rows:
+                db.execute("UPDATE events SET delivered_at = ? WHERE seq = ?", (time.time(), int(claim.handle)))
+                self._refresh_head(db, rows[0][0])
+
+        await self._write(done)
 
     async def retry_later(self, claim: Claim, delay_seconds: float, error: str, *,
                           count_attempt: bool = True) -> None:
-        await self._run(self._in_tx, lambda db: db.execute(
-            "UPDATE deliveries SET available_at = ?, lease_until = NULL, receipt = NULL, last_error = ?,"
-            " attempts = attempts - ? WHERE seq = ? AND receipt = ?",
-            (time.time() + delay_seconds, error[:2000], 0 if count_attempt else 1, int(claim.handle),
-             claim.receipt),
-        ))
+        def back_off(db: sqlite3.Connection) -> None:
+            rows = db.execute(
+                "UPDATE deliveries SET available_at = ?, lease_until = NULL, receipt = NULL, last_error = ?,"
+                " attempts = attempts - ? WHERE seq = ? AND receipt = ? RETURNING alert_id",
+                (time.time() + delay_seconds, error[:2000], 0 if count_attempt else 1, int(claim.handle),
+                 claim.receipt),
+            ).fetchall()
+            if rows:
+                self._refresh_head(db, rows[0][0])
+
+        await self._write(back_off)
 
     async def dead_letter(self, claim: Claim, error: str) -> None:
         def move(db: sqlite3.Connection) -> None:
-            cur = db.execute(
-                "DELETE FROM deliveries WHERE seq = ? AND receipt = ?", (int(claim.handle), claim.receipt)
-            )
-            if cur.rowcount == 1:
+            rows = db.execute("DELETE FROM deliveries WHERE seq = ? AND receipt = ? RETURNING alert_id",
+                              (int(claim.handle), claim.receipt)).fetchall()
+            if rows:
                 db.execute(
                     "INSERT OR REPLACE INTO dead_letters (seq, attempts, error, dead_at) VALUES (?, ?, ?, ?)",
                     (int(claim.handle), claim.attempts + 1, error[:4000], time.time()),
                 )
+                self._refresh_head(db, rows[0][0])
 
-        await self._run(self._in_tx, move)
+        await self._write(move)
 
     async def dead_letters(self) -> list[DeadLetter]:
         def read() -> list[DeadLetter]:
-            rows = self._db().execute(
+            rows = self._rdb().execute(
                 "SELECT x.seq, x.attempts, x.error, x.dead_at, e.key, e.alert_id, e.condition, e.occurred_at,"
-                " e.body FROM dead_letters x JOIN events e ON e.seq = x.seq ORDER BY x.seq"
+                " e.body, e.priority FROM dead_letters x JOIN events e ON e.seq = x.seq ORDER BY x.seq"
             ).fetchall()
             return [
                 DeadLetter(id=str(seq), event=Event(*ev), attempts=att, error=err, dead_at=at)
                 for seq, att, err, at, *ev in rows
             ]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def replay(self, ids: list[str] | None) -> int:
         def move(db: sqlite3.Connection) -> int:
@@ -320,58 +580,125 @@ class SqliteStore:
                         raise KeyError(f"no dead letter with id {i!r}")
                     seqs.append(int(i))
             now = time.time()
+            alerts = set()
             for seq in seqs:
-                db.execute(
+                rows = db.execute(
                     "INSERT INTO deliveries (seq, alert_id, available_at)"
-                    " SELECT seq, lower(alert_id), ? FROM events WHERE seq = ?",
+                    " SELECT seq, lower(alert_id), ? FROM events WHERE seq = ? RETURNING alert_id",
                     (now, seq),
-                )
+                ).fetchall()
+                alerts.update(r[0] for r in rows)
                 db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+            # A replayed event goes back in at its old place, ahead of its alert's later events; but
+            # never ahead of one that is leased: that head stays until its outcome is recorded.
+            for alert_id in alerts:
+                leased = db.execute(
+                    "SELECT 1 FROM heads h JOIN deliveries d ON d.seq = h.seq"
+                    " WHERE h.alert_id = ? AND d.lease_until > ?", (alert_id, now),
+                ).fetchone()
+                if not leased:
+                    self._refresh_head(db, alert_id)
             return len(seqs)
 
-        return await self._run(self._in_tx, move)
+        return await self._write(move)
 
     # -- ticket records ----------------------------------------------------------------------------
 
     async def get_ticket(self, target: str, key: str) -> TicketRecord | None:
         def read() -> TicketRecord | None:
-            row = self._db().execute(
-                "SELECT data, version FROM tickets WHERE target = ? AND key = ?", (target, key)
+            row = self._rdb().execute(
+                "SELECT data, version, closed_at FROM tickets WHERE target = ? AND key = ?", (target, key)
             ).fetchone()
             if row is None:
                 return None
-            return TicketRecord(target=target, key=key, data=json.loads(row[0]), version=str(row[1]))
+            return TicketRecord(target=target, key=key, data=json.loads(row[0]), version=str(row[1]),
+                                closed_at=row[2])
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def put_ticket(self, record: TicketRecord) -> TicketRecord:
         def write(db: sqlite3.Connection) -> TicketRecord:
             data = json.dumps(record.data, sort_keys=True)
             if record.version is None:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO tickets (target, key, data, version) VALUES (?, ?, ?, 1)",
-                    (record.target, record.key, data),
+                    "INSERT OR IGNORE INTO tickets (target, key, data, version, closed_at) VALUES (?, ?, ?, 1, ?)",
+                    (record.target, record.key, data, record.closed_at),
                 )
                 new_version = 1
             else:
                 new_version = int(record.version) + 1
                 cur = db.execute(
-                    "UPDATE tickets SET data = ?, version = ? WHERE target = ? AND key = ? AND version = ?",
-                    (data, new_version, record.target, record.key, int(record.version)),
+                    "UPDATE tickets SET data = ?, version = ?, closed_at = ?"
+                    " WHERE target = ? AND key = ? AND version = ?",
+                    (data, new_version, record.closed_at, record.target, record.key, int(record.version)),
                 )
             if cur.rowcount != 1:
                 raise VersionConflict(f"ticket record {record.target}/{record.key} changed since it was read")
-            return TicketRecord(record.target, record.key, record.data, str(new_version))
+            return TicketRecord(record.target, record.key, record.data, str(new_version), record.closed_at)
 
-        return await self._run(self._in_tx, write)
+        return await self._write(write)
 
-    def _in_tx(self, fn: Any) -> Any:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-            db.execute("COMMIT")
-        except BaseException:
+    # -- retention -------------------------------------------------------------------------------
+
+    async def expire(self, now: float, retention: Retention) -> Expired:
+        for name in ("delivered_seconds", "dead_letter_seconds", "ticket_seconds"):
+            if not getattr(retention, name) >= 0:
+                raise ValueError(f"Retention.{name} must be 0 or more (got {getattr(retention, name)!r})")
+        # Freed pages go on SQLite's free list and the next inserts reuse them, so once retention
+        # applies the file stops growing (no VACUUM: it would rewrite the file under intake).
+        counts = {"events": 0, "dead_letters": 0, "tickets": 0}
+        steps: list[tuple[str, Callable[[sqlite3.Connection], int]]] = [
+            ("events", lambda db: _expire_delivered(db, now - retention.delivered_seconds)),
+            ("dead_letters", lambda db: _expire_dead_letters(db, now - retention.dead_letter_seconds)),
+            ("tickets", lambda db: _expire_tickets(db, now - retention.ticket_seconds)),
+        ]
+        for kind, step in steps:
+            while True:
+                n = await self._write(step)
+                counts[kind] += n
+                if n < EXPIRE_CHUNK:
+                    break
+        return Expired(**counts)
+
+
+def _expire_delivered(db: sqlite3.Connection, before: float) -> int:
+    """Events delivered before `before` (never a pending one, nor the newest row)."""
+    return db.execute(
+        """DELETE FROM events WHERE seq IN (
+               SELECT e.seq FROM events e
+               WHERE e.delivered_at IS NOT NULL AND e.delivered_at < ? AND e.seq < (SELECT MAX(seq) FROM events)
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)
+               ORDER BY e.delivered_at LIMIT ?)""",
+        (before, EXPIRE_CHUNK),
+    ).rowcount
+
+
+def _expire_dead_letters(db: sqlite3.Connection, before: float) -> int:
+    seqs = [r[0] for r in db.execute(
+        "SELECT seq FROM dead_letters WHERE dead_at < ? ORDER BY dead_at LIMIT ?", (before, EXPIRE_CHUNK))]
+    rows = [(seq,) for seq in seqs]
+    db.executemany("DELETE FROM dead_letters WHERE seq = ?", rows)
+    db.executemany("DELETE FROM events WHERE seq = ? AND seq < (SELECT MAX(seq) FROM events)", rows)
+    return len(seqs)
+
+
+def _expire_tickets(db: sqlite3.Connection, before: float) -> int:
+    return db.execute(
+        "DELETE FROM tickets WHERE rowid IN (SELECT rowid FROM tickets"
+        " WHERE closed_at IS NOT NULL AND closed_at < ? LIMIT ?)",
+        (before, EXPIRE_CHUNK),
+    ).rowcount
+
+
+def _level(priority: int) -> int:
+    """The stored priority: one of PRIORITIES (claim scans each level), out-of-range values clamped."""
+    return min(max(priority, PRIORITY_LOW), PRIORITY_URGENT)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back (a full disk does): a second ROLLBACK would only raise
+    # "cannot rollback - no transaction is active" over the error that matters.
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-            raise
-        return result
+

@@ -36,6 +36,12 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   successor never share a key. `find` matches it exactly; more than one match is a non-retryable
   `TargetError`. `find` may return a resolved ticket (`resolved=True`) or skip resolved ones: the
   worker adopts a found ticket only when it is not resolved (crash recovery: created, not recorded).
+- Optional, for a target whose API can be read (`can_read`, `can_search`; see `Readable`):
+  `read(ticket)` answers the ticket's status and the texts of its latest notes (a retried resolve,
+  reopen or note skips what is already there), and `search(key)` answers the tickets whose
+  correlation key starts with `key` (`key`, `key.N`), with those keys, newest first (a lost store is
+  rebuilt from them). A target that cannot be read (dry_run, forward) leaves both out and says so in its
+  docstring: a retried step is sent again and relies on the target's own deduplication.
 """
 
 from __future__ import annotations
@@ -123,6 +129,29 @@ class Ticket:
     resolved: bool = False
 
 
+# How many of a ticket's latest notes `read` returns: a retried note looks for its marker among them.
+NOTES_READ = 5
+# How many tickets `search` returns at most, newest first: the highest `.N` suffixes are among them.
+SEARCH_LIMIT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class TicketView:
+    """A ticket as its target reads it back: whether it is resolved (not open), and the texts of its latest
+    notes (work notes, work-log entries, comments), newest first, at most `NOTES_READ`."""
+
+    resolved: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FoundTicket:
+    """A ticket a search by key found, with the correlation key it carries."""
+
+    correlation_key: str
+    ticket: Ticket
+
+
 class Target(Protocol):
     kind: ClassVar[str]
     limits: ClassVar[TextLimits]  # the incident's texts are cut to these before the target sees them
@@ -147,6 +176,28 @@ class Target(Protocol):
     async def close(self) -> None:
         """Release the target's pooled HTTP session."""
         ...
+
+
+class Readable(Protocol):
+    """The calls of a target whose API can be read back (every ITSM target but dry_run)."""
+
+    async def read(self, ticket: Ticket) -> TicketView:
+        """The ticket's status and its latest notes' texts."""
+        ...
+
+    async def search(self, key: str) -> list[FoundTicket]:
+        """Tickets whose correlation key starts with `key` (so `key` and every `key.N`; the caller drops
+        other keys a prefix also matches), newest first, at most SEARCH_LIMIT. A row that does not carry
+        such a key means the target ignored the filter: a non-retryable TargetError."""
+        ...
+
+
+def can_read(target: object) -> bool:
+    return callable(getattr(target, "read", None))
+
+
+def can_search(target: object) -> bool:
+    return callable(getattr(target, "search", None))
 
 
 class Forwarder(Protocol):

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
+from relay.targets import (
+    NOTES_READ,
+    SEARCH_LIMIT,
+    FoundTicket,
+    Incident,
+    TargetError,
+    TextLimits,
+    Ticket,
+    TicketView,
+    truncate,
+)
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references
 
@@ -135,6 +145,68 @@ class BmcHelixTarget:
         rows = await self._search(f"{corr} = {_quote(key)} AND 'Status' = {_quote(RESOLVED)}", limit=1)
         self._verify_rows(rows, key, (RESOLVED,))
         return self._ticket(rows[0], resolved=True) if rows else None
+
+    async def read(self, ticket: Ticket) -> TicketView:
+        """The incident's Status, and its latest HPD:WorkLog entries' texts (newest first)."""
+        number = self._number(ticket)
+        params = {
+            "q": f"'Incident Number' = {_quote(number)}",
+            "fields": "values(Request ID,Incident Number,Status)",
+            "limit": "2",
+        }
+        reply = await self.http.request("GET", ENTRY_PATH + INCIDENT_FORM, params=params)
+        body = self._json(reply, f"read {number}")
+        rows = [
+            e.get("values") or {}
+            for e in ((body.get("entries") or []) if isinstance(body, dict) else [])
+            if isinstance(e, dict) and (e.get("values") or {}).get("Incident Number") == number
+        ]
+        if len(rows) != 1:
+            raise TargetError(
+                f"{self.name}: {INCIDENT_FORM} has {len(rows)} entries for Incident Number {number}",
+                retryable=False,
+            )
+        params = {
+            "q": f"'Incident Number' = {_quote(number)}",
+            "fields": "values(Incident Number,Detailed Description)",
+            "limit": str(NOTES_READ),
+            "sort": "Submit Date.desc",
+        }
+        reply = await self.http.request("GET", ENTRY_PATH + WORK_LOG_FORM, params=params)
+        logs = self._json(reply, f"read the work log of {number}")
+        entries = logs.get("entries") if isinstance(logs, dict) else None
+        if not isinstance(entries, list):
+            raise self.http.bad_answer(reply, f"read the work log of {number}", "the answer has no 'entries' list")
+        notes = []
+        for entry in entries[:NOTES_READ]:
+            values = (entry.get("values") or {}) if isinstance(entry, dict) else {}
+            if values.get("Incident Number") != number:
+                raise TargetError(
+                    f"{self.name}: a search of {WORK_LOG_FORM} for {number} returned an entry of "
+                    f"{values.get('Incident Number')!r}; refusing to trust it",
+                    retryable=False,
+                )
+            notes.append(str(values.get("Detailed Description") or ""))
+        return TicketView(resolved=rows[0].get("Status") not in OPEN_STATUSES, notes=tuple(notes))
+
+    async def search(self, key: str) -> list[FoundTicket]:
+        """Every incident whose correlation field starts with `key`, newest first, in any status."""
+        # `_` may stay: in LIKE it matches any one character, itself included; rows are checked below.
+        if not key or len(key) > FIELD_LIMITS["correlation_key"] or "%" in key:
+            raise TargetError(f"{self.name}: cannot search for the key {key!r}", retryable=False)
+        corr = self.options.correlation_field
+        rows = await self._search(f"{_field(corr)} LIKE {_quote(key + '%')}", limit=SEARCH_LIMIT)
+        found = []
+        for row in rows:
+            carried = str(row.get(corr, ""))
+            if not carried.lower().startswith(key.lower()):
+                raise TargetError(
+                    f"{self.name}: a search for {corr} starting with {key!r} returned "
+                    f"{row.get('Incident Number')} ({corr} {carried!r}); refusing to trust the search",
+                    retryable=False,
+                )
+            found.append(FoundTicket(carried, self._ticket(row, resolved=row.get("Status") not in OPEN_STATUSES)))
+        return found
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)

@@ -3,7 +3,8 @@
 It is what the relay uses without RELAY_CONFIG, and a safe first step with a new routing file:
 `{"target", "call": find|create|note|resolve|reopen, "correlation_key", "ticket", "incident", "text"}`.
 Tickets it "creates" are remembered for the life of the process, so `find` answers like a real
-target would after a crash between create and record.
+target would after a crash between create and record. It cannot be read back (no `read`, no
+`search`): a retried note, resolve or reopen is written again, and a lost store is not recovered.
 """
 
 from __future__ import annotations

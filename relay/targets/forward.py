@@ -3,7 +3,9 @@
 For a vendor's own Azure Monitor endpoint (ServiceNow's Event Management connector
 `/api/sn_em_connector/em/inbound_event?source=azuremonitor`, a BMC Helix Integration Studio flow) or
 any webhook. The receiver owns the incident lifecycle; the relay still owns token checks, durability,
-per-alert order, retries and dead letters. Auth: none, basic, bearer, or a custom header.
+per-alert order, retries and dead letters. Auth: none, basic, bearer, or a custom header. An events
+endpoint cannot be read back: a body whose answer was lost is sent again, and the receiver's own
+deduplication (the common schema's alert id and condition) must absorb it.
 """
 
 from __future__ import annotations

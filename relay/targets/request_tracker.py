@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
+from relay.targets import (
+    NOTES_READ,
+    SEARCH_LIMIT,
+    FoundTicket,
+    Incident,
+    TargetError,
+    TextLimits,
+    Ticket,
+    TicketView,
+    truncate,
+)
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import (
     Auth,
@@ -51,6 +61,11 @@ TICKET_FIELDS = frozenset(
         "TimeEstimated",
     }
 )
+# RT's default lifecycle's inactive statuses (besides the configured resolved_status).
+INACTIVE_STATUSES = frozenset({"resolved", "rejected", "deleted"})
+# Transactions that carry a note's text: comments, and correspondence added by hand.
+NOTE_TRANSACTIONS = ("Comment", "Correspond")
+HISTORY_PAGE = 20  # transactions read per `read`, newest first; notes are picked from these
 # Characters with a meaning in TicketSQL/AssetSQL string literals: refused rather than escaped.
 _SQL_UNSAFE = "'\"\\"
 
@@ -118,6 +133,56 @@ class RequestTrackerTarget:
         rows = await self._search(f"{cf} AND Status = '{self.options.resolved_status}'", per_page=1)
         self._verify_rows(rows, key, active=False)
         return Ticket(id=str(rows[0]["id"]), number=str(rows[0]["id"]), resolved=True) if rows else None
+
+    async def read(self, ticket: Ticket) -> TicketView:
+        """The ticket's Status, and the texts of its latest comments from its history (newest first)."""
+        reply = await self.http.request("GET", f"{REST2}/ticket/{ticket.id}")
+        record = self._json(reply, f"read ticket #{ticket.id}")
+        status = record.get("Status") if isinstance(record, dict) else None
+        if not isinstance(status, str):
+            raise self.http.bad_answer(reply, f"read ticket #{ticket.id}", "the answer carries no Status")
+        params = {"fields": "Type", "orderby": "id", "order": "DESC", "per_page": str(HISTORY_PAGE)}
+        reply = await self.http.request("GET", f"{REST2}/ticket/{ticket.id}/history", params=params)
+        history = self._json(reply, f"read the history of ticket #{ticket.id}")
+        items = history.get("items") if isinstance(history, dict) else None
+        if not isinstance(items, list):
+            raise self.http.bad_answer(reply, f"read the history of ticket #{ticket.id}", "no 'items' list")
+        notes: list[str] = []
+        for item in items:
+            if len(notes) >= NOTES_READ:
+                break
+            if not isinstance(item, dict) or item.get("Type") not in NOTE_TRANSACTIONS or not item.get("id"):
+                continue
+            reply = await self.http.request(
+                "GET", f"{REST2}/transaction/{item['id']}/attachments", params={"fields": "Content"}
+            )
+            parts = self._json(reply, f"read transaction #{item['id']}")
+            # In a collection RT gives each attachment's content as text (only /attachment/:id is Base64).
+            texts = [str(a.get("Content") or "") for a in (parts.get("items") or []) if isinstance(a, dict)]
+            notes.append("\n".join(t for t in texts if t))
+        return TicketView(resolved=self._inactive(status), notes=tuple(notes))
+
+    async def search(self, key: str) -> list[FoundTicket]:
+        """Every ticket whose correlation custom field starts with `key`, newest first (any status)."""
+        if not key or any(c in key for c in _SQL_UNSAFE) or len(key) > FIELD_LIMITS["correlation_key"]:
+            raise TargetError(f"{self.name}: cannot search for the key {key!r}", retryable=False)
+        await self._check_queue(self.options.queue)
+        cf = self.options.custom_field
+        # TicketSQL LIKE is a case-insensitive substring match; the prefix is checked on each row below.
+        rows = await self._search(f"'CF.{{{cf}}}' LIKE '{key}'", per_page=SEARCH_LIMIT)
+        found = []
+        for row in rows:
+            values = self._cf_values(row)
+            carried = next((v for v in values if v.lower().startswith(key.lower())), None)
+            if carried is None or not row.get("id"):
+                raise TargetError(
+                    f"{self.name}: a search for {cf} starting with {key!r} returned ticket #{row.get('id')} "
+                    f"({cf} {values!r}); refusing to trust the search",
+                    retryable=False,
+                )
+            resolved = self._inactive(str(row.get("Status")))
+            found.append(FoundTicket(carried, Ticket(id=str(row["id"]), number=str(row["id"]), resolved=resolved)))
+        return found
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
@@ -211,17 +276,24 @@ class RequestTrackerTarget:
             raise self.http.bad_answer(reply, "search tickets", problem)
         return items
 
+    def _inactive(self, status: str) -> bool:
+        return status == self.options.resolved_status or status in INACTIVE_STATUSES
+
+    def _cf_values(self, row: Mapping[str, Any]) -> list[str]:
+        cf = self.options.custom_field
+        return [
+            str(v)
+            for field in row.get("CustomFields") or []
+            if isinstance(field, dict) and field.get("name") == cf
+            for v in field.get("values") or []
+        ]
+
     def _verify_rows(self, rows: list[dict[str, Any]], key: str, *, active: bool) -> None:
         """Each row must carry the key (and the asked-for status), or the search cannot be trusted."""
         cf = self.options.custom_field
         resolved = self.options.resolved_status
         for row in rows:
-            values = [
-                str(v)
-                for field in row.get("CustomFields") or []
-                if isinstance(field, dict) and field.get("name") == cf
-                for v in field.get("values") or []
-            ]
+            values = self._cf_values(row)
             status = row.get("Status")
             wrong_status = status == resolved if active else status != resolved
             if key.lower() not in (v.lower() for v in values) or wrong_status:

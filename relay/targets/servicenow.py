@@ -13,7 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
+from relay.targets import (
+    NOTES_READ,
+    SEARCH_LIMIT,
+    FoundTicket,
+    Incident,
+    TargetError,
+    TextLimits,
+    Ticket,
+    TicketView,
+    truncate,
+)
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import (
     Auth,
@@ -60,6 +70,10 @@ OWNED_COLUMNS = frozenset(
 OAUTH_TOKEN_PATH = "/oauth_token.do"
 DEFAULT_TOKEN_LIFETIME = 1800.0  # ServiceNow's default access-token lifespan (KB0778194)
 _TICKET_FIELDS = "sys_id,number,state,correlation_id"
+# States in which an incident is no longer open.
+INACTIVE_STATES = frozenset({STATE_RESOLVED, STATE_CLOSED, STATE_CANCELED})
+# Journal entries (work notes, comments) are rows of sys_journal_field, one per entry.
+JOURNAL_TABLE = "sys_journal_field"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +142,59 @@ class ServiceNowTarget:
         )
         self._verify_rows(rows, key, only_state=STATE_RESOLVED)
         return self._ticket(rows[0], resolved=True) if rows else None
+
+    async def read(self, ticket: Ticket) -> TicketView:
+        """The incident's state, and its latest work notes from sys_journal_field (newest first)."""
+        rows = await self._query(self.options.table, f"sys_id={ticket.id}", "sys_id,state", 1)
+        rows = [r for r in rows if str(r.get("sys_id", "")) == ticket.id]
+        if not rows:
+            raise TargetError(
+                f"{self.name}: incident {ticket.number or ticket.id} cannot be read (deleted, or an ACL hides it)",
+                retryable=False,
+            )
+        notes = await self._query(
+            JOURNAL_TABLE,
+            f"element_id={ticket.id}^element=work_notes^ORDERBYDESCsys_created_on",
+            "element_id,element,value",
+            NOTES_READ,
+        )
+        for row in notes:
+            if str(row.get("element_id", "")) != ticket.id or row.get("element") != "work_notes":
+                raise TargetError(
+                    f"{self.name}: ServiceNow answered a search of {JOURNAL_TABLE} for the work notes of "
+                    f"{ticket.number or ticket.id} with an entry of {row.get('element_id')!s} "
+                    f"({row.get('element')!s}): it ignored a query clause (is {JOURNAL_TABLE} readable "
+                    "by this account?)",
+                    retryable=False,
+                )
+        return TicketView(
+            resolved=str(rows[0].get("state", "")) in INACTIVE_STATES,
+            notes=tuple(str(r.get("value", "")) for r in notes),
+        )
+
+    async def search(self, key: str) -> list[FoundTicket]:
+        """Every incident whose correlation_id starts with `key`, newest first, in any state."""
+        if not key or "^" in key or len(key) > FIELD_LIMITS["correlation_key"]:
+            raise TargetError(f"{self.name}: cannot search for the key {key!r}", retryable=False)
+        rows = await self._query(
+            self.options.table,
+            f"correlation_idSTARTSWITH{key}^ORDERBYDESCsys_created_on",
+            _TICKET_FIELDS,
+            SEARCH_LIMIT,
+        )
+        found = []
+        for row in rows:
+            carried = str(row.get("correlation_id", ""))
+            if not carried.lower().startswith(key.lower()) or not row.get("sys_id"):
+                raise TargetError(
+                    f"{self.name}: ServiceNow answered a search for correlation_id starting with {key!r} with "
+                    f"{row.get('number') or row.get('sys_id')!s} (correlation_id {carried!r}): it ignored a "
+                    "query clause; refusing to pick a ticket from an unfiltered list",
+                    retryable=False,
+                )
+            resolved = str(row.get("state", "")) in INACTIVE_STATES
+            found.append(FoundTicket(carried, self._ticket(row, resolved=resolved)))
+        return found
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)

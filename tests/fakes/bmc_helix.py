@@ -9,7 +9,8 @@ Implemented, from BMC's documentation and the peers that call it:
   -> `{"entries": [{"values", "_links"}]}`; the entry id looks like `INC...|INC...`;
 - `PUT /api/arsys/v1/entry/HPD:IncidentInterface/{id}` -> 204; Resolved needs a Status_Reason (and a
   Resolution for restoration service types); Closed and Cancelled incidents refuse changes;
-- `POST /api/arsys/v1/entry/HPD:WorkLog` -> 201;
+- `POST /api/arsys/v1/entry/HPD:WorkLog` -> 201, and `GET` on it with `q`, `fields`, `limit`, `sort`
+  (each entry gets a `Submit Date`);
 - `GET /api/cmdb/v1.0/instances/{dataset}/{namespace}/{class}?qualification&attributes&limit`
   (`BMC_BaseElement` spans every class) and `POST /api/cmdb/v1.0/instances`.
 Unlike ServiceNow, AR rejects an unknown field (in a qualification or a write) with an error.
@@ -237,6 +238,7 @@ class FakeBmcHelix(FakeServer):
         self.reconcile_new_cis = reconcile_new_cis
         self.incidents: dict[str, dict[str, Any]] = {}  # by Incident Number
         self.work_logs: list[dict[str, Any]] = []
+        self.status_changes: dict[str, list[str]] = {}  # Incident Number -> the statuses it was moved to
         self.cis: list[CI] = []
         self.tokens: set[str] = set()
         self.logins = 0
@@ -295,6 +297,7 @@ class FakeBmcHelix(FakeServer):
         app.router.add_get("/api/arsys/v1/entry/HPD:IncidentInterface", self.search_incidents)
         app.router.add_put("/api/arsys/v1/entry/HPD:IncidentInterface/{entry_id}", self.modify_incident)
         app.router.add_post("/api/arsys/v1/entry/HPD:WorkLog", self.create_work_log)
+        app.router.add_get("/api/arsys/v1/entry/HPD:WorkLog", self.search_work_logs)
         app.router.add_get("/api/cmdb/v1.0/instances/{dataset}/{namespace}/{class_name}", self.search_cis)
         app.router.add_post("/api/cmdb/v1.0/instances", self.create_cis)
 
@@ -412,6 +415,8 @@ class FakeBmcHelix(FakeServer):
                 return _ar_error(400, 1291065, "Resolution is required for restoration incidents.")
             if self.require_assignee_to_resolve and not merged.get("Assignee"):
                 return _ar_error(400, 1291066, "The Assignee must be set to move past the Assigned status.")
+        if "Status" in values and values["Status"] != record.get("Status"):
+            self.status_changes.setdefault(record["Incident Number"], []).append(values["Status"])
         record.update(values)
         return web.Response(status=204)
 
@@ -430,11 +435,34 @@ class FakeBmcHelix(FakeServer):
             return _ar_error(
                 400, 326, "Required field cannot be blank.", "HPD:WorkLog : Detailed Description"
             )
-        self.work_logs.append(values)
+        self._seq += 1
+        submitted = f"2026-01-02T00:{self._seq // 60:02d}:{self._seq % 60:02d}.000+0000"
+        self.work_logs.append({**values, "Submit Date": submitted})
         return web.Response(
             status=201,
             headers={"Location": f"{self.url}/api/arsys/v1/entry/HPD:WorkLog/WLG{len(self.work_logs):012d}"},
         )
+
+    async def search_work_logs(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        rows = list(self.work_logs)
+        if request.query.get("q"):
+            try:
+                predicate = parse_qualification(request.query["q"], WORK_LOG_FIELDS | {"Submit Date"})
+            except QualificationError as exc:
+                return _ar_error(400, 1587, "Error in the qualification", str(exc))
+            rows = [r for r in rows if predicate(r)]
+        sort = request.query.get("sort")
+        if sort:
+            name, _, direction = sort.rpartition(".")
+            rows.sort(key=lambda r: str(r.get(name) or ""), reverse=direction.lower() == "desc")
+        limit = int(request.query.get("limit", "0") or 0)
+        if limit:
+            rows = rows[:limit]
+        wanted = _fields_param(request.query.get("fields"))
+        entries = [{"values": {k: r.get(k) for k in wanted} if wanted else dict(r)} for r in rows]
+        return web.json_response({"entries": entries})
 
     async def search_cis(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -6,7 +6,11 @@ The end-to-end suite runs the real RT; this fake exists for what a real RT will 
   without an error;
 - a comment whose `Status` the lifecycle refuses answers 201 with a message, not an error;
 - a comment on a ticket that does not exist answers 400 "Message could not be recorded";
-- searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood).
+- searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood);
+  `LIKE` is a case-insensitive substring match, as RT wraps the value in `%`;
+- every comment is a transaction in the ticket's history (`GET /ticket/:id/history`, with `orderby`,
+  `order` and `per_page`), its text an attachment (`GET /transaction/:id/attachments`, where a
+  collection gives the content as text).
 Auth: `Authorization: token <t>` or basic.
 """
 
@@ -56,6 +60,8 @@ class FakeRequestTracker(FakeServer):
         self.tickets: dict[int, dict[str, Any]] = {}
         self.assets: dict[int, dict[str, Any]] = {}
         self.comments: dict[int, list[str]] = {}
+        self.transactions: dict[int, dict[str, Any]] = {}  # id -> {ticket, Type, Content}
+        self.status_changes: dict[int, list[str]] = {}  # ticket id -> the statuses it was moved to
 
     # -- seeding and inspection ------------------------------------------------------------------
 
@@ -89,6 +95,8 @@ class FakeRequestTracker(FakeServer):
         r.add_post("/REST/2.0/ticket", self.create_ticket)
         r.add_get("/REST/2.0/ticket/{id}", self.get_ticket)
         r.add_post("/REST/2.0/ticket/{id}/comment", self.comment)
+        r.add_get("/REST/2.0/ticket/{id}/history", self.history)
+        r.add_get("/REST/2.0/transaction/{id}/attachments", self.transaction_attachments)
         r.add_post("/REST/2.0/assets", self.search_assets)
         r.add_post("/REST/2.0/asset", self.create_asset)
 
@@ -177,6 +185,7 @@ class FakeRequestTracker(FakeServer):
             return _message(400, "Message could not be recorded")
         body = await request.json()
         self.comments.setdefault(ticket["id"], []).append(body.get("Content", ""))
+        self._transaction(ticket["id"], "Comment", body.get("Content", ""))
         messages = ["Comments added"]
         status = body.get("Status")
         if status:
@@ -187,7 +196,30 @@ class FakeRequestTracker(FakeServer):
             else:
                 messages.append(f"Status changed from '{ticket['Status']}' to '{status}'")
                 ticket["Status"] = status
+                self.status_changes.setdefault(ticket["id"], []).append(status)
+                self._transaction(ticket["id"], "Status", "")
         return web.json_response(messages, status=201)
+
+    async def history(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        ticket_id = int(request.match_info["id"])
+        if ticket_id not in self.tickets:
+            return _message(404, "Not Found")
+        rows = [(tid, t) for tid, t in self.transactions.items() if t["ticket"] == ticket_id]
+        rows.sort(key=lambda pair: pair[0], reverse=request.query.get("order") == "DESC")
+        per_page = int(request.query.get("per_page", "20"))
+        items = [{"id": str(tid), "type": "transaction", "Type": t["Type"]} for tid, t in rows[:per_page]]
+        return web.json_response({"items": items, "count": len(items), "total": len(rows), "page": 1})
+
+    async def transaction_attachments(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        txn = self.transactions.get(int(request.match_info["id"]))
+        if txn is None:
+            return _message(404, "Not Found")
+        items = [{"id": request.match_info["id"], "type": "attachment", "Content": txn["Content"]}]
+        return web.json_response({"items": items, "count": 1, "total": 1, "page": 1})
 
     async def search_assets(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -215,6 +247,9 @@ class FakeRequestTracker(FakeServer):
         return web.json_response({"id": str(asset["id"]), "type": "asset"}, status=201)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _transaction(self, ticket_id: int, kind: str, content: str) -> None:
+        self.transactions[len(self.transactions) + 1] = {"ticket": ticket_id, "Type": kind, "Content": content}
 
     def _ticket_holds(self, ticket: dict[str, Any], field: str, op: str, value: str) -> bool:
         if field.startswith("'CF.{"):

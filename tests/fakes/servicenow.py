@@ -12,6 +12,8 @@ Behaviour kept from the real thing, because the relay must survive it:
 - string comparisons are case-insensitive (the instance database's collation);
 - Resolved (6) and Closed (7) need `close_code` and `close_notes` (data policy, 403);
 - Closed incidents are read-only (ACL, 403); journal fields (`work_notes`, `comments`) append.
+Journal entries are readable as rows of `sys_journal_field` (`element_id`, `element`, `value`,
+`sys_created_on`), one per entry, as on an instance.
 Failure modes come from `FakeServer.inject`; `expire_tokens()` makes every issued token answer 401.
 """
 
@@ -55,6 +57,7 @@ INCIDENT_COLUMNS = frozenset(
 )
 CI_COLUMNS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "sys_created_on"})
 TASK_CI_COLUMNS = frozenset({"sys_id", "task", "ci_item", "sys_created_on"})
+JOURNAL_COLUMNS = frozenset({"sys_id", "element_id", "element", "value", "name", "sys_created_on"})
 JOURNAL_FIELDS = ("work_notes", "comments")
 _CLAUSE = re.compile(
     r"^(?P<field>[a-z0-9_.]+?)"
@@ -187,6 +190,8 @@ class FakeServiceNow(FakeServer):
             return self.task_cis, TASK_CI_COLUMNS, None
         if name == "cmdb_ci":
             return self.cis, CI_COLUMNS, None
+        if name == "sys_journal_field":
+            return self._journal_rows(), JOURNAL_COLUMNS, None
         if name.startswith("cmdb_ci_"):
             return self.cis, CI_COLUMNS, name
         return None
@@ -282,6 +287,19 @@ class FakeServiceNow(FakeServer):
                 "Resolution code, Resolution notes",
             )
         return None
+
+    def _journal_rows(self) -> dict[str, dict[str, str]]:
+        """The journal as sys_journal_field rows (read-only here: the relay writes through the incident)."""
+        rows = {}
+        n = 0
+        for sys_id, entries in self.journal.items():
+            for field_name, text in entries:
+                n += 1
+                row_id = f"j{n:08d}"
+                # Entries of one record are numbered in the order they were written.
+                rows[row_id] = {"sys_id": row_id, "element_id": sys_id, "element": field_name, "value": text,
+                                "name": "incident", "sys_created_on": f"2026-01-01 {n:08d}"}
+        return rows
 
     def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
         self._seq += 1

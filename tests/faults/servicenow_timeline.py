@@ -16,7 +16,8 @@ from aiohttp import web
 
 from tests.fakes.servicenow import FakeServiceNow
 
-_QUERY_KEY = re.compile(r"correlation_id=([^^]+)")
+_QUERY_KEY = re.compile(r"correlation_id(?:=|STARTSWITH)([^^]+)")  # find, and search by key prefix
+_QUERY_RECORD = re.compile(r"(?:^|\^)(?:sys_id|element_id)=([^^]+)")  # read: the incident, its work notes
 _RECORD_PATH = re.compile(r"/api/now/(?:v1/)?table/incident/([0-9a-f]+)$")
 
 
@@ -81,6 +82,9 @@ class TimedServiceNow(FakeServiceNow):
         match = _QUERY_KEY.search(request.query.get("sysparm_query", ""))
         if match:
             return match.group(1), None
+        named = _QUERY_RECORD.search(request.query.get("sysparm_query", ""))
+        if named and named.group(1) in self.incidents:
+            return self.incidents[named.group(1)].get("correlation_id"), None
         doc = {}
         if body:
             try:

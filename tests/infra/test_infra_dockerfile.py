@@ -103,3 +103,74 @@ def test_image_dependency_set_has_no_pulumi_sdk() -> None:
 def test_image_build_never_copies_the_pulumi_program_or_tests(module: str) -> None:
     copies = " ".join(args for keyword, args in instructions() if keyword in ("COPY", "ADD"))
     assert not re.search(rf"(^|\s){module}(/|\s|$)", copies), f"the image copies {module}/"
+
+
+DOCKERIGNORE = REPO_ROOT / "relay" / "Dockerfile.dockerignore"
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """(exclude?, pattern) in file order, with Docker's semantics: `*` stays within one path segment,
+    `**` crosses segments, `!` re-includes, the last matching rule wins, and a rule matching a
+    directory covers everything under it."""
+    rules = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exclude = not line.startswith("!")
+        pattern = line.removeprefix("!").strip("/")
+        parts = re.split(r"(\*\*/?|\*|\?)", pattern)
+        body = "".join(
+            {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)) for part in parts
+        )
+        rules.append((exclude, re.compile(rf"^{body}(?:/.*)?$")))
+    return rules
+
+
+def sent_to_docker(path: str) -> bool:
+    excluded = False
+    for exclude, pattern in dockerignore_rules():
+        if pattern.match(path):
+            excluded = exclude
+    return not excluded
+
+
+def test_dockerignore_is_an_allow_list() -> None:
+    assert DOCKERIGNORE.is_file(), "relay/Dockerfile.dockerignore is missing: the whole repository is the build context"
+    exclude, pattern = dockerignore_rules()[0]
+    assert exclude and pattern.match("anything/at/all"), "the file must start by excluding everything (`*`)"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "node_modules/azurite/package.json",
+        "tests/infra/conftest.py",
+        "infra/hosting.py",
+        "stacks/Pulumi.dev.yaml",
+        "docs/deploy.md",
+        "relay/__pycache__/app.cpython-312.pyc",
+        ".rt/var/log",
+    ],
+)
+def test_build_context_leaves_out_what_the_image_does_not_need(path: str) -> None:
+    # pulumi-docker-build hashes every file it sends: any of these would rebuild the image (and roll
+    # a new revision) on every commit, or on every CI run that creates .venv.
+    assert DOCKERIGNORE.is_file(), "relay/Dockerfile.dockerignore is missing: the whole repository is the build context"
+    assert not sent_to_docker(path), f"{path} is sent to Docker"
+
+
+def test_build_context_carries_every_copy_source() -> None:
+    copied = [
+        source
+        for keyword, args in instructions()
+        if keyword == "COPY" and "--from" not in args
+        for source in args.split()[:-1]
+    ]
+    relay_files = [
+        str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "relay").rglob("*.py") if "__pycache__" not in p.parts
+    ]
+    for path in [*copied, *relay_files]:
+        assert sent_to_docker(path), f"{path} is copied by relay/Dockerfile but left out of its build context"

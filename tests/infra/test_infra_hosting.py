@@ -4,7 +4,6 @@ Container Apps), for every example stack, from the mock run."""
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,15 @@ from infra import config, hosting, relay_config
 from infra.identity import AZURE_MONITOR_APP_ID
 from infra.plan import PROGRAM_DIR, REPO_ROOT, Declared, Plan
 from tests.infra.harness import (
+    INGRESS_RANGES,
     PREBUILT_IMAGE,
+    REGISTRY_PASSWORD_SECRET,
+    REGISTRY_USER,
     SOVEREIGN_OPENID_URL,
+    VNET_PREFIX,
+    run_stack,
     stack_config,
     stack_value,
-    stand_in_secret,
 )
 
 CONTAINER_APP = "azure-native:app:ContainerApp"
@@ -34,6 +37,15 @@ IMAGE = "docker-build:index:Image"
 WORKSPACE = "azure-native:operationalinsights:Workspace"
 ENVIRONMENT = "azure-native:app:ManagedEnvironment"
 RESOURCE_GROUP = "azure-native:resources:ResourceGroup"
+LIFECYCLE = "azure-native:storage:ManagementPolicy"
+RANDOM_STRING = "random:index/randomString:RandomString"
+SLEEP = "time:index/sleep:Sleep"
+VNET = "azure-native:network:VirtualNetwork"
+SUBNET = "azure-native:network:Subnet"
+PRIVATE_ENDPOINT = "azure-native:network:PrivateEndpoint"
+DNS_ZONE = "azure-native:privatedns:PrivateZone"
+DNS_LINK = "azure-native:privatedns:VirtualNetworkLink"
+DNS_ZONE_GROUP = "azure-native:network:PrivateDnsZoneGroup"
 
 
 def parsed(stack: str) -> config.StackConfig:
@@ -65,8 +77,13 @@ def test_everything_lives_in_the_stacks_resource_group_and_region(stack_plan: Pl
     assert group.inputs["resourceGroupName"] == cfg.names.resource_group
     assert group.inputs["location"] == cfg.azure.location
     for resource in stack_plan.resources:
-        # Role assignments live on the resource they grant; alert rules have their own locations.
-        if resource.type.startswith("azure-native:") and resource.type not in (RESOURCE_GROUP, ROLE_ASSIGNMENT):
+        # Role assignments and diagnostic settings live on the resource they are about; alert rules
+        # have their own locations.
+        scoped = (RESOURCE_GROUP, ROLE_ASSIGNMENT, "azure-native:monitor:DiagnosticSetting")
+        if resource.type.startswith("azure-native:") and resource.type not in scoped:
+            if resource.type.startswith("azure-native:privatedns:"):  # private DNS zones are global
+                assert resource.inputs["location"] == "global", resource.name
+                continue
             assert resource.inputs["resourceGroupName"] == group.outputs["name"], f"{resource.name} is elsewhere"
             if "location" in resource.inputs and not resource.type.startswith("azure-native:monitor:"):
                 assert resource.inputs["location"] == cfg.azure.location, f"{resource.name} is in another region"
@@ -76,10 +93,19 @@ def test_log_analytics_workspace_receives_the_container_apps_logs(stack_plan: Pl
     workspace = stack_plan.one(WORKSPACE)
     assert workspace.inputs["sku"] == {"name": "PerGB2018"}
     assert workspace.inputs["retentionInDays"] == parsed(stack).relay.log_retention_days
-    logs = stack_plan.one(ENVIRONMENT).inputs["appLogsConfiguration"]
-    assert logs["destination"] == "log-analytics"
-    assert logs["logAnalyticsConfiguration"]["customerId"] == workspace.outputs["customerId"]
-    assert "appLogsConfiguration" in stack_plan.one(ENVIRONMENT).secret_inputs, "the workspace key is not secret"
+    environment = stack_plan.one(ENVIRONMENT)
+    assert environment.inputs["appLogsConfiguration"] == {"destination": "azure-monitor"}
+    setting = stack_plan.one("azure-native:monitor:DiagnosticSetting")
+    assert setting.inputs["resourceUri"] == environment.id and setting.inputs["workspaceId"] == workspace.id
+    assert setting.inputs["logs"] == [{"categoryGroup": "allLogs", "enabled": True}]
+    assert setting.inputs["logAnalyticsDestinationType"] == "Dedicated"
+
+
+def test_state_holds_no_secret_and_a_preview_needs_only_reader(stack_plan: Plan) -> None:
+    # No workspace shared key, no registry password, no ITSM value: a preview decrypts nothing, and
+    # no invoke needs a right beyond Reader (getSharedKeys and listCredentials are POST actions).
+    assert [r.name for r in stack_plan.resources if r.secret_inputs] == []
+    assert [token for token, _ in stack_plan.calls] == [], stack_plan.calls
 
 
 def test_storage_holds_the_relays_queues_table_and_container(stack_plan: Plan, stack: str) -> None:
@@ -111,7 +137,7 @@ def test_storage_accepts_only_entra_tokens_over_tls(stack_plan: Plan) -> None:
     assert by_name(stack_plan, BLOB_CONTAINER, "containerName", "relay-payloads").inputs["publicAccess"] == "None"
 
 
-def test_key_vault_holds_each_itsm_secret_as_a_secret(stack_plan: Plan, stack: str) -> None:
+def test_key_vault_holds_one_placeholder_secret_per_itsm_secret(stack_plan: Plan, stack: str) -> None:
     cfg = parsed(stack)
     vault = stack_plan.one(VAULT)
     properties = vault.inputs["properties"]
@@ -120,21 +146,47 @@ def test_key_vault_holds_each_itsm_secret_as_a_secret(stack_plan: Plan, stack: s
     assert properties.get("enablePurgeProtection") == (True if cfg.key_vault.purge_protection else None)
     assert properties["softDeleteRetentionInDays"] == cfg.key_vault.soft_delete_retention_days
     secrets = {s.inputs["secretName"]: s for s in stack_plan.of_type(VAULT_SECRET)}
-    assert sorted(secrets) == sorted(hosting.secret_name(n) for n in cfg.itsm_secrets), "one Key Vault secret per env"
-    for name in cfg.itsm_secrets:
+    assert cfg.itsm_secret_envs, f"stacks/Pulumi.{stack}.yaml references no ITSM secret"
+    assert sorted(secrets) == sorted(hosting.secret_name(n) for n in cfg.itsm_secret_envs), "one secret per env"
+    for name in cfg.itsm_secret_envs:
         secret = secrets[hosting.secret_name(name)]
         assert secret.inputs["vaultName"] == vault.outputs["name"]
-        assert secret.inputs["properties"]["value"] == stand_in_secret(name)
-        assert "properties" in secret.secret_inputs, f"{name} would be stored in the state in clear"
+        # The stack writes a placeholder once and never compares or overwrites the value an operator
+        # sets: no ITSM secret value passes through Pulumi config, state or a preview.
+        assert secret.inputs["properties"]["value"] == hosting.PLACEHOLDER_SECRET_VALUE
+        assert secret.options.get("ignoreChanges") == ["properties.value"], secret.options
 
 
-def test_itsm_secret_values_appear_nowhere_but_in_key_vault(stack_plan: Plan, stack: str) -> None:
-    values = [stand_in_secret(name) for name in parsed(stack).itsm_secrets]
-    for resource in stack_plan.resources:
-        if resource.type != VAULT_SECRET:
-            text = json.dumps(resource.inputs)
-            assert not any(v in text for v in values), f"an ITSM secret value leaked into {resource.name}"
-    assert not any(v in json.dumps(stack_plan.outputs) for v in values), "an ITSM secret leaked into the outputs"
+def test_no_itsm_secret_is_part_of_the_stack_config(stack: str) -> None:
+    raw, secret_keys = stack_config(stack)
+    assert "secure-export:itsmSecrets" not in raw and not secret_keys, "secret values would reach the Pulumi state"
+
+
+def test_key_vault_name_ends_in_a_random_suffix_kept_in_the_state(stack_plan: Plan, stack: str) -> None:
+    # A destroyed vault stays soft-deleted under its name (90 days with purge protection), so a
+    # deterministic name would make destroy-and-redeploy fail; the random suffix lives in the state.
+    suffix = stack_plan.one(RANDOM_STRING)
+    assert suffix.inputs["length"] == 6 and suffix.inputs["special"] is False and suffix.inputs["upper"] is False
+    name = stack_plan.one(VAULT).inputs["vaultName"]
+    assert name == parsed(stack).names.key_vault_stem + suffix.outputs["result"], name
+    assert len(parsed(stack).names.key_vault_stem) + suffix.inputs["length"] <= 24, "Key Vault names stop at 24"
+
+
+def test_payload_blobs_expire_after_the_configured_retention(stack_plan: Plan, stack: str) -> None:
+    policy = stack_plan.one(LIFECYCLE)
+    assert policy.inputs["managementPolicyName"] == "default", "Azure accepts only the name 'default'"
+    assert policy.inputs["accountName"] == stack_plan.one(STORAGE_ACCOUNT).outputs["name"]
+    (rule,) = policy.inputs["policy"]["rules"]
+    assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+    assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": ["relay-payloads/"]}
+    delete = rule["definition"]["actions"]["baseBlob"]["delete"]
+    assert delete == {"daysAfterModificationGreaterThan": parsed(stack).payload_retention_days}
+
+
+def test_payload_retention_defaults_to_the_relays_dead_letter_retention_and_follows_config() -> None:
+    assert parsed("dev").payload_retention_days == config.PAYLOAD_RETENTION_DAYS == 90
+    raw, secret_keys = stack_config("dev", payloadRetentionDays=30)
+    assert config.parse(raw, stack="dev", secret_keys=secret_keys).payload_retention_days == 30
 
 
 def test_relay_identity_gets_one_least_privilege_role_per_resource(stack_plan: Plan, stack: str) -> None:
@@ -146,7 +198,7 @@ def test_relay_identity_gets_one_least_privilege_role_per_resource(stack_plan: P
         (hosting.STORAGE_TABLE_DATA_CONTRIBUTOR, stack_plan.one(TABLE).id),
         (hosting.STORAGE_BLOB_DATA_CONTRIBUTOR, stack_plan.one(BLOB_CONTAINER).id),
         (hosting.KEY_VAULT_SECRETS_USER, stack_plan.one(VAULT).id),
-        (hosting.ACR_PULL, stack_plan.one(REGISTRY).id),
+        (hosting.ACR_PULL, stack_plan.one(REGISTRY).id),  # the example stacks build the image
     }
     granted = set()
     for assignment in stack_plan.of_type(ROLE_ASSIGNMENT):
@@ -175,25 +227,64 @@ def test_image_is_built_from_relay_dockerfile_and_pushed_to_the_stacks_registry(
     assert (PROGRAM_DIR / image.inputs["dockerfile"]["location"]).resolve() == REPO_ROOT / "relay" / "Dockerfile"
     assert image.inputs["push"] is True and image.inputs["platforms"] == ["linux/amd64"]
     assert all(tag.startswith(f"{registry.outputs['loginServer']}/") for tag in image.inputs["tags"]), image.inputs
-    assert image.inputs["registries"][0]["address"] == registry.outputs["loginServer"]
-    assert "registries" in image.secret_inputs, "the registry password would be stored in clear"
     assert image.inputs["buildOnPreview"] is False, "previews would need Docker"
-    assert registry.inputs["adminUserEnabled"] is True, "pushing needs the registry's credentials"
     assert container(stack_plan)["image"] == image.outputs["ref"], "the app does not run the image just built"
 
 
-def test_prebuilt_image_from_config_replaces_the_build(run_variant_plan: Plan) -> None:
+def test_image_is_pushed_with_the_deploy_identity_never_an_admin_password(stack_plan: Plan) -> None:
+    # The admin user's password can push and would sit in the state (and in every preview's hands).
+    assert stack_plan.one(REGISTRY).inputs["adminUserEnabled"] is False
+    assert "registries" not in stack_plan.one(IMAGE).inputs, "the push would carry a registry password"
+    tokens = {token for token, _ in stack_plan.calls}
+    assert "azure-native:containerregistry:listRegistryCredentials" not in tokens, "admin credentials are read"
+
+
+def test_prebuilt_image_needs_no_registry_of_the_stacks_own(run_variant_plan: Plan) -> None:
     assert not run_variant_plan.of_type(IMAGE), "an image is built although config names a prebuilt one"
-    assert run_variant_plan.one(REGISTRY).inputs["adminUserEnabled"] is False, "admin credentials left enabled"
+    assert not run_variant_plan.of_type(REGISTRY), "a registry is created that nothing uses"
+    roles = {a.inputs["roleDefinitionId"].rsplit("/", 1)[1] for a in run_variant_plan.of_type(ROLE_ASSIGNMENT)}
+    assert hosting.ACR_PULL not in roles, "AcrPull is granted on a registry nothing pulls from"
     assert container(run_variant_plan)["image"] == PREBUILT_IMAGE
 
 
-def test_container_app_pulls_with_its_identity_not_a_password(stack_plan: Plan) -> None:
+def test_container_app_pulls_from_the_stacks_registry_with_its_identity(stack_plan: Plan) -> None:
     app = stack_plan.one(CONTAINER_APP).inputs
     identity = stack_plan.one(IDENTITY)
     assert app["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity.id]}
     (registry,) = app["configuration"]["registries"]
     assert registry == {"server": stack_plan.one(REGISTRY).outputs["loginServer"], "identity": identity.id}
+
+
+def test_prebuilt_image_is_pulled_from_its_own_registry_with_a_key_vault_password(run_variant_plan: Plan) -> None:
+    # Container Apps signs in only to a registry an entry names; any other pull is anonymous.
+    app = run_variant_plan.one(CONTAINER_APP).inputs
+    (registry,) = app["configuration"]["registries"]
+    assert registry == {"server": "ghcr.io", "username": REGISTRY_USER, "passwordSecretRef": REGISTRY_PASSWORD_SECRET}
+    secrets = {secret["name"]: secret for secret in app["configuration"]["secrets"]}
+    vault_secret = by_name(run_variant_plan, VAULT_SECRET, "secretName", REGISTRY_PASSWORD_SECRET)
+    assert vault_secret.inputs["properties"]["value"] == hosting.PLACEHOLDER_SECRET_VALUE
+    assert secrets[REGISTRY_PASSWORD_SECRET] == {
+        "name": REGISTRY_PASSWORD_SECRET,
+        "keyVaultUrl": vault_secret.outputs["properties"]["secretUri"],
+        "identity": run_variant_plan.one(IDENTITY).id,
+    }
+
+
+def test_prebuilt_image_without_a_user_name_is_pulled_with_the_relays_identity() -> None:
+    relay = {**stack_value("dev", "relay"), "image": "otherregistry.azurecr.io/relay:1.2.3"}
+    plan = run_stack("dev", relay=relay)
+    (registry,) = plan.one(CONTAINER_APP).inputs["configuration"]["registries"]
+    assert registry == {"server": "otherregistry.azurecr.io", "identity": plan.one(IDENTITY).id}
+
+
+def test_environment_uses_workload_profiles_and_the_app_the_consumption_profile(stack_plan: Plan) -> None:
+    environment = stack_plan.one(ENVIRONMENT).inputs
+    profiles = [(p["name"], p["workloadProfileType"]) for p in environment.get("workloadProfiles", [])]
+    assert profiles == [("Consumption", "Consumption")], (
+        "a Consumption-only (legacy) environment has no VNet, private endpoints or zones"
+    )
+    assert stack_plan.one(CONTAINER_APP).inputs["workloadProfileName"] == "Consumption" == config.WORKLOAD_PROFILE
+    assert "vnetConfiguration" not in environment, "the example stacks have no VNet"
 
 
 def test_container_app_runs_in_the_stacks_environment(stack_plan: Plan, stack: str) -> None:
@@ -209,6 +300,59 @@ def test_ingress_is_external_https_only_on_the_relay_port(stack_plan: Plan, stac
     assert ingress["targetPort"] == 8080 == int(env_value(stack_plan, "RELAY_PORT"))
     assert ingress["targetPort"] != parsed(stack).relay.metrics_port, "the metrics port is public"
     assert ingress["traffic"] == [{"latestRevision": True, "weight": 100}]
+    assert "ipSecurityRestrictions" not in ingress, "the example stacks accept any caller"
+
+
+def test_ingress_admits_only_the_configured_action_group_ranges(run_variant_plan: Plan) -> None:
+    ingress = run_variant_plan.one(CONTAINER_APP).inputs["configuration"]["ingress"]
+    rules = ingress["ipSecurityRestrictions"]
+    assert [rule["ipAddressRange"] for rule in rules] == INGRESS_RANGES
+    assert {rule["action"] for rule in rules} == {"Allow"}, "an Allow list denies every other address"
+    assert len({rule["name"] for rule in rules}) == len(rules), "rule names must be unique"
+
+
+def test_vnet_puts_the_environment_in_a_delegated_subnet_and_storage_and_vault_behind_endpoints(
+    run_variant_plan: Plan,
+) -> None:
+    plan = run_variant_plan
+    vnet = plan.one(VNET)
+    assert vnet.inputs["addressSpace"] == {"addressPrefixes": [VNET_PREFIX]}
+    subnets = {s.inputs["subnetName"]: s for s in plan.of_type(SUBNET)}
+    environment_subnet, endpoints_subnet = subnets["container-apps"], subnets["private-endpoints"]
+    assert (environment_subnet.inputs["addressPrefix"], endpoints_subnet.inputs["addressPrefix"]) == (
+        "10.42.0.0/25",
+        "10.42.0.128/25",
+    )
+    assert environment_subnet.inputs["delegations"] == [
+        {"name": "container-apps", "serviceName": "Microsoft.App/environments"}
+    ]
+    assert plan.one(ENVIRONMENT).inputs["vnetConfiguration"] == {
+        "infrastructureSubnetId": environment_subnet.id,
+        "internal": False,  # the webhook must stay reachable from Azure Monitor
+    }
+    endpoints = {e.inputs["privateLinkServiceConnections"][0]["groupIds"][0]: e for e in plan.of_type(PRIVATE_ENDPOINT)}
+    assert sorted(endpoints) == ["blob", "queue", "table", "vault"]
+    for group, endpoint in endpoints.items():
+        target = plan.one(VAULT) if group == "vault" else plan.one(STORAGE_ACCOUNT)
+        assert endpoint.inputs["privateLinkServiceConnections"][0]["privateLinkServiceId"] == target.id
+        assert endpoint.inputs["subnet"]["id"] == endpoints_subnet.id
+    zones = {z.inputs["privateZoneName"]: z for z in plan.of_type(DNS_ZONE)}
+    assert sorted(zones) == sorted(
+        f"privatelink.{zone}"
+        for zone in ("blob.core.windows.net", "queue.core.windows.net", "table.core.windows.net", "vaultcore.azure.net")
+    )
+    assert {link.inputs["virtualNetwork"]["id"] for link in plan.of_type(DNS_LINK)} == {vnet.id}
+    assert len(plan.of_type(DNS_LINK)) == len(plan.of_type(DNS_ZONE_GROUP)) == 4
+    assert plan.one(STORAGE_ACCOUNT).inputs["publicNetworkAccess"] == "Disabled"
+    assert plan.one(VAULT).inputs["properties"]["publicNetworkAccess"] == "Disabled"
+    app = plan.one(CONTAINER_APP)
+    waits = {r.urn for r in plan.of_type(DNS_ZONE_GROUP)} | {r.urn for r in plan.of_type(DNS_LINK)}
+    assert waits <= app.dependencies, "the first revision could start before it can resolve the endpoints"
+
+
+def test_without_a_vnet_storage_and_vault_keep_public_endpoints(stack_plan: Plan) -> None:
+    assert not stack_plan.of_type(VNET) and not stack_plan.of_type(PRIVATE_ENDPOINT)
+    assert "publicNetworkAccess" not in stack_plan.one(STORAGE_ACCOUNT).inputs
 
 
 def test_liveness_and_readiness_probe_the_relays_health_endpoints(stack_plan: Plan) -> None:
@@ -237,12 +381,11 @@ def test_cpu_and_memory_follow_config(stack_plan: Plan, stack: str) -> None:
 
 def test_container_sets_the_relays_environment_contract(stack_plan: Plan, stack: str) -> None:
     cfg = parsed(stack)
-    app = stack_plan.one("azuread:index/application:Application")
-    uri = stack_plan.one("azuread:index/applicationIdentifierUri:ApplicationIdentifierUri")
+    entra = stack_value(stack, "entra")
     assert env_value(stack_plan, "RELAY_TENANT_ID") == cfg.azure.tenant_id
     assert env_value(stack_plan, "RELAY_AUDIENCES").split(",") == [
-        uri.inputs["identifierUri"],
-        app.outputs["clientId"],
+        entra.get("identifierUri", f"api://{entra['clientId']}"),
+        entra["clientId"],
     ], "the relay must accept both v1 (Application ID URI) and v2 (client id) audiences"
     assert env_value(stack_plan, "RELAY_ALLOWED_APP_IDS") == AZURE_MONITOR_APP_ID
     assert env_value(stack_plan, "RELAY_REQUIRED_ROLE") == "ActionGroupsSecureWebhook"
@@ -280,7 +423,7 @@ def test_itsm_secrets_reach_the_relay_as_key_vault_references(stack_plan: Plan, 
     identity = stack_plan.one(IDENTITY)
     secrets = {secret["name"]: secret for secret in app["configuration"]["secrets"]}
     vault_secrets = {s.inputs["secretName"]: s for s in stack_plan.of_type(VAULT_SECRET)}
-    for name in cfg.itsm_secrets:
+    for name in cfg.itsm_secret_envs:
         variable = env(stack_plan)[name]
         assert set(variable) == {"name", "secretRef"}, f"{name} is set to a plain value"
         reference = secrets[variable["secretRef"]]
@@ -301,10 +444,13 @@ def test_replicas_get_longer_to_stop_than_the_relays_shutdown_grace(stack_plan: 
     )
 
 
-def test_container_app_starts_only_after_its_roles_are_granted(stack_plan: Plan) -> None:
+def test_container_app_starts_only_after_its_roles_are_granted_and_had_time_to_propagate(stack_plan: Plan) -> None:
     app = stack_plan.one(CONTAINER_APP)
-    missing = [a.name for a in stack_plan.of_type(ROLE_ASSIGNMENT) if a.urn not in app.dependencies]
-    assert not missing, f"the first revision could start without {missing}"
+    wait = stack_plan.one(SLEEP)
+    assert wait.urn in app.dependencies, "the first revision starts right after its grants"
+    assert wait.inputs["createDuration"] == hosting.RBAC_PROPAGATION_WAIT == "120s"
+    missing = [a.name for a in stack_plan.of_type(ROLE_ASSIGNMENT) if a.urn not in wait.dependencies]
+    assert not missing, f"the wait could end before {missing} exists"
 
 
 def test_relay_dockerfile_named_by_the_program_exists() -> None:

@@ -51,14 +51,8 @@ def test_plan_json_is_sorted(dev_process: subprocess.CompletedProcess[str]) -> N
 
 
 def test_plan_is_identical_across_processes(dev_process: subprocess.CompletedProcess[str]) -> None:
-    in_process, _ = infra_plan.run_stack("dev")
+    in_process = infra_plan.run_stack("dev")
     assert in_process.to_json() == dev_process.stdout, "two runs of the same stack file printed different plans"
-
-
-def test_plan_names_the_itsm_secrets_still_to_set(dev_process: subprocess.CompletedProcess[str]) -> None:
-    assert "itsmSecrets.SNOW_PASSWORD is not set" in dev_process.stderr
-    assert "pulumi config set --stack dev --secret --path 'itsmSecrets.SNOW_PASSWORD'" in dev_process.stderr
-    assert '"value": "[secret]"' in dev_process.stdout
 
 
 def test_plan_shows_encrypted_stack_values_as_placeholders(
@@ -66,15 +60,14 @@ def test_plan_shows_encrypted_stack_values_as_placeholders(
 ) -> None:
     ciphertext = "v1:c2VjcmV0LWNpcGhlcnRleHQ="
     text = (infra_plan.STACKS_DIR / "Pulumi.dev.yaml").read_text()
-    text += f"  secure-export:itsmSecrets:\n    SNOW_PASSWORD:\n      secure: {ciphertext}\n"
+    text += f"  secure-export:tags:\n    owner:\n      secure: {ciphertext}\n"
     (tmp_path / "Pulumi.dev.yaml").write_text(text)
     monkeypatch.setattr(infra_plan, "STACKS_DIR", tmp_path)
     assert infra_plan.main(["dev"]) == 0
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     assert ciphertext not in out, "the plan printed the stack file's ciphertext"
-    assert "not set" not in err, f"a secret present in the stack file was reported missing: {err}"
-    secret = next(r for r in json.loads(out)["resources"] if r["type"] == "azure-native:keyvault:Secret")
-    assert secret["inputs"]["properties"]["value"] == "[secret]"
+    group = next(r for r in json.loads(out)["resources"] if r["type"] == "azure-native:resources:ResourceGroup")
+    assert group["inputs"]["tags"]["owner"] == "[secret]"
 
 
 def test_plan_reports_a_config_error_on_stderr_and_fails(

@@ -7,29 +7,28 @@ import pytest
 
 from infra import plan as infra_plan
 from infra.plan import Plan
-from tests.infra.harness import stack_config
+from tests.infra.harness import stack_config, stack_value
 
 COMPONENTS = {
-    "secure-export:entra:SecureWebhookIdentity": "secure-webhook",
     "secure-export:hosting:RelayHosting": "relay",
     "secure-export:monitoring:Alerting": "alerting",
 }
 
 
-def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqdn(stack_plan: Plan) -> None:
+def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqdn(stack_plan: Plan, stack: str) -> None:
     outputs = stack_plan.outputs
-    assert set(outputs) == {"webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn"}
-    app = stack_plan.one("azuread:index/application:Application")
+    assert set(outputs) == {
+        *("webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn", "keyVaultName")
+    }
+    entra = stack_value(stack, "entra")
     container_app = stack_plan.one("azure-native:app:ContainerApp")
     fqdn = container_app.outputs["configuration"]["ingress"]["fqdn"]
     assert outputs["relayFqdn"] == fqdn
     assert outputs["webhookUrl"] == f"https://{fqdn}/alerts"
-    assert outputs["applicationClientId"] == app.outputs["clientId"]
-    assert (
-        outputs["identifierUri"]
-        == stack_plan.one("azuread:index/applicationIdentifierUri:ApplicationIdentifierUri").inputs["identifierUri"]
-    )
+    assert outputs["applicationClientId"] == entra["clientId"]
+    assert outputs["identifierUri"] == entra.get("identifierUri", f"api://{entra['clientId']}")
     assert outputs["actionGroupId"] == stack_plan.one("azure-native:monitor:ActionGroup").id
+    assert outputs["keyVaultName"] == stack_plan.one("azure-native:keyvault:Vault").outputs["name"]
 
 
 def test_every_resource_but_the_resource_group_belongs_to_a_named_component(stack_plan: Plan) -> None:
@@ -43,12 +42,19 @@ def test_every_resource_but_the_resource_group_belongs_to_a_named_component(stac
         assert resource.name.startswith(f"{parent.name}-"), f"{resource.name} is not named from {parent.name}"
 
 
-def test_missing_itsm_secret_stops_the_program_before_any_resource_is_declared() -> None:
-    raw, secret_keys = stack_config("dev")
-    raw.pop(infra_plan.ITSM_SECRETS_KEY)
+def test_main_stack_declares_nothing_in_entra(stack_plan: Plan) -> None:
+    # The privileged Entra part is the bootstrap stack's (infra/bootstrap): the main stack's deploy
+    # identity then needs no Microsoft Graph rights at all.
+    entra = sorted({r.type for r in stack_plan.resources if r.type.startswith("azuread:")})
+    assert entra == [], f"the main stack declares {entra}"
+    assert not [token for token, _ in stack_plan.calls if token.startswith("azuread:")], stack_plan.calls
+
+
+def test_missing_entra_application_stops_the_program_before_any_resource_is_declared() -> None:
+    raw, secret_keys = stack_config("dev", entra=None)
     with pytest.raises(infra_plan.ProgramFailed) as caught:
         infra_plan.run("dev", raw, secret_keys)
-    assert "secure-export:itsmSecrets.SNOW_PASSWORD: is missing" in str(caught.value), str(caught.value)
+    assert "secure-export:entra: is required" in str(caught.value), str(caught.value)
     assert type(caught.value.cause).__name__ == "RunError", "a config error should end the run without a traceback"
     declared = [r.name for r in caught.value.plan.resources if r.custom]
     assert declared == [], f"resources were declared before config was validated: {declared}"

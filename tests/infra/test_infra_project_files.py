@@ -43,7 +43,28 @@ def test_example_stack_holds_placeholder_ids_and_no_clear_text_secret(stack: str
     cfg = stack_file(stack)
     for key in ("azure-native:tenantId", "azuread:tenantId", "azure-native:subscriptionId"):
         assert PLACEHOLDER_GUID.match(cfg[key]), f"{key} in Pulumi.{stack}.yaml is not a placeholder id"
-    secrets = cfg.get(f"{PROJECT}:itsmSecrets", {})
-    assert all(isinstance(v, dict) and set(v) == {"secure"} for v in secrets.values()), (
-        f"Pulumi.{stack}.yaml holds an ITSM secret in clear text"
-    )
+    assert f"{PROJECT}:itsmSecrets" not in cfg, f"Pulumi.{stack}.yaml holds ITSM secrets: they belong in Key Vault"
+
+
+def test_bootstrap_project_file_shares_the_venv_and_reads_stacks_bootstrap() -> None:
+    from infra.config.bootstrap import BOOTSTRAP_PROJECT
+    from infra.plan import BOOTSTRAP_DIR, BOOTSTRAP_STACKS_DIR
+
+    project = yaml.safe_load((BOOTSTRAP_DIR / "Pulumi.yaml").read_text())
+    assert project["name"] == BOOTSTRAP_PROJECT != PROJECT, "the bootstrap stack must be a project of its own"
+    assert project["runtime"]["name"] == "python"
+    assert (BOOTSTRAP_DIR / project["runtime"]["options"]["virtualenv"]).resolve() == REPO_ROOT / ".venv"
+    assert (BOOTSTRAP_DIR / project["main"]).is_file()
+    assert (BOOTSTRAP_DIR / project["stackConfigDir"]).resolve() == BOOTSTRAP_STACKS_DIR
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_bootstrap_stack_file_holds_placeholder_ids_in_known_namespaces(stack: str) -> None:
+    from infra.config.bootstrap import BOOTSTRAP_PROJECT
+    from infra.plan import BOOTSTRAP_STACKS_DIR
+
+    cfg = yaml.safe_load((BOOTSTRAP_STACKS_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert {key.split(":", 1)[0] for key in cfg} <= {BOOTSTRAP_PROJECT, "azuread"}
+    assert PLACEHOLDER_GUID.match(cfg["azuread:tenantId"])
+    assert all(PLACEHOLDER_GUID.match(owner) for owner in cfg[f"{BOOTSTRAP_PROJECT}:owners"])
+    assert cfg["azuread:tenantId"] == stack_file(stack)["azuread:tenantId"], "the two stacks name different tenants"

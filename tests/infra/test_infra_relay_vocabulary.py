@@ -21,6 +21,9 @@ def parse_with_target(name: str = "audit", **target: Any) -> config.StackConfig:
         "azure-native:location": "westeurope",
         "secure-export:targets": json.dumps({name: {"kind": "dry_run", **target}}),
         "secure-export:routes": json.dumps([{"target": name}]),
+        "secure-export:entra": json.dumps(
+            {"clientId": "44444444-4444-4444-4444-444444444444", "objectId": "55555555-5555-5555-5555-555555555555"}
+        ),
     }
     return config.parse(raw, stack="qa")
 

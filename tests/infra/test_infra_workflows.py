@@ -89,3 +89,57 @@ def test_merges_to_main_deploy_every_stack_dev_first() -> None:
     }
     assert sorted(deployed) == stack_names(), "a stack file is never deployed"
     assert deployed["prod"].get("needs") == "dev", "prod should deploy only after dev succeeded"
+
+
+def test_pulumi_cli_is_pinned_to_the_sdks_version() -> None:
+    import tomllib
+
+    pins = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["infra"]
+    sdk = next(pin.split("==", 1)[1] for pin in pins if pin.startswith("pulumi=="))
+    assert pulumi_action(workflow("pulumi.yml"))["with"].get("pulumi-version") == sdk, (
+        "the action installs the newest 3.x CLI (its default ^3), not the one the SDK is pinned to"
+    )
+
+
+def test_a_preview_and_an_up_of_one_stack_share_one_concurrency_group() -> None:
+    (job,) = workflow("pulumi.yml")["jobs"].values()
+    assert job["concurrency"]["group"] == "pulumi-${{ inputs.stack }}", "a preview and an up would race for the lock"
+    assert job["concurrency"]["cancel-in-progress"] is False, "a queued up must never cancel a running one"
+
+
+def test_previews_get_no_passphrase_and_deploys_push_without_an_admin_password() -> None:
+    (job,) = workflow("pulumi.yml")["jobs"].values()
+    assert job["env"]["PULUMI_CONFIG_PASSPHRASE"].startswith("${{ inputs.command == 'up' && "), job["env"]
+    steps = " ".join(str(s.get("run", "")) for s in job["steps"])
+    assert "docker-credential-acr-entra" in steps and "credHelpers" in steps
+    assert "listCredentials" not in (WORKFLOWS / "pulumi.yml").read_text()
+
+
+def test_acr_credential_helper_answers_docker_with_an_entra_token(tmp_path: Path) -> None:
+    # A stand-in `az` that records its arguments and prints a token, as `az acr login --expose-token
+    # --output tsv --query accessToken` does.
+    fake_az = tmp_path / "az"
+    fake_az.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/az-args"\necho acr-refresh-token-123\n')
+    fake_az.chmod(0o755)
+    helper = REPO_ROOT / ".github" / "docker-credential-acr-entra"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    got = subprocess.run(
+        [str(helper), "get"], input="crsecexpdev123.azurecr.io\n", env=env, capture_output=True, text=True, timeout=30
+    )
+    assert got.returncode == 0, got.stderr
+    import json
+
+    assert json.loads(got.stdout) == {
+        "ServerURL": "crsecexpdev123.azurecr.io",
+        "Username": "00000000-0000-0000-0000-000000000000",
+        "Secret": "acr-refresh-token-123",
+    }
+    assert (tmp_path / "az-args").read_text().split() == [
+        *("acr", "login", "--name", "crsecexpdev123", "--expose-token"),
+        *("--output", "tsv", "--query", "accessToken"),
+    ]
+    listed = subprocess.run([str(helper), "list"], env=env, capture_output=True, text=True, timeout=30)
+    assert listed.stdout.strip() == "{}"
+    stored = subprocess.run([str(helper), "store"], input="{}", env=env, capture_output=True, text=True, timeout=30)
+    assert stored.returncode == 0 and stored.stdout == "", "the helper stores nothing"
+    assert subprocess.run([str(helper)], env=env, capture_output=True, timeout=30).returncode == 2
