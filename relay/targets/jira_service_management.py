@@ -5,6 +5,9 @@ Cloud speaks REST v3 (descriptions and comments in Atlassian Document Format, se
 eventually consistent `/rest/api/3/search/jql`); Data Center speaks v2 (wiki markup, `/rest/api/2/search`).
 JQL has no exact match on text, so the search goes by a label derived from the correlation key
 (labels match with `=`) and each hit must also carry the key in the issue's entity property.
+It has no `read` nor `search` (labels cannot be searched by prefix): its steps make themselves
+idempotent instead, a resolve or reopen reads the status first and a comment already among the
+latest is not added again.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ idempotency, so a trigger sent twice is one PagerDuty alert and `find` answers N
 skipped (or, with a REST API token configured, added to the incident through the REST API); a
 re-fire after a resolve opens a new PagerDuty incident (reopen does not apply, and `relay
 check-config` refuses `on_refire: reopen` for this kind, see `unsupported_route_options`).
+It cannot be read, so it has no `read` nor `search`: a retried step is sent again and PagerDuty's
+deduplication by `dedup_key` makes it harmless (a repeated trigger joins the open alert, a repeated
+resolve is dropped); a lost store is not rebuilt from it.
 """
 
 from __future__ import annotations
