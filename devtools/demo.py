@@ -118,12 +118,15 @@ def episode_bodies() -> list[tuple[str, bytes]]:
     ]
 
 
+METRICS_URL = ""  # the demo relay's /metrics, on its own port (set when the relay starts)
+
+
 async def wait_delivered(http: aiohttp.ClientSession, base: str) -> float:
     """Wait (up to a minute) until the worker has drained the queue; returns what is still pending."""
     deadline = time.monotonic() + 60
     pending = -1.0
     while time.monotonic() < deadline:
-        async with http.get(f"{base}/metrics") as resp:
+        async with http.get(METRICS_URL) as resp:
             for line in (await resp.text()).splitlines():
                 if line.startswith("relay_pending_deliveries "):
                     pending = float(line.split()[-1])
@@ -219,12 +222,16 @@ def main() -> int:
     (WORKDIR / "relay.yaml").write_text(config)
     with issuer.serving_in_thread():
         port = free_port()
+        metrics_port = free_port()
+        global METRICS_URL
+        METRICS_URL = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             **os.environ,
             **issuer.relay_env(),
             "RELAY_STORE": f"sqlite:///{WORKDIR / 'relay.db'}",
             "RELAY_HOST": "127.0.0.1",
             "RELAY_PORT": str(port),
+            "RELAY_METRICS_PORT": str(metrics_port),
             "RELAY_LOG_LEVEL": "WARNING",
             "RELAY_CONFIG": str(WORKDIR / "relay.yaml"),
         }

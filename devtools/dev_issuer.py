@@ -57,7 +57,8 @@ class DevIssuer:
 
     @property
     def v2_issuer(self) -> str:
-        return f"https://login.microsoftonline.com/{self.tenant_id}/v2.0"
+        # While serving, the issuer is on its own host, as the relay requires of the metadata's issuer.
+        return f"{self.base_url or 'https://login.microsoftonline.com'}/{self.tenant_id}/v2.0"
 
     def jwks(self) -> dict[str, Any]:
         keys = []
@@ -128,6 +129,8 @@ class DevIssuer:
             "RELAY_TENANT_ID": self.tenant_id,
             "RELAY_AUDIENCES": f"{DEV_APP_ID_URI},{self.client_id}",
             "RELAY_OPENID_CONFIG_URL": self.metadata_url,
+            # Any free port for /metrics, so that relays of parallel tests and demos never collide on 9090.
+            "RELAY_METRICS_PORT": "0",
         }
 
     # -- serving ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pulumi_azure_native import resources
 
 from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
-from infra.hosting import RelayHosting, RelayHostingArgs
+from infra.hosting import RelayHosting, RelayHostingArgs, source_subscriptions
 
 cfg = config.load()  # validated before any resource is declared
 names = cfg.names
@@ -38,6 +38,8 @@ hosting = RelayHosting(
         relay_config_yaml=relay_config.render(cfg.targets, cfg.routes, cfg.delivery),
         itsm_secret_envs=cfg.itsm_secret_envs,
         audiences=[cfg.entra.identifier_uri, cfg.entra.client_id],
+        allowed_subscriptions=source_subscriptions(cfg.azure.subscription_id,
+                                                   [scope for rule in cfg.alerts for scope in rule.scopes]),
     ),
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,23 @@ class RelayHostingArgs:
     relay_config_yaml: str
     itsm_secret_envs: Sequence[str]  # env var names; each a Key Vault secret whose value an operator sets
     audiences: Sequence[pulumi.Input[str]]  # token audiences: the Application ID URI and the client id
+    # RELAY_ALLOWED_SUBSCRIPTIONS: where the stack's alerts come from (`source_subscriptions`); the stack's
+    # own subscription when empty.
+    allowed_subscriptions: Sequence[str] = ()
+
+
+_SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
+
+
+def source_subscriptions(subscription_id: str, scopes: Sequence[str]) -> tuple[str, ...]:
+    """The subscriptions alerts may come from: the stack's (it holds the action group) and every one an
+    alert rule's scopes name, lower-case, in first-seen order."""
+    found = [subscription_id.lower()]
+    for scope in scopes:
+        m = _SUBSCRIPTION.match(scope)
+        if m and m.group(1).lower() not in found:
+            found.append(m.group(1).lower())
+    return tuple(found)
 
 
 class RelayHosting(pulumi.ComponentResource):
@@ -511,6 +529,13 @@ class RelayHosting(pulumi.ComponentResource):
             "RELAY_HOST": "0.0.0.0",
             "RELAY_PORT": str(RELAY_PORT),
             "RELAY_METRICS_PORT": str(relay.metrics_port),  # not behind the ingress
+            # The relay binds /metrics to 127.0.0.1 by default; in the container, its own interface, so
+            # that the environment's scraper reaches it (the ingress only ever targets RELAY_PORT).
+            "RELAY_METRICS_HOST": "0.0.0.0",
+            # Any action group in the tenant can get a valid token: take only the stack's own sources.
+            "RELAY_ALLOWED_SUBSCRIPTIONS": ",".join(
+                args.allowed_subscriptions or source_subscriptions(args.azure.subscription_id, ())
+            ),
             "RELAY_CONFIG": f"{CONFIG_DIR}/{CONFIG_FILE}",
             CONFIG_DIGEST_ENV: hashlib.sha256(args.relay_config_yaml.encode()).hexdigest(),
         }

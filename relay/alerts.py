@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -206,7 +207,38 @@ def parse_alert(doc: Any) -> Alert:
     return Alert(essentials=essentials, context=context, custom_properties=custom, raw=doc)
 
 
-_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
+_ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
+# How far ahead of the relay's clock a firedDateTime or resolvedDateTime may lie (clocks drift; an event
+# from next year would silence its ticket key until then). Other times, such as a planned-maintenance
+# notice's impact window, may lie further ahead and are not checked.
+MAX_FUTURE = timedelta(days=1)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as the common schema writes it, as an aware UTC datetime; ValueError when it is not
+    one, or names an impossible date (month 13, 30 February) or offset (+99:99)."""
+    m = _ISO_TIME.match(text)
+    if not m:
+        raise ValueError("not an ISO 8601 time")
+    whole, frac, tz = m.groups()
+    offset = "+00:00" if tz in (None, "Z") else (tz if ":" in tz else f"{tz[:3]}:{tz[3:]}")
+    hours, minutes = int(offset[1:3]), int(offset[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"offset {tz} is not a UTC offset")
+    micro = (frac or ".0")[1:7].ljust(6, "0")
+    try:
+        return datetime.fromisoformat(f"{whole}.{micro}{offset}").astimezone(UTC)
+    except OverflowError:  # year 1 less an offset, year 9999 plus one
+        raise ValueError("the time lies outside the years 1 to 9999 in UTC") from None
+
+
+def check_times(alert: Alert, now: datetime) -> None:
+    """Refuse (SchemaError) a firedDateTime or resolvedDateTime more than MAX_FUTURE after `now`."""
+    p = "data.essentials"
+    e = alert.essentials
+    for key, value in (("firedDateTime", e.fired_at), ("resolvedDateTime", e.resolved_at)):
+        if value is not None and parse_time(value) > now + MAX_FUTURE:
+            raise SchemaError(f"{p}.{key}", f"lies more than a day in the future ({value[:40]!r})")
 
 
 def _parse_essentials(e: dict[str, Any]) -> Essentials:
@@ -379,8 +411,11 @@ def _str(e: dict[str, Any], key: str, path: str, required: bool = False) -> Any:
 
 def _time(e: dict[str, Any], key: str, path: str, required: bool = False) -> Any:
     value = _str(e, key, path, required)
-    if value is not None and not _ISO_TIME.match(value):
-        raise SchemaError(f"{path}.{key}", f"must be an ISO 8601 UTC time (got {value[:40]!r})")
+    if value is not None:
+        try:
+            parse_time(value)
+        except ValueError as exc:
+            raise SchemaError(f"{path}.{key}", f"must be an ISO 8601 UTC time (got {value[:40]!r}: {exc})") from None
     return value
 
 
@@ -405,6 +440,21 @@ def _text(value: Any) -> str | None:
 def configuration_items(alert: Alert) -> tuple[str, ...]:
     """`configurationItems`, falling back to `alertTargetIDs` (ARM ids)."""
     return alert.essentials.configuration_items or alert.essentials.target_ids
+
+
+def bind_configuration_items(cis: tuple[str, ...], limit: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(bound, rest): the first `limit` distinct CIs (case-insensitive) are bound to tickets, the rest
+    only listed, so that one alert naming thousands of CIs cannot open thousands of incidents or CMDB
+    records (and make them again on every retry)."""
+    if limit < 1:
+        raise ValueError(f"the configuration item limit must be at least 1 (got {limit})")
+    seen: set[str] = set()
+    distinct = []
+    for ci in cis:
+        if ci.lower() not in seen:
+            seen.add(ci.lower())
+            distinct.append(ci)
+    return tuple(distinct[:limit]), tuple(distinct[limit:])
 
 
 _SUBSCRIPTION = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)

@@ -21,10 +21,22 @@ from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
 from relay.delivery.worker import Worker
-from relay.intake import MAX_BODY_BYTES, METRICS_KEY, ON_ACCEPT_KEY, STORE_KEY, VALIDATOR_KEY, post_alert
+from relay.intake import (
+    MAX_BODY_BYTES,
+    METRICS_KEY,
+    ON_ACCEPT_KEY,
+    SOURCE_POLICY_KEY,
+    STORE_KEY,
+    VALIDATOR_KEY,
+    SourcePolicy,
+    expect_continue,
+    post_alert,
+)
 from relay.intake.metrics import IntakeMetrics
 from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
+from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
+from relay.logs import install_request_filter
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
@@ -38,11 +50,20 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 # Container Apps' default 30 s termination grace period), so neither cuts the other short.
 SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
+METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
 KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
+# Instead of aiohttp's "Python/3.x aiohttp/3.y": versions help an attacker pick an exploit.
+SERVER_HEADER = "secure-export-relay"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
+
+
 # Retention's first pass comes a minute after start (not at start: a restart loop must not turn
 # into a deletion loop, and start-up stays quick), then every `retention.interval_minutes`.
 RETENTION_FIRST_PASS_SECONDS = 60.0
@@ -123,12 +144,18 @@ def create_app(
     app[VALIDATOR_KEY] = TokenValidator(settings, keys)
     app[METRICS_KEY] = metrics
     app[ON_ACCEPT_KEY] = []
+    app[SOURCE_POLICY_KEY] = SourcePolicy(settings.allowed_subscriptions, settings.allowed_alert_rules)
+    app.on_response_prepare.append(_server_header)
+    install_request_filter()
+    if app[SOURCE_POLICY_KEY].open:
+        async def warn_open_sources(app: web.Application) -> None:  # after the store opened, like the start line
+            log.warning("RELAY_ALLOWED_SUBSCRIPTIONS is not set: alerts from any action group in the tenant are taken")
 
-    app.router.add_post("/alerts", post_alert)
+        app.on_startup.append(warn_open_sources)
+
+    app.router.add_post("/alerts", post_alert, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    if settings.metrics_port is None:
-        app.router.add_get("/metrics", metrics_handler)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
@@ -146,8 +173,8 @@ def create_app(
     app.cleanup_ctx.append(keys_ctx)
     if deliver:  # after the store opens, so the worker stops before the store closes
         _add_delivery(app, store, settings.config_path, metrics.registry)
-    if settings.metrics_port is not None:
-        app.cleanup_ctx.append(_metrics_site(settings, app))
+    app[METRICS_ADDRESS_KEY] = []
+    app.cleanup_ctx.append(_metrics_site(settings, app))
     return app
 
 
@@ -230,8 +257,14 @@ def _retention_ctx(store: Store, settings: RetentionSettings, registry: Collecto
     return ctx
 
 
+def metrics_url(app: web.Application) -> str:
+    """Where the running app serves /metrics (with RELAY_METRICS_PORT=0, the port it was given)."""
+    host, port = app[METRICS_ADDRESS_KEY][0]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+
+
 def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no-untyped-def]
-    """/metrics on its own port, so that a public ingress need not expose it."""
+    """/metrics on its own port and bind address (127.0.0.1 by default), never on the public listener."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         side = web.Application()
@@ -240,7 +273,9 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
         side.router.add_get("/metrics", metrics_handler)
         runner = web.AppRunner(side, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+        await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+        main[METRICS_ADDRESS_KEY][:] = [tuple(a[:2]) for a in runner.addresses]
+        log.info("metrics on %s", metrics_url(main))
         yield
         await runner.cleanup()
 
@@ -259,23 +294,52 @@ def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
 def run(settings: Settings) -> None:
     """Serve until stopped. Raises StoreInUse when another relay owns the store (the CLI says so in one line)."""
     app = create_app(settings, deliver=True)
+    cap = connection_cap(raise_open_files_limit())
     loop, loop_name = event_loop()
 
     async def announce(app: web.Application) -> None:  # after the store opened: a refused start says nothing else
-        log.info("relay listening on %s:%d with %s, event loop %s", settings.host, settings.port,
-                 describe(settings), loop_name)
+        log.info("relay listening on %s:%d (at most %d connections) with %s, event loop %s", settings.host,
+                 settings.port, cap, describe(settings), loop_name)
 
     app.on_startup.append(announce)
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
-        access_log_format='%a "%r" %s %b %Tfs',
-        print=None,
-    )
+    main = loop.create_task(_serve(app, runner_options(app), settings.host, settings.port, cap))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass  # SIGTERM or SIGINT: cancelling the serving task runs the runner's cleanup below
+    finally:
+        main.cancel()
+        try:
+            loop.run_until_complete(main)
+        except (asyncio.CancelledError, web.GracefulExit):
+            pass
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def runner_options(app: web.Application) -> dict[str, object]:
+    """How `relay serve` runs aiohttp: shutdown waits as long as the delivery grace; keep-alive (also the
+    only bound on how long request headers may take) is explicit."""
+    return {
+        "handle_signals": True,
+        "shutdown_timeout": app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
+        "keepalive_timeout": KEEPALIVE_TIMEOUT_SECONDS,
+        "access_log_format": '%a "%r" %s %b %Tfs',
+    }
+
+
+async def _serve(app: web.Application, options: dict[str, object], host: str, port: int,
+                 max_connections: int) -> None:
+    """What web.run_app does, with the capped site (issue 12: no connection cap let the relay run out of
+    file descriptors) and the rate-limited accept-error log."""
+    asyncio.get_running_loop().set_exception_handler(accept_error_handler())
+    runner = web.AppRunner(app, **options)  # type: ignore[arg-type]
+    await runner.setup()
+    try:
+        await CappedTCPSite(runner, host, port, max_connections=max_connections).start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels this task
+    finally:
+        await runner.cleanup()
 
 
 def describe(settings: Settings) -> str:
@@ -286,6 +350,8 @@ def describe(settings: Settings) -> str:
         "allowed_app_ids": list(settings.allowed_app_ids),
         "required_role": settings.required_role,
         "metadata_url": settings.metadata_url,
+        "metrics": f"{settings.metrics_host}:{settings.metrics_port}",
+        "allowed_subscriptions": list(settings.allowed_subscriptions) or "any",
         # Only the scheme: a connection string holds an account key and must never reach a log.
         "store": settings.store_url.split("://")[0]
         if settings.store_url.startswith((SQLITE_URL_PREFIX, AZURE_STORAGE_ACCOUNT_PREFIX))

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from relay.logs import configure as configure_logging
 from relay.settings import Settings, SettingsError
 
 
@@ -26,10 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("RELAY_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
     # The Azure SDK logs every request's URL and headers at INFO: thousands of lines an hour at the
     # relay's default level (with the Azure Storage store). Its warnings and errors still come through.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)

@@ -128,6 +128,9 @@ DELIVERY: dict[str, Bound] = {
     # Under Container Apps' default 30 s termination grace period (the stack adds its margin to it).
     "shutdown_grace_seconds": Bound(0.001, 86400, 20.0),
     "poll_seconds": Bound(0.001, 86400, 1.0),
+    # Configuration items bound per alert (issue 12: one alert with 3,000 CIs opened 3,000 incidents); the
+    # rest are listed in the incident's description.
+    "max_configuration_items": Bound(1, 1000, 20, whole=True),
 }
 
 # The `retention:` section of RELAY_CONFIG: how long the store keeps what delivery no longer needs

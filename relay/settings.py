@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from relay.schema import GUID, STORE_URL_PREFIXES
 
@@ -13,6 +15,40 @@ AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 # The app role Microsoft's script creates and assigns to that app.
 DEFAULT_ROLE = "ActionGroupsSecureWebhook"
 DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+# /metrics names token-failure reasons and targets: never on the public listener, by default loopback only
+# (the stack sets RELAY_METRICS_HOST to the container's interface so its scraper reaches it).
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_METRICS_HOST = "127.0.0.1"
+
+
+def fetch_url_problem(url: str) -> str | None:
+    """Why `url` may not be fetched for keys or metadata, or None: https with a host, or plain http only
+    to a loopback host (parsed, never a prefix compare: http://localhost.attacker.example/ is not
+    loopback), and never userinfo (http://localhost@host/ names `host`)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return "it is not a valid URL"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "it holds userinfo (user@ or user:password@): name the host alone"
+    if not host:
+        return "it names no host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http":
+        return None if is_loopback_host(host) else "plain http is allowed only to a loopback host"
+    return f"scheme {parts.scheme!r} is not https"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 
@@ -30,8 +66,12 @@ class Settings:
     store_url: str = "sqlite:///./relay.db"
     host: str = "0.0.0.0"
     port: int = 8080
-    metrics_port: int | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0: any free port (tests); the app records the one bound
+    metrics_host: str = DEFAULT_METRICS_HOST
     config_path: str | None = None
+    # Issue 12 item 15: empty means any source (with a warning at start).
+    allowed_subscriptions: tuple[str, ...] = ()
+    allowed_alert_rules: tuple[str, ...] = ()
 
     @property
     def metadata_url(self) -> str:
@@ -49,16 +89,35 @@ class Settings:
                 raise SettingsError(f"RELAY_ALLOWED_APP_IDS must be comma-separated app GUIDs (got {app!r})")
         role = env.get("RELAY_REQUIRED_ROLE", "").strip() or DEFAULT_ROLE
         url = env.get("RELAY_OPENID_CONFIG_URL", "").strip() or DEFAULT_OPENID_CONFIG_URL
-        if not url.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+        problem = fetch_url_problem(url.replace("{tenant}", tenant))
+        if problem is not None:
             raise SettingsError(
-                f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback), got {url!r}"
+                f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback): {problem}"
             )
         store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
         if not store.startswith(STORE_URL_PREFIXES):
+            # Nothing of the value is shown: a connection string in the wrong form still holds an account key.
             raise SettingsError(
                 "RELAY_STORE must be sqlite:///path.db, azure-storage://<account> or an Azure Storage "
-                f"connection string (got {store.split(';')[0][:20]!r}...)"
+                "connection string starting with DefaultEndpointsProtocol= (the value given is not shown)"
             )
+        port = _port(env, "RELAY_PORT", 8080)
+        metrics_port = _port(env, "RELAY_METRICS_PORT", DEFAULT_METRICS_PORT, allow_zero=True)
+        if metrics_port == port:
+            raise SettingsError(f"RELAY_METRICS_PORT must differ from RELAY_PORT ({port}): /metrics is never public")
+        subscriptions = _list(env, "RELAY_ALLOWED_SUBSCRIPTIONS")
+        for sub in subscriptions:
+            if not GUID.match(sub):
+                raise SettingsError(
+                    f"RELAY_ALLOWED_SUBSCRIPTIONS must be comma-separated subscription GUIDs (got {sub[:40]!r})"
+                )
+        rules = _list(env, "RELAY_ALLOWED_ALERT_RULES")
+        for rule in rules:
+            if not rule.startswith(("/subscriptions/", "*")):
+                raise SettingsError(
+                    "RELAY_ALLOWED_ALERT_RULES must be comma-separated alert rule ids or glob patterns over them, "
+                    f"each starting with /subscriptions/ or * (got {rule[:60]!r})"
+                )
         return cls(
             tenant_id=tenant.lower(),
             audiences=audiences,
@@ -67,9 +126,12 @@ class Settings:
             openid_config_url=url,
             store_url=store,
             host=env.get("RELAY_HOST", "").strip() or "0.0.0.0",
-            port=_port(env, "RELAY_PORT", 8080),
-            metrics_port=_port(env, "RELAY_METRICS_PORT", None),
+            port=port,
+            metrics_port=metrics_port,
+            metrics_host=env.get("RELAY_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
             config_path=env.get("RELAY_CONFIG", "").strip() or None,
+            allowed_subscriptions=tuple(s.lower() for s in subscriptions),
+            allowed_alert_rules=rules,
         )
 
 
@@ -88,10 +150,11 @@ def _list(env: Mapping[str, str], name: str, required: bool = False) -> tuple[st
     return items
 
 
-def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+def _port(env: Mapping[str, str], name: str, default: int, allow_zero: bool = False) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SettingsError(f"{name} must be a port number from 1 to 65535 (got {raw!r})")
+    low = 0 if allow_zero else 1
+    if not raw.isdigit() or not low <= int(raw) < 65536:
+        raise SettingsError(f"{name} must be a port number from {low} to 65535 (got {raw[:10]!r})")
     return int(raw)

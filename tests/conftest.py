@@ -68,3 +68,12 @@ async def issuer() -> AsyncIterator[DevIssuer]:
     await iss.start()
     yield iss
     await iss.stop()
+
+
+async def scrape(client: Any) -> str:
+    """The text of a test client's app's /metrics, from the metrics listener (never the public port)."""
+    from relay.app import metrics_url
+
+    async with client.session.get(metrics_url(client.app)) as resp:
+        assert resp.status == 200, f"/metrics answered {resp.status}"
+        return await resp.text()

@@ -23,13 +23,19 @@ def free_port() -> int:
 class RelayProcess:
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(self.port)}
+        self.metrics_port = free_port()
+        self.env = {**os.environ, **env, "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(self.port),
+                    "RELAY_METRICS_PORT": str(self.metrics_port)}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 30) -> RelayProcess:
         log = self.log_path.open("a")

@@ -13,7 +13,7 @@ from relay.settings import Settings
 from relay.targets import Incident, Ticket, build_target
 from relay.targets.dry_run import DryRunTarget, from_config
 from relay.targets.target_config import TargetConfigError
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, scrape
 
 INCIDENT = Incident(correlation_key="abc-123", summary="[Sev1] cpu on vm-1", description="details",
                     severity="Sev1", fields={"impact": "1"}, configuration_items=("vm-1",), fired_at="t0")
@@ -92,7 +92,7 @@ async def test_relay_without_config_delivers_accepted_alerts_to_a_dry_run(tmp_pa
     # The worker counts the outcome once it is recorded in the store, just after the create is written.
     counted = 'relay_deliveries_total{outcome="create",target="dry_run"} 1.0'
     for _ in range(2000):
-        metrics = await (await client.get("/metrics")).text()
+        metrics = await scrape(client)
         if counted in metrics:
             break
         await asyncio.sleep(0.005)

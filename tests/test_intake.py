@@ -11,7 +11,7 @@ from relay.app import create_app
 from relay.intake import STORE_KEY
 from relay.settings import Settings
 from relay.store.sqlite import SqliteStore
-from tests.conftest import SAMPLES, full_sample_names, load_sample
+from tests.conftest import SAMPLES, full_sample_names, load_sample, scrape
 
 METRIC = "testaction-metric-static-fired.json"
 
@@ -86,7 +86,7 @@ async def test_bad_token_gets_401_with_bearer_challenge_and_no_detail(client, is
     assert await resp.json() == {"error": "invalid_token"}
     assert "bad_tenant" in caplog.text, "the precise reason belongs in the log"
     assert token not in caplog.text, "tokens must never be logged"
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client)
     assert 'relay_auth_failures_total{reason="bad_tenant"} 1.0' in metrics
 
 
@@ -233,7 +233,7 @@ async def test_metrics_report_outcomes_commit_latency_and_pending(client, issuer
     await post(client, body_of(METRIC), auth)
     await post(client, body_of(METRIC), auth)
     await post(client, b"{", auth)
-    text = await (await client.get("/metrics")).text()
+    text = await scrape(client)
     assert 'relay_alert_requests_total{outcome="accepted"} 1.0' in text
     assert 'relay_alert_requests_total{outcome="duplicate"} 1.0' in text
     assert 'relay_alert_requests_total{outcome="malformed_json"} 1.0' in text
@@ -249,6 +249,14 @@ async def test_metrics_port_moves_metrics_off_the_public_listener(aiohttp_client
     resp = await client.session.get(f"http://127.0.0.1:{unused_tcp_port}/metrics")
     assert resp.status == 200
     assert "relay_alert_requests" in await resp.text()
+
+
+def test_metrics_default_to_their_own_port_on_loopback(issuer):
+    env = {k: v for k, v in issuer.relay_env().items() if k != "RELAY_METRICS_PORT"}
+    settings = Settings.from_env(env)
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9090)
+    app = create_app(settings)
+    assert "/metrics" not in {r.resource.canonical for r in app.router.routes()}, "/metrics is on the public port"
 
 
 async def test_unknown_route_and_wrong_method_are_not_500(client):
@@ -270,6 +278,6 @@ async def test_every_bad_token_kind_gets_401_with_its_reason_logged_and_counted(
         assert f"refused token from 127.0.0.1: {reason}" in caplog.text, f"{label}: reason {reason} not logged"
         if header and " " in header and len(header) < 8000:
             assert header.split(" ", 1)[1] not in caplog.text, f"{label}: the token was logged"
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client)
     for reason in {r for _, r in cases.values()}:
         assert f'relay_auth_failures_total{{reason="{reason}"}}' in metrics, reason

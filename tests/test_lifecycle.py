@@ -184,9 +184,9 @@ def test_update_follows_on_repeat_nothing():
     assert actions == [Action.CREATE, Action.NOTHING]
 
 
-def test_only_create_and_new_open_incidents_and_only_record_nothing_and_adopt_skip_the_target():
+def test_only_create_and_new_open_incidents_and_only_record_nothing_adopt_and_refuse_skip_the_target():
     assert {a for a in Action if a.opens_incident} == {Action.CREATE, Action.NEW}
-    assert {a for a in Action if not a.calls_target} == {Action.NOTHING, Action.RECORD, Action.ADOPT}
+    assert {a for a in Action if not a.calls_target} == {Action.NOTHING, Action.RECORD, Action.ADOPT, Action.REFUSE}
 
 
 # -- facts from real payloads ----------------------------------------------------------------------

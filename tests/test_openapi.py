@@ -27,3 +27,8 @@ def test_every_status_the_intake_answers_is_documented():
     answered = {int(s) for s in re.findall(r"_json\(\s*(\d{3})", source)} | {202, 200, 503}
     documented = {int(s) for s in SPEC["paths"]["/alerts"]["post"]["responses"]}
     assert answered <= documented, f"undocumented statuses: {answered - documented}"
+
+
+def test_metrics_are_not_part_of_the_public_api():
+    assert "/metrics" not in SPEC["paths"], "/metrics is served on the metrics port, never the public one"
+    assert "RELAY_METRICS_PORT" in SPEC["info"]["description"]

@@ -15,6 +15,7 @@ from relay.delivery.routing import RetentionSettings
 from relay.settings import Settings
 from relay.store import Event, Expired, Retention, StoreUnavailable, idempotency_key
 from relay.store.sqlite import SqliteStore
+from tests.conftest import scrape
 
 DAY = 86400.0
 BASE = """\
@@ -115,6 +116,6 @@ async def test_periodic_pass_survives_failures_logs_and_counts_what_it_deleted(t
 async def test_relay_serve_exports_the_expired_counter(issuer, tmp_path, aiohttp_client):
     settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}"})
     client = await aiohttp_client(create_app(settings, deliver=True))
-    text = await (await client.get("/metrics")).text()
+    text = await scrape(client)
     for kind in ("events", "dead_letters", "tickets", "blobs"):
         assert f'relay_store_expired_total{{kind="{kind}"}} 0.0' in text

@@ -19,7 +19,8 @@ def test_defaults():
     assert s.allowed_app_ids == (AZURE_MONITOR_APP_ID,)
     assert s.required_role == "ActionGroupsSecureWebhook"
     assert s.store_url == "sqlite:///./relay.db"
-    assert (s.host, s.port, s.metrics_port) == ("0.0.0.0", 8080, None)
+    assert (s.host, s.port, s.metrics_host, s.metrics_port) == ("0.0.0.0", 8080, "127.0.0.1", 9090)
+    assert (s.allowed_subscriptions, s.allowed_alert_rules) == ((), ())
     assert s.metadata_url == f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration"
 
 

@@ -13,6 +13,10 @@ Two more pure pieces keep a crash or a lost store from doubling anything: the st
 `step_done` (a retried note, resolve or reopen whose earlier attempt may have landed), and
 `recovered_state` / `decide_recovered` (an event whose key the store holds no record of, decided from
 the tickets the target holds under the key).
+
+The key is the alert GUID (targets hold it), so the state also keeps each alert's full id: an event
+whose GUID matches but whose full id differs (another subscription reusing the GUID) is refused
+delivery and recorded in the state's `refused` list.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from relay.alerts import Alert, ServiceHealthContext, configuration_items, subscription_of
-from relay.schema import IncidentPer, OnRefire, OnRepeat, OnResolve
+from relay.alerts import Alert, ServiceHealthContext, bind_configuration_items, configuration_items, subscription_of
+from relay.schema import DELIVERY, IncidentPer, OnRefire, OnRepeat, OnResolve
 from relay.targets import FoundTicket, TicketView
 
 MAX_MARKS = 50  # alerts remembered per ticket key; the oldest resolved ones are forgotten first
+MAX_REFUSED = 20  # refused alert ids remembered per ticket key (the latest)
 # Service Health stages that only inform about an incident already handled (the post-incident review):
 # they add a note to the ticket and never open one.
 UPDATE_STAGES = frozenset({"rca"})
@@ -50,10 +55,11 @@ class Action(StrEnum):
     NOTHING = "nothing"  # already applied, or a repeat the route does not want noted
     RECORD = "record"  # remember the event; no call (it is out of order, or there is no ticket to move)
     ADOPT = "adopt"  # remember an open ticket the target holds and the store had no record of; no call
+    REFUSE = "refuse"  # the event's full alert id is not the one this ticket belongs to: no call, recorded
 
     @property
     def calls_target(self) -> bool:
-        return self not in (Action.NOTHING, Action.RECORD, Action.ADOPT)
+        return self not in (Action.NOTHING, Action.RECORD, Action.ADOPT, Action.REFUSE)
 
     @property
     def opens_incident(self) -> bool:
@@ -79,6 +85,7 @@ class EventFacts:
     kind: Kind
     fired_at: str  # identifies the firing episode
     occurred_at: str  # when this state happened
+    alert_id: str = ""  # the full alertId, lower-case ("" when the key is not the GUID alone: not checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,8 @@ class TicketState:
     generation: int = 0  # incidents opened under this key so far
     last_at: str = ""  # time of the latest event that changed the ticket
     alerts: Mapping[str, Mark] = field(default_factory=dict)
+    alert_ids: Mapping[str, str] = field(default_factory=dict)  # the full alertId of each alert in `alerts`
+    refused: tuple[str, ...] = ()  # "<time> <full alert id>" of events refused for a different full id
 
     def with_ticket(self, ticket_id: str, number: str | None) -> TicketState:
         return replace(self, ticket_id=ticket_id, ticket_number=number)
@@ -112,6 +121,8 @@ class TicketState:
             "generation": self.generation,
             "last_at": self.last_at,
             "alerts": {k: [m.fired_at, m.resolved, m.at] for k, m in self.alerts.items()},
+            **({"alert_ids": dict(self.alert_ids)} if self.alert_ids else {}),
+            **({"refused": list(self.refused)} if self.refused else {}),
         }
 
     @classmethod
@@ -123,6 +134,8 @@ class TicketState:
             generation=int(data.get("generation", 0)),
             last_at=str(data.get("last_at", "")),
             alerts={k: Mark(str(v[0]), bool(v[1]), str(v[2])) for k, v in (data.get("alerts") or {}).items()},
+            alert_ids={str(k): str(v) for k, v in (data.get("alert_ids") or {}).items()},
+            refused=tuple(str(r) for r in data.get("refused") or ()),
         )
 
 
@@ -136,6 +149,21 @@ class Decision:
 def decide(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
     """The lifecycle table. Every branch returns; none does I/O."""
     st = state or TicketState()
+    known = st.alert_ids.get(event.alert)
+    if event.alert_id and known is not None and known != event.alert_id:
+        refused = (*st.refused, f"{event.occurred_at} {event.alert_id}")[-MAX_REFUSED:]
+        return Decision(Action.REFUSE, "full alert id differs from the ticket's (same GUID, another source)",
+                        replace(st, refused=refused))
+    decision = _decide(event, st, policy)
+    if not event.alert_id:
+        return decision
+    # Remember the full id of every alert the state keeps a mark for (and only those).
+    kept = decision.state.alerts
+    ids = {k: v for k, v in {**decision.state.alert_ids, event.alert: event.alert_id}.items() if k in kept}
+    return replace(decision, state=replace(decision.state, alert_ids=ids))
+
+
+def _decide(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
     mark = st.alerts.get(event.alert)
 
     if mark is not None and event.fired_at < mark.fired_at:
@@ -243,6 +271,7 @@ class TicketKey:
 
     key: str
     configuration_items: tuple[str, ...]
+    unbound: tuple[str, ...] = ()  # CIs over the per-alert limit: listed in the description, bound to nothing
 
 
 def event_facts(alert: Alert) -> EventFacts:
@@ -255,31 +284,36 @@ def event_facts(alert: Alert) -> EventFacts:
         kind = Kind.UPDATE
     else:
         kind = Kind.FIRED
+    thread = _thread(alert)
     return EventFacts(
-        alert=_thread(alert) or alert.correlation_key.lower(),
+        alert=thread or alert.correlation_key.lower(),
         kind=kind,
         fired_at=instant(alert.essentials.fired_at),
         occurred_at=instant(alert.occurred_at),
+        # A Service Health thread's notifications are alerts of their own ids: their key is not a GUID.
+        alert_id="" if thread else alert.essentials.alert_id.rstrip("/").lower(),
     )
 
 
-def ticket_keys(alert: Alert, incident_per: IncidentPer) -> list[TicketKey]:
+def ticket_keys(alert: Alert, incident_per: IncidentPer,
+                max_configuration_items: int = int(DELIVERY["max_configuration_items"].default)) -> list[TicketKey]:
     """The ticket keys an alert maps to: one per alert (default) or one per (alert rule, CI).
 
     Per alert: the alert GUID, or `sh-<trackingId>-<subscription>` for Service Health, whose every
     notification (Active, updates, Resolved) is a new alert of one incident. Per CI (ITSMC parity):
-    `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident.
+    `ci-<hash of rule and CI>`, so alerts of one rule on one resource share an incident. At most
+    `max_configuration_items` CIs are bound; the rest ride along as `unbound`.
     """
-    cis = configuration_items(alert)
+    cis, rest = bind_configuration_items(configuration_items(alert), max_configuration_items)
     if incident_per == IncidentPer.CONFIGURATION_ITEM and cis:
         thread = _thread(alert) or (alert.essentials.alert_rule_id or alert.essentials.alert_rule or "").lower()
         if thread:
             keys = {}
             for ci in cis:
                 digest = hashlib.sha256(f"{thread}|{ci.lower()}".encode()).hexdigest()[:32]
-                keys.setdefault(f"ci-{digest}", TicketKey(f"ci-{digest}", (ci,)))
+                keys.setdefault(f"ci-{digest}", TicketKey(f"ci-{digest}", (ci,), rest))
             return list(keys.values())
-    return [TicketKey(_thread(alert) or _safe(alert.correlation_key.lower()), cis)]
+    return [TicketKey(_thread(alert) or _safe(alert.correlation_key.lower()), cis, rest)]
 
 
 def correlation_key(key: str, generation: int) -> str:

@@ -153,9 +153,12 @@ def render_incident(
     fields: Mapping[str, Any] | None = None,
     severity_fields: Mapping[str, Mapping[str, Any]] | None = None,
     body: bytes = b"",
+    unbound_configuration_items: tuple[str, ...] = (),
     previous_ticket: str | None = None,
 ) -> Incident:
     """The incident a target should hold for this alert (or one CI of it), cut to the target's limits.
+
+    `unbound_configuration_items` (over the per-alert limit) are listed at the end of the description.
 
     `severity_fields` overrides the target's own `severity_fields` (the target block's `severity:`).
     `previous_ticket`: the number of the resolved ticket this one follows (a re-fire, `on_refire: new`).
@@ -186,6 +189,9 @@ def render_incident(
     if problems:
         log.warning("alert %s: %s", alert.correlation_key, "; ".join(problems))
         description_text = "\n".join(problems) + "\n\n" + description_text
+    if unbound_configuration_items:
+        description_text += (f"\nConfiguration items not bound to a ticket (over the per-alert limit): "
+                             f"{', '.join(unbound_configuration_items)}")
     return Incident(
         correlation_key=correlation_key,
         summary=truncate(" ".join(summary_text.split()) or "Azure Monitor alert", limits.summary),

@@ -79,6 +79,7 @@ class DeliverySettings:
     record_retry_seconds: float = DELIVERY["record_retry_seconds"].default
     shutdown_grace_seconds: float = DELIVERY["shutdown_grace_seconds"].default
     poll_seconds: float = DELIVERY["poll_seconds"].default
+    max_configuration_items: int = int(DELIVERY["max_configuration_items"].default)
     # None: derived per target (`adopt_after`); bounds in relay.schema.DELIVERY_DERIVED.
     adopt_after_seconds: float | None = None
 

@@ -402,7 +402,7 @@ class Worker:
                         await self._forward(target, alert, event)  # type: ignore[arg-type]
                     else:
                         facts = event_facts(alert)
-                        for key in ticket_keys(alert, route.incident_per):
+                        for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
                             await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
         except CircuitOpen as exc:
@@ -471,6 +471,8 @@ class Worker:
             decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
+        if action is Action.REFUSE:  # issue 12: another source's alert with this GUID; recorded in the state
+            log.warning("%s: refused %s for ticket key %s: %s", target.name, facts.alert_id, key.key, decision.reason)
         if not action.calls_target:
             return await self._record_only(target, key, decision, state, data, version, closed, record is None)
 
@@ -522,6 +524,7 @@ class Worker:
             target=target,
             correlation_key=correlation_key(key.key, decision.state.generation),
             configuration_items=key.configuration_items,
+            unbound_configuration_items=key.unbound,
             summary=route.summary,
             description=route.description,
             fields=route.fields,

@@ -9,9 +9,13 @@ from relay.intake.handler import (
     MAX_BODY_BYTES,
     METRICS_KEY,
     ON_ACCEPT_KEY,
+    SOURCE_POLICY_KEY,
     STORE_KEY,
     VALIDATOR_KEY,
+    expect_continue,
     post_alert,
 )
+from relay.intake.sources import SourcePolicy
 
-__all__ = ["MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "STORE_KEY", "VALIDATOR_KEY", "post_alert"]
+__all__ = ["MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "SOURCE_POLICY_KEY", "STORE_KEY", "VALIDATOR_KEY",
+           "SourcePolicy", "expect_continue", "post_alert"]

@@ -1,8 +1,12 @@
 """POST /alerts: check the token, then read, parse and durably commit the alert.
 
 Status contract: 202 committed; 200 seen before; 401 any token failure (reason only in the log and
-the metric); 400 malformed JSON; 415 not JSON; 413 over 256 KiB (reading stops); 422 JSON that is
-not the common schema; 503 when the store cannot commit, so that Azure retries. Never a 500.
+the metric; the connection closes, the body is never read, and `Expect: 100-continue` gets the 401
+instead of the 100); 400 malformed JSON (not UTF-8, NaN/Infinity, a key twice in one object, a lone
+surrogate); 415 not JSON or a charset other than utf-8; 413 over 256 KiB (reading stops); 422 JSON
+that is not the common schema, or a fired/resolved time that is impossible or more than a day ahead;
+403 an alert from a source outside RELAY_ALLOWED_SUBSCRIPTIONS / RELAY_ALLOWED_ALERT_RULES (not
+stored); 503 when the store cannot commit, so that Azure retries. Never a 500.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import json
 import logging
 import re
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
-from relay.alerts import SchemaError, parse_alert
+from relay.alerts import SchemaError, check_times, parse_alert, subscription_of
 from relay.intake.metrics import IntakeMetrics
+from relay.intake.sources import SourcePolicy, source_refusal
 from relay.intake.tokens import TokenRejected, TokenValidator
 from relay.store.base import Event, Store, StoreUnavailable
 
@@ -29,12 +36,43 @@ RETRY_AFTER_SECONDS = "5"
 STORE_KEY = web.AppKey("store", Store)
 VALIDATOR_KEY = web.AppKey("validator", TokenValidator)
 METRICS_KEY = web.AppKey("metrics", IntakeMetrics)
+SOURCE_POLICY_KEY = web.AppKey("source_policy", SourcePolicy)
 # Called after each newly committed event (the delivery worker looks at once instead of at its next poll).
 ON_ACCEPT_KEY = web.AppKey("on_accept", list)
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 # A \uD800-\uDFFF escape, or the UTF-8-style bytes of a surrogate (ED A0-BF): the only ways into a lone one.
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class _BadJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadJSON(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _BadJSON(f"key {twice[:40]!r} appears twice in one object: its meaning would be ambiguous")
+    return doc
+
+
+def decode_json(body: bytes) -> Any:
+    """The document in `body`: UTF-8 only (RFC 8259 §8.1; a leading BOM is ignored), no NaN/Infinity,
+    no key twice in one object. ValueError (or RecursionError when nested too deep) otherwise."""
+    if body.startswith(_UTF8_BOM):
+        body = body[len(_UTF8_BOM):]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadJSON(f"the body is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
@@ -53,14 +91,16 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
     try:
         caller = await app[VALIDATOR_KEY].validate(request.headers.get("Authorization"))
     except TokenRejected as exc:
-        metrics.auth_failures.labels(exc.reason).inc()
-        log.warning("refused token from %s: %s", request.remote, exc)
-        resp = _json(401, {"error": "invalid_token"}, _UNAUTHORIZED_HEADERS)
-        return done("unauthorized", resp)
+        return done("unauthorized", await _refuse_token(request, exc))
 
     if request.content_type != "application/json":
         return done("unsupported_media_type", _closing(_json(
             415, {"error": "unsupported media type", "detail": "send Content-Type: application/json"}
+        )))
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        return done("unsupported_media_type", _closing(_json(
+            415, {"error": "unsupported charset", "detail": f"{charset[:20]} is not accepted: send UTF-8"}
         )))
     encoding = request.headers.get("Content-Encoding", "identity").lower()
     if encoding != "identity":
@@ -77,9 +117,11 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
     if body is None:
         return done("too_large", _too_large())
 
+    if body.startswith(_UTF8_BOM):
+        body = body[len(_UTF8_BOM):]
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError; RecursionError: nested too deep
+        doc = decode_json(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         return done("malformed_json", _json(400, {"error": "malformed JSON", "detail": str(exc)[:200]}))
     if _lone_surrogate(body, doc):
         return done("malformed_json", _json(400, {
@@ -87,10 +129,18 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
         }))
     try:
         alert = parse_alert(doc)
+        check_times(alert, datetime.now(UTC))
     except SchemaError as exc:
         return done("invalid_schema", _json(422, {
             "error": "not a common alert schema payload", "field": exc.field, "detail": exc.message,
         }))
+
+    refusal = source_refusal(alert, app[SOURCE_POLICY_KEY])
+    if refusal is not None:
+        log.warning("refused alert %s from subscription %s, rule %s: %s", alert.correlation_key,
+                    subscription_of(alert), alert.essentials.alert_rule_id or alert.essentials.alert_rule, refusal)
+        return done("forbidden_source", _json(403, {"error": "forbidden source",
+                                                    "detail": "this relay does not take alerts from this source"}))
 
     event = Event.from_alert(alert, body)
     started = time.perf_counter()
@@ -111,6 +161,38 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
         )
         return done("accepted", _json(202, {"status": "accepted", "key": event.key}))
     return done("duplicate", _json(200, {"status": "duplicate", "key": event.key}))
+
+
+async def _refuse_token(request: web.Request, exc: TokenRejected) -> web.StreamResponse:
+    request.app[METRICS_KEY].auth_failures.labels(exc.reason).inc()
+    log.warning("refused token from %s: %s", request.remote, exc)
+    resp = _json(401, {"error": "invalid_token"}, _UNAUTHORIZED_HEADERS)
+    resp.force_close()
+    # Sent now, then the connection closes at once: an unauthenticated body is never read, not even to
+    # discard it (aiohttp would otherwise linger up to 10 s reading whatever the caller still sends).
+    await resp.prepare(request)
+    await resp.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()
+    return resp
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: the token is checked before the 100 goes out, so a refused caller never
+    sends its body. (The handler checks again; a verified token is then a cache hit.)"""
+    expect = request.headers.get("Expect", "")
+    if request.version != (1, 1):
+        return None
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:40]}")
+    try:
+        await request.app[VALIDATOR_KEY].validate(request.headers.get("Authorization"))
+    except TokenRejected as exc:
+        request.app[METRICS_KEY].requests.labels("unauthorized").inc()
+        return await _refuse_token(request, exc)
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own: the answer's body has not started
+    return None
 
 
 def _lone_surrogate(body: bytes, doc: object) -> bool:

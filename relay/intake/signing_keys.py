@@ -3,6 +3,9 @@
 Keys are refreshed every 12 hours. An unknown `kid` triggers at most one refetch per cooldown (5
 minutes), so forged kids cannot make us hammer Entra. A failed fetch keeps the last-known-good keys.
 All fetching is async on the relay's own session (`relay.http_client`); PyJWT's PyJWKClient is blocking urllib.
+Documents are read to their end (up to 512 KiB), however many chunks they arrive in. The metadata's
+issuer must name the configured tenant on the metadata URL's own host; encryption keys, RSA keys under
+2048 bits or with a small exponent, and key ids listed twice are left out of the key set.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-from jwt import PyJWK, PyJWKSet
-from jwt.exceptions import PyJWKSetError
+from jwt import PyJWK
+from jwt.exceptions import InvalidKeyError, PyJWKError
 
 from relay.http_client import client_session
+from relay.settings import fetch_url_problem
 
 log = logging.getLogger("relay.intake.signing_keys")
 
@@ -27,6 +32,11 @@ REFRESH_SECONDS = 12 * 3600
 UNKNOWN_KID_COOLDOWN_SECONDS = 300
 RETRY_AFTER_FAILURE_SECONDS = 300
 MAX_DOCUMENT_BYTES = 512 * 1024
+# How long start() waits for the first load before serving anyway (a hanging metadata endpoint held the
+# start for ~13 s): the load goes on in the background and /readyz says 503 until it succeeds.
+FIRST_LOAD_WAIT_SECONDS = 2.0
+MIN_RSA_BITS = 2048
+MIN_RSA_EXPONENT = 65537
 
 
 class KeyFetchError(Exception):
@@ -55,16 +65,24 @@ class SigningKeys:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.fetches = 0  # metadata+JWKS round trips attempted; tests read it
+        # Bumped whenever the set of keys changes, so the token cache can drop what the old set verified.
+        self.generation = 0
 
     @property
     def loaded(self) -> bool:
         return bool(self._keys)
 
-    async def start(self) -> None:
-        """Open the session, try a first load (failure is logged, not fatal) and start refreshing."""
+    async def start(self, first_load_wait: float = FIRST_LOAD_WAIT_SECONDS) -> None:
+        """Open the session, start loading and refreshing; wait for the first load at most
+        `first_load_wait` seconds (failure or a slow endpoint is logged, not fatal)."""
         self._session = client_session(timeout=aiohttp.ClientTimeout(total=10, connect=5), max_connections=4)
-        await self.refresh()
-        self._task = asyncio.create_task(self._refresh_loop(), name="signing-key-refresh")
+        first = asyncio.create_task(self.refresh(), name="signing-key-first-load")
+        self._task = asyncio.create_task(self._refresh_loop(first), name="signing-key-refresh")
+        try:
+            await asyncio.wait_for(asyncio.shield(first), first_load_wait)
+        except TimeoutError:
+            log.warning("signing keys not loaded within %.0f s of start; still trying in the background",
+                        first_load_wait)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -97,7 +115,12 @@ class SigningKeys:
         async with self._lock:
             return await self._fetch_logged()
 
-    async def _refresh_loop(self) -> None:
+    async def _refresh_loop(self, first: asyncio.Task[bool]) -> None:
+        try:
+            await first
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
         while True:
             delay = self.refresh_seconds if self.loaded else min(RETRY_AFTER_FAILURE_SECONDS, self.refresh_seconds)
             # Jitter so that replicas started together do not refresh together.
@@ -115,6 +138,8 @@ class SigningKeys:
                 self.metadata_url, exc, len(self._keys),
             )
             return False
+        if _fingerprint(keys) != _fingerprint(self._keys):
+            self.generation += 1
         self.issuer, self._keys = issuer, keys
         log.info("loaded %d signing keys from %s", len(keys), self.metadata_url)
         return True
@@ -122,19 +147,12 @@ class SigningKeys:
     async def _fetch(self) -> tuple[str | None, dict[str, PyJWK]]:
         metadata = await self._get_json(self.metadata_url)
         jwks_uri = metadata.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://127.", "http://localhost")):
-            raise KeyFetchError(f"metadata has no usable jwks_uri ({jwks_uri!r})")
-        issuer = metadata.get("issuer")
-        issuer = issuer.replace("{tenantid}", self.tenant_id) if isinstance(issuer, str) else None
+        problem = fetch_url_problem(jwks_uri) if isinstance(jwks_uri, str) else "it is not a string"
+        if problem is not None:
+            raise KeyFetchError(f"metadata has no usable jwks_uri ({problem})")
+        issuer = check_issuer(metadata.get("issuer"), self.metadata_url, self.tenant_id)
         jwks = await self._get_json(jwks_uri)
-        try:
-            keyset = PyJWKSet.from_dict(jwks)
-        except PyJWKSetError as exc:
-            raise KeyFetchError(f"JWKS unusable: {exc}") from exc
-        keys = {k.key_id: k for k in keyset.keys if k.key_id and k.key_type == "RSA"}
-        if not keys:
-            raise KeyFetchError("JWKS holds no RSA keys with a kid")
-        return issuer, keys
+        return issuer, usable_keys(jwks)
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         if self._session is None:
@@ -142,10 +160,72 @@ class SigningKeys:
         async with self._session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise KeyFetchError(f"GET {url} answered {resp.status}")
-            body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
-            if len(body) > MAX_DOCUMENT_BYTES:
-                raise KeyFetchError(f"GET {url} returned more than {MAX_DOCUMENT_BYTES} bytes")
-        doc = json.loads(body)
+            # To the end: one read(n) returns only what has arrived so far (Entra's key set is ~11 KB).
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > MAX_DOCUMENT_BYTES:
+                    raise KeyFetchError(f"GET {url} returned more than {MAX_DOCUMENT_BYTES} bytes")
+                chunks.append(chunk)
+        doc = json.loads(b"".join(chunks))
         if not isinstance(doc, dict):
             raise KeyFetchError(f"GET {url} did not return a JSON object")
         return doc
+
+
+def check_issuer(issuer: object, metadata_url: str, tenant_id: str) -> str:
+    """The metadata's issuer, {tenantid} substituted, if it names our tenant on the metadata URL's own host
+    (Entra's is https://login.microsoftonline.com/<tenant>/v2.0; a sovereign cloud or a local issuer named
+    by RELAY_OPENID_CONFIG_URL has its own host); anything else is a KeyFetchError."""
+    if not isinstance(issuer, str):
+        raise KeyFetchError("metadata has no issuer")
+    issuer = issuer.replace("{tenantid}", tenant_id)
+    problem = fetch_url_problem(issuer)
+    if problem is not None:
+        raise KeyFetchError(f"metadata issuer unusable ({problem})")
+    parts, expected = urlsplit(issuer), urlsplit(metadata_url)
+    if (parts.hostname, parts.port) != (expected.hostname, expected.port):
+        raise KeyFetchError(f"metadata issuer host {parts.hostname!r} is not the metadata URL's {expected.hostname!r}")
+    if tenant_id.lower() not in [segment.lower() for segment in parts.path.split("/")]:
+        raise KeyFetchError("metadata issuer does not name the configured tenant")
+    return issuer
+
+
+def usable_keys(jwks: dict[str, Any]) -> dict[str, PyJWK]:
+    """The JWKS's RSA signing keys by kid. Left out, with a warning: keys for encryption (`use: enc`), RSA
+    under 2048 bits or with an exponent under 65537, and every key whose kid appears more than once
+    (which of them signed a token would be ambiguous)."""
+    entries = jwks.get("keys")
+    if not isinstance(entries, list):
+        raise KeyFetchError("JWKS has no keys list")
+    kids = [e.get("kid") for e in entries if isinstance(e, dict)]
+    keys: dict[str, PyJWK] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") != "RSA" or not isinstance(entry.get("kid"), str):
+            continue
+        kid = entry["kid"]
+        if kids.count(kid) > 1:
+            log.warning("signing key %r is listed %d times in the JWKS: refused as ambiguous", kid, kids.count(kid))
+            continue
+        if entry.get("use", "sig") != "sig":
+            log.warning("signing key %r is for use %r, not sig: refused", kid, entry.get("use"))
+            continue
+        try:
+            key = PyJWK.from_dict(entry)
+        except (PyJWKError, InvalidKeyError, ValueError) as exc:
+            log.warning("signing key %r unusable: %s", kid, exc)
+            continue
+        numbers = key.key.public_numbers()
+        if numbers.n.bit_length() < MIN_RSA_BITS or numbers.e < MIN_RSA_EXPONENT:
+            log.warning("signing key %r is weak (%d-bit modulus, exponent %d): refused",
+                        kid, numbers.n.bit_length(), numbers.e)
+            continue
+        keys[kid] = key
+    if not keys:
+        raise KeyFetchError("JWKS holds no usable RSA signing keys with a kid")
+    return keys
+
+
+def _fingerprint(keys: dict[str, PyJWK]) -> set[tuple[str, int, int]]:
+    return {(kid, k.key.public_numbers().n, k.key.public_numbers().e) for kid, k in keys.items()}

@@ -3,7 +3,9 @@
 RS256 only; key by `kid` from the configured tenant's metadata (never from the token's own headers);
 exact v1 or v2 issuer for our tenant, with the claims of that version (`appid` for v1, `azp` for
 v2); audience, tenant, caller app and role; `exp`/`nbf`/`iat` required with 5 minutes of skew.
-A verified token is cached by its hash until it expires: Azure reuses one token for about an hour.
+A token valid for longer than Entra ever issues (24 hours) is refused. A verified token is cached by
+its hash until it expires (Azure reuses one token for about an hour), and the cache is emptied whenever
+the key set changes, so a token signed by a key that left the set is checked again, and refused.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from relay.settings import Settings
 CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_BYTES = 8192
 CACHE_SIZE = 4096
+# Entra's configurable token lifetime tops out at 1 day (access tokens default to 60-90 minutes).
+MAX_LIFETIME_SECONDS = 24 * 3600
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
-_KID = re.compile(r"^[A-Za-z0-9_\-=.+/]{1,128}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+_KID = re.compile(r"[A-Za-z0-9_\-=.+/]{1,128}")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 # Every reason a token is refused: the log line and the metric label carry it, the response never.
 REASONS = (
@@ -43,6 +48,7 @@ REASONS = (
     "expired",
     "not_yet_valid",
     "bad_iat",
+    "too_long_lived",
     "missing_claim",
     "bad_issuer",
     "bad_audience",
@@ -82,6 +88,7 @@ class TokenValidator:
         self.v1_issuer = f"https://sts.windows.net/{self.tenant}/"
         self._clock = clock
         self._cache: OrderedDict[bytes, Caller] = OrderedDict()
+        self._cache_generation = keys.generation
 
     @property
     def v2_issuer(self) -> str:
@@ -91,6 +98,9 @@ class TokenValidator:
     async def validate(self, authorization: str | None) -> Caller:
         token = _bearer(authorization)
         digest = hashlib.sha256(token.encode()).digest()
+        if self._cache_generation != self.keys.generation:
+            self._cache.clear()  # what the old key set verified is checked again against the new one
+            self._cache_generation = self.keys.generation
         cached = self._cache.get(digest)
         now = self._clock()
         if cached is not None:
@@ -111,7 +121,7 @@ class TokenValidator:
         if present:
             raise TokenRejected("forbidden_header", ",".join(present))
         kid = header.get("kid")
-        if not isinstance(kid, str) or not _KID.match(kid):
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
             raise TokenRejected("missing_kid", "kid absent or not a short key id")
         key = await self.keys.get(kid)
         if key is None:
@@ -144,6 +154,9 @@ class TokenValidator:
             raise TokenRejected("bad_algorithm", str(exc)) from None
         except jwt.PyJWTError as exc:
             raise TokenRejected("malformed", type(exc).__name__) from None
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > MAX_LIFETIME_SECONDS + CLOCK_SKEW_SECONDS:
+            raise TokenRejected("too_long_lived", f"valid for {lifetime / 3600:.0f} h, Entra issues at most 24 h")
         return self._authorize(claims)
 
     def _authorize(self, claims: dict) -> Caller:
@@ -200,7 +213,7 @@ def _bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer":
         raise TokenRejected("not_bearer", f"scheme {scheme[:10]!r}")
     token = token.strip()
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         # Five segments is an encrypted token (JWE); anything else is not a compact JWS.
         raise TokenRejected("malformed", f"{token.count('.') + 1} segments" if token else "empty")
     return token

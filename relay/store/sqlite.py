@@ -163,6 +163,9 @@ class SqliteStore:
     def _open_sync(self) -> None:
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.path != ":memory:":
+                # 0600: the store holds alert bodies; SQLite gives its -wal and -shm files the same mode.
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             if self.owner:
                 self._take_lock()
         except OSError as exc:

@@ -87,7 +87,9 @@ class DryRunTarget:
         if self._stream is None:
             if self.path is None:
                 return sys.stdout
-            self._stream = open(self.path, "a", encoding="utf-8")
+            # 0600: the output holds alert bodies and ticket text.
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            self._stream = open(fd, "a", encoding="utf-8")
         return self._stream
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -210,7 +211,8 @@ class ServiceNowTarget:
         if cis:
             values["cmdb_ci"] = cis[0]
         reply = await self.http.request(
-            "POST", f"/api/now/table/{self.options.table}", params=self._write_params(), json_body=values
+            "POST", f"/api/now/table/{self.options.table}", params=self._write_params(),
+            json_body=self._refuse_scripts(values),
         )
         record = self._result(reply, "create incident", ok=(200, 201))
         if not isinstance(record, dict) or not record.get("sys_id"):
@@ -353,6 +355,14 @@ class ServiceNowTarget:
 
     # -- configuration items ---------------------------------------------------------------------
 
+    def _refuse_scripts(self, values: dict[str, str]) -> dict[str, str]:
+        """Record values that ServiceNow would run as a script (`javascript:...`) are left out, logged."""
+        for column in [c for c, v in values.items() if is_script(v)]:
+            log.warning("%s: value of %s starts with javascript:, which ServiceNow would evaluate; left out",
+                        self.name, column)
+            del values[column]
+        return values
+
     async def _bind_cis(self, incident: Incident) -> list[str]:
         """sys_ids of the incident's CIs, first by `object_id` (the ARM id), then by name.
 
@@ -363,7 +373,7 @@ class ServiceNowTarget:
             return []
         bound: list[str] = []
         for ref in ci_references(incident):
-            if any("^" in v or any(ord(c) < 32 for c in v) for v in (ref.arm_id or "", ref.name)):
+            if any("^" in v or any(ord(c) < 32 for c in v) or is_script(v) for v in (ref.arm_id or "", ref.name)):
                 log.warning("%s: CI %r cannot be put in an encoded query; left unbound", self.name, ref)
                 continue
             try:
@@ -430,6 +440,15 @@ class ServiceNowTarget:
 
 
 TARGET_CLASS = ServiceNowTarget
+
+
+# ServiceNow evaluates a query value or field value that starts with `javascript:` on the server (any
+# case; it tolerates whitespace around and inside the word), so none is ever sent.
+_SCRIPT = re.compile(r"\s*j\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:", re.IGNORECASE)
+
+
+def is_script(value: object) -> bool:
+    return isinstance(value, str) and _SCRIPT.match(value) is not None
 
 
 def _error_text(reply: Reply) -> str | None:

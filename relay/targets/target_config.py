@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import ipaddress
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, overload
@@ -95,7 +96,7 @@ class Options:
                 self.problem(key, "is required")
             return fallback
         if not isinstance(value, str) or not value.strip():
-            self.problem(key, f"must be a non-empty string (got {value!r})")
+            self.problem(key, f"must be a non-empty string ({_shown(key, value)})")
             return fallback
         if max_length is not None and len(value) > max_length:
             self.problem(key, f"must be at most {max_length} characters")
@@ -107,7 +108,7 @@ class Options:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.problem(key, f"must be true or false (got {value!r})")
+            self.problem(key, f"must be true or false ({_shown(key, value)})")
             return default
         return value
 
@@ -117,7 +118,7 @@ class Options:
         if value is None:
             return bound.default
         if not bound.accepts(value):
-            self.problem(key, f"must be {bound.describe()} (got {value!r})")
+            self.problem(key, f"must be {bound.describe()} ({_shown(key, value)})")
             return bound.default
         return value if bound.whole else float(value)
 
@@ -131,7 +132,7 @@ class Options:
         allowed = tuple(choices)
         value = self.cfg.get(key, default)
         if value not in allowed:
-            self.problem(key, f"must be one of {', '.join(allowed)} (got {value!r})")
+            self.problem(key, f"must be one of {', '.join(allowed)} ({_shown(key, value)})")
             return None
         return value
 
@@ -161,6 +162,11 @@ class Options:
         variable = self.text(key)
         if not variable:
             return ""
+        if not _ENV_NAME.fullmatch(variable):
+            # Often the secret itself, pasted where its variable's name belongs: never shown.
+            self.problem(key, "must name an environment variable (letters, digits and _, not starting with a "
+                              "digit); the value given is not shown, in case it is the secret itself")
+            return ""
         value = env.get(variable, "")
         if not value:
             self.problem(key, f"names the environment variable {variable}, which is not set or empty")
@@ -176,14 +182,18 @@ class Options:
         if not raw:
             return ""
         parts = _split_url(raw)
+        # Only scheme and host are ever shown: a URL's userinfo or query may hold a credential.
+        got = f"got {parts.scheme}://{parts.hostname}/..." if parts is not None and parts.hostname else "not shown"
         unusable = parts is None or parts.scheme not in ("https", "http") or not parts.hostname
         if unusable or (endpoint and parts.fragment):
-            self.problem("base_url", f"must be an https URL{' without a #fragment' if endpoint else ''} (got {raw!r})")
+            self.problem("base_url", f"must be an https URL{' without a #fragment' if endpoint else ''} ({got})")
+        elif "@" in parts.netloc:
+            self.problem("base_url", f"must not carry user:password@: name credentials in the auth block ({got})")
         elif parts.scheme == "http" and not is_loopback(parts.hostname):
             why = "the alert and credentials travel in it" if endpoint else "credentials are sent on every call"
-            self.problem("base_url", f"must use https: {why} (plain http is allowed only on loopback, got {raw!r})")
+            self.problem("base_url", f"must use https: {why} (plain http is allowed only on loopback, {got})")
         elif not endpoint and (parts.query or parts.fragment):
-            self.problem("base_url", f"must not carry a query or fragment (got {raw!r})")
+            self.problem("base_url", f"must not carry a query or fragment ({got}; the query is not shown)")
         return raw if endpoint else raw.rstrip("/")
 
     def timeout_seconds(self) -> float:
@@ -214,6 +224,18 @@ class Options:
             else:
                 raise TypeError(f"{options_class.__name__}.{f.name}: no option reader for {kind}")
         return options_class(**values)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Keys whose values are, or may be, secrets (or the names of secrets): never echoed in an error.
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential", "value", "_env")
+
+
+def _shown(key: str, value: Any) -> str:
+    """`got <value>` for an error message, unless the key is secret-like."""
+    if any(word in key.lower() for word in _SECRET_WORDS):
+        return f"got a {type(value).__name__}; the value is not shown"
+    return f"got {value!r}"
 
 
 def _split_url(raw: str) -> SplitResult | None:

@@ -22,6 +22,10 @@ class LiveRelay:
         return self.process.url
 
     @property
+    def metrics_url(self) -> str:
+        return self.process.metrics_url
+
+    @property
     def port(self) -> int:
         return self.process.port
 

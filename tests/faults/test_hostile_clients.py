@@ -131,16 +131,25 @@ async def test_slowloris_connections_are_closed_and_others_are_served_meanwhile(
                  f"relay at its keep-alive timeout ({HEADER_TIMEOUT}s here); 5 of 5 ordinary posts meanwhile: 202")
 
 
+def serving_options(monkeypatch) -> dict:  # type: ignore[no-untyped-def]
+    """What `relay serve` would hand aiohttp's runner, without serving."""
+    seen: dict = {}
+
+    async def capture(app, options, host, port, max_connections):  # type: ignore[no-untyped-def]
+        seen.update(options)
+
+    monkeypatch.setattr(relay.app, "_serve", capture)
+    return seen
+
+
 def test_relay_serve_bounds_header_time_by_its_keepalive_timeout(monkeypatch, issuer):
-    seen = {}
-    monkeypatch.setattr(relay.app.web, "run_app", lambda app, **kw: seen.update(kw))
+    seen = serving_options(monkeypatch)
     relay.app.run(Settings.from_env({**issuer.relay_env(), "RELAY_STORE": "sqlite:///unused.db"}))
     assert seen["keepalive_timeout"] == relay.app.KEEPALIVE_TIMEOUT_SECONDS
 
 
 def test_relay_serve_lets_requests_finish_for_as_long_as_the_delivery_grace(monkeypatch, issuer, tmp_path):
-    seen = {}
-    monkeypatch.setattr(relay.app.web, "run_app", lambda app, **kw: seen.update(kw))
+    seen = serving_options(monkeypatch)
     env = {**issuer.relay_env(), "RELAY_STORE": "sqlite:///unused.db"}
     relay.app.run(Settings.from_env(env))
     assert seen["shutdown_timeout"] == 20 == relay.app.SHUTDOWN_TIMEOUT_SECONDS, "the default grace is 20 s"

@@ -39,8 +39,9 @@ OUTAGE = [
     ("reset", {}, 3),
     ("status", {"status": 429, "retry_after": RETRY_AFTER}, 2),
 ]
-KILL_ALERTS = 60
-KILL_AFTER = 40  # acknowledgements before the SIGKILL
+KILL_ALERTS = 120
+KILL_AFTER = 90  # acknowledgements before the SIGKILL
+CREATE_SECONDS = 0.3  # every create (Jira) or event (PagerDuty) takes this long: the kill lands mid-call
 
 
 def config_text(fake, timeout: float, delivery: str) -> str:  # type: ignore[no-untyped-def]
@@ -152,7 +153,8 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
     # Every create takes a while, so that the kill lands while some are in flight: they land after the
     # relay died, unrecorded, and the restarted relay must adopt them (Jira) or send them again under the
     # same dedup_key (PagerDuty), never open a second incident.
-    fake.inject("slow", delay=0.1, method="POST", times=KILL_ALERTS)
+    create_path = "/rest/api/3/issue" if kind == "jira_service_management" else "/v2/enqueue"
+    fake.inject("slow", delay=CREATE_SECONDS, method="POST", path=create_path, times=KILL_ALERTS)
     await fake.start()
     issuer = DevIssuer()
     relay = None

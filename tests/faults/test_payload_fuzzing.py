@@ -147,7 +147,7 @@ class Poster:
 
 
 def relay_metric(relay: LiveRelay, name: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", relay.process.metrics_port, timeout=10)
     try:
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()

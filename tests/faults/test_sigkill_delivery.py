@@ -71,7 +71,7 @@ async def post_stream(relay: RelayProcess, auth: str,
 
 
 async def pending_deliveries(http: aiohttp.ClientSession, relay: RelayProcess) -> int:
-    async with http.get(f"{relay.url}/metrics") as resp:
+    async with http.get(relay.metrics_url) as resp:
         text = await resp.text()
     return int(float(re.search(r"^relay_pending_deliveries (\S+)$", text, re.MULTILINE).group(1)))
 

@@ -86,7 +86,7 @@ def parser_garbage(token: str) -> dict[str, bytes]:
 
 async def metric_lines(http: aiohttp.ClientSession, url: str, name: str) -> dict[str, float]:
     """{labels: value} of one metric on the relay's /metrics."""
-    async with http.get(f"{url}/metrics") as resp:
+    async with http.get(url) as resp:
         text = await resp.text()
     return {m.group(1) or "": float(m.group(2)) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
 
@@ -117,7 +117,7 @@ async def test_token_attacks_over_http_are_all_refused_and_store_nothing(live_re
         await asyncio.gather(*(attack(http, label, header) for label, header in flood.items()))
         refused_by_parser = {label: await exchange(live_relay.port, raw)
                              for label, raw in parser_garbage(valid).items()}
-        outcomes = await metric_lines(http, url, "relay_alert_requests_total")
+        outcomes = await metric_lines(http, live_relay.metrics_url, "relay_alert_requests_total")
         async with http.get(f"{url}/healthz") as resp:
             healthy = resp.status == 200
     jwks_fetches = issuer.jwks_requests - jwks_before

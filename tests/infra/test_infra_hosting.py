@@ -393,6 +393,11 @@ def test_container_sets_the_relays_environment_contract(stack_plan: Plan, stack:
     assert env_value(stack_plan, "AZURE_CLIENT_ID") == stack_plan.one(IDENTITY).outputs["clientId"]
     assert (env_value(stack_plan, "RELAY_HOST"), env_value(stack_plan, "RELAY_PORT")) == ("0.0.0.0", "8080")
     assert env_value(stack_plan, "RELAY_METRICS_PORT") == str(cfg.relay.metrics_port)
+    assert env_value(stack_plan, "RELAY_METRICS_HOST") == "0.0.0.0", "the scraper could not reach 127.0.0.1"
+    scopes = [scope for rule in cfg.alerts for scope in rule.scopes]
+    allowed = env_value(stack_plan, "RELAY_ALLOWED_SUBSCRIPTIONS").split(",")
+    assert allowed[0] == cfg.azure.subscription_id.lower(), "the action group's own subscription comes first"
+    assert set(allowed) == set(hosting.source_subscriptions(cfg.azure.subscription_id, scopes))
     assert "RELAY_OPENID_CONFIG_URL" not in env(stack_plan), "the public cloud needs no metadata override"
 
 
@@ -462,3 +467,10 @@ def test_plan_records_the_stack_files_image_repository_per_environment(stack_pla
     (tag,) = stack_plan.one(IMAGE).inputs["tags"]
     assert tag.endswith(f"/secure-export-relay:{parsed(stack).names.environment}"), tag
     assert stack_value(stack, "relay").get("image") is None
+
+
+def test_source_subscriptions_are_the_stacks_and_its_alert_rules() -> None:
+    own, other = "11111111-2222-3333-4444-555555555555", "AAAAAAAA-2222-3333-4444-555555555555"
+    scopes = [f"/subscriptions/{own}/resourceGroups/rg", f"/subscriptions/{other}", f"/subscriptions/{other}/x"]
+    assert hosting.source_subscriptions(own, scopes) == (own, other.lower())
+    assert hosting.source_subscriptions(own.upper(), []) == (own,)
