@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 import threading
 import time
@@ -28,19 +29,36 @@ LATENCY_SECONDS = 10
 BACKLOG = 10_000
 
 
+# The clause a correlation lookup starts with (find: `=`; search by key prefix: STARTSWITH).
+_CORRELATION = re.compile(r"correlation_id(?:=|STARTSWITH)(?P<key>[^^]+)")
+
+
 class TimedServiceNow(FakeServiceNow):
-    """The ServiceNow fake, answering every call after 50 ms, noting when each incident is created."""
+    """The ServiceNow fake, answering every call after 50 ms, noting when each incident is created.
+
+    Incidents are indexed by correlation key, as a real instance indexes `correlation_id`: the test
+    fake filters every stored row for each query, so with 10,000 incidents its own cost, not the
+    relay's, would set the figures."""
 
     def __init__(self) -> None:
         super().__init__()
         self.created_at: dict[str, float] = {}
         self.down = False
+        self._by_key: dict[str, list[dict[str, str]]] = {}  # base key (before a `.N` suffix) -> incidents
 
     def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
         record = super()._new_record(table, values)
         if table == "incident":
-            self.created_at.setdefault(values.get("correlation_id", ""), time.monotonic())
+            key = values.get("correlation_id", "")
+            self.created_at.setdefault(key, time.monotonic())
+            self._by_key.setdefault(key.lower().split(".")[0], []).append(record)
         return record
+
+    def _apply_query(self, rows: list[dict[str, str]], query: str, readable: frozenset[str]) -> list[dict[str, str]]:
+        m = _CORRELATION.match(query)
+        if m and "correlation_id" in readable:  # only incidents carry correlation_id
+            rows = self._by_key.get(m["key"].lower().split(".")[0], [])
+        return super()._apply_query(rows, query, readable)
 
     @property
     def incident_count(self) -> int:

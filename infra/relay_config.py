@@ -62,6 +62,8 @@ def _target(target: Target) -> dict[str, Any]:
         rendered["timeout_seconds"] = _plain(target.timeout_seconds)
     if target.max_concurrency is not None:
         rendered["max_concurrency"] = target.max_concurrency
+    if target.rate_limit_per_second is not None:
+        rendered["rate_limit_per_second"] = _plain(target.rate_limit_per_second)
     rendered.update(_plain(target.options))
     return rendered
 

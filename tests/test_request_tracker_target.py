@@ -107,8 +107,8 @@ async def test_find_returns_the_active_ticket_else_the_latest_resolved_one(fake,
     active = fake.add_ticket(QUEUE, "open", AzureAlertId=KEY)
     assert await target.find(an_incident()) == Ticket(str(active["id"]), str(active["id"]), resolved=False)
     search = fake.calls_to("/REST/2.0/tickets")[0].form()
-    assert search["query"] == f"'CF.{{AzureAlertId}}' = '{KEY}' AND Status = '__Active__'"
-    assert search["per_page"] == "2"
+    assert search["query"] == f"'CF.{{AzureAlertId}}' = '{KEY}' AND (Status = '__Active__' OR Status = 'resolved')"
+    assert (search["per_page"], search["orderby"], search["order"]) == ("2", "id", "DESC")
 
 
 async def test_find_returns_none_when_no_ticket_carries_the_key(fake, target):

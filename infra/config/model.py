@@ -160,6 +160,7 @@ class Target:
     auth: TargetAuth | None
     timeout_seconds: float | None
     max_concurrency: int | None
+    rate_limit_per_second: float | None = None
     # Kind-specific keys (ServiceNow `table`, `close_code`, ...), passed to the relay as they are:
     # the relay validates them; here they are only checked for inline secrets and `*_env` references.
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -70,6 +70,7 @@ def _target(name: str, target: Section) -> Target:
         auth=auth,
         timeout_seconds=target.bounded("timeout_seconds", schema.TIMEOUT_SECONDS, None),
         max_concurrency=target.bounded("max_concurrency", schema.MAX_CONCURRENCY, None),
+        rate_limit_per_second=target.bounded("rate_limit_per_second", schema.RATE_LIMIT_PER_SECOND, None),
         options=_no_inline_secrets(target.key, target.rest()),
     )
     target.finish()

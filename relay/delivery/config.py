@@ -28,6 +28,7 @@ from relay.schema import (
     ON_REFIRE,
     ON_REPEAT,
     ON_RESOLVE,
+    RATE_LIMIT_PER_SECOND,
     RETENTION,
     ROUTE_KEYS,
     SEVERITIES,
@@ -238,10 +239,12 @@ class _Validator:
                                TIMEOUT_SECONDS)
         concurrency = int(self.bounded(body.get("max_concurrency", MAX_CONCURRENCY.default),
                                        (*path, "max_concurrency"), MAX_CONCURRENCY))
+        rate = self.bounded(body.get("rate_limit_per_second", RATE_LIMIT_PER_SECOND.default),
+                            (*path, "rate_limit_per_second"), RATE_LIMIT_PER_SECOND)
         severity = self.severity(body.get("severity"), (*path, "severity"))
         self.no_inline_secrets(body, path)
         return TargetConfig(name=name, kind=kind, block=body, timeout_seconds=timeout,
-                            max_concurrency=concurrency, severity=severity)
+                            max_concurrency=concurrency, rate_limit_per_second=rate, severity=severity)
 
     def no_inline_secrets(self, body: Mapping[str, Any], path: Path) -> None:
         """Secrets only as names of environment variables: `password_env: SNOW_PASSWORD`."""

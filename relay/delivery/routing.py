@@ -15,7 +15,15 @@ from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
 from relay.delivery.lifecycle import Policy
-from relay.schema import ADOPT_AFTER_TIMEOUTS, DELIVERY, MAX_CONCURRENCY, RETENTION, TIMEOUT_SECONDS, IncidentPer
+from relay.schema import (
+    ADOPT_AFTER_TIMEOUTS,
+    DELIVERY,
+    MAX_CONCURRENCY,
+    RATE_LIMIT_PER_SECOND,
+    RETENTION,
+    TIMEOUT_SECONDS,
+    IncidentPer,
+)
 from relay.store.base import Retention
 
 
@@ -116,6 +124,7 @@ class TargetConfig:
     block: Mapping[str, Any]  # the `targets.<name>` mapping as written
     timeout_seconds: float = TIMEOUT_SECONDS.default
     max_concurrency: int = int(MAX_CONCURRENCY.default)
+    rate_limit_per_second: float = RATE_LIMIT_PER_SECOND.default  # 0: no limit (relay.delivery.rate_limit)
     severity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # overrides the target's severity_fields
 
 

@@ -46,6 +46,7 @@ from relay.delivery.lifecycle import (
     twin_keys,
 )
 from relay.delivery.metrics import DeliveryMetrics
+from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
@@ -131,6 +132,8 @@ class Worker:
         self.wall_clock = wall_clock
         self.rng = rng
         self._slots = {name: asyncio.Semaphore(cfg.max_concurrency) for name, cfg in config.targets.items()}
+        self.rate_limits = {name: RateLimiter(name, cfg.rate_limit_per_second, max_wait=cfg.timeout_seconds,
+                                              clock=clock) for name, cfg in config.targets.items()}
         self.breakers = {
             name: CircuitBreaker(
                 name,
@@ -405,8 +408,9 @@ class Worker:
                         for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
                             await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
-        except CircuitOpen as exc:
-            self.metrics.deliveries.labels(name, "circuit_open").inc()
+        except (CircuitOpen, RateLimited) as exc:  # nothing was sent: not an attempt
+            outcome = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
+            self.metrics.deliveries.labels(name, outcome).inc()
             return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in, bounced=True)
         except _Busy as exc:
             self.metrics.deliveries.labels(name, "retry").inc()
@@ -631,11 +635,14 @@ class Worker:
     async def _call(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """One call to a target, through its circuit breaker and timed."""
         breaker = self.breakers[target.name]
+        await self.rate_limits[target.name].acquire()
         breaker.before_call()
         started = time.perf_counter()
         try:
             result = await fn(*args)
         except TargetError as exc:
+            if exc.status == 429:
+                self.rate_limits[target.name].throttled(exc.retry_after)
             if exc.retryable:
                 breaker.failed()
             else:

@@ -17,9 +17,10 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   Optional: `unsupported_route_options` (route option -> value -> why it cannot apply, e.g. a kind
   that cannot reopen refuses `on_refire: reopen`), which `relay check-config` reads.
 - `cfg` is the raw `targets.<name>` block of RELAY_CONFIG minus the keys the delivery core owns
-  (`CORE_KEYS`: `severity`); the module reads the rest with `relay.targets.target_config.Options`,
-  which collects every problem of the block, and raises one `TargetConfigError` carrying them as
-  `(dotted key, message)`, so that `relay check-config` can point at each one's line.
+  (`CORE_KEYS`: `severity`, `rate_limit_per_second`); the module reads the rest with
+  `relay.targets.target_config.Options`, which collects every problem of the block, and raises one
+  `TargetConfigError` carrying them as `(dotted key, message)`, so that `relay check-config` can
+  point at each one's line.
 - `from_config` does no I/O and opens no session (`VendorHTTP` opens one pooled session lazily).
   `relay check-config` calls it with an `env` in which every variable is set to a placeholder.
 - The core reads `max_concurrency` and `timeout_seconds` too (bounds and defaults in `relay.schema`):
@@ -215,7 +216,7 @@ class Forwarder(Protocol):
 
 
 # Keys of a target block that the delivery core reads and the target module never sees.
-CORE_KEYS = frozenset({"severity"})
+CORE_KEYS = frozenset({"severity", "rate_limit_per_second"})
 
 # kind -> module; imported when a target of that kind is built, so one kind's import cost or
 # breakage never touches the others.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,7 +25,9 @@ from relay.targets import (
     TicketView,
     truncate,
 )
+from relay.targets.cmdb_cache import CACHE_KEYS, CICache, ci_key, read_settings
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
+from relay.targets.ticket_search import FIND_LIMIT, pick_ticket
 from relay.targets.vendor_api import CIRef, Reply, TokenAuth, VendorHTTP, checked_key, ci_references
 
 log = logging.getLogger("relay.targets.bmc_helix")
@@ -114,10 +116,13 @@ class BmcHelixTarget:
     }
     options_class: ClassVar[type] = BmcHelixOptions
 
-    def __init__(self, name: str, http: VendorHTTP, options: BmcHelixOptions) -> None:
+    def __init__(
+        self, name: str, http: VendorHTTP, options: BmcHelixOptions, ci_cache: CICache[BoundCI] | None = None
+    ) -> None:
         self.name = name
         self.http = http
         self.options = options
+        self.ci_cache: CICache[BoundCI] = ci_cache if ci_cache is not None else CICache()
         self._entry_ids: dict[str, str] = {}  # Incident Number -> HPD:IncidentInterface entry id
 
     # -- the Target protocol ---------------------------------------------------------------------
@@ -125,26 +130,30 @@ class BmcHelixTarget:
     async def find(self, incident: Incident) -> Ticket | None:
         """The open incident carrying the key; else the latest Resolved one (resolved=True); else None.
 
-        Two open incidents with one key is an error a person must settle; Closed and Cancelled
-        incidents are history and never returned.
+        One search for open and Resolved together, newest first (`relay.targets.ticket_search`); a
+        second, for open ones only, when that page is full. Two open incidents with one key is an
+        error a person must settle; Closed and Cancelled incidents are history and never returned.
         """
         key = self._key(incident)
         corr = _field(self.options.correlation_field)
-        statuses = " OR ".join(f"'Status' = {_quote(s)}" for s in OPEN_STATUSES)
-        rows = await self._search(f"{corr} = {_quote(key)} AND ({statuses})", limit=2)
-        self._verify_rows(rows, key, OPEN_STATUSES)
-        if len(rows) > 1:
-            numbers = ", ".join(str(r.get("Incident Number")) for r in rows)
+        either = " OR ".join(f"'Status' = {_quote(s)}" for s in (*OPEN_STATUSES, RESOLVED))
+        rows = await self._search(f"{corr} = {_quote(key)} AND ({either})", limit=FIND_LIMIT)
+        self._verify_rows(rows, key, (*OPEN_STATUSES, RESOLVED))
+        tickets = [self._ticket(r, resolved=r.get("Status") == RESOLVED) for r in rows]
+        found = pick_ticket(tickets)
+        if found.unsettled:
+            statuses = " OR ".join(f"'Status' = {_quote(s)}" for s in OPEN_STATUSES)
+            opened = await self._search(f"{corr} = {_quote(key)} AND ({statuses})", limit=FIND_LIMIT)
+            self._verify_rows(opened, key, OPEN_STATUSES)
+            found = pick_ticket(tickets, open_rows=[self._ticket(r, resolved=False) for r in opened])
+        if found.duplicates:
+            numbers = ", ".join(str(t.number) for t in found.duplicates)
             raise TargetError(
                 f"{self.name}: more than one open incident carries {self.options.correlation_field} {key!r} "
                 f"({numbers}); resolve or cancel the duplicates in Helix, then replay",
                 retryable=False,
             )
-        if rows:
-            return self._ticket(rows[0], resolved=False)
-        rows = await self._search(f"{corr} = {_quote(key)} AND 'Status' = {_quote(RESOLVED)}", limit=1)
-        self._verify_rows(rows, key, (RESOLVED,))
-        return self._ticket(rows[0], resolved=True) if rows else None
+        return found.ticket
 
     async def read(self, ticket: Ticket) -> TicketView:
         """The incident's Status, and its latest HPD:WorkLog entries' texts (newest first)."""
@@ -210,7 +219,8 @@ class BmcHelixTarget:
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
-        ci = await self._bind_ci(incident)
+        bound = await self._bind_ci(incident)
+        ci = bound[0] if bound else None
         values: dict[str, Any] = {
             "Impact": IMPACTS[2],
             "Urgency": URGENCIES[2],
@@ -226,13 +236,18 @@ class BmcHelixTarget:
         }
         if ci is not None:
             values.update(HPD_CI=ci.name, HPD_CI_ReconID=ci.recon_id, HPD_CI_FormName=ci.form_name)
-        reply = await self.http.request(
-            "POST",
-            ENTRY_PATH + CREATE_FORM,
-            params={"fields": "values(Incident Number)"},
-            json_body={"values": values},
-        )
-        body = self._json(reply, "create incident", ok=(200, 201))
+        try:
+            reply = await self.http.request(
+                "POST",
+                ENTRY_PATH + CREATE_FORM,
+                params={"fields": "values(Incident Number)"},
+                json_body={"values": values},
+            )
+            body = self._json(reply, "create incident", ok=(200, 201))
+        except TargetError as exc:
+            if bound and not exc.retryable:  # refused: the cached CI may be what it refused
+                self.ci_cache.invalidate(bound[1])
+            raise
         number = (body.get("values") or {}).get("Incident Number") if isinstance(body, dict) else None
         if not number:
             raise self.http.bad_answer(reply, "create incident", "the answer carries no Incident Number")
@@ -390,29 +405,38 @@ class BmcHelixTarget:
 
     # -- CMDB ------------------------------------------------------------------------------------
 
-    async def _bind_ci(self, incident: Incident) -> BoundCI | None:
-        """The first of the incident's CIs found in the CMDB (created if the option says so).
+    async def _bind_ci(self, incident: Incident) -> tuple[BoundCI, Hashable] | None:
+        """The first of the incident's CIs found in the CMDB (created if the option says so), and its
+        cache key.
 
-        Helix holds one CI per incident (`HPD_CI_ReconID`); a lookup refused for good leaves the
-        incident unbound, a retryable failure fails the create so it is tried again.
+        Answers come from the target's CMDB cache when fresh. Helix holds one CI per incident
+        (`HPD_CI_ReconID`); a lookup refused for good leaves the incident unbound, a retryable failure
+        fails the create so it is tried again.
         """
         if self.options.ci_binding == "none":
             return None
         for ref in ci_references(incident):
-            try:
-                bound = await self._lookup_ci(ref)
-                if bound is None and self.options.ci_binding == "create_if_missing":
-                    await self._create_ci(ref)
-                    bound = await self._lookup_ci(ref)
-            except TargetError as exc:
-                if exc.retryable:
-                    raise
-                log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
-                continue
+            cache_key = ci_key(ref)
+            bound = await self.ci_cache.lookup(cache_key, lambda ref=ref: self._resolve_ci(ref))
             if bound is not None:
-                return bound
-            log.info("%s: CI %s not found in the CMDB", self.name, ref.arm_id or ref.name)
+                return bound, cache_key
         return None
+
+    async def _resolve_ci(self, ref: CIRef) -> BoundCI | None:
+        """The CI from the CMDB (created if the option says so), or None: what the cache keeps."""
+        try:
+            bound = await self._lookup_ci(ref)
+            if bound is None and self.options.ci_binding == "create_if_missing":
+                await self._create_ci(ref)
+                bound = await self._lookup_ci(ref)
+        except TargetError as exc:
+            if exc.retryable:
+                raise
+            log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
+            return None
+        if bound is None:
+            log.info("%s: CI %s not found in the CMDB", self.name, ref.arm_id or ref.name)
+        return bound
 
     async def _lookup_ci(self, ref: CIRef) -> BoundCI | None:
         lookups: list[tuple[str, str]] = []
@@ -513,9 +537,10 @@ def _ar_error_text(reply: Reply) -> str | None:
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> BmcHelixTarget:
     """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
-    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS | CACHE_KEYS)
     base_url = opts.base_url()
     options = opts.read(BmcHelixOptions)
+    cache = read_settings(opts)
     # Field names are quoted 'like this' in a qualification: a quote in one would change the query.
     for key in ("correlation_field", "ci_id_attribute"):
         if "'" in (getattr(options, key) or ""):
@@ -526,7 +551,7 @@ def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.e
         log.info(
             "%s: %s incidents need a Resolution to resolve; the relay always sends one", name, options.service_type
         )
-    return BmcHelixTarget(name, http, options)
+    return BmcHelixTarget(name, http, options, CICache(cache))
 
 
 def _auth(opts: Options, env: Mapping[str, str]) -> TokenAuth | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -28,7 +28,9 @@ from relay.targets import (
     TicketView,
     truncate,
 )
+from relay.targets.cmdb_cache import CACHE_KEYS, CICache, ci_key, read_settings
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
+from relay.targets.ticket_search import FIND_LIMIT, pick_ticket
 from relay.targets.vendor_api import (
     Auth,
     CIRef,
@@ -103,36 +105,44 @@ class RequestTrackerTarget:
     }
     options_class: ClassVar[type] = RequestTrackerOptions
 
-    def __init__(self, name: str, http: VendorHTTP, options: RequestTrackerOptions) -> None:
+    def __init__(
+        self, name: str, http: VendorHTTP, options: RequestTrackerOptions, ci_cache: CICache[str] | None = None
+    ) -> None:
         self.name = name
         self.http = http
         self.options = options
         self._checked_queues: set[str] = set()
+        self.ci_cache: CICache[str] = ci_cache if ci_cache is not None else CICache()
 
     # -- the Target protocol ---------------------------------------------------------------------
 
     async def find(self, incident: Incident) -> Ticket | None:
         """The active ticket carrying the key; else the latest resolved one (resolved=True); else None.
 
-        Two active tickets with one key is an error a person must settle.
+        One search for active and resolved together, newest first (`relay.targets.ticket_search`); a
+        second, for active ones only, when that page is full. Two active tickets with one key is an
+        error a person must settle.
         """
         key = self._key(incident)
         await self._check_queue(self.options.queue)
         cf = f"'CF.{{{self.options.custom_field}}}' = '{key}'"
-        rows = await self._search(f"{cf} AND Status = '__Active__'", per_page=2)
-        self._verify_rows(rows, key, active=True)
-        if len(rows) > 1:
-            ids = ", ".join(f"#{r.get('id')}" for r in rows)
+        resolved = self.options.resolved_status
+        rows = await self._search(f"{cf} AND (Status = '__Active__' OR Status = '{resolved}')", per_page=FIND_LIMIT)
+        self._verify_rows(rows, key)
+        tickets = [_ticket(r, resolved=r.get("Status") == resolved) for r in rows]
+        found = pick_ticket(tickets)
+        if found.unsettled:
+            opened = await self._search(f"{cf} AND Status = '__Active__'", per_page=FIND_LIMIT)
+            self._verify_rows(opened, key, active=True)
+            found = pick_ticket(tickets, open_rows=[_ticket(r, resolved=False) for r in opened])
+        if found.duplicates:
+            ids = ", ".join(f"#{t.id}" for t in found.duplicates)
             raise TargetError(
                 f"{self.name}: more than one active ticket carries {self.options.custom_field} {key!r} "
                 f"({ids}); resolve or merge the duplicates in RT, then replay",
                 retryable=False,
             )
-        if rows:
-            return Ticket(id=str(rows[0]["id"]), number=str(rows[0]["id"]), resolved=False)
-        rows = await self._search(f"{cf} AND Status = '{self.options.resolved_status}'", per_page=1)
-        self._verify_rows(rows, key, active=False)
-        return Ticket(id=str(rows[0]["id"]), number=str(rows[0]["id"]), resolved=True) if rows else None
+        return found.ticket
 
     async def read(self, ticket: Ticket) -> TicketView:
         """The ticket's Status, and the texts of its latest comments from its history (newest first)."""
@@ -188,7 +198,8 @@ class RequestTrackerTarget:
         key = self._key(incident)
         queue = str(incident.fields.get("queue") or self.options.queue)
         await self._check_queue(queue)
-        assets = await self._bind_assets(incident)
+        bound = await self._bind_assets(incident)
+        assets = [asset_id for asset_id, _ in bound]
         body: dict[str, Any] = {
             **self._route_fields(incident),
             "Queue": queue,
@@ -201,8 +212,14 @@ class RequestTrackerTarget:
             body["Requestor"] = self.options.requestor
         if assets:
             body["RefersTo"] = [f"asset:{asset_id}" for asset_id in assets]
-        reply = await self.http.request("POST", f"{REST2}/ticket", json_body=body)
-        created = self._json(reply, "create ticket", ok=(201,))
+        try:
+            reply = await self.http.request("POST", f"{REST2}/ticket", json_body=body)
+            created = self._json(reply, "create ticket", ok=(201,))
+        except TargetError as exc:
+            if not exc.retryable:  # refused: a cached asset may be what it refused (deleted)
+                for _, ci_key in bound:
+                    self.ci_cache.invalidate(ci_key)
+            raise
         ticket_id = created.get("id") if isinstance(created, dict) else None
         if not ticket_id:
             raise self.http.bad_answer(reply, "create ticket", "the answer carries no ticket id")
@@ -288,14 +305,15 @@ class RequestTrackerTarget:
             for v in field.get("values") or []
         ]
 
-    def _verify_rows(self, rows: list[dict[str, Any]], key: str, *, active: bool) -> None:
-        """Each row must carry the key (and the asked-for status), or the search cannot be trusted."""
+    def _verify_rows(self, rows: list[dict[str, Any]], key: str, *, active: bool | None = None) -> None:
+        """Each row must carry the key (and the asked-for status: active, resolved, or either for
+        None), or the search cannot be trusted."""
         cf = self.options.custom_field
         resolved = self.options.resolved_status
         for row in rows:
             values = self._cf_values(row)
             status = row.get("Status")
-            wrong_status = status == resolved if active else status != resolved
+            wrong_status = active is not None and (status == resolved if active else status != resolved)
             if key.lower() not in (v.lower() for v in values) or wrong_status:
                 raise TargetError(
                     f"{self.name}: a search for {cf} {key!r} returned ticket #{row.get('id')} "
@@ -339,34 +357,40 @@ class RequestTrackerTarget:
 
     # -- assets ----------------------------------------------------------------------------------
 
-    async def _bind_assets(self, incident: Incident) -> list[str]:
-        """Ids of the assets named by the incident's CIs (the ARM id, else the CI's name).
+    async def _bind_assets(self, incident: Incident) -> list[tuple[str, Hashable]]:
+        """(id, cache key) of the assets named by the incident's CIs (the ARM id, else the CI's name).
 
-        An asset lookup refused for good leaves the CI unlinked; a retryable failure fails the
-        create so it is tried again.
+        Answers come from the target's CMDB cache when fresh. An asset lookup refused for good leaves
+        the CI unlinked; a retryable failure fails the create so it is tried again.
         """
         if self.options.ci_binding == "none":
             return []
-        ids: list[str] = []
+        bound: list[tuple[str, Hashable]] = []
         for ref in ci_references(incident):
             name = asset_name(ref)
             if len(name) > FIELD_LIMITS["asset_name"] or any(c in _SQL_UNSAFE or ord(c) < 32 for c in name):
                 log.warning("%s: CI %r cannot be an asset name; left unlinked", self.name, name)
                 continue
-            try:
-                asset_id = await self._find_asset(name)
-                if asset_id is None and self.options.ci_binding == "create_if_missing":
-                    asset_id = await self._create_asset(name, ref)
-            except TargetError as exc:
-                if exc.retryable:
-                    raise
-                log.warning("%s: asset %r left unlinked: %s", self.name, name, exc)
-                continue
-            if asset_id is None:
-                log.info("%s: no asset %r in catalog %r", self.name, name, self.options.asset_catalog)
-            elif asset_id not in ids:
-                ids.append(asset_id)
-        return ids
+            cache_key = ci_key(ref)
+            asset_id = await self.ci_cache.lookup(cache_key, lambda name=name, ref=ref: self._resolve_asset(name, ref))
+            if asset_id is not None and asset_id not in (a for a, _ in bound):
+                bound.append((asset_id, cache_key))
+        return bound
+
+    async def _resolve_asset(self, name: str, ref: CIRef) -> str | None:
+        """The asset's id (created if the option says so), or None: what the cache keeps."""
+        try:
+            asset_id = await self._find_asset(name)
+            if asset_id is None and self.options.ci_binding == "create_if_missing":
+                asset_id = await self._create_asset(name, ref)
+        except TargetError as exc:
+            if exc.retryable:
+                raise
+            log.warning("%s: asset %r left unlinked: %s", self.name, name, exc)
+            return None
+        if asset_id is None:
+            log.info("%s: no asset %r in catalog %r", self.name, name, self.options.asset_catalog)
+        return asset_id
 
     async def _find_asset(self, name: str) -> str | None:
         # LIKE is case-insensitive in every RT database; the exact comparison below drops the child
@@ -402,6 +426,10 @@ class RequestTrackerTarget:
 TARGET_CLASS = RequestTrackerTarget
 
 
+def _ticket(row: Mapping[str, Any], *, resolved: bool) -> Ticket:
+    return Ticket(id=str(row["id"]), number=str(row["id"]), resolved=resolved)
+
+
 def asset_name(ref: CIRef) -> str:
     """The asset that stands for a CI is named by its ARM id (as Azure sends it), else by its name."""
     return ref.arm_id or ref.name
@@ -419,11 +447,12 @@ def from_config(
 ) -> RequestTrackerTarget:
     """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
-    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS | CACHE_KEYS)
     base_url = opts.base_url()
     if base_url.endswith(REST2):
         base_url = base_url[: -len(REST2)]
     options = opts.read(RequestTrackerOptions)
+    cache = read_settings(opts)
     if any(c in options.custom_field for c in "{}'\"\\"):
         opts.problem("custom_field", "must not hold braces, quotes or backslashes")
     for key in _SQL_OPTIONS:
@@ -431,7 +460,7 @@ def from_config(
             opts.problem(key, "must not contain quotes or backslashes")
     http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
-    return RequestTrackerTarget(name, http, options)
+    return RequestTrackerTarget(name, http, options, CICache(cache))
 
 
 def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,7 +25,9 @@ from relay.targets import (
     TicketView,
     truncate,
 )
+from relay.targets.cmdb_cache import CACHE_KEYS, CICache, ci_key, read_settings
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
+from relay.targets.ticket_search import FIND_LIMIT, pick_ticket
 from relay.targets.vendor_api import (
     Auth,
     CIRef,
@@ -110,39 +112,48 @@ class ServiceNowTarget:
     }
     options_class: ClassVar[type] = ServiceNowOptions
 
-    def __init__(self, name: str, http: VendorHTTP, options: ServiceNowOptions) -> None:
+    def __init__(
+        self, name: str, http: VendorHTTP, options: ServiceNowOptions, ci_cache: CICache[str] | None = None
+    ) -> None:
         self.name = name
         self.http = http
         self.options = options
+        self.ci_cache: CICache[str] = ci_cache if ci_cache is not None else CICache()
 
     # -- the Target protocol ---------------------------------------------------------------------
 
     async def find(self, incident: Incident) -> Ticket | None:
         """The open incident carrying the key; else the latest Resolved one (resolved=True); else None.
 
-        Two open incidents with one key is an error a person must settle. Closed and Canceled
-        incidents are read-only history and never returned.
+        One query for open and Resolved together, newest first (`relay.targets.ticket_search`); a
+        second, for open ones only, when that page is full. Two open incidents with one key is an
+        error a person must settle. Closed and Canceled incidents are read-only history and never
+        returned.
         """
         key = self._key(incident)
         table = self.options.table
         rows = await self._query(
-            table, f"correlation_id={key}^stateNOT IN6,7,8^ORDERBYDESCsys_created_on", _TICKET_FIELDS, 2
+            table, f"correlation_id={key}^stateNOT IN7,8^ORDERBYDESCsys_created_on", _TICKET_FIELDS, FIND_LIMIT
         )
-        self._verify_rows(rows, key, exclude_states={STATE_RESOLVED, STATE_CLOSED, STATE_CANCELED})
-        if len(rows) > 1:
-            numbers = ", ".join(str(r.get("number") or r.get("sys_id")) for r in rows)
+        self._verify_rows(rows, key, exclude_states={STATE_CLOSED, STATE_CANCELED})
+        found = pick_ticket([self._ticket(r, resolved=str(r.get("state")) == STATE_RESOLVED) for r in rows])
+        if found.unsettled:
+            opened = await self._query(
+                table, f"correlation_id={key}^stateNOT IN6,7,8^ORDERBYDESCsys_created_on", _TICKET_FIELDS, FIND_LIMIT
+            )
+            self._verify_rows(opened, key, exclude_states={STATE_RESOLVED, STATE_CLOSED, STATE_CANCELED})
+            found = pick_ticket(
+                [self._ticket(r, resolved=str(r.get("state")) == STATE_RESOLVED) for r in rows],
+                open_rows=[self._ticket(r, resolved=False) for r in opened],
+            )
+        if found.duplicates:
+            numbers = ", ".join(str(t.number or t.id) for t in found.duplicates)
             raise TargetError(
                 f"{self.name}: more than one open incident carries correlation_id {key!r} ({numbers}); "
                 "resolve or merge the duplicates in ServiceNow, then replay",
                 retryable=False,
             )
-        if rows:
-            return self._ticket(rows[0], resolved=False)
-        rows = await self._query(
-            table, f"correlation_id={key}^state={STATE_RESOLVED}^ORDERBYDESCsys_created_on", _TICKET_FIELDS, 1
-        )
-        self._verify_rows(rows, key, only_state=STATE_RESOLVED)
-        return self._ticket(rows[0], resolved=True) if rows else None
+        return found.ticket
 
     async def read(self, ticket: Ticket) -> TicketView:
         """The incident's state, and its latest work notes from sys_journal_field (newest first)."""
@@ -199,7 +210,8 @@ class ServiceNowTarget:
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
-        cis = await self._bind_cis(incident)
+        bound = await self._bind_cis(incident)
+        cis = [sys_id for sys_id, _ in bound]
         values: dict[str, str] = dict(self.options.defaults)
         values.update(self._route_columns(incident))
         values.update(
@@ -210,11 +222,16 @@ class ServiceNowTarget:
         )
         if cis:
             values["cmdb_ci"] = cis[0]
-        reply = await self.http.request(
-            "POST", f"/api/now/table/{self.options.table}", params=self._write_params(),
-            json_body=self._refuse_scripts(values),
-        )
-        record = self._result(reply, "create incident", ok=(200, 201))
+        params = {**self._write_params(), "sysparm_fields": f"{_TICKET_FIELDS},cmdb_ci"}
+        try:
+            reply = await self.http.request("POST", f"/api/now/table/{self.options.table}", params=params,
+                                            json_body=self._refuse_scripts(values))
+            record = self._result(reply, "create incident", ok=(200, 201))
+        except TargetError as exc:
+            if not exc.retryable:  # refused: a cached CI may be what it refused (deleted, or merged)
+                for _, ci_key in bound:
+                    self.ci_cache.invalidate(ci_key)
+            raise
         if not isinstance(record, dict) or not record.get("sys_id"):
             raise self.http.bad_answer(reply, "create incident", "the result carries no sys_id")
         ticket = self._ticket(record, resolved=False)
@@ -227,9 +244,14 @@ class ServiceNowTarget:
                 record.get("correlation_id"),
                 key,
             )
+        if cis and record.get("cmdb_ci") is not None and str(record["cmdb_ci"]) != cis[0]:
+            log.warning("%s: %s did not keep cmdb_ci %s; looking the CI up afresh next time", self.name,
+                        ticket.number, cis[0])
+            self.ci_cache.invalidate(bound[0][1])
         if self.options.affected_cis:
-            for ci in cis[1:]:
-                await self._add_affected_ci(ticket, ci)
+            for ci, ci_key in bound[1:]:
+                if not await self._add_affected_ci(ticket, ci):
+                    self.ci_cache.invalidate(ci_key)
         return ticket
 
     async def note(self, ticket: Ticket, incident: Incident, text: str) -> None:
@@ -363,33 +385,40 @@ class ServiceNowTarget:
             del values[column]
         return values
 
-    async def _bind_cis(self, incident: Incident) -> list[str]:
-        """sys_ids of the incident's CIs, first by `object_id` (the ARM id), then by name.
+    async def _bind_cis(self, incident: Incident) -> list[tuple[str, Hashable]]:
+        """(sys_id, cache key) of the incident's CIs, first by `object_id` (the ARM id), then by name.
 
-        A CI that cannot be looked up for a reason a retry cannot fix is left unbound (the incident
-        matters more than the binding); a retryable failure fails the create so it is tried again.
+        Answers come from the target's CMDB cache when fresh. A CI that cannot be looked up for a
+        reason a retry cannot fix is left unbound (the incident matters more than the binding); a
+        retryable failure fails the create so it is tried again.
         """
         if self.options.ci_binding == "none":
             return []
-        bound: list[str] = []
+        bound: list[tuple[str, Hashable]] = []
         for ref in ci_references(incident):
             if any("^" in v or any(ord(c) < 32 for c in v) or is_script(v) for v in (ref.arm_id or "", ref.name)):
                 log.warning("%s: CI %r cannot be put in an encoded query; left unbound", self.name, ref)
                 continue
-            try:
-                sys_id = await self._lookup_ci(ref)
-                if sys_id is None and self.options.ci_binding == "create_if_missing":
-                    sys_id = await self._create_ci(ref)
-            except TargetError as exc:
-                if exc.retryable:
-                    raise
-                log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
-                continue
-            if sys_id is None:
-                log.info("%s: CI %s not found in cmdb_ci; left unbound", self.name, ref.arm_id or ref.name)
-            elif sys_id not in bound:
-                bound.append(sys_id)
+            cache_key = ci_key(ref)
+            sys_id = await self.ci_cache.lookup(cache_key, lambda ref=ref: self._resolve_ci(ref))
+            if sys_id is not None and sys_id not in (s for s, _ in bound):
+                bound.append((sys_id, cache_key))
         return bound
+
+    async def _resolve_ci(self, ref: CIRef) -> str | None:
+        """The CI's sys_id from cmdb_ci (created if the option says so), or None: what the cache keeps."""
+        try:
+            sys_id = await self._lookup_ci(ref)
+            if sys_id is None and self.options.ci_binding == "create_if_missing":
+                sys_id = await self._create_ci(ref)
+        except TargetError as exc:
+            if exc.retryable:
+                raise
+            log.warning("%s: CI %s left unbound: %s", self.name, ref.arm_id or ref.name, exc)
+            return None
+        if sys_id is None:
+            log.info("%s: CI %s not found in cmdb_ci; left unbound", self.name, ref.arm_id or ref.name)
+        return sys_id
 
     async def _lookup_ci(self, ref: CIRef) -> str | None:
         if ref.arm_id:
@@ -425,7 +454,8 @@ class ServiceNowTarget:
         log.info("%s: created CI %s for %s", self.name, record["sys_id"], ref.arm_id or ref.name)
         return str(record["sys_id"])
 
-    async def _add_affected_ci(self, ticket: Ticket, ci_sys_id: str) -> None:
+    async def _add_affected_ci(self, ticket: Ticket, ci_sys_id: str) -> bool:
+        """Link one more CI to the incident; False when ServiceNow refused it (logged, not raised)."""
         try:
             reply = await self.http.request(
                 "POST",
@@ -437,6 +467,8 @@ class ServiceNowTarget:
         except TargetError as exc:
             # The incident exists: failing now would make the caller create it again.
             log.warning("%s: affected CI %s not added to %s: %s", self.name, ci_sys_id, ticket.number, exc)
+            return False
+        return True
 
 
 TARGET_CLASS = ServiceNowTarget
@@ -464,14 +496,15 @@ def _error_text(reply: Reply) -> str | None:
 def from_config(name: str, cfg: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> ServiceNowTarget:
     """Build the target from its YAML block; every mistake is in one TargetConfigError, each naming its key."""
     opts = Options(name, cfg)
-    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS)
+    opts.reject_unknown(COMMON_KEYS | OPTION_KEYS | CACHE_KEYS)
     base_url = opts.base_url()
     options = opts.read(ServiceNowOptions)
+    cache = read_settings(opts)
     for column in sorted(set(options.defaults) & OWNED_COLUMNS):
         opts.problem(f"defaults.{column}", "is set by the relay itself")
     http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
-    return ServiceNowTarget(name, http, options)
+    return ServiceNowTarget(name, http, options, CICache(cache))
 
 
 def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:

@@ -254,7 +254,9 @@ class FakeBmcHelix(FakeServer):
             "Incident Number": number,
             "Request ID": f"{number}|{number}",
             "Status": "Assigned",
-            "Submit Date": f"2026-01-01T00:00:{self._seq:02d}.000+0000",
+            # One second apart, so that a sort on it is the order of creation (the find sorts newest first).
+            "Submit Date": f"2026-01-01T{self._seq // 3600:02d}:{self._seq // 60 % 60:02d}:{self._seq % 60:02d}"
+            ".000+0000",
             **values,
         }
         self.incidents[number] = record

@@ -6,8 +6,9 @@ The end-to-end suite runs the real RT; this fake exists for what a real RT will 
   without an error;
 - a comment whose `Status` the lifecycle refuses answers 201 with a message, not an error;
 - a comment on a ticket that does not exist answers 400 "Message could not be recorded";
-- searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood);
-  `LIKE` is a case-insensitive substring match, as RT wraps the value in `%`;
+- searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood:
+  conditions joined by AND, one level of parentheses holding ORs); `LIKE` is a case-insensitive
+  substring match, as RT wraps the value in `%`;
 - every comment is a transaction in the ticket's history (`GET /ticket/:id/history`, with `orderby`,
   `order` and `per_page`), its text an attachment (`GET /transaction/:id/attachments`, where a
   collection gives the content as text).
@@ -138,7 +139,9 @@ class FakeRequestTracker(FakeServer):
             conditions = _parse(str(form.get("query", "")))
         except ValueError as exc:
             return _message(400, str(exc))
-        rows = [t for t in self.tickets.values() if all(self._ticket_holds(t, *c) for c in conditions)]
+        rows = [
+            t for t in self.tickets.values() if all(any(self._ticket_holds(t, *c) for c in g) for g in conditions)
+        ]
         rows.sort(key=lambda t: t["id"], reverse=form.get("order") == "DESC")
         per_page = int(str(form.get("per_page", "20")))
         items = [self._ticket_json(t) for t in rows[:per_page]]
@@ -232,7 +235,7 @@ class FakeRequestTracker(FakeServer):
         rows = [
             a
             for a in self.assets.values()
-            if all(_holds(str(a.get(f, "")), op, v) for f, op, v in conditions)
+            if all(any(_holds(str(a.get(f, "")), op, v) for f, op, v in group) for group in conditions)
         ]
         items = [{"id": str(a["id"]), "type": "asset", "Name": a["Name"]} for a in rows]
         return web.json_response({"items": items, "count": len(items), "total": len(items), "page": 1})
@@ -278,14 +281,21 @@ class FakeRequestTracker(FakeServer):
         }
 
 
-def _parse(query: str) -> list[tuple[str, str, str]]:
-    conditions = []
-    for part in re.split(r"\s+AND\s+", query.strip()):
-        m = _CONDITION.match(part)
-        if m is None:
-            raise ValueError(f"Wrong query, expecting a VALUE in '{part}'")
-        conditions.append((m["field"], m["op"], re.sub(r"\\(.)", r"\1", m["value"])))
-    return conditions
+def _parse(query: str) -> list[list[tuple[str, str, str]]]:
+    """`a AND (b OR c)`: a list (AND) of lists (OR) of conditions; one level of parentheses."""
+    groups = []
+    for part in re.split(r"\s+AND\s+(?![^(]*\))", query.strip()):
+        part = part.strip()
+        if part.startswith("(") and part.endswith(")"):
+            part = part[1:-1]
+        group = []
+        for alternative in re.split(r"\s+OR\s+", part):
+            m = _CONDITION.match(alternative)
+            if m is None:
+                raise ValueError(f"Wrong query, expecting a VALUE in '{alternative}'")
+            group.append((m["field"], m["op"], re.sub(r"\\(.)", r"\1", m["value"])))
+        groups.append(group)
+    return groups
 
 
 def _holds(actual: str, op: str, value: str) -> bool:

@@ -61,6 +61,7 @@ def test_target_keys_follow_the_relays_documented_order() -> None:
         auth=config.TargetAuth("basic", {"username": "svc", "password_env": "SNOW_PASSWORD"}),
         timeout_seconds=20.0,
         max_concurrency=8,
+        rate_limit_per_second=5.0,
         options={"close_code": "Solved"},
     )
     route = config.Route(
@@ -77,8 +78,10 @@ def test_target_keys_follow_the_relays_documented_order() -> None:
         "auth",
         "timeout_seconds",
         "max_concurrency",
+        "rate_limit_per_second",
         "close_code",
     ]
+    assert document["targets"]["snow"]["rate_limit_per_second"] == 5
     assert document["targets"]["snow"]["auth"] == {"type": "basic", "username": "svc", "password_env": "SNOW_PASSWORD"}
     assert document["targets"]["snow"]["timeout_seconds"] == 20 and isinstance(
         document["targets"]["snow"]["timeout_seconds"], int

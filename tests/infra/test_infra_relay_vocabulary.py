@@ -55,9 +55,14 @@ def test_target_names_the_relay_refuses_are_refused_with_its_rule(name: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("key", "bound"), [("timeout_seconds", schema.TIMEOUT_SECONDS), ("max_concurrency", schema.MAX_CONCURRENCY)]
+    ("key", "bound"),
+    [
+        ("timeout_seconds", schema.TIMEOUT_SECONDS),
+        ("max_concurrency", schema.MAX_CONCURRENCY),
+        ("rate_limit_per_second", schema.RATE_LIMIT_PER_SECOND),
+    ],
 )
-def test_target_timeout_and_concurrency_take_the_relays_bounds(key: str, bound: schema.Bound) -> None:
+def test_target_timeout_concurrency_and_rate_take_the_relays_bounds(key: str, bound: schema.Bound) -> None:
     for value in (bound.low, bound.high, str(int(bound.high))):
         accepted = getattr(parse_with_target(**{key: value}).targets[0], key)
         assert accepted == float(value), f"{key}: {value!r} is within the relay's bounds but read as {accepted!r}"
