@@ -239,7 +239,10 @@ class _Validator:
                                TIMEOUT_SECONDS)
         concurrency = int(self.bounded(body.get("max_concurrency", MAX_CONCURRENCY.default),
                                        (*path, "max_concurrency"), MAX_CONCURRENCY))
-        rate = self.bounded(body.get("rate_limit_per_second", RATE_LIMIT_PER_SECOND.default),
+        # A kind may declare the pace its API documents (`default_rate_limit_per_second`); unset, that applies.
+        kind_rate = getattr(load_kind(kind).TARGET_CLASS, "default_rate_limit_per_second",
+                            RATE_LIMIT_PER_SECOND.default)
+        rate = self.bounded(body.get("rate_limit_per_second", kind_rate),
                             (*path, "rate_limit_per_second"), RATE_LIMIT_PER_SECOND)
         severity = self.severity(body.get("severity"), (*path, "severity"))
         self.no_inline_secrets(body, path)
