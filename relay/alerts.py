@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from relay.schema import GUID, SEVERITIES
 
@@ -113,6 +114,8 @@ class BudgetContext:
     category: str | None
     budget_name: str | None
     spent_amount: str | None
+    threshold_type: str | None = None  # Actual or Forecasted
+    budget_amount: str | None = None  # BudgetThreshold, as Azure writes it ("$50.00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +354,8 @@ def _parse_context(service: str, c: dict[str, Any]) -> AlertContext:
             category=_text(c.get("AlertCategory")),
             budget_name=_text(data.get("BudgetName")),
             spent_amount=_text(data.get("SpentAmount")),
+            threshold_type=_text(data.get("ThresholdType")),
+            budget_amount=_text(data.get("BudgetThreshold")),
         )
     return OtherContext()
 
@@ -476,3 +481,32 @@ def resource_group_of(alert: Alert) -> str | None:
         if m:
             return m.group(1)
     return None
+
+
+# The Azure portal's alert details blade, which takes the whole alert id (URL-encoded).
+PORTAL_ALERT_URL = "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails.ReactView/alertId/"
+
+
+def portal_link(alert: Alert) -> str:
+    """Where a person sees the alert in the Azure portal: `investigationLink` when Azure sent one, else the
+    alert details page built from the alert id."""
+    if alert.essentials.investigation_link:
+        return alert.essentials.investigation_link
+    return PORTAL_ALERT_URL + quote(alert.essentials.alert_id, safe="")
+
+
+def log_search_link(alert: Alert) -> str | None:
+    """A log alert's link to its query results in the portal (filtered when Azure gives one), else None."""
+    if not isinstance(alert.context, LogContext):
+        return None
+    data = alert.raw.get("data")
+    ctx = data.get("alertContext") if isinstance(data, dict) else None
+    if not isinstance(ctx, dict):
+        return None
+    candidates: list[Any] = [ctx.get("LinkToFilteredSearchResultsUI"), ctx.get("LinkToSearchResultsUI"),
+                             ctx.get("LinkToSearchResults")]
+    condition = ctx.get("condition")
+    all_of = condition.get("allOf") if isinstance(condition, dict) else None
+    if isinstance(all_of, list) and all_of and isinstance(all_of[0], dict):
+        candidates[:0] = [all_of[0].get("linkToFilteredSearchResultsUI"), all_of[0].get("linkToSearchResultsUI")]
+    return next((c for c in candidates if isinstance(c, str) and c.startswith("https://")), None)

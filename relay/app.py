@@ -218,7 +218,10 @@ def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:
 
 async def expire_periodically(store: Store, settings: RetentionSettings, expired: Counter, *,
                               first: float, every: float) -> None:
-    """Run `store.expire` now and then, forever: a failed pass is logged and the next one comes anyway."""
+    """Run `store.expire` now and then, forever: a failed pass is logged and the next one comes anyway.
+    A pass that deleted something is followed by another after `first` rather than `every`: a backend
+    that bounds its work per pass (Azure Storage) keeps up with a busy relay, and the loop settles back
+    to `every` once a pass finds nothing left."""
     delay = first
     while True:
         await asyncio.sleep(delay)
@@ -234,6 +237,7 @@ async def expire_periodically(store: Store, settings: RetentionSettings, expired
         for kind in EXPIRED_KINDS:
             expired.labels(kind).inc(getattr(gone, kind))
         if any(getattr(gone, kind) for kind in EXPIRED_KINDS):
+            delay = min(first, every)
             log.info("retention deleted %d delivered events, %d dead letters, %d ticket records, %d blobs",
                      gone.events, gone.dead_letters, gone.tickets, gone.blobs)
 

@@ -25,6 +25,11 @@ MINIMAL_TARGET_BLOCKS: dict[str, dict[str, Any]] = {
                   "auth": {"type": "ar_jwt", "username": "relay", "password_env": "TARGET_SECRET"}},
     "request_tracker": {"kind": "request_tracker", "base_url": "https://rt.example.com",
                         "auth": {"type": "token", "token_env": "TARGET_SECRET"}},
+    "jira_service_management": {"kind": "jira_service_management", "base_url": "https://example.atlassian.net",
+                                "project_key": "OPS",
+                                "auth": {"type": "api_token", "email": "relay@example.com",
+                                         "token_env": "TARGET_SECRET"}},
+    "pagerduty": {"kind": "pagerduty", "routing_key_env": "TARGET_SECRET"},
     "forward": {"kind": "forward", "base_url": "https://hook.example.com/alerts?source=azuremonitor"},
     "dry_run": {"kind": "dry_run"},
 }

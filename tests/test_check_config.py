@@ -95,8 +95,8 @@ delivery: {max_attempts: 0, sleep: 1}
         "FILE:6: targets.snow.max_concurrency: must be a whole number from 1 to 256 (got 0)",
         "FILE:9: targets.fwd.base_url: must use https: the alert and credentials travel in it "
         "(plain http is allowed only on loopback, got http://example.com/...)",
-        "FILE:11: targets.odd.kind: must be one of servicenow, bmc_helix, request_tracker, forward, dry_run "
-        "(got 'jira')",
+        "FILE:11: targets.odd.kind: must be one of servicenow, bmc_helix, request_tracker, "
+        "jira_service_management, pagerduty, forward, dry_run (got 'jira')",
         "FILE:14: routes[0].on_refire: must be one of new, reopen, ignore (got 'renew')",
         "FILE:15: routes[0].on_repeat: must be one of note, nothing (got 'shout')",
         "FILE:16: routes[0].incident_per: must be one of alert, configuration_item (got 'rule')",

@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from relay.delivery.rate_limit import (
 )
 from relay.delivery.worker import Worker
 from relay.targets import TargetError
+from tests.conftest import MINIMAL_TARGET_BLOCKS
 from tests.test_worker import FakeTarget, SpyStore, accept, alert_body, drained, make_config, metric, until
 
 
@@ -266,3 +268,13 @@ def test_a_bad_rate_limit_per_second_is_refused_with_its_line_and_bound(value):
     [problem] = caught.value.problems
     assert problem.path == "targets.snow.rate_limit_per_second" and problem.line == 6, problem
     assert schema.RATE_LIMIT_PER_SECOND.describe() in problem.message
+
+
+@pytest.mark.parametrize(("kind", "rate"), [("pagerduty", 2.0), ("jira_service_management", 5.0), ("servicenow", 0.0)])
+def test_a_kind_that_declares_its_apis_pace_gets_it_unless_the_target_sets_one(kind, rate):
+    def config(block: dict) -> str:
+        return yaml.safe_dump({"targets": {"t": block}, "routes": [{"target": "t"}]})
+
+    block = MINIMAL_TARGET_BLOCKS[kind]
+    assert parse_config(config(block)).targets["t"].rate_limit_per_second == rate
+    assert parse_config(config({**block, "rate_limit_per_second": 7})).targets["t"].rate_limit_per_second == 7

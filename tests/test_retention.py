@@ -119,3 +119,32 @@ async def test_relay_serve_exports_the_expired_counter(issuer, tmp_path, aiohttp
     text = await scrape(client)
     for kind in ("events", "dead_letters", "tickets", "blobs"):
         assert f'relay_store_expired_total{{kind="{kind}"}} 0.0' in text
+
+
+class Backlogged:
+    """A store whose retention deletes a bounded batch per pass (as Azure Storage does): three full passes."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    async def expire(self, now, retention):  # type: ignore[no-untyped-def]
+        self.passes += 1
+        return Expired(events=1000) if self.passes <= 3 else Expired()
+
+
+async def test_a_pass_that_deleted_something_is_followed_soon_until_nothing_is_left():
+    store = Backlogged()
+    expired = Counter("relay_store_expired_total", "x", ["kind"], registry=CollectorRegistry())
+    settings = RetentionSettings()
+    # `every` is the default hour: only passes that found work may come sooner (after `first`).
+    first, every = 0.01, retention_schedule(settings)[1]
+    task = asyncio.create_task(expire_periodically(store, settings, expired, first=first, every=every))
+    deadline = time.monotonic() + 30  # a hang guard, not a timing
+    while store.passes < 4:
+        assert time.monotonic() < deadline, f"only {store.passes} passes: a busy store's backlog is not caught up"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert store.passes == 4, "once a pass finds nothing, the next waits the interval"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

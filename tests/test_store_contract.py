@@ -791,3 +791,40 @@ async def test_azure_claim_reads_only_the_alert_it_claims_whatever_the_backlog(a
                 assert "PartitionKey eq" in q["$filter"][0], f"a claim's query scans partitions: {url}"
                 assert int(q["$top"][0]) <= 2, f"a claim's query reads more than two rows: {url}"
     assert costs[1] == costs[40], f"a claim costs more with a larger backlog: {costs}"
+
+
+async def test_azure_store_unreachable_at_start_opens_not_ready_and_sets_up_once_storage_returns(
+        azurite, monkeypatch):
+    import relay.store.azure as azure_store
+
+    monkeypatch.setattr(azure_store, "SETUP_RETRY_SECONDS", 0.2)  # the default is 5 s; shortened to run fast
+    cut = StorageCut(azurite)
+    cut.cut()
+    store = AzureStorageStore(connection_string=cut.connection_string, names=unique_names())
+    try:
+        await asyncio.wait_for(store.open(), 60)  # before: raised StoreUnavailable, and `relay serve` exited
+        with pytest.raises(StoreUnavailable, match="not set up yet"):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.accept(event(1)), 60)
+        cut.restore()
+        deadline = time.monotonic() + WAIT_SECONDS  # a hang guard, not a timing
+        while True:
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store never set itself up after storage returned"
+                await asyncio.sleep(0.1)
+        assert await store.accept(event(1)) is True
+        [c] = await claim_eventually(store)
+        assert c.event.key == event(1).key
+    finally:
+        await store.close()
+        cut.close()
+
+
+def test_azure_setup_retries_every_five_seconds_by_default():
+    from relay.store.azure import SETUP_RETRY_SECONDS
+
+    assert SETUP_RETRY_SECONDS == 5.0

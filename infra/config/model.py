@@ -24,6 +24,8 @@ TARGET_AUTH = {
     "servicenow": ("basic", "oauth"),
     "bmc_helix": ("ar_jwt",),
     "request_tracker": ("token", "basic"),
+    "jira_service_management": ("api_token", "pat"),
+    "pagerduty": (None,),  # the routing key is an option (routing_key_env), not an auth block
     "forward": ("basic", "bearer", "header", "none", None),
     "dry_run": (None,),
 }
@@ -36,6 +38,8 @@ AUTH_FIELDS = {
     "bearer": ("token_env",),
     "header": ("name", "value_env"),
     "ar_jwt": ("username", "password_env"),
+    "api_token": ("email", "token_env"),
+    "pat": ("token_env",),
     "none": (),
 }
 # Route keys the relay reads besides match, target and fields; passed to it as they are.

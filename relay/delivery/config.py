@@ -41,7 +41,7 @@ from relay.schema import (
     OnRepeat,
     OnResolve,
 )
-from relay.targets import TARGET_MODULES, build_target
+from relay.targets import TARGET_MODULES, build_target, load_kind
 from relay.targets.target_config import TargetConfigError
 
 Path = tuple[str | int, ...]
@@ -239,7 +239,10 @@ class _Validator:
                                TIMEOUT_SECONDS)
         concurrency = int(self.bounded(body.get("max_concurrency", MAX_CONCURRENCY.default),
                                        (*path, "max_concurrency"), MAX_CONCURRENCY))
-        rate = self.bounded(body.get("rate_limit_per_second", RATE_LIMIT_PER_SECOND.default),
+        # A kind may declare the pace its API documents (`default_rate_limit_per_second`); unset, that applies.
+        kind_rate = getattr(load_kind(kind).TARGET_CLASS, "default_rate_limit_per_second",
+                            RATE_LIMIT_PER_SECOND.default)
+        rate = self.bounded(body.get("rate_limit_per_second", kind_rate),
                             (*path, "rate_limit_per_second"), RATE_LIMIT_PER_SECOND)
         severity = self.severity(body.get("severity"), (*path, "severity"))
         self.no_inline_secrets(body, path)
@@ -311,6 +314,8 @@ class _Validator:
             on_resolve=OnResolve(self.choice(body, "on_resolve", ON_RESOLVE, path)),
         )
         incident_per = IncidentPer(self.choice(body, "incident_per", INCIDENT_PER, path))
+        if isinstance(target, str) and target in targets:
+            self.route_options_apply(body, targets[target], path)
         cont = body.get("continue", False)
         if not isinstance(cont, bool):
             self.bad((*path, "continue"), "must be true or false")
@@ -332,6 +337,18 @@ class _Validator:
             continue_=cont,
             index=index,
         )
+
+    def route_options_apply(self, body: Mapping[str, Any], target: TargetConfig, path: Path) -> None:
+        """Refuse route options the target's kind declares it cannot carry out (`unsupported_route_options`)."""
+        try:
+            declared = getattr(load_kind(target.kind).TARGET_CLASS, "unsupported_route_options", {})
+        except ImportError:  # reported at the target's kind
+            return
+        for key, refused in declared.items():
+            value = body.get(key)
+            if isinstance(value, str) and value in refused:
+                self.bad((*path, key), f"{value} cannot apply to target {target.name!r} ({target.kind}): "
+                                       f"{refused[value]}")
 
     def choice(self, body: Mapping[str, Any], key: str, choices: tuple[str, ...], path: Path) -> str:
         value = body.get(key, choices[0])

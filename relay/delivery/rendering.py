@@ -17,27 +17,53 @@ from typing import Any
 from jinja2 import ChainableUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from relay.alerts import Alert, LogContext, MetricContext, ServiceHealthContext, resource_group_of, subscription_of
+from relay.alerts import (
+    Alert,
+    BudgetContext,
+    LogContext,
+    MetricContext,
+    ServiceHealthContext,
+    log_search_link,
+    portal_link,
+    resource_group_of,
+    subscription_of,
+)
 from relay.delivery.lifecycle import Action, Kind
 from relay.targets import Incident, Target, TextLimits, truncate
 
 log = logging.getLogger("relay.delivery.rendering")
 
-DEFAULT_SUMMARY = "[{{ severity }}] {{ title }}{% if resource %} on {{ resource }}{% endif %}"
+# An alert without a severity (budget alerts) gets no "[Sev?]": its summary starts with its title.
+DEFAULT_SUMMARY = (
+    "{% if severity %}[{{ severity }}] {% endif %}{{ title }}{% if resource %} on {{ resource }}{% endif %}"
+)
 DEFAULT_DESCRIPTION = """\
 Azure Monitor alert: {{ title }}
-Severity: {{ severity }} | Signal: {{ essentials.signalType or "-" }} | Service: {{ essentials.monitoringService }}
+Severity: {{ severity or "none" }} | Signal: {{ essentials.signalType or "-" }} | \
+Service: {{ essentials.monitoringService }}
 Condition: {{ essentials.monitorCondition or "Fired" }} at {{ essentials.firedDateTime }}\
 {% if essentials.resolvedDateTime %}, resolved at {{ essentials.resolvedDateTime }}{% endif %}
-{% if essentials.description %}Description: {{ essentials.description }}
+{% if previous_ticket %}Fired again after its previous ticket {{ previous_ticket }} was resolved: \
+this ticket continues it.
+{% endif %}{% if essentials.description %}Description: {{ essentials.description }}
 {% endif %}{% for c in criteria %}Metric: {{ c.metricName }} {{ c.operator }} {{ c.threshold }} \
 ({{ c.timeAggregation }}), value {{ c.metricValue }}
-{% endfor %}{% if search_query %}Query: {{ search_query }}
-{% endif %}{% if configuration_items %}Configuration items: {{ configuration_items | join(", ") }}
+{% endfor %}{% if budget %}Budget: {{ budget.name }} ({{ budget.threshold_type or "-" }}), \
+spent {{ budget.spent or "-" }} of {{ budget.amount or "-" }}
+{% endif %}{% if search_query %}Query: {{ search_query }}
+{% endif %}{% if log_search_link %}Log search results: {{ log_search_link }}
+{% endif %}
+Alert rule: {{ rule }}
+Subscription: {{ subscription or "-" }} | Resource group: {{ resource_group or "-" }}
+{% if configuration_items %}Configuration items: {{ configuration_items | join(", ") }}
 {% endif %}{% for r in essentials.alertTargetIDs or [] %}Resource: {{ r }}
 {% endfor %}Alert id: {{ essentials.alertId }}
-{% if essentials.investigationLink %}Investigate: {{ essentials.investigationLink }}
-{% endif %}"""
+Azure portal: {{ portal_link }}
+
+{% if budget %}To silence it: change or remove the alert conditions of budget {{ budget.name }} \
+(Azure portal > Cost Management > Budgets).{% else %}To silence it (a maintenance, a known issue): an Azure alert \
+processing rule that removes the action groups for alert rule {{ rule }} (Azure portal > Monitor > Alerts > \
+Alert processing rules), or disable the alert rule.{% endif %}"""
 
 _env = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
 
@@ -51,7 +77,8 @@ _DEFAULT_SUMMARY = compile_template(DEFAULT_SUMMARY)
 _DEFAULT_DESCRIPTION = compile_template(DEFAULT_DESCRIPTION)
 
 
-def template_context(alert: Alert, cis: tuple[str, ...] = ()) -> dict[str, Any]:
+def template_context(alert: Alert, cis: tuple[str, ...] = (), previous_ticket: str | None = None) -> dict[str, Any]:
+    """The names templates see. `previous_ticket`: the resolved ticket a re-fire's new ticket follows."""
     data = alert.raw.get("data") or {}
     e = alert.essentials
     ctx = alert.context
@@ -60,6 +87,12 @@ def template_context(alert: Alert, cis: tuple[str, ...] = ()) -> dict[str, Any]:
     if isinstance(ctx, ServiceHealthContext) and ctx.title:
         title = ctx.title
     resource = cis[0].rstrip("/").rsplit("/", 1)[-1] if cis else ""
+    budget = _budget(alert)
+    if budget is not None:
+        # A budget alert has no rule, severity or resource: its budget is what it is about.
+        title = f"Cost budget {budget['name']} spent {budget['spent']} of {budget['amount']}" if budget["spent"] \
+            else f"Cost budget {budget['name']}"
+        resource = ""
     return {
         "schemaId": alert.raw.get("schemaId"),
         "data": data,
@@ -67,7 +100,7 @@ def template_context(alert: Alert, cis: tuple[str, ...] = ()) -> dict[str, Any]:
         "alertContext": data.get("alertContext") or {},
         "customProperties": alert.custom_properties,
         "title": title,
-        "severity": e.severity or "Sev?",
+        "severity": e.severity or "",
         "condition": alert.condition,
         "resource": resource,
         "ci": cis[0] if len(cis) == 1 else "",
@@ -77,6 +110,24 @@ def template_context(alert: Alert, cis: tuple[str, ...] = ()) -> dict[str, Any]:
         "correlation_key": alert.correlation_key,
         "criteria": list(ctx.criteria) if isinstance(ctx, MetricContext) else [],
         "search_query": ctx.search_query if isinstance(ctx, LogContext) else None,
+        "log_search_link": log_search_link(alert),
+        "portal_link": portal_link(alert),
+        "previous_ticket": previous_ticket,
+        "rule": e.alert_rule or (f"budget {budget['name']}" if budget else title),
+        "budget": budget,
+    }
+
+
+def _budget(alert: Alert) -> dict[str, str | None] | None:
+    """A cost budget alert's budget: name, threshold type, amount and spend (Azure sends them as text)."""
+    ctx = alert.context
+    if not isinstance(ctx, BudgetContext):
+        return None
+    return {
+        "name": ctx.budget_name or "(unnamed)",
+        "threshold_type": ctx.threshold_type,
+        "amount": ctx.budget_amount,
+        "spent": ctx.spent_amount,
     }
 
 
@@ -103,14 +154,16 @@ def render_incident(
     severity_fields: Mapping[str, Mapping[str, Any]] | None = None,
     body: bytes = b"",
     unbound_configuration_items: tuple[str, ...] = (),
+    previous_ticket: str | None = None,
 ) -> Incident:
     """The incident a target should hold for this alert (or one CI of it), cut to the target's limits.
 
     `unbound_configuration_items` (over the per-alert limit) are listed at the end of the description.
 
     `severity_fields` overrides the target's own `severity_fields` (the target block's `severity:`).
+    `previous_ticket`: the number of the resolved ticket this one follows (a re-fire, `on_refire: new`).
     """
-    context = template_context(alert, configuration_items)
+    context = template_context(alert, configuration_items, previous_ticket)
     limits = _limits(target)
     problems = []
     summary_text, err = render(summary or _DEFAULT_SUMMARY, context, _DEFAULT_SUMMARY)

@@ -480,7 +480,7 @@ class Worker:
         if not action.calls_target:
             return await self._record_only(target, key, decision, state, data, version, closed, record is None)
 
-        incident = self._render(route, target, alert, event, key, decision)
+        incident = self._render(route, target, alert, event, key, decision, state)
         if action.opens_incident:
             opened = await self._open_incident(target, action, key, incident, data, version, event.key,
                                                searched=searched and state is None)
@@ -519,8 +519,10 @@ class Worker:
         return True
 
     def _render(self, route: Route, target: Target, alert: Alert, event: Event, key: TicketKey,
-                decision: Decision) -> Incident:
+                decision: Decision, state: TicketState | None = None) -> Incident:
         cfg = self.config.targets[target.name]
+        # A re-fire's new ticket names the resolved one it follows (the record still holds its number).
+        previous = (state.ticket_number or state.ticket_id) if state and decision.action is Action.NEW else None
         return render_incident(
             alert,
             target=target,
@@ -532,6 +534,7 @@ class Worker:
             fields=route.fields,
             severity_fields=cfg.severity,
             body=event.body,
+            previous_ticket=previous,
         )
 
     def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str) -> str:

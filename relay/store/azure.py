@@ -121,6 +121,7 @@ ACCEPT_TRIES = 16
 DEAD_PARTITION = "deadletters"
 # Each replica looks for alerts whose next event is due but untouched (a lost wake-up) this often.
 SWEEP_EVERY_SECONDS = 300.0
+SETUP_RETRY_SECONDS = 5.0  # storage unreachable at start: how often `open` tries again, in the background
 STRANDED_AFTER_SECONDS = 300.0
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _TOKEN = re.compile(r"^a[0-9a-f]{64}$")
@@ -252,6 +253,8 @@ class AzureStorageStore:
         self._container: ContainerClient | None = None
         self._next_sweep = 0.0  # monotonic; the first claim sweeps, so a restart recovers strays
         self._sweeper: asyncio.Task[int] | None = None
+        self._ready = False  # the queues, table and container are known to exist
+        self._setup: asyncio.Task[None] | None = None
         self._leases: dict[str, _Lease] = {}  # by claim receipt: the claims this replica holds
         self._expire_from: dict[str, Any] = {}  # by query: where the last expire pass stopped
         self.operations = OperationCounter()
@@ -301,15 +304,39 @@ class AzureStorageStore:
                                        raw_request_hook=count("queue"), **storage_opts)
             self._container = ContainerClient(blob_url, n.container, credential=cred,
                                               raw_request_hook=count("blob"), **storage_opts)
+        try:
+            await self._set_up()
+        except StoreUnavailable as exc:
+            # Start anyway: /readyz reports not ready (ping fails) and intake answers 503, which Azure
+            # retries, while this keeps trying; a relay that exits here is restarted into the same outage.
+            log.warning("%s; serving with /readyz failing, trying again every %gs", exc, SETUP_RETRY_SECONDS)
+            self._setup = asyncio.create_task(self._set_up_eventually(), name="azure-store-setup")
+
+    async def _set_up(self) -> None:
         async with self._storage("create the queues, table and container"):
             await asyncio.gather(
-                _ensure(self._table.create_table()),
-                _ensure(self._queue.create_queue()),
-                _ensure(self._poison.create_queue()),
-                _ensure(self._container.create_container()),
+                _ensure(self._t.create_table()),
+                _ensure(self._q.create_queue()),
+                _ensure(self._poison.create_queue()),  # type: ignore[union-attr]
+                _ensure(self._container.create_container()),  # type: ignore[union-attr]
             )
+        self._ready = True
+
+    async def _set_up_eventually(self) -> None:
+        while not self._ready:
+            await asyncio.sleep(SETUP_RETRY_SECONDS)
+            try:
+                await self._set_up()
+            except StoreUnavailable as exc:
+                log.warning("%s; trying again in %gs", exc, SETUP_RETRY_SECONDS)
+        log.info("azure storage (%s) reachable: queues, table and container ready", self.account)
 
     async def close(self) -> None:
+        if self._setup is not None:
+            self._setup.cancel()
+            with contextlib.suppress(BaseException):
+                await self._setup
+            self._setup = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(BaseException):
@@ -406,6 +433,8 @@ class AzureStorageStore:
             await self._send_token(pk)
 
     async def ping(self) -> None:
+        if not self._ready:
+            raise StoreUnavailable(f"azure storage ({self.account}): not set up yet (unreachable at start)")
         async with self._storage("reach the table, queue and container"):
             await asyncio.gather(self._get(DEAD_PARTITION, "ping"), self._q.get_queue_properties(),
                                  self._container.get_container_properties())  # type: ignore[union-attr]

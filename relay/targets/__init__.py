@@ -14,6 +14,8 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   (`TextLimits`, or None for a kind that sends no ticket text), `severity_fields` (the default
   severity -> vendor fields) and `options_class` (the dataclass of its options: the fields are the
   option keys, their defaults the defaults). `build_target` refuses a module that lacks one.
+  Optional: `unsupported_route_options` (route option -> value -> why it cannot apply, e.g. a kind
+  that cannot reopen refuses `on_refire: reopen`), which `relay check-config` reads.
 - `cfg` is the raw `targets.<name>` block of RELAY_CONFIG minus the keys the delivery core owns
   (`CORE_KEYS`: `severity`, `rate_limit_per_second`); the module reads the rest with
   `relay.targets.target_config.Options`, which collects every problem of the block, and raises one
@@ -222,6 +224,8 @@ TARGET_MODULES = {
     "servicenow": "relay.targets.servicenow",
     "bmc_helix": "relay.targets.bmc_helix",
     "request_tracker": "relay.targets.request_tracker",
+    "jira_service_management": "relay.targets.jira_service_management",
+    "pagerduty": "relay.targets.pagerduty",
     "forward": "relay.targets.forward",
     "dry_run": "relay.targets.dry_run",
 }

@@ -94,10 +94,11 @@ class RequestTrackerTarget:
     kind: ClassVar[str] = KIND
     # Subject 200; content (the description, comments) has no practical limit: 64000 here.
     limits: ClassVar[TextLimits] = TextLimits(summary=200, description=64000, note=64000)
-    # Priority on RT's default scale (PriorityAsString: Low 0, Medium 50, High 100).
+    # Priority on RT's default scale (PriorityAsString: Low 0, Medium 50, High 100). RT shows the label of
+    # the highest value not above the number (75 shows as Medium), so Sev0-1 High, Sev2 Medium, Sev3-4 Low.
     severity_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "Sev0": {"Priority": 100},
-        "Sev1": {"Priority": 75},
+        "Sev1": {"Priority": 100},
         "Sev2": {"Priority": 50},
         "Sev3": {"Priority": 25},
         "Sev4": {"Priority": 0},

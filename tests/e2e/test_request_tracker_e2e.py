@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from devtools.dev_issuer import DevIssuer
+from relay.alerts import parse_alert
 from relay.targets import Incident, TargetError, Ticket, request_tracker
 from tests.conftest import load_sample
 from tests.relay_process import RelayProcess
@@ -442,3 +443,99 @@ async def test_the_relay_reopens_on_refire_when_the_route_says_so(rt_server, adm
         await until_rt("the ticket reopened", status_is("open"), process)
     assert [t["id"] for t in await admin.tickets_with_key(guid)] == [ticket["id"]]
     assert await admin.tickets_with_key(f"{guid}.2") == []
+
+
+# -- what the ticket says: the content an on-call engineer acts on ---------------------------------------
+
+# RT 5's default %PriorityAsString (RT_Config.pm); RT shows the label of the highest value not above the number.
+RT_PRIORITY_LABELS = {"Low": 0, "Medium": 50, "High": 100}
+
+
+def rt_priority_label(priority: Any) -> str:
+    n = int(priority)
+    return max(((v, label) for label, v in RT_PRIORITY_LABELS.items() if n >= v), default=(0, "unknown"))[1]
+
+
+async def ticket_content(admin: RTAdmin, ticket_id: str) -> str:
+    """The text the ticket was created with (its Create transaction's content)."""
+    history = await admin.get(f"/ticket/{ticket_id}/history?fields=Type&per_page=100")
+    [create] = [item for item in history["items"] if item.get("Type") == "Create"]
+    attachments = await admin.get(f"/transaction/{create['id']}/attachments?fields=Content")
+    return "\n".join(str(a.get("Content", "")) for a in attachments["items"])
+
+
+def sample_body(name: str, guid: str, **essentials: Any) -> bytes:
+    doc = load_sample(name)
+    e = doc["data"]["essentials"]
+    e["alertId"] = f"{SUB}/providers/Microsoft.AlertsManagement/alerts/{guid}"
+    e.update(essentials)
+    return json.dumps(doc).encode()
+
+
+async def test_the_ticket_says_what_on_call_needs_and_a_refire_names_the_previous_ticket(rt_server, admin, relay):
+    process, issuer = relay
+    guid = str(uuid.uuid4())
+    vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/oncall-{guid[:8]}"
+    t0, t1, t2 = (f"2026-01-01T12:{m:02d}:00.000Z" for m in (0, 5, 10))
+    async with aiohttp.ClientSession() as http:
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-oncall-cpu", vm, t0))
+
+        async def the_ticket() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(guid)
+
+        [first] = await until_rt("a ticket for the fired alert", the_ticket, process)
+        stored = await admin.ticket(first["id"])
+        content = await ticket_content(admin, first["id"])
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-oncall-cpu", vm, t0, resolved=t1))
+
+        async def resolved() -> bool:
+            return (await admin.ticket(first["id"]))["Status"] == "resolved"
+
+        await until_rt("the ticket resolved", resolved, process)
+        await post_alert(http, process, issuer, alert_body(guid, "e2e-oncall-cpu", vm, t2))
+
+        async def successor() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(f"{guid}.2")
+
+        [second] = await until_rt("a second ticket for the re-fire", successor, process)
+        second_content = await ticket_content(admin, second["id"])
+    assert stored["Subject"] == f"[Sev1] e2e-oncall-cpu on {vm.rsplit('/', 1)[-1]}"
+    assert rt_priority_label(stored["Priority"]) == "High", f"Sev1 shows as {rt_priority_label(stored['Priority'])}"
+    assert "Alert rule: e2e-oncall-cpu" in content
+    assert "Subscription: 0f0e0d0c-0b0a-0908-0706-050403020100 | Resource group: rg-e2e" in content
+    assert "Azure portal: https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails" in content
+    assert guid in content.split("Azure portal: ", 1)[1].splitlines()[0], "the portal link is built from the alert id"
+    assert "To silence it" in content and "alert processing rule" in content
+    assert "previous ticket" not in content
+    assert f"Fired again after its previous ticket {first['id']} was resolved" in second_content
+
+
+async def test_a_log_alert_ticket_links_its_search_results_and_a_budget_alert_has_no_sev_placeholder(
+    rt_server, admin, relay
+):
+    process, issuer = relay
+    log_guid, budget_guid = str(uuid.uuid4()), str(uuid.uuid4())
+    log_body = sample_body("testaction-log-v2-fired.json", log_guid, severity="Sev3")
+    doc = load_sample("testaction-budget-fired.json")
+    doc["data"]["essentials"]["alertId"] = f"{SUB}/providers/Microsoft.CostManagement/alerts/{budget_guid}"
+    async with aiohttp.ClientSession() as http:
+        await post_alert(http, process, issuer, log_body)
+        await post_alert(http, process, issuer, json.dumps(doc).encode())
+
+        async def log_ticket() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(log_guid)
+
+        [log_t] = await until_rt("a ticket for the log alert", log_ticket, process)
+        log_content = await ticket_content(admin, log_t["id"])
+        log_stored = await admin.ticket(log_t["id"])
+        budget_key = parse_alert(doc).correlation_key
+
+        async def budget_ticket() -> list[dict[str, Any]]:
+            return await admin.tickets_with_key(budget_key)
+
+        [budget_t] = await until_rt("a ticket for the budget alert", budget_ticket, process)
+        budget = await admin.ticket(budget_t["id"])
+    assert "Log search results: https://portal.azure.com" in log_content
+    assert rt_priority_label(log_stored["Priority"]) == "Low", "Sev3 must show as Low"
+    assert budget["Subject"] == "Cost budget Test_forcasted_budget spent $999.99 of $50.00"
+    assert "Sev?" not in budget["Subject"]

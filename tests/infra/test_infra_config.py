@@ -103,7 +103,7 @@ BAD_CONFIG = [
         "unknown target kind",
         lambda c: servicenow(c).__setitem__("kind", "jira"),
         "secure-export:targets.servicenow.kind",
-        "servicenow, bmc_helix, request_tracker, forward, dry_run",
+        "servicenow, bmc_helix, request_tracker, jira_service_management, pagerduty, forward, dry_run",
     ),
     (
         "auth type the target kind does not speak",
