@@ -196,6 +196,36 @@ async def test_claim_cost_does_not_grow_with_the_backlog(tmp_path):
     )
 
 
+async def accept_cost(path: Path, backlog: int) -> int:
+    """SQLite VM steps of one group commit of 32 new alerts with `backlog` events waiting."""
+    store = await opened(path)
+    try:
+        await asyncio.gather(*(store.accept(event(f"old-{i}")) for i in range(backlog)))
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        await store._run(lambda: store._db().set_progress_handler(count, 1))
+        await asyncio.gather(*(store.accept(event(f"new-{i}")) for i in range(32)))
+        await store._run(lambda: store._db().set_progress_handler(None, 1))
+        return steps
+    finally:
+        await store.close()
+
+
+async def test_accept_cost_does_not_grow_with_the_backlog(tmp_path):
+    # Regression: the heads upkeep at accept scanned every waiting event (intake halved under a backlog).
+    small = await accept_cost(tmp_path / "small.db", 100)
+    large = await accept_cost(tmp_path / "large.db", 10_000)
+    assert large <= small * 1.5, (
+        f"accepting 32 events cost {small} SQLite steps with 100 waiting and {large} with 10,000: "
+        "accept scans the backlog"
+    )
+
+
 def test_claim_plan_is_an_index_range_on_the_heads(tmp_path):
     s = SqliteStore(tmp_path / "plan.db")
     asyncio.run(s.open())

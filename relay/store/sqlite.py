@@ -418,10 +418,13 @@ class SqliteStore:
             (now, before),
         )
         # An alert with nothing queued gets its first new event as its head; one with a head keeps it.
+        # MATERIALIZED: read this batch's rows by seq first; left to itself, the planner serves the
+        # GROUP BY from deliveries_by_alert, scanning the whole backlog on every commit.
         db.execute(
-            "INSERT OR IGNORE INTO heads (alert_id, seq, priority, due_at)"
-            " SELECT d.alert_id, MIN(d.seq), e.priority, d.available_at"
-            " FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.seq > ? GROUP BY d.alert_id",
+            "WITH new AS MATERIALIZED (SELECT seq, alert_id, available_at FROM deliveries WHERE seq > ?)"
+            " INSERT OR IGNORE INTO heads (alert_id, seq, priority, due_at)"
+            " SELECT n.alert_id, MIN(n.seq), e.priority, n.available_at"
+            " FROM new n JOIN events e ON e.seq = n.seq GROUP BY n.alert_id",
             (before,),
         )
         inserted = {row[0] for row in db.execute("SELECT key FROM events WHERE seq > ?", (before,))}
