@@ -38,15 +38,16 @@ FINDINGS = """## Where the aims are missed, and why
   Next steps worth measuring: the commit path in a process of its own (no GIL shared with the
   event loop), and uvloop. For scale: Azure sends at most 1,500 webhook calls a minute per
   subscription (25 a second), two orders of magnitude under these figures.
-- **Intake lost ground in the round of issues 10-13** (A/B runs of `bench.intake` on the same quiet
-  2-core AMD EPYC machine, 2026-12-02, one run each): intake alone, hot/cold, was 3,497/4,782 req/s
-  before the round (8d0e1d2), 3,691/5,648 just before the SQLite rewrite (b465b41, with uvloop for
-  `relay serve`), and 2,564/2,348 right after it (1bbead9), as now. The store alone (6,400 accepts
-  in batches of 32, no HTTP) slowed only from 11,609 to 10,081 accepts/s (0.55 to 0.67 s of CPU), so
-  most of the loss is not SQLite's own work: not yet profiled. Suspects for the next person: the
-  store thread's share of the GIL under load (the rewrite runs every write, the `heads` upkeep and
-  per-op savepoints on it), and the reader thread. `bench/intake_server.py` runs asyncio's loop,
-  not uvloop.
+- **Intake lost ground in the round of issues 10-13, and got most of it back** (A/B runs of
+  `bench.intake` on the same quiet 2-core AMD EPYC machine, 2026-12-02, one run each): intake alone,
+  hot/cold, was 3,497/4,782 req/s before the round (8d0e1d2), 3,691/5,648 just before the SQLite
+  rewrite (b465b41), and 2,564/2,348 right after it (1bbead9), as in the tables above. py-spy put 57 %
+  of the samples on the store's writer thread, 23 % on one statement: the `heads` upkeep at accept,
+  which SQLite served from `deliveries_by_alert` and so scanned the whole backlog on every commit
+  (intake alone has no worker, so its backlog grows through the run). Reading the batch's rows first
+  (a MATERIALIZED CTE) fixed it: one `bench.intake` run after the fix gave 3,141/4,789 req/s (p99
+  21.3/11.3 ms) against a 21,389 req/s ceiling; the tables above predate the fix.
+  `tests/test_sqlite_store.py` now counts an accept's SQLite steps at backlogs of 100 and 10,000.
 - **The whole relay is slower than intake alone** because the delivery worker shares the process and
   the SQLite thread: every event is claimed, delivered and completed through the same store.
 - **Backlog drain**: with 10,000 events queued, a claim reads only the SQLite store's `heads` table
