@@ -5,6 +5,7 @@ file size, and migrating a file written by an older relay."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -160,6 +162,23 @@ async def test_closing_mid_commit_fails_the_batch_being_written_instead_of_leavi
 # -- claims read what they claim ------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def vm_steps(store: SqliteStore) -> AsyncIterator[list[int]]:
+    """Count SQLite VM steps (progress-handler calls, one per instruction) on the writer connection
+    while the block runs; the count is in the yielded list's only item."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    await store._run(lambda: store._db().set_progress_handler(count, 1))
+    try:
+        yield steps
+    finally:
+        await store._run(lambda: store._db().set_progress_handler(None, 1))
+
+
 async def claim_cost(path: Path, backlog: int) -> int:
     """SQLite VM steps (progress-handler calls, one per instruction) of claiming and completing 10
     events with `backlog` waiting: half as many alerts' heads, half queued behind one leased head."""
@@ -169,20 +188,12 @@ async def claim_cost(path: Path, backlog: int) -> int:
         [busy] = await store.claim(1, LONG)
         await asyncio.gather(*(store.accept(event("busy", at=f"t{i + 1}")) for i in range(backlog // 2)))
         await asyncio.gather(*(store.accept(event(i)) for i in range(backlog // 2)))
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        await store._run(lambda: store._db().set_progress_handler(count, 1))
-        claims = await store.claim(10, LONG)
-        for c in claims:
-            await store.complete(c)
-        await store._run(lambda: store._db().set_progress_handler(None, 1))
+        async with vm_steps(store) as steps:
+            claims = await store.claim(10, LONG)
+            for c in claims:
+                await store.complete(c)
         assert len(claims) == 10 and busy.event.key not in {c.event.key for c in claims}
-        return steps
+        return steps[0]
     finally:
         await store.close()
 
@@ -201,17 +212,9 @@ async def accept_cost(path: Path, backlog: int) -> int:
     store = await opened(path)
     try:
         await asyncio.gather(*(store.accept(event(f"old-{i}")) for i in range(backlog)))
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        await store._run(lambda: store._db().set_progress_handler(count, 1))
-        await asyncio.gather(*(store.accept(event(f"new-{i}")) for i in range(32)))
-        await store._run(lambda: store._db().set_progress_handler(None, 1))
-        return steps
+        async with vm_steps(store) as steps:
+            await asyncio.gather(*(store.accept(event(f"new-{i}")) for i in range(32)))
+        return steps[0]
     finally:
         await store.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -303,7 +304,7 @@ class Worker:
         """Record an outcome (complete, retry_later, dead_letter), retried through a store blip for up to
         `record_retry_seconds`; past that StoreUnavailable, and the lease decides."""
         give_up = self._clock() + self.settings.record_retry_seconds
-        for tries in range(1_000_000):
+        for tries in itertools.count():
             try:
                 await op(claim, *args, **kwargs)
                 return
