@@ -503,12 +503,13 @@ async def test_two_workers_on_one_store_open_one_incident_for_a_shared_key(store
     target.gate = asyncio.Event()
     route = Route(target="itsm", incident_per="configuration_item", policy=Policy(on_repeat="note"))
     await accept(store, alert_body(guid=guid(1), cis=["vm-1"]))
-    await accept(store, alert_body(guid=guid(2), cis=["vm-1"], fired=T1))
     spy = SpyStore(store)
-    one_at_a_time = make_config(route, targets={"itsm": 1})  # each worker claims one event
-    await running(spy, one_at_a_time, {"itsm": target})
+    config = make_config(route, targets={"itsm": 1})
+    first = await running(spy, config, {"itsm": target})
     await until(lambda: target.entered.is_set(), "one worker is creating")
-    await running(spy, one_at_a_time, {"itsm": target})
+    first.begin_shutdown()  # it claims nothing more, so the second alert goes to the other worker
+    await accept(store, alert_body(guid=guid(2), cis=["vm-1"], fired=T1))
+    await running(spy, config, {"itsm": target})
     await until(lambda: any("opening the incident" in e for e in spy.errors), "the other one waits")
     target.gate.set()
     await until(lambda: drained(store), "both alerts delivered")
@@ -538,7 +539,8 @@ async def test_parallel_deliveries_are_bounded_per_target(store, running):
     target.gate = asyncio.Event()
     for n in range(6):
         await accept(store, alert_body(guid=guid(n)))
-    # The worker could claim 8 at once (the other target's slots count too); this target takes 2.
+    # The worker could claim 16 at once (twice the slots, the other target's count too); this target
+    # takes 2 calls at a time.
     config = make_config(targets={"itsm": 2, "other": 6})
     await running(store, config, {"itsm": target, "other": FakeTarget("other")})
     await until(lambda: target.active == 2, "two deliveries in flight")
@@ -548,6 +550,32 @@ async def test_parallel_deliveries_are_bounded_per_target(store, running):
     target.gate.set()
     await until(lambda: drained(store), "all delivered")
     assert target.max_active == 2 and len(target.tickets) == 6
+
+
+async def test_a_call_slot_is_held_for_the_call_only_so_store_work_goes_on_beside_it(store, running):
+    """max_concurrency bounds calls, not deliveries: with one slot busy on a hung create, the worker has
+    claimed a second alert (twice the slots are in flight) and done its store work up to its own call."""
+    target = FakeTarget()
+    target.gate = asyncio.Event()
+    for n in range(3):
+        await accept(store, alert_body(guid=guid(n)))
+    reads: list[str] = []
+    spy = SpyStore(store)
+
+    async def get_ticket(target_name, key):  # type: ignore[no-untyped-def]
+        reads.append(key)
+        return await store.get_ticket(target_name, key)
+
+    spy.get_ticket = get_ticket  # type: ignore[method-assign]
+    worker = await running(spy, make_config(targets={"itsm": 1}), {"itsm": target})
+    assert worker.capacity == 2
+    await until(lambda: target.entered.is_set() and len(reads) == 2, "a second delivery reads its record")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert target.active == 1 and len(reads) == 2, "one call at a time; a third alert waits for a claim"
+    target.gate.set()
+    await until(lambda: drained(store), "all delivered")
+    assert target.max_active == 1 and len(target.tickets) == 3
 
 
 async def test_shutdown_releases_work_that_outlives_the_grace_period(store, running):

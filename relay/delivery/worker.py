@@ -73,6 +73,8 @@ BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again 
 BOUNCE_MIN_SECONDS = 1.0  # an event bounced off an open circuit comes back no sooner than this
 RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
 RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
+IN_FLIGHT_PER_SLOT = 2  # deliveries in flight per target call slot (`max_concurrency`)
+MAX_IN_FLIGHT = 1024  # and at most this many in all
 
 
 class _Busy(Exception):
@@ -147,8 +149,10 @@ class Worker:
         }
         for name in config.targets:
             self.metrics.circuit_state.labels(name).set(0)
-        # Claims in flight: enough to keep every target's slots busy, bounded.
-        self.capacity = max(1, min(512, sum(cfg.max_concurrency for cfg in config.targets.values())))
+        # Deliveries in flight: twice the targets' call slots, bounded, so that while some wait on the
+        # store (claim, ticket record, intent, complete) others keep every slot busy with a call.
+        self.capacity = max(1, min(MAX_IN_FLIGHT, IN_FLIGHT_PER_SLOT * sum(
+            cfg.max_concurrency for cfg in config.targets.values())))
         self._key_locks = _KeyLocks()
         # This worker process, in the create intents it writes: another process finding one for an event
         # it now holds knows the writer's lease on it ended.
@@ -400,14 +404,13 @@ class Worker:
         # A backstop over the target's own per-call timeouts (a delivery may make several calls).
         deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.deadline_seconds)
         try:
-            async with self._slots[name]:
-                async with asyncio.timeout(deadline):
-                    if is_forwarder(target):
-                        await self._forward(target, alert, event)  # type: ignore[arg-type]
-                    else:
-                        facts = event_facts(alert)
-                        for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
-                            await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
+            async with asyncio.timeout(deadline):
+                if is_forwarder(target):
+                    await self._forward(target, alert, event)  # type: ignore[arg-type]
+                else:
+                    facts = event_facts(alert)
+                    for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
+                        await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
         except (CircuitOpen, RateLimited) as exc:  # nothing was sent: not an attempt
             outcome = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
@@ -635,6 +638,13 @@ class Worker:
 
     async def _call(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """One call to a target, through its circuit breaker and timed."""
+        # A slot is held for the call only, not for the store reads and writes around it: with more
+        # deliveries in flight than slots (`capacity`), the target's slots never idle on the store.
+        async with self._slots[target.name]:
+            return await self._call_in_slot(target, call, fn, *args)
+
+    async def _call_in_slot(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]],
+                            *args: Any) -> _T:
         breaker = self.breakers[target.name]
         await self.rate_limits[target.name].acquire()
         breaker.before_call()
