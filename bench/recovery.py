@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from bench.delivery import FakeThread, TimedServiceNow, alert
+from bench.delivery import config as delivery_config
 from bench.harness import free_port, relay_process, wait_http
 from devtools.dev_issuer import DevIssuer
 
@@ -29,18 +30,8 @@ PAUSE = 0.15  # between one sender's posts: about 100 alerts a second in all, de
 
 
 def config(path: Path, fake: TimedServiceNow) -> Path:
-    # Defaults everywhere but the target (the lease, retries and polling are what a user gets).
-    path.write_text(f"""\
-targets:
-  servicenow:
-    kind: servicenow
-    base_url: {fake.url}
-    auth: {{type: basic, username: {fake.username}, password_env: SN_PASSWORD}}
-    max_concurrency: 16
-routes:
-  - target: servicenow
-""")
-    return path
+    # Defaults everywhere but the target's slots (the lease, retries and polling are what a user gets).
+    return delivery_config(path, fake, max_concurrency=16, timeout_seconds=None)
 
 
 async def stream(urls: list[str], auth: str, bodies: list[tuple[str, bytes]], fake: TimedServiceNow,

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.delivery import FAKE_LATENCY_SECONDS, FakeThread, TimedServiceNow, wait_for
+from bench.delivery import FAKE_LATENCY_SECONDS, FakeThread, TimedServiceNow, config, wait_for
 from bench.harness import free_port, percentile, relay_process, wait_http
 from devtools.dev_issuer import DevIssuer
 from tests.conftest import load_sample
@@ -41,21 +41,6 @@ def storm_alerts() -> tuple[str, list[bytes]]:
         )
         bodies.append(json.dumps(doc).encode())
     return resource, bodies
-
-
-def config(path: Path, fake: TimedServiceNow) -> Path:
-    path.write_text(f"""\
-targets:
-  servicenow:
-    kind: servicenow
-    base_url: {fake.url}
-    auth: {{type: basic, username: {fake.username}, password_env: SN_PASSWORD}}
-    timeout_seconds: 5
-    max_concurrency: {MAX_CONCURRENCY}
-routes:
-  - target: servicenow
-""")
-    return path
 
 
 async def post_storm(url: str, auth: str, bodies: list[bytes]) -> tuple[float, list[tuple[float, float]]]:
@@ -97,7 +82,8 @@ def measure(issuer: DevIssuer, work: Path) -> dict[str, Any]:
         fake.add_ci("test-storageAccount", object_id=resource)
         port, metrics_port = free_port(), free_port()
         env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{work / 'storm.db'}", "RELAY_LOG_LEVEL": "WARNING",
-               "RELAY_CONFIG": str(config(work / "storm.yaml", fake)), "SN_PASSWORD": fake.password,
+               "RELAY_CONFIG": str(config(work / "storm.yaml", fake, max_concurrency=MAX_CONCURRENCY)),
+               "SN_PASSWORD": fake.password,
                "RELAY_METRICS_PORT": str(metrics_port)}
         relay = relay_process(env, port, work / "storm.log")
         try:
