@@ -138,6 +138,15 @@ def _versus_bare(v: dict | None) -> list[str]:
     ]
 
 
+def remeasured_note(remeasured: dict | None) -> list[str]:
+    """Which sections a later `python -m bench.run --only` run re-measured (on the same machine), and when."""
+    if not remeasured:
+        return []
+    parts = ", ".join(f"{name} ({when})" for name, when in sorted(remeasured.items()))
+    return [f"Re-measured since on the same machine with `python -m bench.run --only`: {parts}; those sections' "
+            "figures come from those runs."]
+
+
 def render(results: dict, when: str, host: str) -> str:
     i, d, f = results["intake"], results["delivery"], results["infra"]
     ceiling, hot, cold, full = i["ceiling"], i["intake_hot"], i["intake_cold"], i["relay_hot"]
@@ -150,6 +159,7 @@ def render(results: dict, when: str, host: str) -> str:
         "",
         f"Written by `make bench` on {when}, on {host}. Load generator (wrk) and servers share the machine.",
         "Raw figures: `docs/benchmarks.json`. Every figure below comes from that run; none is asserted by a test.",
+        *remeasured_note(results.get("remeasured")),
         "",
         "## 1. Intake: `POST /alerts`",
         "",
@@ -273,16 +283,45 @@ def storage_ops_section(s: dict | None) -> list[str]:
     ]
 
 
+BENCHMARKS = {"intake": intake, "delivery": delivery, "storm": storm, "infra": infra, "recovery": recovery,
+              "soak": soak, "storage_ops": storage_ops}
+
+
 def main() -> int:
-    if sys.argv[1:] == ["--render"]:  # rewrite the page from the last run's figures (after editing FINDINGS)
+    args = sys.argv[1:]
+    if args == ["--render"]:  # rewrite the page from the last run's figures (after editing FINDINGS)
         raw = json.loads(RAW.read_text())
         OUT.write_text(render(raw, raw["when"], raw["machine"]))
         return 0
     host = machine()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args[:1] == ["--only"] and len(args) == 2:
+        # Re-measure some benchmarks on this machine, keeping the others' figures from the last full run;
+        # the page says which figures come from which run.
+        names = args[1].split(",")
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown:
+            print(f"bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
+                  file=sys.stderr)
+            return 2
+        raw = json.loads(RAW.read_text())
+        if raw["machine"] != host:
+            print(f"bench: the last full run was on another machine ({raw['machine']}): run `make bench`",
+                  file=sys.stderr)
+            return 2
+        for name in names:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            raw[name] = BENCHMARKS[name].run()
+            raw.setdefault("remeasured", {})[name] = when
+        RAW.write_text(json.dumps(raw, indent=2) + "\n")
+        OUT.write_text(render(raw, raw["when"], host))
+        print(OUT.read_text())
+        return 0
+    if args:
+        print("usage: python -m bench.run [--render | --only NAME[,NAME...]]", file=sys.stderr)
+        return 2
     results = {}
-    for name, module in (("intake", intake), ("delivery", delivery), ("storm", storm), ("infra", infra),
-                         ("recovery", recovery), ("soak", soak), ("storage_ops", storage_ops)):
+    for name, module in BENCHMARKS.items():
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         results[name] = module.run()
     RAW.write_text(json.dumps({"machine": host, "when": when, **results}, indent=2) + "\n")

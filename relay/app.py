@@ -22,12 +22,14 @@ from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
 from relay.delivery.worker import Worker
 from relay.intake import (
+    IN_FLIGHT_KEY,
     MAX_BODY_BYTES,
     METRICS_KEY,
     ON_ACCEPT_KEY,
     SOURCE_POLICY_KEY,
     STORE_KEY,
     VALIDATOR_KEY,
+    InFlight,
     SourcePolicy,
     expect_continue,
     post_alert,
@@ -144,6 +146,7 @@ def create_app(
     app[VALIDATOR_KEY] = TokenValidator(settings, keys)
     app[METRICS_KEY] = metrics
     app[ON_ACCEPT_KEY] = []
+    app[IN_FLIGHT_KEY] = InFlight()
     app[SOURCE_POLICY_KEY] = SourcePolicy(settings.allowed_subscriptions, settings.allowed_alert_rules)
     app.on_response_prepare.append(_server_header)
     install_request_filter()
@@ -193,7 +196,8 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     running: list[Worker] = []
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
-        worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry))
+        worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry),
+                        intake_in_flight=app[IN_FLIGHT_KEY])
         running.append(worker)
         await worker.start()
         app[ON_ACCEPT_KEY].append(worker.notify)

@@ -578,6 +578,41 @@ async def test_a_call_slot_is_held_for_the_call_only_so_store_work_goes_on_besid
     assert target.max_active == 1 and len(target.tickets) == 3
 
 
+async def test_the_worker_yields_to_a_busy_intake_without_stopping(store, running):
+    """While intake has many requests in flight and the loop runs late, the worker keeps only an
+    eighth of its deliveries in flight; once intake is quiet it goes back to all of them."""
+    target = FakeTarget()
+    target.gate = asyncio.Event()
+    for n in range(12):
+        await accept(store, alert_body(guid=guid(n)))
+    intake = {"in_flight": 40}
+
+    class Lagging:
+        seconds = 1.0
+
+        def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    worker = Worker(store, make_config(targets={"itsm": 8}), {"itsm": target}, metrics=DeliveryMetrics(),
+                    intake_in_flight=lambda: intake["in_flight"])
+    worker.loop_lag = Lagging()  # type: ignore[assignment]
+    assert worker.capacity == 16
+    await worker.start()
+    try:
+        await until(lambda: target.active == 2, "two deliveries in flight (16 / 8)")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert target.active == 2 and len(worker._inflight) == 2
+        intake["in_flight"] = 0
+        await until(lambda: target.active == 8, "all eight slots busy once intake is quiet")
+        target.gate.set()
+        await until(lambda: drained(store), "all delivered")
+    finally:
+        await worker.stop(grace_seconds=1)
+    assert len(target.tickets) == 12
+
+
 async def test_shutdown_releases_work_that_outlives_the_grace_period(store, running):
     target = FakeTarget()
     target.gate = asyncio.Event()  # never set: the call hangs

@@ -46,6 +46,7 @@ from relay.delivery.lifecycle import (
     ticket_keys,
     twin_keys,
 )
+from relay.delivery.loop_share import LoopLag, capacity_now
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident
@@ -126,6 +127,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        intake_in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -153,6 +155,10 @@ class Worker:
         # store (claim, ticket record, intent, complete) others keep every slot busy with a call.
         self.capacity = max(1, min(MAX_IN_FLIGHT, IN_FLIGHT_PER_SLOT * sum(
             cfg.max_concurrency for cfg in config.targets.values())))
+        # Requests in flight at intake (same process): while it is busy and the loop lags, fewer
+        # deliveries run (relay/delivery/loop_share.py).
+        self._intake_in_flight = intake_in_flight
+        self.loop_lag = LoopLag()
         self._key_locks = _KeyLocks()
         # This worker process, in the create intents it writes: another process finding one for an event
         # it now holds knows the writer's lease on it ended.
@@ -167,7 +173,16 @@ class Worker:
     # -- running -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._intake_in_flight is not None:
+            self.loop_lag.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    def capacity_now(self) -> int:
+        """Deliveries that may be in flight now: all of `capacity`, or a share while intake is busy."""
+        if self._intake_in_flight is None:
+            return self.capacity
+        return capacity_now(self.capacity, intake_in_flight=self._intake_in_flight(),
+                            lag_seconds=self.loop_lag.seconds)
 
     def notify(self) -> None:
         """Something new may be claimable (intake accepted an event): look now rather than at the next poll."""
@@ -190,6 +205,7 @@ class Worker:
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
+        await self.loop_lag.stop()
         if self._inflight:
             _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             if pending:
@@ -206,7 +222,7 @@ class Worker:
     async def _run(self) -> None:
         lease = self.settings.lease_seconds
         while not self._stopping.is_set():
-            free = self.capacity - len(self._inflight)
+            free = self.capacity_now() - len(self._inflight)
             if free <= 0:
                 await self._wait(self.settings.poll_seconds)
                 continue

@@ -6,16 +6,18 @@ knows nothing of delivery: it calls the `ON_ACCEPT_KEY` callbacks after each new
 """
 
 from relay.intake.handler import (
+    IN_FLIGHT_KEY,
     MAX_BODY_BYTES,
     METRICS_KEY,
     ON_ACCEPT_KEY,
     SOURCE_POLICY_KEY,
     STORE_KEY,
     VALIDATOR_KEY,
+    InFlight,
     expect_continue,
     post_alert,
 )
 from relay.intake.sources import SourcePolicy
 
-__all__ = ["MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "SOURCE_POLICY_KEY", "STORE_KEY", "VALIDATOR_KEY",
-           "SourcePolicy", "expect_continue", "post_alert"]
+__all__ = ["IN_FLIGHT_KEY", "MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "SOURCE_POLICY_KEY", "STORE_KEY",
+           "VALIDATOR_KEY", "InFlight", "SourcePolicy", "expect_continue", "post_alert"]

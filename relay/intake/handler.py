@@ -40,6 +40,22 @@ SOURCE_POLICY_KEY = web.AppKey("source_policy", SourcePolicy)
 # Called after each newly committed event (the delivery worker looks at once instead of at its next poll).
 ON_ACCEPT_KEY = web.AppKey("on_accept", list)
 
+
+
+class InFlight:
+    """Requests to POST /alerts being handled right now (the worker yields the loop while many are)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
+IN_FLIGHT_KEY = web.AppKey("intake_in_flight", InFlight)
+
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 # A \uD800-\uDFFF escape, or the UTF-8-style bytes of a surrogate (ED A0-BF): the only ways into a lone one.
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
@@ -80,6 +96,17 @@ def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
 
 
 async def post_alert(request: web.Request) -> web.StreamResponse:
+    in_flight = request.app.get(IN_FLIGHT_KEY)
+    if in_flight is None:
+        return await _post_alert(request)
+    in_flight.count += 1
+    try:
+        return await _post_alert(request)
+    finally:
+        in_flight.count -= 1
+
+
+async def _post_alert(request: web.Request) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS_KEY]
 
