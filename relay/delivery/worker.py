@@ -371,12 +371,8 @@ class Worker:
         elif all(f.retryable for f in failures):
             await self._retry(claim, failures)
         else:
-            for f in failures:
-                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
-            self.metrics.dead_letters.labels("non_retryable").inc()
-            error = _describe(failures)
-            log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
-            await self._record(self.store.dead_letter, claim, error)
+            await self._give_up(claim, failures, "non_retryable", _describe(failures),
+                                alert=alert.correlation_key)
 
     async def _retry(self, claim: Claim, failures: list[_Failure]) -> None:
         error = _describe(failures)
@@ -385,21 +381,12 @@ class Worker:
         attempts = claim.attempts if bounced else claim.attempts + 1
         age = self.wall_clock() - claim.received_at if claim.received_at else 0.0
         if age >= self.settings.max_age_seconds:
-            for f in failures:
-                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
-            self.metrics.dead_letters.labels("too_old").inc()
-            log.error("dead letter %s: not delivered %.0fs after it was accepted (max_age_seconds %g): %s",
-                      claim.handle, age, self.settings.max_age_seconds, error)
-            await self._record(self.store.dead_letter, claim,
-                               f"not delivered within max_age_seconds ({self.settings.max_age_seconds:g}s) "
-                               f"after {attempts} attempts: {error}")
+            await self._give_up(claim, failures, "too_old",
+                                f"not delivered within max_age_seconds ({self.settings.max_age_seconds:g}s) "
+                                f"after {attempts} attempts: {error}")
             return
         if attempts >= self.settings.max_attempts:
-            for f in failures:
-                self.metrics.deliveries.labels(f.target, "dead_letter").inc()
-            self.metrics.dead_letters.labels("attempts_exhausted").inc()
-            log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error)
-            await self._record(self.store.dead_letter, claim, f"gave up after {attempts} attempts: {error}")
+            await self._give_up(claim, failures, "attempts_exhausted", f"gave up after {attempts} attempts: {error}")
             return
         retry_after = max((f.retry_after for f in failures if f.retry_after is not None), default=None)
         if bounced:
@@ -412,6 +399,16 @@ class Worker:
                                   cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
             log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
         await self._record(self.store.retry_later, claim, delay, error, count_attempt=not bounced)
+
+    async def _give_up(self, claim: Claim, failures: list[_Failure], reason: str, error: str, *,
+                       alert: str | None = None) -> None:
+        """Make the claim a dead letter: counted per target and by reason, logged, and recorded."""
+        for f in failures:
+            self.metrics.deliveries.labels(f.target, "dead_letter").inc()
+        self.metrics.dead_letters.labels(reason).inc()
+        about = f" (alert {alert})" if alert else ""
+        log.error("dead letter %s%s, %s: %s", claim.handle, about, reason, error)
+        await self._record(self.store.dead_letter, claim, error)
 
     async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
         """Deliver to one route's target; None on success, else what went wrong."""
