@@ -793,11 +793,13 @@ async def test_azure_claim_reads_only_the_alert_it_claims_whatever_the_backlog(a
     assert costs[1] == costs[40], f"a claim costs more with a larger backlog: {costs}"
 
 
+@pytest.mark.parametrize("retry_seconds", [None, 0.2], ids=["default 5 s", "shortened"])
 async def test_azure_store_unreachable_at_start_opens_not_ready_and_sets_up_once_storage_returns(
-        azurite, monkeypatch):
+        azurite, monkeypatch, retry_seconds):
     import relay.store.azure as azure_store
 
-    monkeypatch.setattr(azure_store, "SETUP_RETRY_SECONDS", 0.2)  # the default is 5 s; shortened to run fast
+    if retry_seconds is not None:
+        monkeypatch.setattr(azure_store, "SETUP_RETRY_SECONDS", retry_seconds)
     cut = StorageCut(azurite)
     cut.cut()
     store = AzureStorageStore(connection_string=cut.connection_string, names=unique_names())
