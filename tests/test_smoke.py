@@ -255,3 +255,38 @@ def test_stack_outputs_parse_the_action_group_id() -> None:
     parsed = outputs_for(f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
                          f"microsoft.insights/actionGroups/{GROUP}")
     assert parsed == StackOutputs(SUBSCRIPTION, RESOURCE_GROUP, GROUP, "stsecexpdevabc123")
+
+
+async def test_the_make_smoke_command_passes_against_the_fake(arm, relay_on_azurite, tmp_path, azurite,
+                                                            monkeypatch, capsys) -> None:
+    """`python -m devtools.smoke <stack>` as `make smoke` runs it, with the stack's outputs from a file and
+    Resource Manager's URL and CA pointed at the fake; the signed-in identity is the test credential."""
+    import azure.identity
+
+    url, table, servicenow = relay_on_azurite
+    group_id = arm.add_action_group(RESOURCE_GROUP, GROUP, url)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"actionGroupId": group_id, "storageAccountName": "stsecexpdevabc123"}))
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda: Token(arm.token))
+    # The relay's table has a test-unique name; the command reads the default one, so point it there.
+    monkeypatch.setattr(smoke, "TABLE", table.table_name)
+    code = await asyncio.to_thread(smoke.main, [
+        "dev", "--outputs", str(outputs), "--arm-url", arm.url, "--ca-bundle", arm.ca_file(tmp_path),
+        "--table-connection-string", azurite.connection_string, "--poll", "0.2",
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (incident,) = servicenow.incidents.values()
+    assert f"ticket {incident['number']} in servicenow" in out.out, out.out
+
+
+def test_the_command_fails_with_a_message_when_the_outputs_are_incomplete(tmp_path, capsys) -> None:
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"webhookUrl": "https://relay/alerts"}))
+    assert smoke.main(["dev", "--outputs", str(outputs)]) == 1
+    assert "smoke FAILED: the stack outputs lack actionGroupId, storageAccountName" in capsys.readouterr().err
+
+
+def test_defaults_a_user_gets() -> None:
+    assert smoke.DEFAULT_TIMEOUT_SECONDS == 300 and smoke.DEFAULT_POLL_SECONDS == 5
+    assert smoke.DEFAULT_ALERT_TYPE == "metricstaticthreshold"
