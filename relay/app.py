@@ -59,6 +59,8 @@ METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
 KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
+# How long shutdown waits for the last OpenTelemetry export (relay/telemetry.py) before going on.
+FINAL_EXPORT_SECONDS = 2.0
 # Instead of aiohttp's "Python/3.x aiohttp/3.y": versions help an attacker pick an exploit.
 SERVER_HEADER = "secure-export-relay"
 
@@ -211,7 +213,13 @@ def _metrics_export(app: web.Application, registry: CollectorRegistry, settings:
         yield
         task.cancel()
         await read_pending(app)
-        await asyncio.to_thread(export.stop)  # a last export, off the event loop
+        # A last export, off the event loop and bounded: this teardown runs before the worker's (contexts
+        # stop in reverse), so a collector that is down must not eat the delivery worker's shutdown grace.
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(export.stop)), FINAL_EXPORT_SECONDS)
+        except TimeoutError:
+            log.warning("the last metrics export did not finish within %gs; stopping without it",
+                        FINAL_EXPORT_SECONDS)
 
     return ctx
 

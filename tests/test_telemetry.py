@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from relay import telemetry
@@ -164,3 +166,68 @@ async def test_a_bad_otel_variable_stops_the_relay_at_start(issuer, tmp_path) ->
 def test_default_interval_is_the_specifications_minute() -> None:
     assert telemetry.DEFAULT_INTERVAL_MS == 60000
     assert export_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}).interval_ms == 60000
+
+
+def test_grpc_export_reaches_an_otlp_grpc_collector() -> None:
+    from tests.fakes.otlp import OtlpGrpcReceiver
+
+    receiver = OtlpGrpcReceiver()
+    receiver.start()
+    try:
+        intake, delivery = relay_registry()
+        delivery.dead_letters.labels("too_old").inc(4)
+        intake.pending.set(12)
+        settings = export_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        export = MetricsExport(intake.registry, settings)
+        try:
+            assert export.flush(), "the gRPC export did not complete"
+        finally:
+            export.stop()
+    finally:
+        receiver.stop()
+    assert receiver.latest("relay_dead_letters", reason="too_old").value == 4
+    assert receiver.latest("relay_pending_deliveries").value == 12
+
+
+async def test_shutdown_does_not_wait_long_for_a_collector_that_is_down(aiohttp_client, issuer, tmp_path) -> None:
+    # Nothing listens there: each export attempt fails and the exporter backs off and retries.
+    from tests.relay_process import free_port
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    from aiohttp import web
+
+    app = create_app(app_settings(issuer, tmp_path), telemetry_env=env)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await asyncio.sleep(1.5)  # an export or two has failed
+    started = asyncio.get_running_loop().time()
+    await runner.cleanup()
+    took = asyncio.get_running_loop().time() - started
+    from relay.app import FINAL_EXPORT_SECONDS
+
+    assert took < FINAL_EXPORT_SECONDS + 2, f"shutdown took {took:.1f}s with the collector down"
+
+
+hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True)
+paths = st.from_regex(r"(/[a-z0-9]{1,8}){0,3}/?", fullmatch=True)
+
+
+@given(scheme=st.sampled_from(["http", "https"]), host=hosts, port=st.integers(1, 65535), path=paths)
+def test_the_base_endpoint_gets_the_metrics_path_exactly_once(scheme: str, host: str, port: int, path: str) -> None:
+    base = f"{scheme}://{host}:{port}{path}"
+    settings = export_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": base})
+    assert settings is not None
+    assert settings.endpoint == base.rstrip("/") + "/v1/metrics"
+    assert "//v1" not in settings.endpoint
+    grpc = export_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert grpc is not None and grpc.endpoint == base, "a gRPC target is used as given"
+
+
+@given(interval=st.integers(-10**9, 10**9))
+def test_any_interval_is_taken_or_refused_by_name(interval: int) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_METRIC_EXPORT_INTERVAL": str(interval)}
+    if interval >= 1000:
+        assert export_settings(env).interval_ms == interval
+    else:
+        with pytest.raises(TelemetryError, match="OTEL_METRIC_EXPORT_INTERVAL"):
+            export_settings(env)

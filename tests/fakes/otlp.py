@@ -94,3 +94,36 @@ class OtlpReceiver:
     def latest(self, metric: str, **attributes: str) -> Point | None:
         matching = [p for p in self.points() if p.metric == metric and p.attributes == attributes]
         return matching[-1] if matching else None
+
+
+class OtlpGrpcReceiver:
+    """The collector's OTLP/gRPC metrics service (opentelemetry.proto.collector.metrics.v1.MetricsService,
+    Export) on a free loopback port, in plaintext as a local agent listens; keeps what it receives."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+
+        receiver = self
+        self.http = OtlpReceiver()  # reuses its decoding helpers over the same request list
+
+        class Service(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request, context):
+                receiver.http.requests.append(request)
+                return ExportMetricsServiceResponse()
+
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Service(), self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+    def latest(self, metric: str, **attributes: str) -> Point | None:
+        return self.http.latest(metric, **attributes)
