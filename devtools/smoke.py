@@ -168,6 +168,11 @@ def run(client: Any, table: StateTable, outputs: StackOutputs, *, alert_type: st
     say("smoke: Azure Monitor reached " + ", ".join(f"{d.name} ({d.detail or d.status})" for d in details))
     recorded, tickets = watch_store(table, since, timeout=timeout, poll=poll)
     say(f"smoke: the relay recorded and delivered alert {recorded.alert_id}")
+    # A ticket is keyed by the alert's GUID unless incident_per groups by configuration item: prefer
+    # the test alert's own; otherwise show what was written in the window (other alerts may be there).
+    guid = recorded.alert_id.rstrip("/").rsplit("/", 1)[-1].lower()
+    own = [t for t in tickets if guid and guid in str(t["key"]).lower()]
+    tickets = own or tickets
     for ticket in tickets:
         say(f"smoke: ticket {ticket['ticket']} in {ticket['target']} (ticket key {ticket['key']})")
     if not tickets:

@@ -111,6 +111,7 @@ async def test_smoke_passes_and_prints_the_ticket_the_relay_opened(arm, relay_on
     assert found["tickets"] == [{"target": "servicenow", "key": found["tickets"][0]["key"],
                                  "ticket": incident["number"]}], found
     assert found["alert_id"] == arm.sent[0]["data"]["essentials"]["alertId"]
+    assert found["alert_id"].rsplit("/", 1)[-1] in found["tickets"][0]["key"], "not the test alert's own ticket"
     assert any(incident["number"] in line for line in lines), lines
     (notification,) = arm.notifications.values()
     assert notification.polls > arm.polls_before_done, "the SDK did not poll the status URL until done"
@@ -290,3 +291,55 @@ def test_the_command_fails_with_a_message_when_the_outputs_are_incomplete(tmp_pa
 def test_defaults_a_user_gets() -> None:
     assert smoke.DEFAULT_TIMEOUT_SECONDS == 300 and smoke.DEFAULT_POLL_SECONDS == 5
     assert smoke.DEFAULT_ALERT_TYPE == "metricstaticthreshold"
+
+
+class WindowTable:
+    """A store holding the test alert, delivered, and two tickets written in the window."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def query_entities(self, query_filter: str, **kwargs: Any) -> list[dict[str, Any]]:
+        if "ticket" in query_filter:
+            return [{"target": "rt", "key": k, "data": json.dumps({"ticket_id": k.upper()})} for k in self.keys]
+        return [{"alert_id": "/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/ABC-123", "state": "done"}]
+
+
+class Passing:
+    """The parts of the ARM client `send_test_notification` uses, answering that the webhook was reached."""
+
+    class action_groups:
+        @staticmethod
+        def get(resource_group: str, name: str) -> Any:
+            from azure.mgmt.monitor.models import ActionGroupResource, WebhookReceiver
+
+            return ActionGroupResource(location="Global", group_short_name="x", enabled=True, webhook_receivers=[
+                WebhookReceiver(name="relay", service_uri="https://relay/alerts", use_aad_auth=True)])
+
+        @staticmethod
+        def begin_create_notifications_at_action_group_resource_level(*args: Any) -> Any:
+            from azure.mgmt.monitor.models import ActionDetail, TestNotificationDetailsResponse
+
+            class Done:
+                def result(self, timeout: float) -> Any:
+                    return TestNotificationDetailsResponse(state="Complete", action_details=[
+                        ActionDetail(mechanism_type="Webhook", name="relay", status="Succeeded", detail="HTTP 202")])
+
+                def done(self) -> bool:
+                    return True
+
+            return Done()
+
+
+@pytest.mark.parametrize(
+    ("keys", "shown"),
+    [(["abc-123", "zzz-999"], ["ABC-123"]), (["ci-1f2e", "zzz-999"], ["CI-1F2E", "ZZZ-999"]), ([], [])],
+)
+def test_the_test_alerts_own_ticket_is_shown_when_the_window_holds_others(keys: list[str], shown: list[str]) -> None:
+    outputs = StackOutputs(SUBSCRIPTION, RESOURCE_GROUP, GROUP, "st")
+    lines: list[str] = []
+    found = smoke.run(Passing(), WindowTable(keys), outputs, timeout=1, poll=0.1, say=lines.append)
+    assert [t["ticket"] for t in found["tickets"]] == shown
+    if not shown:
+        assert any("no ticket record was written" in line for line in lines), lines
+
