@@ -231,3 +231,21 @@ def test_any_interval_is_taken_or_refused_by_name(interval: int) -> None:
     else:
         with pytest.raises(TelemetryError, match="OTEL_METRIC_EXPORT_INTERVAL"):
             export_settings(env)
+
+
+def test_relay_serve_names_a_bad_otel_variable_and_exits_2(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.relay_process import free_port
+
+    env = {**os.environ, "RELAY_TENANT_ID": "11111111-2222-4333-8444-555555555555",
+           "RELAY_AUDIENCES": "api://relay", "RELAY_STORE": f"sqlite:///{tmp_path / 'r.db'}",
+           "RELAY_METRICS_PORT": "0", "RELAY_PORT": str(free_port()),
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    done = subprocess.run([sys.executable, "-m", "relay", "serve"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "relay: configuration error: OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported" in done.stderr
+    assert "Traceback" not in done.stderr
