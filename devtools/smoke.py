@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from relay.store.azure import TABLE
 
@@ -29,6 +30,8 @@ DEFAULT_ALERT_TYPE = "metricstaticthreshold"
 # Azure documents test notifications as taking up to a few minutes; the relay then delivers in seconds.
 DEFAULT_TIMEOUT_SECONDS = 300.0
 DEFAULT_POLL_SECONDS = 5.0
+# TestNotificationDetailsResponse.state once every receiver was tried.
+FINISHED_STATES = ("complete", "completed")
 
 
 class SmokeFailed(Exception):
@@ -73,7 +76,9 @@ class Recorded:
 
 
 def send_test_notification(client: Any, outputs: StackOutputs, alert_type: str = DEFAULT_ALERT_TYPE,
-                           timeout: float = DEFAULT_TIMEOUT_SECONDS) -> list[Any]:
+                           timeout: float = DEFAULT_TIMEOUT_SECONDS, *, poll: float = DEFAULT_POLL_SECONDS,
+                           clock: Callable[[], float] = time.monotonic,
+                           sleep: Callable[[float], None] = time.sleep) -> list[Any]:
     """Send the test and wait for ARM's verdict; returns the Secure Webhook receivers' action details.
     `client`: an azure.mgmt.monitor MonitorManagementClient."""
     from azure.core.exceptions import HttpResponseError
@@ -96,6 +101,19 @@ def send_test_notification(client: Any, outputs: StackOutputs, alert_type: str =
         raise SmokeFailed(f"Azure refused the test notification: {_arm_error(exc)}") from None
     if not poller.done() or result is None:
         raise SmokeFailed(f"Azure had not finished sending the test notification after {timeout:g}s")
+    # The status URL answers 200 both while the notifications go out and once they are sent: the poller
+    # stops at the first 200, so follow `state` until Azure says it is complete.
+    deadline = clock() + timeout
+    while (result.state or "").lower() not in FINISHED_STATES:
+        if clock() >= deadline:
+            raise SmokeFailed(f"Azure's test notification was still {result.state!r} after {timeout:g}s")
+        sleep(poll)
+        try:
+            result = client.action_groups.get_test_notifications_at_action_group_resource_level(
+                outputs.resource_group, outputs.action_group, _notification_id(poller)
+            )
+        except HttpResponseError as exc:
+            raise SmokeFailed(f"could not read the test notification's status: {_arm_error(exc)}") from None
     names = {r.name for r in receivers}
     details = [d for d in result.action_details or [] if d.name in names]
     if not details:
@@ -106,6 +124,16 @@ def send_test_notification(client: Any, outputs: StackOutputs, alert_type: str =
         raise SmokeFailed(f"Azure Monitor could not deliver to the relay: {reasons}. Check that the relay is up "
                           "(/readyz) and its ingress lets the ActionGroup service tag in")
     return details
+
+
+def _notification_id(poller: Any) -> str:
+    """The notification id in the Location the create call answered with (`.../notificationStatus/<id>`)."""
+    initial = getattr(poller.polling_method(), "_initial_response", None)
+    location = initial.http_response.headers.get("Location", "") if initial is not None else ""
+    path = urlsplit(location).path
+    if "/notificationStatus/" not in path:
+        raise SmokeFailed(f"Azure's answer named no notification status to follow (Location {location!r})")
+    return path.rsplit("/", 1)[-1]
 
 
 def recorded_since(table: StateTable, since: float) -> list[Recorded]:
@@ -164,7 +192,7 @@ def run(client: Any, table: StateTable, outputs: StackOutputs, *, alert_type: st
     bounds Azure's sending, `timeout` the wait for the relay to record and deliver after that."""
     since = wall_clock() - 5  # a little slack for clock skew between this machine and the relay's
     say(f"smoke: sending a {alert_type} test notification through {outputs.action_group}")
-    details = send_test_notification(client, outputs, alert_type, notification_timeout)
+    details = send_test_notification(client, outputs, alert_type, notification_timeout, poll=poll)
     say("smoke: Azure Monitor reached " + ", ".join(f"{d.name} ({d.detail or d.status})" for d in details))
     recorded, tickets = watch_store(table, since, timeout=timeout, poll=poll)
     say(f"smoke: the relay recorded and delivered alert {recorded.alert_id}")

@@ -343,3 +343,21 @@ def test_the_test_alerts_own_ticket_is_shown_when_the_window_holds_others(keys: 
     if not shown:
         assert any("no ticket record was written" in line for line in lines), lines
 
+
+async def test_a_status_url_answering_200_while_running_is_followed_until_complete(issuer, relay_on_azurite,
+                                                                                  tmp_path) -> None:
+    arm = FakeArm(issuer, SUBSCRIPTION, running_as_200=True, polls_before_done=3)
+    await arm.start()
+    try:
+        url, table, servicenow = relay_on_azurite
+        group_id = arm.add_action_group(RESOURCE_GROUP, GROUP, url)
+        client, _ = arm_client(arm, tmp_path)
+        found = await asyncio.to_thread(smoke.run, client, table, outputs_for(group_id), timeout=30, poll=0.2,
+                                        say=lambda _: None)
+        (notification,) = arm.notifications.values()
+        assert notification.polls > 3, "the smoke test stopped at the first 200 while Azure was still sending"
+        (incident,) = servicenow.incidents.values()
+        assert found["tickets"][0]["ticket"] == incident["number"]
+    finally:
+        await arm.stop()
+

@@ -60,7 +60,7 @@ class Notification:
 
 class FakeArm:
     def __init__(self, issuer: DevIssuer, subscription_id: str, *, polls_before_done: int = 2,
-                 retry_after: str = "1") -> None:
+                 retry_after: str = "1", running_as_200: bool = False) -> None:
         self.issuer = issuer
         self.subscription_id = subscription_id
         self.token = "arm-token-" + uuid.uuid4().hex  # what the test credential hands the SDK
@@ -68,6 +68,9 @@ class FakeArm:
         self.notifications: dict[str, Notification] = {}
         self.polls_before_done = polls_before_done
         self.retry_after = retry_after  # seconds, as ARM's Retry-After header gives them
+        # The REST reference documents only 200 for the status URL: with this, a notification still being
+        # sent answers 200 with state "Running" (and the receivers done so far) instead of 202.
+        self.running_as_200 = running_as_200
         self.sent: list[dict[str, Any]] = []  # the alert bodies posted to receivers
         self.ca = trustme.CA()
         self._cert = self.ca.issue_cert("127.0.0.1", "localhost")
@@ -181,10 +184,11 @@ class FakeArm:
         if notification is None:
             return self._error(404, "NotFound", "The notification was not found.")
         notification.polls += 1
-        if not notification.done or notification.polls <= self.polls_before_done:
+        running = not notification.done or notification.polls <= self.polls_before_done
+        if running and not self.running_as_200:
             return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": self.retry_after})
         return web.json_response({
-            "state": "Complete",
+            "state": "Running" if running else "Complete",
             "createdTime": "2026-12-02T06:00:00.000Z",
             "completedTime": "2026-12-02T06:00:05.000Z",
             "actionDetails": notification.details,
