@@ -4,6 +4,8 @@ diagnostic settings, the smoke test's reader role and the OpenTelemetry agent, f
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra import config, hosting, monitoring
 from infra.config import ConfigError
@@ -173,3 +175,27 @@ def test_component_refuses_inputs_that_would_watch_nothing() -> None:
                                       location="westeurope", action_group_name="ag", workspace_id="w",
                                       container_app_id="c", container_app_name="ca", min_replicas=1,
                                       key_vault_id="k", storage_account_id="st", state_table_id="t")
+
+
+_local = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,15}", fullmatch=True)
+_domain = st.from_regex(r"[a-z0-9-]{1,10}\.[a-z]{2,6}", fullmatch=True)
+emails = st.lists(st.builds(lambda a, b: f"{a}@{b}", _local, _domain), min_size=1, max_size=5,
+                  unique_by=str.lower)
+
+
+@settings(max_examples=50, deadline=None)
+@given(addresses=emails, refused=st.integers(1, 100000))
+def test_any_distinct_addresses_and_threshold_are_taken_as_given(addresses: list[str], refused: int) -> None:
+    cfg = parsed("dev", monitoring={"emails": addresses, "refusedTokensThreshold": refused})
+    assert cfg.monitoring is not None
+    assert cfg.monitoring.emails == tuple(addresses)
+    assert cfg.monitoring.refused_tokens_threshold == refused
+    assert cfg.monitoring.server_errors_threshold == 5 and cfg.monitoring.open_telemetry is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(min_size=1, max_size=30).filter(lambda t: "@" not in t or " " in t or "." not in t))
+def test_anything_that_is_not_an_address_is_refused_by_key(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parsed("dev", monitoring={"emails": [text]})
+    assert caught.value.key == "secure-export:monitoring.emails[0]"
