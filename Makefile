@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint plan plan-diff bench clean
+.PHONY: demo test lint plan plan-diff smoke bench clean
 
 # Set-up steps write to stderr, so that `make plan` keeps stdout for its JSON even on a first run.
 $(BIN)/python:
@@ -20,7 +20,7 @@ $(VENV)/.relay-installed: pyproject.toml | $(BIN)/python
 # Everything: relay + Pulumi SDKs + test tools.
 $(VENV)/.all-installed: pyproject.toml | $(BIN)/python
 	@echo "installing the relay, the Pulumi SDKs and the test tools into $(VENV)" >&2
-	@$(PIP) install -e ".[infra,test]" >&2
+	@$(PIP) install -e ".[infra,test,otel,smoke]" >&2
 	@touch $@ $(VENV)/.relay-installed
 
 demo: $(VENV)/.relay-installed
@@ -53,6 +53,13 @@ plan: $(VENV)/.all-installed
 BASE ?= HEAD
 plan-diff: $(VENV)/.all-installed
 	@$(BIN)/python -m infra.plan_diff $(BASE) $(STACK)
+
+# After `pulumi up`: a test notification through the stack's action group (ARM createNotifications),
+# then the relay's own record of it and the ticket it opened, read from the deployed store with the
+# signed-in identity (az login; its Storage Table Data Reader role comes from monitoring.smokeReaderPrincipalId).
+# Needs the Pulumi CLI for the stack's outputs. `make smoke STACK=dev`
+smoke: $(VENV)/.all-installed
+	@$(BIN)/python -m devtools.smoke $(STACK)
 
 # Benchmarks: they start and stop everything themselves and write docs/benchmarks.md (never a test).
 bench: $(VENV)/.all-installed

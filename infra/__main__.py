@@ -15,6 +15,7 @@ from pulumi_azure_native import resources
 from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
 from infra.hosting import RelayHosting, RelayHostingArgs, source_subscriptions
+from infra.monitoring import SelfMonitoring, SelfMonitoringArgs
 
 cfg = config.load()  # validated before any resource is declared
 names = cfg.names
@@ -40,6 +41,7 @@ hosting = RelayHosting(
         audiences=[cfg.entra.identifier_uri, cfg.entra.client_id],
         allowed_subscriptions=source_subscriptions(cfg.azure.subscription_id,
                                                    [scope for rule in cfg.alerts for scope in rule.scopes]),
+        open_telemetry=cfg.monitoring.open_telemetry if cfg.monitoring else None,
     ),
 )
 
@@ -58,9 +60,32 @@ alerting = Alerting(
     ),
 )
 
+# Watches the relay from outside it (infra/monitoring.py): declared when monitoring.emails is set.
+if cfg.monitoring is not None:
+    self_monitoring = SelfMonitoring(
+        "self-monitoring",
+        SelfMonitoringArgs(
+            settings=cfg.monitoring,
+            resource_group_name=group.name,
+            tags=cfg.tags,
+            subscription_id=cfg.azure.subscription_id,
+            location=cfg.azure.location,
+            action_group_name=names.fallback_action_group,
+            workspace_id=hosting.workspace.id,
+            container_app_id=hosting.container_app.id,
+            container_app_name=names.container_app,
+            min_replicas=cfg.relay.min_replicas,
+            key_vault_id=hosting.key_vault.id,
+            storage_account_id=hosting.storage_account.id,
+            state_table_id=hosting.state_table.id,
+        ),
+    )
+    pulumi.export("fallbackActionGroupId", self_monitoring.action_group.id)
+
 pulumi.export("webhookUrl", hosting.webhook_url)
 pulumi.export("applicationClientId", cfg.entra.client_id)
 pulumi.export("identifierUri", cfg.entra.identifier_uri)
 pulumi.export("actionGroupId", alerting.action_group.id)
 pulumi.export("relayFqdn", hosting.fqdn)
 pulumi.export("keyVaultName", hosting.key_vault.name)  # where operators set the ITSM secret values
+pulumi.export("storageAccountName", hosting.storage_account.name)  # the store `make smoke` reads

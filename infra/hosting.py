@@ -40,6 +40,7 @@ from infra.config import (
     RelaySettings,
     secret_name,
 )
+from infra.config.monitoring import OpenTelemetrySettings
 from infra.identity import AZURE_MONITOR_APP_ID, SECURE_WEBHOOK_ROLE
 from infra.naming import SUFFIX_LENGTH, Names
 from relay import schema
@@ -78,6 +79,11 @@ CONTAINER_NAME = "relay"
 # digest of the relay YAML makes a config change roll the replicas.
 CONFIG_DIGEST_ENV = "SECURE_EXPORT_CONFIG_SHA256"
 
+# The managed OpenTelemetry agent's destination name for the stack's OTLP collector, and the service
+# name the relay's metrics carry (learn.microsoft.com/azure/container-apps/opentelemetry-agents).
+OTEL_DESTINATION = "relay-metrics"
+OTEL_SERVICE_NAME = "secure-export-relay"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "relay" / "Dockerfile"
 
@@ -99,6 +105,8 @@ class RelayHostingArgs:
     # RELAY_ALLOWED_SUBSCRIPTIONS: where the stack's alerts come from (`source_subscriptions`); the stack's
     # own subscription when empty.
     allowed_subscriptions: Sequence[str] = ()
+    # Metrics over OTLP through the environment's managed OpenTelemetry agent (None: /metrics only).
+    open_telemetry: OpenTelemetrySettings | None = None
 
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
@@ -167,6 +175,7 @@ class RelayHosting(pulumi.ComponentResource):
                 if self.vnet is not None
                 else None
             ),
+            open_telemetry_configuration=_open_telemetry_agent(args.open_telemetry),
             **located,
             opts=self._child,
         )
@@ -541,6 +550,10 @@ class RelayHosting(pulumi.ComponentResource):
         }
         if relay.openid_config_url:
             plain["RELAY_OPENID_CONFIG_URL"] = relay.openid_config_url
+        if args.open_telemetry is not None:
+            # The agent sets OTEL_EXPORTER_OTLP_ENDPOINT in the container; the relay exports when it is set.
+            plain["OTEL_SERVICE_NAME"] = OTEL_SERVICE_NAME
+            plain["OTEL_METRIC_EXPORT_INTERVAL"] = str(args.open_telemetry.export_interval_seconds * 1000)
         env = [app.EnvironmentVarArgs(name=key, value=value) for key, value in plain.items()]
         env += [app.EnvironmentVarArgs(name=var, secret_ref=secret_name(var)) for var in self.vault_secrets]
         return env
@@ -602,3 +615,15 @@ class RelayHosting(pulumi.ComponentResource):
                 ],
             ),
         )
+
+
+def _open_telemetry_agent(settings: OpenTelemetrySettings | None) -> app.OpenTelemetryConfigurationArgs | None:
+    """The environment's managed agent, forwarding metrics (only) to the stack's OTLP collector."""
+    if settings is None:
+        return None
+    return app.OpenTelemetryConfigurationArgs(
+        destinations_configuration=app.DestinationsConfigurationArgs(
+            otlp_configurations=[app.OtlpConfigurationArgs(name=OTEL_DESTINATION, endpoint=settings.endpoint)]
+        ),
+        metrics_configuration=app.MetricsConfigurationArgs(destinations=[OTEL_DESTINATION]),
+    )

@@ -81,6 +81,11 @@ class Names:
         return f"ag-{self.prefix}-{self.environment}-secure-webhook"
 
     @property
+    def fallback_action_group(self) -> str:
+        """The group that e-mails people when the relay itself fails (infra/monitoring.py)."""
+        return f"ag-{self.prefix}-{self.environment}-relay-fallback"
+
+    @property
     def application(self) -> str:
         """Display name of the Entra application that Azure Monitor requests tokens for."""
         return f"{self.prefix}-{self.environment}-secure-webhook"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from relay import telemetry
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
@@ -58,6 +61,8 @@ METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
 KEEPALIVE_TIMEOUT_SECONDS = 75
 READY_CHECK_TIMEOUT_SECONDS = 2
+# How long shutdown waits for the last OpenTelemetry export (relay/telemetry.py) before going on.
+FINAL_EXPORT_SECONDS = 2.0
 # Instead of aiohttp's "Python/3.x aiohttp/3.y": versions help an attacker pick an exploit.
 SERVER_HEADER = "secure-export-relay"
 
@@ -103,15 +108,20 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS_KEY]
-    store = request.app.get(STORE_KEY)
+async def read_pending(app: web.Application) -> None:
+    """Refresh the queue-depth gauge from the store (at each scrape, and before each OTLP export)."""
+    store = app.get(STORE_KEY)
     if store is not None:
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
-                metrics.pending.set(await store.pending())
+                app[METRICS_KEY].pending.set(await store.pending())
         except (StoreUnavailable, TimeoutError):
             pass  # keep the last value; readiness reports the outage
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    await read_pending(request.app)
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -123,10 +133,13 @@ def create_app(
     keys: SigningKeys | None = None,
     metrics: IntakeMetrics | None = None,
     deliver: bool = False,
+    telemetry_env: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the relay. Starting it opens the store and loads signing keys; stopping closes them.
 
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
+    telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
+    OTLP endpoint set the metrics are also pushed (relay/telemetry.py).
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
@@ -178,7 +191,40 @@ def create_app(
         _add_delivery(app, store, settings.config_path, metrics.registry)
     app[METRICS_ADDRESS_KEY] = []
     app.cleanup_ctx.append(_metrics_site(settings, app))
+    # Checked now, so that a bad OTEL_* variable stops the relay at start; exported once delivery's
+    # metrics are registered (cleanup contexts start in order).
+    export_settings = telemetry.export_settings(os.environ if telemetry_env is None else telemetry_env)
+    if export_settings is not None:
+        app.cleanup_ctx.append(_metrics_export(app, metrics.registry, export_settings))
     return app
+
+
+def _metrics_export(app: web.Application, registry: CollectorRegistry, settings: telemetry.ExportSettings):  # type: ignore[no-untyped-def]
+    """Push the registry with OTLP; the queue-depth gauge is refreshed as often as it is exported."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        export = telemetry.MetricsExport(registry, settings, instance=socket.gethostname())
+        log.info("exporting metrics with OTLP (%s) to %s every %gs", settings.protocol, settings.endpoint,
+                 settings.interval_ms / 1000)
+
+        async def refresh() -> None:
+            while True:
+                await read_pending(app)
+                await asyncio.sleep(settings.interval_ms / 1000)
+
+        task = asyncio.create_task(refresh())
+        yield
+        task.cancel()
+        await read_pending(app)
+        # A last export, off the event loop and bounded: this teardown runs before the worker's (contexts
+        # stop in reverse), so a collector that is down must not eat the delivery worker's shutdown grace.
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(export.stop)), FINAL_EXPORT_SECONDS)
+        except TimeoutError:
+            log.warning("the last metrics export did not finish within %gs; stopping without it",
+                        FINAL_EXPORT_SECONDS)
+
+    return ctx
 
 
 def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:

@@ -50,10 +50,11 @@ def _serve() -> int:
     from relay.delivery.config import ConfigError
     from relay.store import StoreInUse
     from relay.targets.target_config import TargetConfigError
+    from relay.telemetry import TelemetryError
 
     try:
         run(settings)
-    except (ConfigError, TargetConfigError) as exc:  # RELAY_CONFIG, or a secret it names, is wrong
+    except (ConfigError, TargetConfigError, TelemetryError) as exc:  # RELAY_CONFIG (or a secret it names), OTEL_*
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
     except StoreInUse as exc:  # another relay serves this SQLite file: one line, no traceback

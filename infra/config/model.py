@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.config.monitoring import MonitoringSettings
 from infra.naming import Names
 from relay import schema
 
@@ -301,6 +302,8 @@ class StackConfig:
     # Env var names of the ITSM secrets: each a Key Vault secret the stack creates with a placeholder
     # and an operator sets (`az keyvault secret set`), so no value ever reaches Pulumi config or state.
     itsm_secret_envs: tuple[str, ...]
+    # The relay's self-monitoring (infra/config/monitoring.py); None when `monitoring.emails` is not set.
+    monitoring: MonitoringSettings | None = None
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

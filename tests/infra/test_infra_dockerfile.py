@@ -65,7 +65,12 @@ def test_entry_point_is_relay_serve() -> None:
     assert PYPROJECT["project"]["scripts"]["relay"], "pyproject has no `relay` console script"
 
 
-def test_image_installs_the_relay_without_extras() -> None:
+# The one extra the image installs: the OpenTelemetry export (relay/telemetry.py), so that a stack's
+# monitoring.openTelemetry alone turns it on. Never infra, test or smoke.
+IMAGE_EXTRAS = {"otel"}
+
+
+def test_image_installs_the_relay_with_only_the_otel_extra() -> None:
     pip_runs = [args for keyword, args in instructions() if keyword == "RUN" and re.search(r"\bpip\b", args)]
     assert pip_runs, "the image installs nothing with pip"
     for run in pip_runs:
@@ -74,8 +79,10 @@ def test_image_installs_the_relay_without_extras() -> None:
             if "pip" not in words or not {"install", "wheel"} & set(words):
                 continue
             targets = [w for w in words[words.index("pip") + 2 :] if not w.startswith("-") and w != "/wheels"]
-            assert targets and set(targets) <= {".", PYPROJECT["project"]["name"]}, f"pip installs {targets}: {command}"
-            assert not any("[" in w for w in words), f"the image installs extras: {command}"
+            bare = {t.split("[", 1)[0] for t in targets}
+            assert targets and bare <= {".", PYPROJECT["project"]["name"]}, f"pip installs {targets}: {command}"
+            extras = {e.strip() for t in targets if "[" in t for e in t.split("[", 1)[1].rstrip("]").split(",")}
+            assert extras <= IMAGE_EXTRAS, f"the image installs extras {sorted(extras - IMAGE_EXTRAS)}: {command}"
             assert "-r" not in words and "--requirement" not in words, (
                 f"the image installs a requirements file: {command}"
             )
@@ -174,3 +181,11 @@ def test_build_context_carries_every_copy_source() -> None:
     ]
     for path in [*copied, *relay_files]:
         assert sent_to_docker(path), f"{path} is copied by relay/Dockerfile but left out of its build context"
+
+
+def test_the_otel_extra_carries_no_pulumi_sdk_or_dev_tool() -> None:
+    otel = {requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["otel"]}
+    dev = {requirement_name(r) for extra in ("infra", "test", "smoke")
+           for r in PYPROJECT["project"]["optional-dependencies"][extra]}
+    assert otel and not otel & dev, f"the image's otel extra shares {otel & dev} with the dev extras"
+    assert all(name.startswith("opentelemetry-") for name in otel), otel

@@ -12,13 +12,15 @@ from tests.infra.harness import stack_config, stack_value
 COMPONENTS = {
     "secure-export:hosting:RelayHosting": "relay",
     "secure-export:monitoring:Alerting": "alerting",
+    "secure-export:monitoring:SelfMonitoring": "self-monitoring",  # both example stacks set monitoring.emails
 }
 
 
 def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqdn(stack_plan: Plan, stack: str) -> None:
     outputs = stack_plan.outputs
     assert set(outputs) == {
-        *("webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn", "keyVaultName")
+        *("webhookUrl", "applicationClientId", "identifierUri", "actionGroupId", "relayFqdn", "keyVaultName"),
+        *("storageAccountName", "fallbackActionGroupId"),  # what `make smoke` reads; the self-monitoring group
     }
     entra = stack_value(stack, "entra")
     container_app = stack_plan.one("azure-native:app:ContainerApp")
@@ -27,7 +29,8 @@ def test_stack_exports_webhook_url_client_id_identifier_uri_action_group_and_fqd
     assert outputs["webhookUrl"] == f"https://{fqdn}/alerts"
     assert outputs["applicationClientId"] == entra["clientId"]
     assert outputs["identifierUri"] == entra.get("identifierUri", f"api://{entra['clientId']}")
-    assert outputs["actionGroupId"] == stack_plan.one("azure-native:monitor:ActionGroup").id
+    assert outputs["actionGroupId"] == stack_plan.one("azure-native:monitor:ActionGroup", "alerting-action-group").id
+    assert outputs["storageAccountName"] == stack_plan.one("azure-native:storage:StorageAccount").outputs["name"]
     assert outputs["keyVaultName"] == stack_plan.one("azure-native:keyvault:Vault").outputs["name"]
 
 

@@ -143,3 +143,16 @@ def test_acr_credential_helper_answers_docker_with_an_entra_token(tmp_path: Path
     stored = subprocess.run([str(helper), "store"], input="{}", env=env, capture_output=True, text=True, timeout=30)
     assert stored.returncode == 0 and stored.stdout == "", "the helper stores nothing"
     assert subprocess.run([str(helper)], env=env, capture_output=True, timeout=30).returncode == 2
+
+
+def test_deploys_end_with_the_smoke_test_and_previews_never_run_it() -> None:
+    (job,) = workflow("pulumi.yml")["jobs"].values()
+    names = [step.get("name", step.get("uses", "")) for step in job["steps"]]
+    smoke = next(i for i, step in enumerate(job["steps"]) if "devtools.smoke" in str(step.get("run", "")))
+    up = next(i for i, step in enumerate(job["steps"]) if step.get("uses") == "pulumi/actions@v6")
+    assert smoke > up, f"the smoke test runs before the deploy: {names}"
+    assert job["steps"][smoke]["if"] == "inputs.command == 'up'", "a preview must not send test notifications"
+    installs = " ".join(str(s.get("run", "")) for s in job["steps"])
+    assert '".[infra,smoke]"' in installs, "the smoke test's Azure SDK client is never installed"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "smoke:" in makefile and "-m devtools.smoke $(STACK)" in makefile
