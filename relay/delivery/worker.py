@@ -355,7 +355,10 @@ class Worker:
                 self.metrics.deliveries.labels(f.target, "dead_letter").inc()
             self.metrics.dead_letters.labels("non_retryable").inc()
             error = _describe(failures)
-            log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error)
+            log.error("dead letter %s (alert %s): %s", claim.handle, alert.correlation_key, error,
+                      extra={"alert_key": alert.correlation_key, "event_key": claim.event.key,
+                             "condition": alert.condition, "target": ",".join(f.target for f in failures),
+                             "outcome": "dead_letter"})
             await self._record(self.store.dead_letter, claim, error)
 
     async def _retry(self, claim: Claim, failures: list[_Failure]) -> None:
@@ -378,7 +381,9 @@ class Worker:
             for f in failures:
                 self.metrics.deliveries.labels(f.target, "dead_letter").inc()
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
-            log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error)
+            log.error("dead letter %s after %d attempts: %s", claim.handle, attempts, error,
+                      extra={"event_key": claim.event.key, "condition": claim.event.condition,
+                             "target": ",".join(f.target for f in failures), "outcome": "dead_letter"})
             await self._record(self.store.dead_letter, claim, f"gave up after {attempts} attempts: {error}")
             return
         retry_after = max((f.retry_after for f in failures if f.retry_after is not None), default=None)
@@ -390,7 +395,9 @@ class Worker:
         else:
             delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
                                   cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
-            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
+            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error,
+                        extra={"event_key": claim.event.key, "condition": claim.event.condition,
+                               "target": ",".join(f.target for f in failures), "outcome": "retry"})
         await self._record(self.store.retry_later, claim, delay, error, count_attempt=not bounced)
 
     async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
@@ -446,6 +453,7 @@ class Worker:
     async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
                           key: TicketKey) -> bool:
         """One read-decide-call-record round; False when the record changed meanwhile (decide again)."""
+        started = time.perf_counter()
         record = await self.store.get_ticket(target.name, key.key)
         data = record.data if record else {}
         state = TicketState.from_data(data) if record else None
@@ -503,8 +511,11 @@ class Worker:
             log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
                         action)
             return False
-        log.info("%s: %s %s for %s (%s)", target.name, outcome, new_state.ticket_number or new_state.ticket_id,
-                 incident.correlation_key, decision.reason)
+        ticket = new_state.ticket_number or new_state.ticket_id
+        log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
+                 extra={"alert_key": incident.correlation_key, "event_key": event.key, "condition": event.condition,
+                        "target": target.name, "ticket": ticket, "outcome": outcome,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
 
