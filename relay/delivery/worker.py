@@ -513,8 +513,8 @@ class Worker:
             return False
         ticket = new_state.ticket_number or new_state.ticket_id
         log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
-                 extra={"alert_key": incident.correlation_key, "event_key": event.key, "condition": event.condition,
-                        "target": target.name, "ticket": ticket, "outcome": outcome,
+                 extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": event.condition,
+                        "target": target.name, "ticket": ticket, "ticket_key": key.key, "outcome": outcome,
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
