@@ -17,8 +17,8 @@ from pythonjsonlogger.json import JsonFormatter
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # The fields a JSON line carries beside time, level, logger and message, where they apply (passed with
 # `extra=` at the log call): what an operator filters on. Documented in README.md ("Logs").
-FIELDS = ("alert_key", "event_key", "condition", "target", "ticket", "ticket_key", "outcome", "latency_ms", "status",
-          "field")
+FIELDS = ("alert_key", "event_key", "condition", "target", "ticket", "ticket_key", "subject", "link", "outcome",
+          "latency_ms", "status", "field")
 # Probed every few seconds by the platform: a line each would drown the log.
 QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 # C0 controls (newline, carriage return, ESC ...), DEL and C1 controls: a logged alert field holding one

@@ -17,7 +17,7 @@ from tests.e2e.cluster import episode, incidents_by_correlation, relay_env, writ
 from tests.fakes.servicenow import FakeServiceNow
 from tests.relay_process import RelayProcess
 
-PASSWORD = "s3cret-Password-only-in-the-env"  # noqa: S105 - a test secret, looked for in the log
+PASSWORD = "s3cret-Password-only-in-the-env"
 
 
 async def drive(relay: RelayProcess, auth: str, servicenow: FakeServiceNow) -> dict[str, int]:
@@ -93,6 +93,9 @@ async def test_json_log_lines_parse_carry_fields_and_hold_no_secret_at_debug(tmp
     [c] = created
     assert c["target"] == "servicenow" and c["ticket"] and c["condition"] == "Fired", c
     assert c["alert_key"] == key and isinstance(c["latency_ms"], float), c
+    assert c["subject"].startswith("[Sev2]") and "jsonlog-rule-1" in c["subject"], c
+    sys_id = next(iter(servicenow.incidents))
+    assert c["link"] == f"{servicenow.url}/nav_to.do?uri=incident.do%3Fsys_id%3D{sys_id}", c
     resolved = [r for r in records if r.get("outcome") == "resolve"]
     assert [r["condition"] for r in resolved] == ["Resolved"] and resolved[0]["ticket"] == c["ticket"], resolved
 

@@ -61,6 +61,7 @@ from relay.targets import (
     can_read,
     can_search,
     is_forwarder,
+    ticket_link,
     truncate,
 )
 
@@ -515,6 +516,8 @@ class Worker:
         log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
                  extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": event.condition,
                         "target": target.name, "ticket": ticket, "ticket_key": key.key, "outcome": outcome,
+                        "subject": incident.summary, "link": ticket_link(target, Ticket(
+                            new_state.ticket_id or "", new_state.ticket_number)),
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
