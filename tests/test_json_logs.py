@@ -107,3 +107,36 @@ async def test_json_log_lines_parse_carry_fields_and_hold_no_secret_at_debug(tmp
     assert paths.count("/alerts") == 5, paths
     assert "/healthz" not in paths and "/readyz" not in paths, "the probes were logged"
     assert all(isinstance(r["status"], int) and "latency_ms" in r for r in access), access[:2]
+
+
+async def test_text_format_keeps_one_escaped_line_per_record(tmp_path):
+    issuer = DevIssuer()
+    with issuer.serving_in_thread():
+        config = tmp_path / "relay.yaml"  # the dry-run calls to a file: the log holds only log lines
+        config.write_text(f"targets:\n  t:\n    kind: dry_run\n    path: {tmp_path / 'calls.jsonl'}\n"
+                          "routes:\n  - target: t\n")
+        env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}", "RELAY_LOG_LEVEL": "INFO",
+               "RELAY_LOG_FORMAT": "text", "RELAY_CONFIG": str(config),
+               "RELAY_ALLOWED_SUBSCRIPTIONS": "99999999-9999-4999-8999-999999999999"}
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        await asyncio.to_thread(relay.start)
+        fired, _ = episode(2, "textlog")
+        doc = json.loads(fired)
+        # From a subscription outside the allow-list: refused with a log line naming its rule, which holds a
+        # newline and a forged line after it.
+        doc["data"]["essentials"]["alertRule"] = "rule\n2026-01-01 00:00:00,000 INFO relay.intake forged"
+        doc["data"]["essentials"].pop("alertRuleID", None)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+                async with http.post(f"{relay.url}/alerts", data=json.dumps(doc).encode(),
+                                     headers={"Authorization": issuer.authorization(),
+                                              "Content-Type": "application/json"}) as resp:
+                    assert resp.status == 403
+        finally:
+            relay.stop()
+    lines = (tmp_path / "relay.log").read_text().splitlines()
+    assert lines and not any(line.startswith("{") for line in lines), lines[:3]
+    assert any("relay listening on" in line for line in lines), lines
+    [refused] = [line for line in lines if " WARNING relay.intake refused alert " in line]
+    assert "rule rule\\n2026-01-01 00:00:00,000 INFO relay.intake forged" in refused, refused
+    assert not any(line.startswith("2026-01-01 00:00:00,000 INFO relay.intake forged") for line in lines)
