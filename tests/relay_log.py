@@ -11,17 +11,25 @@ from typing import Any
 EXPECTED_EXCEPTIONS = ("aiohttp.http_exceptions.",)
 
 
+TEXT = "_text_line"  # marks a record read from a text line
+
+
 def records(path: Path) -> list[dict[str, Any]]:
-    """One dict per log record: a JSON line as it is; a text line as {"message": line, "text": True}."""
+    """One dict per log record: a JSON log line as it is; a text line as {"message": line, TEXT: True}.
+    Other JSON lines (the default dry-run target writes its calls to stdout, which tests send to the same
+    file) are not log records and are left out."""
     out: list[dict[str, Any]] = []
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             try:
-                out.append(json.loads(line))
-                continue
+                doc = json.loads(line)
             except ValueError:
-                pass
-        out.append({"message": line, "text": True})
+                doc = None
+            if isinstance(doc, dict):
+                if "level" in doc and "logger" in doc:
+                    out.append(doc)
+                continue
+        out.append({"message": line, TEXT: True})
     return out
 
 
@@ -42,7 +50,7 @@ def tracebacks(path: Path) -> list[str]:
         exc = r.get("exc_info")
         if isinstance(exc, str) and not exc.rstrip().splitlines()[-1].startswith(EXPECTED_EXCEPTIONS):
             found.append(f"{r.get('message')}\n{exc}")
-    lines = [r["message"] for r in recs if r.get("text")]
+    lines = [r["message"] for r in recs if r.get(TEXT)]
     for i, line in enumerate(lines):
         if not line.startswith("Traceback (most recent call last)"):
             continue

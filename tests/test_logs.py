@@ -93,3 +93,27 @@ def test_an_access_line_has_method_path_status_and_latency_but_no_query_or_heade
     [line] = access_lines("/alerts", 202)
     assert (line["method"], line["path"], line["status"], line["latency_ms"]) == ("POST", "/alerts", 202, 12.3)
     assert "code=abc" not in json.dumps(line) and "secret" not in json.dumps(line)
+
+
+def test_the_fault_suite_log_scan_finds_tracebacks_in_either_format(tmp_path):
+    from tests import relay_log
+
+    unexpected = json_formatter().format(record("boom", exc=_raised(RuntimeError("bad"))))
+    parser_refusal = "Traceback (most recent call last):\n  ...\naiohttp.http_exceptions.BadStatusLine: x"
+    expected = json.dumps({"level": "ERROR", "logger": "aiohttp.server", "message": "x", "exc_info": parser_refusal})
+    dry_run_output = json.dumps({"target": "dry_run", "call": "create", "text": "not a log record"})
+    text = ("2026-01-01 INFO relay.app ok\nTraceback (most recent call last):\n  File \"x\", line 1\n"
+            "KeyError: 'k'\n")
+    log = tmp_path / "relay.log"
+    log.write_text("\n".join([unexpected, expected, dry_run_output]) + "\n" + text)
+    found = relay_log.tracebacks(log)
+    assert len(found) == 2, found
+    assert "RuntimeError: bad" in found[0] and "KeyError: 'k'" in found[1]
+    assert relay_log.count(log, "boom") == 1 and relay_log.count(log, "not a log record") == 0
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
