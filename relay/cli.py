@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 from relay.logs import configure as configure_logging
 from relay.schema import SQLITE_URL_PREFIX
-from relay.settings import ENVIRONMENT, LogSettings, Settings, SettingsError
+from relay.settings import DEFAULT_STORE_URL, ENVIRONMENT, LogSettings, Settings, SettingsError
 
-STORE_HELP = "store URL (default: RELAY_STORE, else sqlite:///./relay.db)"
+STORE_HELP = f"store URL (default: RELAY_STORE, else {DEFAULT_STORE_URL})"
 
 
 def version() -> str:
@@ -139,7 +139,7 @@ def _check_config(path: str) -> int:
 
 def store_url(args: argparse.Namespace) -> str:
     """--store, else RELAY_STORE, else the relay's default."""
-    return getattr(args, "store", None) or os.environ.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+    return getattr(args, "store", None) or os.environ.get("RELAY_STORE", "").strip() or DEFAULT_STORE_URL
 
 
 def missing_store(url: str) -> str | None:

@@ -19,6 +19,7 @@ DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.we
 # (the stack sets RELAY_METRICS_HOST to the container's interface so its scraper reaches it).
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_STORE_URL = "sqlite:///./relay.db"
 
 
 def fetch_url_problem(url: str) -> str | None:
@@ -74,7 +75,7 @@ ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
     EnvironmentVariable("RELAY_REQUIRED_ROLE", DEFAULT_ROLE, "app role the caller must hold"),
     EnvironmentVariable("RELAY_OPENID_CONFIG_URL", DEFAULT_OPENID_CONFIG_URL,
                         "metadata URL ({tenant} is substituted); change it for sovereign clouds"),
-    EnvironmentVariable("RELAY_STORE", "sqlite:///./relay.db", "where alerts are kept"),
+    EnvironmentVariable("RELAY_STORE", DEFAULT_STORE_URL, "where alerts are kept"),
     EnvironmentVariable("RELAY_HOST", "0.0.0.0", "listener address"),
     EnvironmentVariable("RELAY_PORT", "8080", "listener port"),
     EnvironmentVariable("RELAY_METRICS_HOST", DEFAULT_METRICS_HOST, "where /metrics is served"),
@@ -121,7 +122,7 @@ class Settings:
     allowed_app_ids: tuple[str, ...] = (AZURE_MONITOR_APP_ID,)
     required_role: str = DEFAULT_ROLE
     openid_config_url: str = DEFAULT_OPENID_CONFIG_URL.format(tenant="{tenant}")
-    store_url: str = "sqlite:///./relay.db"
+    store_url: str = DEFAULT_STORE_URL
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = DEFAULT_METRICS_PORT  # 0: any free port (tests); the app records the one bound
@@ -152,7 +153,7 @@ class Settings:
             raise SettingsError(
                 f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback): {problem}"
             )
-        store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+        store = env.get("RELAY_STORE", "").strip() or DEFAULT_STORE_URL
         if not store.startswith(STORE_URL_PREFIXES):
             # Nothing of the value is shown: a connection string in the wrong form still holds an account key.
             raise SettingsError(
