@@ -3,9 +3,13 @@ that are one line, never a traceback."""
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from importlib import metadata
 
 import pytest
@@ -71,3 +75,34 @@ def test_a_missing_relay_config_file_is_one_line(tmp_path):
            "RELAY_OPENID_CONFIG_URL": "http://127.0.0.1:9/{tenant}/v2.0/.well-known/openid-configuration"}
     line = one_line_error(relay("serve", env=env))
     assert line == f"relay: configuration error: cannot read RELAY_CONFIG {missing}: No such file or directory", line
+
+
+def test_on_a_terminal_the_log_is_text(tmp_path):
+    """(Elsewhere it is JSON: tests/test_json_logs.py runs a relay whose log is a file, with no format set.)"""
+    issuer = DevIssuer()
+    with issuer.serving_in_thread():
+        env = {**os.environ, **issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
+               "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(free_port()), "RELAY_LOG_LEVEL": "INFO"}
+        env.pop("RELAY_LOG_FORMAT", None)
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "relay", "serve"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=follower, stderr=follower)
+        os.close(follower)
+        seen = b""
+        try:
+            deadline = time.monotonic() + 30
+            while b"relay listening on" not in seen and time.monotonic() < deadline:
+                ready, _, _ = select.select([leader], [], [], 0.5)
+                if ready:
+                    try:
+                        seen += os.read(leader, 65536)
+                    except OSError:
+                        break
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            os.close(leader)
+    lines = [line for line in seen.decode(errors="replace").splitlines() if line.strip()]
+    listening = [line for line in lines if "relay listening on" in line]
+    assert listening, lines
+    assert not listening[0].startswith("{") and " INFO relay.app relay listening on " in listening[0], listening
