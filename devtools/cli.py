@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the running `relay-dev issuer` (default {DEFAULT_ISSUER})")
     snd.add_argument("--token", help="a token to send instead of asking the issuer")
     snd.add_argument("--token-version", choices=("1.0", "2.0"), default="2.0")
+    tok = sub.add_parser("token", help="print a fresh token from the running issuer (for curl: -H \"Authorization: "
+                         "Bearer $(relay-dev token)\")")
+    tok.add_argument("--issuer", default=DEFAULT_ISSUER, help=f"default {DEFAULT_ISSUER}")
+    tok.add_argument("--token-version", choices=("1.0", "2.0"), default="2.0")
     sub.add_parser("samples", help="list the bundled common-schema samples")
     return parser
 
@@ -175,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             return issuer(args)
         if args.command == "send-alert":
             return send_alert(args)
+        if args.command == "token":
+            print(asyncio.run(fetch_token(args.issuer, args.token_version)))
+            return 0
         print("\n".join(sample_names()))
         return 0
     except UsageError as exc:

@@ -155,6 +155,13 @@ def test_issuer_and_send_alert_drive_a_real_relay(tmp_path):
                                     capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert with_token.returncode == 0 and "\n202 " in with_token.stdout, with_token.stdout + with_token.stderr
 
+        minted = subprocess.run([str(RELAY_DEV), "token", "--issuer", issuer_url, "--token-version", "1.0"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert minted.returncode == 0 and minted.stdout.count(".") == 2, minted.stdout + minted.stderr
+        v1 = subprocess.run([str(RELAY_DEV), "send-alert", "--url", relay.url, "--token", minted.stdout.strip()],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert v1.returncode == 0 and "\n202 " in v1.stdout, v1.stdout + v1.stderr
+
         bad = subprocess.run([str(RELAY_DEV), "send-alert", "--url", relay.url, "--token", token + "x"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert bad.returncode == 1 and '\n401 {"error": "invalid_token"}' in bad.stdout, bad.stdout
