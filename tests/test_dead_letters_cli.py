@@ -198,3 +198,13 @@ def test_failed_targets_reads_the_worker_error_forms(error, targets):
     letter = DeadLetter(id="1", event=Event.from_alert(parse_alert_json(body_for(0)), body_for(0)), attempts=1,
                         error=error, dead_at=0.0)
     assert failed_targets(letter) == targets
+
+
+@pytest.mark.parametrize("action", [["list"], ["show", "1"]])
+def test_control_characters_in_an_error_never_reach_the_terminal(db, capsys, action):
+    asyncio.run(seed(db, ["snow: create failed: HTTP 400 \x1b[2J\x1b]0;owned\x07 bad\r\nforged line"]))
+    assert run("dead-letters", *action, "--store", f"sqlite:///{db}") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
+    assert "\\x1b[2J" in out, out
+    assert not any(line.startswith("forged line") for line in out.splitlines())

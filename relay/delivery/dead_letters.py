@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from relay.alerts import SchemaError, parse_alert_json
+from relay.logs import escape_controls
 from relay.store.base import DeadLetter, Store
 
 ERROR_WIDTH = 100
@@ -46,7 +47,7 @@ def table(letters: list[DeadLetter]) -> str:
     rows = [("ID", "DEAD AT (UTC)", "ATTEMPTS", "CONDITION", "TARGET", "ALERT", "ERROR")]
     for d in letters:
         guid = d.event.alert_id.rstrip("/").rsplit("/", 1)[-1]
-        error = " ".join(d.error.split())
+        error = escape_controls(" ".join(d.error.split()))  # a terminal shows it: no ESC sequence gets through
         if len(error) > ERROR_WIDTH:
             error = error[: ERROR_WIDTH - 1] + "…"
         target = ",".join(failed_targets(d)) or "-"
@@ -99,7 +100,7 @@ async def show_command(store: Store, letter_id: str, out: TextIO, err: TextIO, a
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v)
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
-        out.write(f"{labels.get(name, name).ljust(width)}  {value}\n")
+        out.write(f"{labels.get(name, name).ljust(width)}  {escape_controls(str(value))}\n")
     return 0
 
 
