@@ -7,6 +7,8 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.alerts import parse_alert_json
 from relay.cli import main
@@ -208,3 +210,15 @@ def test_control_characters_in_an_error_never_reach_the_terminal(db, capsys, act
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
     assert "\\x1b[2J" in out, out
     assert not any(line.startswith("forged line") for line in out.splitlines())
+
+
+@given(names=st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), min_size=1, max_size=4, unique=True),
+       detail=st.text(alphabet=st.characters(blacklist_characters=";:", blacklist_categories=("Cs",)), max_size=60),
+       prefix=st.sampled_from(["", "gave up after 3 attempts: ",
+                               "not delivered within max_age_seconds (60s) after 2 attempts: "]))
+def test_failed_targets_names_every_failed_target_of_any_worker_error(names, detail, prefix):
+    error = prefix + "; ".join(f"{name}: create failed: HTTP 400 {detail}" for name in names)
+    body = body_for(0)
+    letter = DeadLetter(id="1", event=Event.from_alert(parse_alert_json(body), body), attempts=1, error=error,
+                        dead_at=0.0)
+    assert failed_targets(letter) == names
