@@ -19,8 +19,8 @@ $(VENV)/.relay-installed: pyproject.toml | $(BIN)/python
 
 # Everything: relay + Pulumi SDKs + test tools.
 $(VENV)/.all-installed: pyproject.toml | $(BIN)/python
-	@echo "installing the relay, the Pulumi SDKs and the test tools into $(VENV)" >&2
-	@$(PIP) install -e ".[infra,test,otel,smoke]" >&2
+	@echo "installing the relay, relay-dev, the Pulumi SDKs and the test tools into $(VENV)" >&2
+	@$(PIP) install -e ".[infra,test,dev,otel,smoke]" >&2
 	@touch $@ $(VENV)/.relay-installed
 
 demo: $(VENV)/.relay-installed

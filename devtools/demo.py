@@ -3,9 +3,10 @@
 It starts a development token issuer on loopback, starts `relay serve` on SQLite, posts every bundled
 common-schema sample with a token shaped like Azure Monitor's, posts them again (Azure retries), plays
 one alert's life (fired, retried, resolved, fired again), shows what the relay refuses, and prints the
-incident calls the delivery worker made. Targets: the dry-run target by default (it writes the calls it
-would make to .demo/dry-run.jsonl); a real Request Tracker when RT_URL and RT_TOKEN are set.
-Nothing is left running; it exits 0 when everything behaved.
+incident calls the delivery worker made and the tickets it opened (id, subject, link). Targets: yours when
+RELAY_CONFIG names a targets-and-routes file (its secrets from the environment, as for `relay serve`);
+else a real Request Tracker when RT_URL and RT_TOKEN are set; else the dry-run target (it writes the calls
+it would make to .demo/dry-run.jsonl). Nothing is left running; it exits 0 when everything behaved.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ async def wait_ready(base: str, proc: subprocess.Popen) -> None:
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"relay exited with {proc.returncode} before it was ready")
+                log = (WORKDIR / "relay.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise SystemExit(f"relay exited with {proc.returncode} before it was ready:\n" + "\n".join(log))
             try:
                 async with http.get(f"{base}/readyz") as resp:
                     if resp.status == 200:
@@ -72,8 +74,11 @@ async def post(http: aiohttp.ClientSession, url: str, body: bytes, auth: str | N
         return resp.status, payload
 
 
-def demo_config() -> tuple[str, str]:
-    """The routing file for the demo, and a one-line description of where incidents go."""
+def demo_config() -> tuple[str | None, str]:
+    """The routing file for the demo (None: the user's RELAY_CONFIG), and a one-line description of where
+    incidents go."""
+    if os.environ.get("RELAY_CONFIG", "").strip():
+        return None, f"your targets (RELAY_CONFIG={os.environ['RELAY_CONFIG'].strip()})"
     if os.environ.get("RT_URL") and os.environ.get("RT_TOKEN"):
         queue = os.environ.get("RT_QUEUE", "Azure Alerts")
         return (
@@ -134,6 +139,46 @@ async def wait_delivered(http: aiohttp.ClientSession, base: str) -> float:
             return 0
         await asyncio.sleep(0.3)
     return pending
+
+
+def deliveries(log_path: Path) -> list[dict[str, str]]:
+    """The worker's delivery lines in the relay's JSON log: one per ticket opened, noted, resolved, ..."""
+    found = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("ticket_key") and record.get("outcome"):
+            found.append(record)
+    return found
+
+
+def print_tickets(records: list[dict[str, str]]) -> None:
+    opened = [r for r in records if r["outcome"] in ("create", "new", "adopt")]
+    print(f"\n6. Tickets opened ({len(opened)})")
+    if not opened:
+        print("   none (see the relay log)")
+    for t in opened:
+        print(f"   {t.get('target', '')}: {t.get('ticket') or '-'}  {t.get('subject', '')}")
+        if t.get("link"):
+            print(f"      {t['link']}")
+
+
+def explain_notes(records: list[dict[str, str]]) -> None:
+    """Why some samples gave a note instead of a ticket: Microsoft's samples reuse placeholder alert ids."""
+    notes: dict[tuple[str, str], int] = {}
+    for r in records:
+        if r["outcome"] == "note":
+            where = (r.get("alert_key", ""), r.get("ticket", ""))
+            notes[where] = notes.get(where, 0) + 1
+    for (alert, ticket), count in notes.items():
+        print(f"   {count} note{'s' if count != 1 else ''} on {ticket}, not new tickets: those samples carry the "
+              f"alert id of the one\n   that opened it ({alert}). "
+              "Microsoft's samples reuse placeholder ids; to the relay another\n"
+              "   Fired of an alert that is still open is that alert firing again, so it notes the open ticket\n"
+              "   (on_repeat: note). Real alerts each have their own id; "
+              "`relay-dev send-alert` gives every post a fresh one.")
 
 
 def summarise_dry_run(path: Path) -> list[str]:
@@ -201,13 +246,18 @@ async def drive(base: str, issuer: DevIssuer) -> int:
     print(f"\n5. Incident calls made by the delivery worker ({pending:.0f} deliveries still pending)")
     dry_run = WORKDIR / "dry-run.jsonl"
     episode_ok = True
-    if dry_run.exists() or not os.environ.get("RT_URL"):
+    if os.environ.get("RELAY_CONFIG", "").strip():
+        print(f"   to your targets ({os.environ['RELAY_CONFIG'].strip()}): the tickets below")
+    elif dry_run.exists() or not os.environ.get("RT_URL"):
         # The alert of step 3: one incident, resolved, then a new one for the new episode.
         episode_ok = summarise_dry_run(dry_run) == ["create", "resolve", "create"]
         if not episode_ok:
             print("   the demo alert did not give create, resolve, create")
     else:
         print(f"   see the tickets in Request Tracker at {os.environ['RT_URL']}")
+    records = deliveries(WORKDIR / "relay.log")
+    print_tickets(records)
+    explain_notes(records)
     print(f"\nAccepted {accepted} of {len(samples)} samples; duplicates were not stored twice.")
     print(f"Store: {WORKDIR / 'relay.db'}; relay log: {WORKDIR / 'relay.log'}")
     ok = accepted == len(samples) and statuses.count(200) == len(samples) and pending == 0 and episode_ok
@@ -219,7 +269,9 @@ def main() -> int:
     WORKDIR.mkdir()
     issuer = DevIssuer()
     config, destination = demo_config()
-    (WORKDIR / "relay.yaml").write_text(config)
+    if config is not None:
+        (WORKDIR / "relay.yaml").write_text(config)
+    config_path = os.environ["RELAY_CONFIG"].strip() if config is None else str(WORKDIR / "relay.yaml")
     with issuer.serving_in_thread():
         port = free_port()
         metrics_port = free_port()
@@ -232,8 +284,10 @@ def main() -> int:
             "RELAY_HOST": "127.0.0.1",
             "RELAY_PORT": str(port),
             "RELAY_METRICS_PORT": str(metrics_port),
-            "RELAY_LOG_LEVEL": "WARNING",
-            "RELAY_CONFIG": str(WORKDIR / "relay.yaml"),
+            # INFO in JSON: the worker's delivery lines name each ticket it opened (step 6 reads them).
+            "RELAY_LOG_LEVEL": "INFO",
+            "RELAY_LOG_FORMAT": "json",
+            "RELAY_CONFIG": config_path,
         }
         log = (WORKDIR / "relay.log").open("w")
         print(f"Starting the relay on http://127.0.0.1:{port}: SQLite store, incidents to {destination}")

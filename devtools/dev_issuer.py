@@ -26,6 +26,7 @@ DEV_APP_ID_URI = f"api://{DEV_CLIENT_ID}"
 AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
 AZNS_SP_OBJECT_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
 ROLE = "ActionGroupsSecureWebhook"
+TOKEN_PATH = "/token"  # the dev issuer's own token endpoint (POST, ?version=1.0|2.0), for relay-dev
 
 
 def new_rsa_key() -> rsa.RSAPrivateKey:
@@ -148,8 +149,17 @@ class DevIssuer:
                 return web.Response(status=503)
             return web.json_response(self.jwks())
 
+        async def token(request: web.Request) -> web.Response:
+            # `relay-dev send-alert` asks the running issuer for a token: only it holds the signing key.
+            version = request.query.get("version", "2.0")
+            if version not in ("1.0", "2.0"):
+                return web.json_response({"error": "version must be 1.0 or 2.0"}, status=400)
+            return web.json_response({"access_token": self.mint(version), "token_type": "Bearer",
+                                      "expires_in": 3600})
+
         app = web.Application()
         app.router.add_get(f"/{self.tenant_id}/v2.0/.well-known/openid-configuration", metadata)
+        app.router.add_post(TOKEN_PATH, token)
         app.router.add_get(f"/{self.tenant_id}/discovery/v2.0/keys", keys)
         return app
 

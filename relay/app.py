@@ -41,7 +41,7 @@ from relay.intake.metrics import IntakeMetrics
 from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
 from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
-from relay.logs import install_request_filter
+from relay.logs import AccessLogger, install_request_filter
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
@@ -378,7 +378,7 @@ def runner_options(app: web.Application) -> dict[str, object]:
         "handle_signals": True,
         "shutdown_timeout": app[DELIVERY_CONFIG_KEY].delivery.shutdown_grace_seconds,
         "keepalive_timeout": KEEPALIVE_TIMEOUT_SECONDS,
-        "access_log_format": '%a "%r" %s %b %Tfs',
+        "access_log_class": AccessLogger,  # no lines for the probes; JSON fields when RELAY_LOG_FORMAT=json
     }
 
 

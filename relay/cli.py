@@ -5,29 +5,79 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
+from importlib import metadata
+from urllib.parse import quote
 
 from relay.logs import configure as configure_logging
-from relay.settings import Settings, SettingsError
+from relay.schema import SQLITE_URL_PREFIX
+from relay.settings import DEFAULT_STORE_URL, ENVIRONMENT, LogSettings, Settings, SettingsError
+
+STORE_HELP = f"store URL (default: RELAY_STORE, else {DEFAULT_STORE_URL})"
+
+
+def version() -> str:
+    try:
+        return metadata.version("secure-export")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def environment_help() -> str:
+    """The environment `relay serve` reads, from relay.settings.ENVIRONMENT (the one list of it)."""
+    width = max(len(v.name) for v in ENVIRONMENT)
+    lines = ["environment variables (a missing or malformed one stops `relay serve` with one line naming it):"]
+    for v in ENVIRONMENT:
+        lines.append(f"  {v.name.ljust(width)}  {v.meaning}")
+        lines.append(f"  {' ' * width}  default: {v.default}")
+    return "\n".join(lines)
+
+
+def store_option() -> argparse.ArgumentParser:
+    """`--store URL` as a parent parser: give it to a command group and to each of its subcommands, so the
+    option works before or after the subcommand (`relay dead-letters list --store URL`)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every `relay` command, in one place."""
+    parser = argparse.ArgumentParser(prog="relay", description="Azure Monitor Secure Webhook to ITSM relay")
+    parser.add_argument("--version", action="version", version=f"relay (secure-export) {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the relay (configured by RELAY_* environment variables)",
+                   description="Run the relay: POST /alerts, the delivery worker, /metrics on its own port.",
+                   epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    check = sub.add_parser("check-config", help="validate a RELAY_CONFIG file: what is wrong, with line and key")
+    check.add_argument("file", help="the routing/targets YAML file")
+    store = store_option()
+    dead = sub.add_parser("dead-letters", parents=[store],
+                          help="list, show or replay events that could not be delivered")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", parents=[store],
+                                  help="show dead letters with their target and last error")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = dead_sub.add_parser("show", parents=[store],
+                               help="everything about one dead letter, and how to replay it")
+    show.add_argument("id", metavar="ID", help="a dead letter id (from `dead-letters list`)")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    replay = dead_sub.add_parser("replay", parents=[store], help="put dead letters back in the delivery queue")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relay", description="Azure Monitor Secure Webhook to ITSM relay")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the relay (configured by RELAY_* environment variables)")
-    check = sub.add_parser("check-config", help="validate a RELAY_CONFIG file: what is wrong, with line and key")
-    check.add_argument("file", help="the routing/targets YAML file")
-    dead = sub.add_parser("dead-letters", help="list or replay events that could not be delivered")
-    dead.add_argument("--store", default=None,
-                      help="store URL (default: RELAY_STORE, else sqlite:///./relay.db)")
-    dead_sub = dead.add_subparsers(dest="action", required=True)
-    listing = dead_sub.add_parser("list", help="show dead letters with their last error")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    replay = dead_sub.add_parser("replay", help="put dead letters back in the delivery queue")
-    replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
-    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
+    try:
+        log_settings = LogSettings.from_env(os.environ, terminal=sys.stderr.isatty())
+    except SettingsError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(log_settings.level, log_settings.format)
     # The Azure SDK logs every request's URL and headers at INFO: thousands of lines an hour at the
     # relay's default level (with the Azure Storage store). Its warnings and errors still come through.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -60,6 +110,12 @@ def _serve() -> int:
     except StoreInUse as exc:  # another relay serves this SQLite file: one line, no traceback
         print(f"relay: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if settings.config_path is None or exc.filename != settings.config_path:
+            raise
+        print(f"relay: configuration error: cannot read RELAY_CONFIG {settings.config_path}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -82,19 +138,53 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def store_url(args: argparse.Namespace) -> str:
+    """--store, else RELAY_STORE, else the relay's default."""
+    return getattr(args, "store", None) or os.environ.get("RELAY_STORE", "").strip() or DEFAULT_STORE_URL
+
+
+def missing_store(url: str) -> str | None:
+    """Why an operating command must not open `url`, or None. Opening a SQLite store creates it (and its
+    tables): a command pointed at a wrong path would make an empty store and report on that. So the file
+    must exist and hold the relay's tables; it is looked at read-only. (An Azure Storage store is opened as
+    it is: its tables and queues are the relay's own.)"""
+    if not url.startswith(SQLITE_URL_PREFIX):
+        return None
+    from relay.store.sqlite import SqliteStore
+
+    path = SqliteStore.from_url(url).path
+    if not os.path.isfile(path):
+        return f"no store at {path} (from --store or RELAY_STORE): nothing was created; name the relay's store"
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"{path} is not a relay store: {exc}"
+    if "events" not in tables:
+        return f"{path} is not a relay store (it has no events table); name the relay's store"
+    return None
+
+
 def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import asyncio
 
-    from relay.delivery.dead_letters import list_command, replay_command
+    from relay.delivery.dead_letters import list_command, replay_command, show_command
     from relay.store import StoreUnavailable, open_store
 
     if args.action == "replay" and bool(args.ids) == bool(args.all):
         parser.error("dead-letters replay: give dead letter ids or --all (not both)")
-    url = args.store or os.environ.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+    url = store_url(args)
     try:
+        problem = missing_store(url)
         store = open_store(url, owner=False)  # beside a running relay: never take its lock
     except ValueError as exc:
         print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    if problem is not None:
+        print(f"relay: {problem}", file=sys.stderr)
         return 2
 
     async def run() -> int:
@@ -102,6 +192,8 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         try:
             if args.action == "list":
                 return await list_command(store, sys.stdout, json_lines=args.json)
+            if args.action == "show":
+                return await show_command(store, args.id, sys.stdout, sys.stderr, as_json=args.json)
             return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
         finally:
             await store.close()

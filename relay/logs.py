@@ -1,14 +1,26 @@
-"""How the relay's text log is written: control characters escaped in every line, and aiohttp's report of a
-malformed request cut to one line without headers (a bad header line would otherwise put a token in the log)."""
+"""How the relay logs: JSON (one object per line, python-json-logger) or text with control characters
+escaped, aiohttp's report of a malformed request cut to one line without headers (a bad header line would
+otherwise put a token in the log), and an access log that leaves out the probes."""
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
+from typing import TextIO
 
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import BaseRequest, StreamResponse
+from pythonjsonlogger.json import JsonFormatter
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# The fields a JSON line carries beside time, level, logger and message, where they apply (passed with
+# `extra=` at the log call): what an operator filters on. Documented in README.md ("Logs").
+FIELDS = ("alert_key", "event_key", "condition", "target", "ticket", "ticket_key", "subject", "link", "outcome",
+          "latency_ms", "status", "field")
+# Probed every few seconds by the platform: a line each would drown the log.
+QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 # C0 controls (newline, carriage return, ESC ...), DEL and C1 controls: a logged alert field holding one
 # could forge a log line or drive a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -24,6 +36,18 @@ class EscapingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the `extra=` fields, and a
+    traceback as `exc_info` (a string). JSON escapes every control character (ensure_ascii also escapes
+    C1 controls and U+2028/U+2029), so no field can break a line."""
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",
+        json_ensure_ascii=True,
+    )
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -42,10 +66,29 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
-def configure(level: str) -> None:
-    """The relay's logging: one stream handler with the escaping formatter."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(EscapingFormatter(FORMAT))
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, except the probes (QUIET_PATHS). The path without its query string (a
+    query could carry a code or a key) and no header at all: an Authorization header never gets here."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if request.path in QUIET_PATHS:
+            return
+        self.logger.info(
+            '%s "%s %s" %d %d %.6fs', request.remote, request.method, request.path, response.status,
+            response.body_length, time,
+            extra={"remote": request.remote, "method": request.method, "path": request.path,
+                   "status": response.status, "latency_ms": round(time * 1000, 3)},
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def configure(level: str, fmt: str = "text", stream: TextIO | None = None) -> None:
+    """The relay's logging: one stream handler (stderr by default), JSON or escaped text."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(json_formatter() if fmt == "json" else EscapingFormatter(FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     install_request_filter()
 

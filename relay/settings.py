@@ -19,6 +19,7 @@ DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.we
 # (the stack sets RELAY_METRICS_HOST to the container's interface so its scraper reaches it).
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_STORE_URL = "sqlite:///./relay.db"
 
 
 def fetch_url_problem(url: str) -> str | None:
@@ -57,13 +58,71 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class EnvironmentVariable:
+    name: str
+    default: str
+    meaning: str
+
+
+# Every variable `relay serve` reads, in one place: `relay serve --help` prints this table, and a test
+# checks the README's configuration table against it.
+ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
+    EnvironmentVariable("RELAY_TENANT_ID", "required", "your Entra tenant GUID"),
+    EnvironmentVariable("RELAY_AUDIENCES", "required",
+                        "comma-separated: the Application ID URI (v1 tokens) and/or the client id (v2 tokens)"),
+    EnvironmentVariable("RELAY_ALLOWED_APP_IDS", AZURE_MONITOR_APP_ID,
+                        "caller apps (Azure Monitor's action groups app)"),
+    EnvironmentVariable("RELAY_REQUIRED_ROLE", DEFAULT_ROLE, "app role the caller must hold"),
+    EnvironmentVariable("RELAY_OPENID_CONFIG_URL", DEFAULT_OPENID_CONFIG_URL,
+                        "metadata URL ({tenant} is substituted); change it for sovereign clouds"),
+    EnvironmentVariable("RELAY_STORE", DEFAULT_STORE_URL, "where alerts are kept"),
+    EnvironmentVariable("RELAY_HOST", "0.0.0.0", "listener address"),
+    EnvironmentVariable("RELAY_PORT", "8080", "listener port"),
+    EnvironmentVariable("RELAY_METRICS_HOST", DEFAULT_METRICS_HOST, "where /metrics is served"),
+    EnvironmentVariable("RELAY_METRICS_PORT", str(DEFAULT_METRICS_PORT),
+                        "the /metrics port (never RELAY_PORT; 0 picks a free port, for tests)"),
+    EnvironmentVariable("RELAY_ALLOWED_SUBSCRIPTIONS", "unset (any, with a warning)",
+                        "comma-separated subscription GUIDs alerts may come from; others get 403"),
+    EnvironmentVariable("RELAY_ALLOWED_ALERT_RULES", "unset (any)",
+                        "comma-separated alert rule ids or glob patterns over them"),
+    EnvironmentVariable("RELAY_CONFIG", "unset (dry run)", "path of the targets-and-routes YAML"),
+    EnvironmentVariable("RELAY_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    EnvironmentVariable("RELAY_LOG_FORMAT", "json unless the log stream is a terminal",
+                        "json (one object per line) or text"),
+)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """RELAY_LOG_LEVEL and RELAY_LOG_FORMAT, read before anything logs (every `relay` command uses them)."""
+
+    level: str = "INFO"
+    format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], terminal: bool) -> LogSettings:
+        """`terminal`: whether the log stream is a terminal (then text is the default, else json)."""
+        level = env.get("RELAY_LOG_LEVEL", "").strip().upper() or "INFO"
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"RELAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} "
+                                f"(got {env['RELAY_LOG_LEVEL'][:20]!r})")
+        fmt = env.get("RELAY_LOG_FORMAT", "").strip().lower() or ("text" if terminal else "json")
+        if fmt not in LOG_FORMATS:
+            raise SettingsError(f"RELAY_LOG_FORMAT must be json or text (got {env['RELAY_LOG_FORMAT'][:20]!r})")
+        return cls(level=level, format=fmt)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     tenant_id: str
     audiences: tuple[str, ...]
     allowed_app_ids: tuple[str, ...] = (AZURE_MONITOR_APP_ID,)
     required_role: str = DEFAULT_ROLE
     openid_config_url: str = DEFAULT_OPENID_CONFIG_URL.format(tenant="{tenant}")
-    store_url: str = "sqlite:///./relay.db"
+    store_url: str = DEFAULT_STORE_URL
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = DEFAULT_METRICS_PORT  # 0: any free port (tests); the app records the one bound
@@ -94,7 +153,7 @@ class Settings:
             raise SettingsError(
                 f"RELAY_OPENID_CONFIG_URL must be an https URL (plain http only on loopback): {problem}"
             )
-        store = env.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+        store = env.get("RELAY_STORE", "").strip() or DEFAULT_STORE_URL
         if not store.startswith(STORE_URL_PREFIXES):
             # Nothing of the value is shown: a connection string in the wrong form still holds an account key.
             raise SettingsError(

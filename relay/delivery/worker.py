@@ -62,6 +62,7 @@ from relay.targets import (
     can_read,
     can_search,
     is_forwarder,
+    ticket_link,
     truncate,
 )
 
@@ -397,7 +398,9 @@ class Worker:
         else:
             delay = backoff_delay(attempts, base=self.settings.backoff_base_seconds,
                                   cap=self.settings.backoff_max_seconds, retry_after=retry_after, rng=self.rng)
-            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error)
+            log.warning("retrying %s in %.1fs (attempt %d): %s", claim.handle, delay, attempts, error,
+                        extra={"event_key": claim.event.key, "condition": claim.event.condition,
+                               "target": ",".join(f.target for f in failures), "outcome": "retry"})
         await self._record(self.store.retry_later, claim, delay, error, count_attempt=not bounced)
 
     async def _give_up(self, claim: Claim, failures: list[_Failure], reason: str, error: str, *,
@@ -407,7 +410,11 @@ class Worker:
             self.metrics.deliveries.labels(f.target, "dead_letter").inc()
         self.metrics.dead_letters.labels(reason).inc()
         about = f" (alert {alert})" if alert else ""
-        log.error("dead letter %s%s, %s: %s", claim.handle, about, reason, error)
+        extra = {"event_key": claim.event.key, "condition": claim.event.condition,
+                 "target": ",".join(f.target for f in failures), "outcome": "dead_letter", "reason": reason}
+        if alert:
+            extra["alert_key"] = alert
+        log.error("dead letter %s%s, %s: %s", claim.handle, about, reason, error, extra=extra)
         await self._record(self.store.dead_letter, claim, error)
 
     async def _deliver_to(self, route: Route, alert: Alert, event: Event) -> _Failure | None:
@@ -462,6 +469,7 @@ class Worker:
     async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
                           key: TicketKey) -> bool:
         """One read-decide-call-record round; False when the record changed meanwhile (decide again)."""
+        started = time.perf_counter()
         record = await self.store.get_ticket(target.name, key.key)
         data = record.data if record else {}
         state = TicketState.from_data(data) if record else None
@@ -519,8 +527,13 @@ class Worker:
             log.warning("%s: ticket record %s changed during a %s call; deciding again", target.name, key.key,
                         action)
             return False
-        log.info("%s: %s %s for %s (%s)", target.name, outcome, new_state.ticket_number or new_state.ticket_id,
-                 incident.correlation_key, decision.reason)
+        ticket = new_state.ticket_number or new_state.ticket_id
+        log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
+                 extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": event.condition,
+                        "target": target.name, "ticket": ticket, "ticket_key": key.key, "outcome": outcome,
+                        "subject": incident.summary, "link": ticket_link(target, Ticket(
+                            new_state.ticket_id or "", new_state.ticket_number)),
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
 

@@ -158,6 +158,8 @@ async def _post_alert(request: web.Request) -> web.StreamResponse:
         alert = parse_alert(doc)
         check_times(alert, datetime.now(UTC))
     except SchemaError as exc:
+        log.warning("refused a body that is not a common alert schema payload: %s: %s", exc.field, exc.message,
+                    extra={"status": 422, "outcome": "invalid_schema", "field": exc.field})
         return done("invalid_schema", _json(422, {
             "error": "not a common alert schema payload", "field": exc.field, "detail": exc.message,
         }))
@@ -174,7 +176,8 @@ async def _post_alert(request: web.Request) -> web.StreamResponse:
     try:
         new = await app[STORE_KEY].accept(event)
     except StoreUnavailable as exc:
-        log.error("store could not commit alert %s: %s", alert.correlation_key, exc)
+        log.error("store could not commit alert %s: %s", alert.correlation_key, exc,
+                  extra={"alert_key": alert.correlation_key, "condition": alert.condition, "outcome": "unavailable"})
         return done("unavailable", _json(
             503, {"error": "store unavailable, retry later"}, {"Retry-After": RETRY_AFTER_SECONDS}
         ))
@@ -185,6 +188,8 @@ async def _post_alert(request: web.Request) -> web.StreamResponse:
         log.info(
             "accepted %s %s (%s) from app %s",
             alert.condition, alert.correlation_key, alert.essentials.monitoring_service, caller.app_id,
+            extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": alert.condition,
+                   "outcome": "accepted", "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
         return done("accepted", _json(202, {"status": "accepted", "key": event.key}))
     return done("duplicate", _json(200, {"status": "duplicate", "key": event.key}))

@@ -130,6 +130,13 @@ class Ticket:
     resolved: bool = False
 
 
+def ticket_link(target: object, ticket: Ticket) -> str | None:
+    """The ticket's page for people, when the target's module knows how to name it (an optional
+    `ticket_url(ticket)`: RT, ServiceNow, Jira); None otherwise (PagerDuty's events API gives none)."""
+    url = getattr(target, "ticket_url", None)
+    return url(ticket) if callable(url) else None
+
+
 # How many of a ticket's latest notes `read` returns: a retried note looks for its marker among them.
 NOTES_READ = 5
 # How many tickets `search` returns at most, newest first: the highest `.N` suffixes are among them.

@@ -100,6 +100,10 @@ class JiraServiceManagementTarget:
     # endpoint and method) and a per-issue write limit; 5 a second is a conservative pace, not a quota.
     default_rate_limit_per_second: ClassVar[float] = 5.0
 
+    def ticket_url(self, ticket: Ticket) -> str:
+        """The issue's page, by its key (for people: logs, the demo)."""
+        return f"{self.http.base_url}/browse/{ticket.number or ticket.id}"
+
     def __init__(self, name: str, http: VendorHTTP, options: JiraOptions, assets: VendorHTTP | None = None) -> None:
         self.name = name
         self.http = http

@@ -105,6 +105,10 @@ class RequestTrackerTarget:
     }
     options_class: ClassVar[type] = RequestTrackerOptions
 
+    def ticket_url(self, ticket: Ticket) -> str:
+        """The ticket's page in RT's web UI (for people: logs, the demo)."""
+        return f"{self.http.base_url}/Ticket/Display.html?id={ticket.id}"
+
     def __init__(
         self, name: str, http: VendorHTTP, options: RequestTrackerOptions, ci_cache: CICache[str] | None = None
     ) -> None:

@@ -112,6 +112,10 @@ class ServiceNowTarget:
     }
     options_class: ClassVar[type] = ServiceNowOptions
 
+    def ticket_url(self, ticket: Ticket) -> str:
+        """The record's form in the instance's UI (for people: logs, the demo)."""
+        return f"{self.http.base_url}/nav_to.do?uri={self.options.table}.do%3Fsys_id%3D{ticket.id}"
+
     def __init__(
         self, name: str, http: VendorHTTP, options: ServiceNowOptions, ci_cache: CICache[str] | None = None
     ) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.dev_issuer import DevIssuer
+from tests import relay_log
 from tests.relay_process import RelayProcess
 
 
@@ -33,14 +34,6 @@ class LiveRelay:
         return self.process.proc is not None and self.process.proc.poll() is None
 
     def tracebacks(self) -> list[str]:
-        """Tracebacks in the log: exceptions nothing expected. aiohttp's own refusals of malformed HTTP
-        (a 400 from its parser, which it logs with a traceback) are left out."""
-        lines = self.process.log_path.read_text(errors="replace").splitlines()
-        found = []
-        for i, line in enumerate(lines):
-            if not line.startswith("Traceback (most recent call last)"):
-                continue
-            end = next((j for j in range(i + 1, len(lines)) if lines[j][:1] not in (" ", "\t")), len(lines) - 1)
-            if not lines[end].startswith("aiohttp.http_exceptions."):
-                found.append("\n".join([*lines[max(0, i - 1):i + 1], "  ...", *lines[end - 2:end + 1]]))
-        return found
+        """Tracebacks in the log (JSON or text): exceptions nothing expected. aiohttp's own refusals of
+        malformed HTTP (a 400 from its parser, which it logs with a traceback) are left out."""
+        return relay_log.tracebacks(self.process.log_path)

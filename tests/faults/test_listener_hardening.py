@@ -24,6 +24,7 @@ from relay.listener import (
     raise_open_files_limit,
 )
 from relay.settings import Settings
+from tests import relay_log
 from tests.faults.raw_http import RawConnection, request
 from tests.relay_process import RelayProcess
 
@@ -152,8 +153,8 @@ def test_relay_serve_keeps_metrics_off_the_public_port_and_stops_cleanly_on_sigt
             process.stop()
     log = (tmp_path / "relay.log").read_text()
     assert process.proc.returncode == 0, f"relay serve exited with {process.proc.returncode}:\n{log[-2000:]}"
-    assert "Traceback" not in log, log[-2000:]
-    assert "connections) with" in log, "the start line names the connection cap"
+    assert relay_log.tracebacks(tmp_path / "relay.log") == [], log[-2000:]
+    assert relay_log.count(tmp_path / "relay.log", "connections) with") == 1, "the start line names the connection cap"
     count("relay serve: metrics port and clean SIGTERM (items 8, 12)")
 
 

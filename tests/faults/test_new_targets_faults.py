@@ -19,6 +19,7 @@ from relay.delivery.lifecycle import ticket_keys
 from relay.intake import STORE_KEY
 from relay.settings import Settings
 from relay.store.sqlite import SqliteStore
+from tests import relay_log
 from tests.e2e.cluster import ACKNOWLEDGED, episode, wait_until
 from tests.faults.new_targets import KINDS, timed_fake
 from tests.faults.test_sigkill_delivery import pending_deliveries, post_stream
@@ -214,12 +215,12 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
     assert not twice, f"a step was applied twice to one incident: {twice}"
     in_flight = sum(1 for a in fake.timeline if a.method == "POST" and a.path.endswith(("/issue", "/enqueue"))
                     and a.started <= killed_at <= a.ended)
-    log = (tmp_path / "relay.log").read_text()
+    adopted = relay_log.count(tmp_path / "relay.log", ": adopted ")
     fault_report(
         f"sigkill under load with delivery ({kind})",
         f"{len(results)} posted, {len(acked)} acknowledged ({len(fired)} fired, {len(resolved)} resolved), "
         f"{in_flight} creates/triggers in flight at the kill, {len(grouped)} incidents, "
-        f"{log.count(': adopted ')} adopted, "
+        f"{adopted} adopted, "
         f"0 lost, 0 duplicates, 0 steps twice, 0 dead letters, all applied {recovered_in:.1f}s after the restart "
         "(default lease)",
     )
