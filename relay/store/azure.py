@@ -176,7 +176,7 @@ EXPIRE_CONCURRENCY = 16
 # An e-row's state as the trail names it.
 _TRAIL_STATE = {"pending": "pending", "done": "delivered", "dead": "dead"}
 _EVENT_KEY = re.compile(r"^[0-9a-f]{64}$")
-_EVENT_ROWS_SINCE = "RowKey ge 'e-' and RowKey lt 'e.' and received_at ge @since "
+_EVENT_ROWS_SINCE = "RowKey ge 'e-' and RowKey lt 'e.' and received_at ge @since"
 # A settled or abandoned claim's lease state is forgotten this long after its lease ended.
 FORGET_LEASES_AFTER_SECONDS = 3600.0
 
@@ -919,7 +919,7 @@ class AzureStorageStore:
     async def _expire_trail(self, pk: str, key: str) -> None:
         """Delete an expiring event's trail rows (one read, then one batch per 100 rows)."""
         rows = [r async for r in self._t.query_entities(
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi ",
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
             parameters={"pk": pk, "lo": f"r-{key}-", "hi": f"r-{key}."}, select=["RowKey"])]
         for start in range(0, len(rows), 100):
             try:
@@ -962,11 +962,11 @@ class AzureStorageStore:
         async with self._storage("read an alert's trail"):
             pk = alert_partition(alert)
             if _EVENT_KEY.match(alert):  # an event key: find its partition (a scan of the table)
-                async for row in self._t.query_entities("RowKey eq @rk ", parameters={"rk": "e-" + alert},
+                async for row in self._t.query_entities("RowKey eq @rk", parameters={"rk": "e-" + alert},
                                                         select=["PartitionKey"]):
                     pk = row["PartitionKey"]
                     break
-            rows = [r async for r in self._t.query_entities("PartitionKey eq @pk ", parameters={"pk": pk})]
+            rows = [r async for r in self._t.query_entities("PartitionKey eq @pk", parameters={"pk": pk})]
         attempts: dict[str, list[Attempt]] = {}
         for r in rows:
             if r["RowKey"].startswith("r-"):
@@ -999,7 +999,7 @@ class AzureStorageStore:
     async def _tickets_of_event(self, erow: TableEntity) -> EventTrail:
         pk, key = erow["PartitionKey"], erow["key"]
         rows = [r async for r in self._t.query_entities(
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi ",
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
             parameters={"pk": pk, "lo": f"r-{key}-", "hi": f"r-{key}."}, select=["at", "outcome", "entries"])]
         done = tuple(Attempt(at=float(r["at"]), outcome=r["outcome"], entries=trail_from_json(r.get("entries")))
                      for r in rows)
