@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     replay = dead_sub.add_parser("replay", help="put dead letters back in the delivery queue")
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    _add_alerts_parser(sub)
     args = parser.parse_args(argv)
     configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
     # The Azure SDK logs every request's URL and headers at INFO: thousands of lines an hour at the
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "dead-letters":
         return _dead_letters(args, parser)
+    if args.command == "alerts":
+        return _alerts(args)
     return 2
 
 
@@ -102,6 +105,64 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             if args.action == "list":
                 return await list_command(store, sys.stdout, json_lines=args.json)
             return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"relay: store unavailable: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_alerts_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    alerts = sub.add_parser("alerts", help="the alert trail: what became of each event (read-only)")
+    alerts.add_argument("--store", default=None, help="store URL (default: RELAY_STORE, else sqlite:///./relay.db)")
+    alerts_sub = alerts.add_subparsers(dest="action", required=True)
+    show = alerts_sub.add_parser("show", help="every event of one alert with its attempts, decisions and calls")
+    show.add_argument("alert", metavar="ALERT", help="the alert id (any case) or an event key from `alerts list`")
+    show.add_argument("--json", action="store_true", help="one JSON object per event")
+    listing = alerts_sub.add_parser("list", help="recent events, newest first, with their state and tickets")
+    listing.add_argument("--since", default=None, metavar="WHEN",
+                         help="only events received since: a duration (30m, 1h, 2d) or an ISO 8601 time")
+    listing.add_argument("--state", choices=("pending", "dead", "delivered"), default=None)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many events (default 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    """`relay alerts show|list`: reads only, beside a running relay; never creates a store."""
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from relay.delivery.alert_trail import list_command, parse_since, show_command
+    from relay.schema import SQLITE_URL_PREFIX
+    from relay.store import StoreUnavailable, open_store
+
+    url = args.store or os.environ.get("RELAY_STORE", "").strip() or "sqlite:///./relay.db"
+    since = None
+    try:
+        if args.action == "list":
+            if args.limit < 1:
+                raise ValueError(f"--limit must be 1 or more (got {args.limit})")
+            since = parse_since(args.since, time.time()) if args.since else None
+        store = open_store(url, owner=False)  # beside a running relay: never take its lock
+    except ValueError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    path = getattr(store, "path", None)
+    if url.startswith(SQLITE_URL_PREFIX) and path and not Path(path).exists():
+        print(f"relay: no store at {path} (set RELAY_STORE or --store to the relay's store)", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        await store.open()
+        try:
+            if args.action == "show":
+                return await show_command(store, args.alert, sys.stdout, sys.stderr, json_lines=args.json)
+            return await list_command(store, sys.stdout, since=since, state=args.state, limit=args.limit,
+                                      json_lines=args.json)
         finally:
             await store.close()
 

@@ -31,8 +31,8 @@ from relay.store import (
     idempotency_key,
     open_store,
 )
-from relay.store.base import TRAIL_DETAIL_LIMIT, TRAIL_ENTRIES_LIMIT, TicketLink, TrailEntry
 from relay.store.azure import INLINE_BODY_LIMIT, AzureStorageStore
+from relay.store.base import TRAIL_DETAIL_LIMIT, TRAIL_ENTRIES_LIMIT, TicketLink, TrailEntry
 from relay.store.sqlite import SqliteStore
 from tests.azurite import Azurite, StorageCut, unique_names
 

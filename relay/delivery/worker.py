@@ -692,6 +692,10 @@ class Worker:
         breaker.succeeded()
         return result
 
+    def circuit_states(self) -> dict[str, str]:
+        """Each target's circuit: closed, open or half-open (the status page shows them)."""
+        return {name: b.state.name.lower().replace("_", "-") for name, b in self.breakers.items()}
+
     # -- the alert trail -------------------------------------------------------------------------------
 
     def _trail_note(self, kind: str, **fields: Any) -> None:
