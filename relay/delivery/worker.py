@@ -342,6 +342,7 @@ class Worker:
             # outlives every lease) would otherwise come back forever.
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s: leased %d times without an outcome", claim.handle, claim.attempts)
+            self._trail_note("decision", what="dead_letter", detail=f"leased {claim.attempts} times without an outcome")
             await self._record(
                 self.store.dead_letter,
                 claim, f"gave up after {claim.attempts} attempts that ended without an outcome "

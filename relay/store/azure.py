@@ -11,7 +11,7 @@ Layout (names are the constants below; the Pulumi program creates the same ones)
     copy of the event (so that a claim reads one row, not two).
   - `r-<idempotency key>-<time, 20 digits>`: one row per recorded delivery attempt of the event (the
     alert trail: its outcome, decisions and target calls), written in the same entity batch as the
-    outcome; retention deletes them before their e-row.
+    outcome, which also marks the e-row `has_trail`; retention deletes them before their e-row.
   Partition `deadletters` lists dead letters (`RowKey` = event key); ticket records live in
   partitions `t` + sha256(target, key), row `ticket`, their ETag being `TicketRecord.version`.
 - Queue `relay-events`: wake-up tokens naming an alert partition. Queue `relay-events-poison`
@@ -704,6 +704,8 @@ class AzureStorageStore:
                         ("update", waiting, {"mode": UpdateMode.MERGE, "etag": lease.etag,
                                              "match_condition": MatchConditions.IfNotModified}),
                         ("upsert", trail, {"mode": UpdateMode.REPLACE}),
+                        ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "has_trail": True},
+                         {"mode": UpdateMode.MERGE}),
                     ])
                 break
             except (ResourceModifiedError, ResourceNotFoundError, TableTransactionError) as exc:
@@ -751,7 +753,8 @@ class AzureStorageStore:
                     ("delete", {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"])},
                      {"etag": lease.etag, "match_condition": MatchConditions.IfNotModified}),
                     ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "state": state,
-                                "finished_at": time.time()}, {"mode": UpdateMode.MERGE}),
+                                "finished_at": time.time(), **({"has_trail": True} if trail else {})},
+                     {"mode": UpdateMode.MERGE}),
                     # The attempt's trail, in the same entity batch (no request of its own).
                     *([("upsert", trail, {"mode": UpdateMode.REPLACE})] if trail is not None else []),
                 ])
@@ -847,7 +850,7 @@ class AzureStorageStore:
         events = dead = blobs = tickets = 0
         touched: set[str] = set()
         async for rows in self._expire_pages("events", _EXPIRED_EVENTS, {"done": done_cut, "dead": dead_cut},
-                                             ["PartitionKey", "RowKey", "state", "body_blob", "key"]):
+                                             ["PartitionKey", "RowKey", "state", "body_blob", "key", "has_trail"]):
             results = await self._bounded(self._expire_event(row) for row in rows)
             for row, (gone, blob) in zip(rows, results, strict=True):
                 blobs += blob
@@ -905,7 +908,8 @@ class AzureStorageStore:
         if row["state"] == "dead":
             with contextlib.suppress(ResourceNotFoundError):
                 await self._t.delete_entity(DEAD_PARTITION, row["key"])
-        await self._expire_trail(row["PartitionKey"], row["key"])
+        if row.get("has_trail"):  # set on the e-row by every write of a trail row
+            await self._expire_trail(row["PartitionKey"], row["key"])
         blobs = 0
         if row.get("body_blob"):
             assert self._container is not None
