@@ -27,6 +27,8 @@ from relay.store.base import DeadLetter, EventTrail, Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 50  # events the page lists
+# ...received in the last day: on Azure Storage the listing scans event rows, and this bounds what it returns.
+RECENT_WINDOW_SECONDS = 24 * 3600
 READ_TIMEOUT_SECONDS = 5.0  # a slow store shows as "unavailable" rather than hanging the page
 # What a browser may do with the page: nothing but show it (no script, no frames, no outside requests).
 SECURITY_HEADERS = {
@@ -174,11 +176,11 @@ def _value(value: Any) -> str:
 
 
 def _recent(recent: list[EventTrail] | None) -> str:
-    head = "<section id='recent'><h2>Recent events</h2>"
+    head = "<section id='recent'><h2>Recent events (last 24 hours, newest first)</h2>"
     if recent is None:
         return head + "<p>unavailable</p></section>"
     if not recent:
-        return head + "<p>No events yet.</p></section>"
+        return head + "<p>None received.</p></section>"
     rows = []
     for t in recent:
         href = f"/status/alert?key={quote(t.key)}"
@@ -234,7 +236,7 @@ async def _guarded(read: Any, errors: list[str]) -> Any:
 async def snapshot(store: Store, circuits: Mapping[str, str], target_check: Any, now: float) -> StatusSnapshot:
     errors: list[str] = []
     pending = await _guarded(store.pending(), errors)
-    recent = await _guarded(store.recent_events(limit=RECENT_EVENTS), errors)
+    recent = await _guarded(store.recent_events(since=now - RECENT_WINDOW_SECONDS, limit=RECENT_EVENTS), errors)
     dead = await _guarded(store.dead_letters(), errors)
     return StatusSnapshot(now=now, pending=pending, recent=recent, dead_letters=dead, circuits=circuits,
                           target_check=target_check, store_error=errors[0] if errors else "")

@@ -62,7 +62,7 @@ def list_table(trails: list[EventTrail]) -> str:
         return "no events"
     rows = [("RECEIVED (UTC)", "STATE", "CONDITION", "ALERT", "TICKETS", "KEY")]
     for t in trails:
-        rows.append((iso(t.received_at), t.state, t.condition, guid(t.alert_id), tickets_text(t), t.key[:16]))
+        rows.append((iso(t.received_at), t.state, t.condition, guid(t.alert_id), tickets_text(t), t.key))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
                      for r in rows)
