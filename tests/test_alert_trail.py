@@ -19,7 +19,17 @@ from relay.app import create_app, metrics_url
 from relay.cli import main
 from relay.delivery.alert_trail import parse_since, show_text
 from relay.settings import Settings
-from relay.store.base import Attempt, EventTrail, TicketLink, TrailEntry
+from relay.store.base import (
+    TRAIL_DETAIL_LIMIT,
+    TRAIL_ENTRIES_LIMIT,
+    TRAIL_JSON_LIMIT,
+    Attempt,
+    EventTrail,
+    TicketLink,
+    TrailEntry,
+    trail_from_json,
+    trail_json,
+)
 from relay.store.sqlite import SqliteStore
 from tests.fakes.request_tracker import FakeRequestTracker
 from tests.test_worker import GUID, SUB, alert_body
@@ -224,3 +234,36 @@ def test_show_text_keeps_every_error_on_one_line(error):
                        ())
     lines = show_text([trail]).splitlines()
     assert len(lines) == 5, lines  # alert, blank, event, attempt, its one call: nothing spills over
+
+
+texts = st.text(max_size=TRAIL_DETAIL_LIMIT)
+entries = st.builds(
+    TrailEntry,
+    at=st.integers(min_value=0, max_value=4 * 10**12).map(lambda n: n / 1000),
+    kind=st.sampled_from(["decision", "call"]),
+    target=texts, what=texts, detail=texts, status=texts,
+    latency_ms=st.none() | st.integers(min_value=0, max_value=10**8).map(lambda n: n / 10),
+    ticket=texts, link=texts,
+)
+
+
+@given(st.lists(entries, max_size=TRAIL_ENTRIES_LIMIT))
+def test_an_attempts_entries_come_back_from_storage_as_they_went_in(attempt):
+    stored = trail_json(attempt)
+    assert len(stored) <= TRAIL_JSON_LIMIT or len(attempt) <= 1
+    back = trail_from_json(stored)
+    if len(stored) <= TRAIL_JSON_LIMIT and len(back) == len(attempt):
+        assert back == tuple(attempt)
+    assert back[:1] == tuple(attempt[:1]) and back[-1:] == tuple(attempt[-1:]), "the first and last entries stay"
+
+
+@given(st.lists(entries, min_size=TRAIL_ENTRIES_LIMIT + 1, max_size=3 * TRAIL_ENTRIES_LIMIT))
+def test_a_long_attempt_is_cut_to_the_limit_keeping_how_it_began_and_ended(attempt):
+    back = trail_from_json(trail_json(attempt))
+    assert len(back) <= TRAIL_ENTRIES_LIMIT
+    assert back[0] == attempt[0] and back[-1] == attempt[-1]
+
+
+def test_unreadable_stored_trail_reads_as_empty_not_an_error():
+    assert trail_from_json("") == () and trail_from_json(None) == () and trail_from_json("{not json") == ()
+    assert trail_from_json('[1, {"kind": "call", "at": 2}]') == (TrailEntry(at=2.0, kind="call"),)
