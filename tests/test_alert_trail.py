@@ -32,7 +32,7 @@ from relay.store.base import (
 )
 from relay.store.sqlite import SqliteStore
 from tests.fakes.request_tracker import FakeRequestTracker
-from tests.test_worker import GUID, SUB, alert_body
+from tests.test_worker import GUID, SUB, T1, alert_body
 
 QUEUE = "Azure Alerts"
 ALERT_ID = f"/subscriptions/{SUB}/providers/Microsoft.AlertsManagement/alerts/{GUID}"
@@ -267,3 +267,25 @@ def test_a_long_attempt_is_cut_to_the_limit_keeping_how_it_began_and_ended(attem
 def test_unreadable_stored_trail_reads_as_empty_not_an_error():
     assert trail_from_json("") == () and trail_from_json(None) == () and trail_from_json("{not json") == ()
     assert trail_from_json('[1, {"kind": "call", "at": 2}]') == (TrailEntry(at=2.0, kind="call"),)
+
+
+async def test_resolved_event_trail_names_the_ticket_it_resolved(relay, issuer, rt):
+    await post(relay, issuer, alert_body())
+    await settled(relay.db, 1)
+    await post(relay, issuer, alert_body(condition="Resolved", resolved=T1))
+    await settled(relay.db, 2)
+    store = SqliteStore(relay.db)
+    await store.open()
+    try:
+        fired, resolved = await store.alert_trail(ALERT_ID)
+    finally:
+        await store.close()
+    assert (fired.condition, resolved.condition) == ("Fired", "Resolved")
+    [attempt] = resolved.attempts
+    link = f"{rt.url}/Ticket/Display.html?id=1"
+    [decision] = [e for e in attempt.entries if e.kind == "decision" and e.target == "rt"]
+    assert (decision.what, decision.ticket, decision.link) == ("resolve", "1", link), "the decision names its ticket"
+    [call] = [e for e in attempt.entries if e.kind == "call" and e.what == "resolve"]
+    assert (call.status, call.ticket, call.link) == ("ok", "1", link), "the call names the ticket it acted on"
+    assert resolved.tickets == (TicketLink("rt", "1", link),)
+    assert rt.tickets[1]["Status"] == "resolved"

@@ -201,3 +201,17 @@ async def test_alert_page_in_chromium_shows_the_trail_of_one_alert(relay, issuer
     assert dom.by_id["alert"] == ALERT_ID
     assert "Attempt 1" in dom.text and "delivered" in dom.text
     assert "call rt create: ok" in dom.text and f"{rt.url}/Ticket/Display.html?id=1" in dom.text
+
+
+def test_worker_reports_each_targets_circuit_as_the_page_shows_it():
+    from relay.delivery.worker import Worker
+    from tests.test_worker import FakeTarget, make_config
+
+    worker = Worker(store=None, config=make_config(targets={"itsm": 1, "other": 1}),  # type: ignore[arg-type]
+                    targets={"itsm": FakeTarget(), "other": FakeTarget()})
+    assert worker.circuit_states() == {"itsm": "closed", "other": "closed"}
+    for _ in range(worker.settings.circuit_failures):
+        worker.breakers["itsm"].failed()
+    assert worker.circuit_states() == {"itsm": "open", "other": "closed"}
+    dom = Dom(render_status(snap(circuits=worker.circuit_states())))
+    assert dom.by_id["circuits"] == "Circuits Target Circuit itsm open other closed"
