@@ -22,7 +22,11 @@ from tests.conftest import skip_or_fail
 from tests.test_alert_trail import ALERT_ID, post, settled
 from tests.test_alert_trail import relay as relay  # a fixture
 from tests.test_alert_trail import rt as rt  # a fixture
+from tests.test_store_contract import backend as backend  # a fixture: SQLite and Azure Storage on Azurite
+from tests.test_store_contract import store as store  # a fixture
 from tests.test_worker import alert_body, guid
+
+pytest_plugins = ["tests.azurite"]
 
 EVIL = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 CHROMIUM_SECONDS = 90
@@ -215,3 +219,28 @@ def test_worker_reports_each_targets_circuit_as_the_page_shows_it():
     assert worker.circuit_states() == {"itsm": "open", "other": "closed"}
     dom = Dom(render_status(snap(circuits=worker.circuit_states())))
     assert dom.by_id["circuits"] == "Circuits Target Circuit itsm open other closed"
+
+
+# -- the page's reads on both store backends ---------------------------------------------------------------
+
+
+async def test_status_snapshot_reads_pending_recent_events_and_dead_letters_on_each_backend(store):
+    import dataclasses
+    import time
+
+    from relay.status_page import snapshot
+    from tests.test_store_contract import ALERT, event
+
+    for n in range(3):
+        await store.accept(event(f"page{n}"))
+    claims = {c.event.alert_id: c for c in await store.claim(10, 120)}
+    done = TrailEntry(1.0, "call", "rt", "create", status="ok", ticket="11", link="https://rt.example.com/t/11")
+    await store.complete(dataclasses.replace(claims[ALERT.format("page0")], trail=(done,)))
+    await store.dead_letter(claims[ALERT.format("page1")], f"rt: 400 {EVIL}")
+    snap_ = await snapshot(store, {"rt": "half-open"}, None, time.time())
+    assert snap_.store_error == "" and snap_.pending == 1
+    assert [t.state for t in snap_.recent or []] == ["pending", "dead", "delivered"]
+    dom = Dom(render_status(snap_))
+    assert "https://rt.example.com/t/11" in [a["href"] for a in dom.all("a")]
+    assert dom.by_id["dead-count"] == "1" and dom.all("img") == []
+    assert "half-open" in dom.by_id["circuits"]
