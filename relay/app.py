@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from relay import telemetry
+from relay import status_page, telemetry
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
@@ -56,6 +56,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
+WORKERS_KEY = web.AppKey("workers", list)  # the running delivery worker (the status page reads its circuits)
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
@@ -161,6 +162,7 @@ def create_app(
     app[ON_ACCEPT_KEY] = []
     app[IN_FLIGHT_KEY] = InFlight()
     app[SOURCE_POLICY_KEY] = SourcePolicy(settings.allowed_subscriptions, settings.allowed_alert_rules)
+    app[WORKERS_KEY] = []
     app.on_response_prepare.append(_server_header)
     install_request_filter()
     if app[SOURCE_POLICY_KEY].open:
@@ -239,7 +241,7 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     config = load_config(config_path) if config_path else default_config()
     targets = build_targets(config)
     app[DELIVERY_CONFIG_KEY] = config
-    running: list[Worker] = []
+    running: list[Worker] = app[WORKERS_KEY]
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry),
@@ -325,6 +327,7 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
         side[METRICS_KEY] = main[METRICS_KEY]
         side[STORE_KEY] = main[STORE_KEY]
         side.router.add_get("/metrics", metrics_handler)
+        _add_status_page(side, main)
         runner = web.AppRunner(side, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
@@ -334,6 +337,21 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
         await runner.cleanup()
 
     return ctx
+
+
+def _add_status_page(side: web.Application, main: web.Application) -> None:
+    """The read-only status page (relay.status_page), on the metrics/admin site only."""
+
+    def circuits() -> dict[str, str]:
+        return {name: state for worker in main[WORKERS_KEY] for name, state in worker.circuit_states().items()}
+
+    def target_check() -> object:
+        # The start-up target check (issue 18 item 2) keeps its result in the app under TARGET_CHECK_KEY;
+        # until it exists, or before it ran, the page says "not run".
+        key = globals().get("TARGET_CHECK_KEY")
+        return main.get(key) if key is not None else None
+
+    status_page.add_routes(side, main[STORE_KEY], circuits=circuits, target_check=target_check)
 
 
 def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:

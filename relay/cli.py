@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dead_sub.add_parser("replay", parents=[store], help="put dead letters back in the delivery queue")
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    _add_alerts_parser(sub, store)
     return parser
 
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "dead-letters":
         return _dead_letters(args, parser)
+    if args.command == "alerts":
+        return _alerts(args)
     return 2
 
 
@@ -195,6 +198,63 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             if args.action == "show":
                 return await show_command(store, args.id, sys.stdout, sys.stderr, as_json=args.json)
             return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"relay: store unavailable: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_alerts_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    alerts = sub.add_parser("alerts", parents=[store], help="the alert trail: what became of each event (read-only)")
+    alerts_sub = alerts.add_subparsers(dest="action", required=True)
+    show = alerts_sub.add_parser("show", parents=[store],
+                                 help="every event of one alert with its attempts, decisions and calls")
+    show.add_argument("alert", metavar="ALERT", help="the alert id (any case) or an event key from `alerts list`")
+    show.add_argument("--json", action="store_true", help="one JSON object per event")
+    listing = alerts_sub.add_parser("list", parents=[store],
+                                    help="recent events, newest first, with their state and tickets")
+    listing.add_argument("--since", default=None, metavar="WHEN",
+                         help="only events received since: a duration (30m, 1h, 2d) or an ISO 8601 time")
+    listing.add_argument("--state", choices=("pending", "dead", "delivered"), default=None)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many events (default 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    """`relay alerts show|list`: reads only, beside a running relay; never creates a store."""
+    import asyncio
+    import time
+
+    from relay.delivery.alert_trail import list_command, parse_since, show_command
+    from relay.store import StoreUnavailable, open_store
+
+    url = store_url(args)
+    since = None
+    try:
+        if args.action == "list":
+            if args.limit < 1:
+                raise ValueError(f"--limit must be 1 or more (got {args.limit})")
+            since = parse_since(args.since, time.time()) if args.since else None
+        problem = missing_store(url)
+        store = open_store(url, owner=False)  # beside a running relay: never take its lock
+    except ValueError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    if problem is not None:
+        print(f"relay: {problem}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        await store.open()
+        try:
+            if args.action == "show":
+                return await show_command(store, args.alert, sys.stdout, sys.stderr, json_lines=args.json)
+            return await list_command(store, sys.stdout, since=since, state=args.state, limit=args.limit,
+                                      json_lines=args.json)
         finally:
             await store.close()
 

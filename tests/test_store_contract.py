@@ -8,6 +8,7 @@ between its table write and its queue send, unreadable queue messages, URL parsi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -31,6 +32,7 @@ from relay.store import (
     open_store,
 )
 from relay.store.azure import INLINE_BODY_LIMIT, AzureStorageStore
+from relay.store.base import TRAIL_DETAIL_LIMIT, TRAIL_ENTRIES_LIMIT, TicketLink, TrailEntry
 from relay.store.sqlite import SqliteStore
 from tests.azurite import Azurite, StorageCut, unique_names
 
@@ -830,3 +832,158 @@ def test_azure_setup_retries_every_five_seconds_by_default():
     from relay.store.azure import SETUP_RETRY_SECONDS
 
     assert SETUP_RETRY_SECONDS == 5.0
+
+
+# -- the alert trail (issue 18 item 4) ---------------------------------------------------------------
+
+
+def with_trail(claim: Claim, *entries: TrailEntry) -> Claim:
+    """What the worker does before recording an outcome: attach the attempt's decisions and calls."""
+    return dataclasses.replace(claim, trail=entries)
+
+
+def call(what: str, status: str = "ok", ticket: str = "", link: str = "", at: float = 1.0) -> TrailEntry:
+    return TrailEntry(at=at, kind="call", target="rt", what=what, status=status, latency_ms=12.5,
+                      ticket=ticket, link=link)
+
+
+async def test_trail_keeps_each_attempt_with_its_outcome_decisions_and_calls(store):
+    a1 = event("trail")
+    await store.accept(a1)
+    [c] = await store.claim(10, 0.5)
+    decided = TrailEntry(at=1.0, kind="decision", target="rt", what="new", detail="fired: no ticket yet")
+    await store.retry_later(with_trail(c, decided, call("create", "503")), 0, "rt: create answered 503")
+    [c] = await claim_eventually(store)
+    await store.complete(with_trail(c, decided, call("create", ticket="42", link="http://rt/Ticket/Display.html?id=42")))
+    [got] = await store.alert_trail(a1.alert_id)
+    assert (got.key, got.condition, got.state) == (a1.key, "Fired", "delivered")
+    assert [a.outcome for a in got.attempts] == ["retry", "delivered"], "each attempt, oldest first"
+    assert got.attempts[0].error == "rt: create answered 503"
+    assert got.attempts[0].entries == (decided, call("create", "503")), "entries come back as they went in"
+    assert got.attempts[1].entries[1].latency_ms == 12.5
+    assert got.tickets == (TicketLink("rt", "42", "http://rt/Ticket/Display.html?id=42"),)
+    assert got.received_at == pytest.approx(time.time(), abs=60)
+
+
+async def test_trail_is_found_by_alert_id_in_any_case_or_by_an_event_key_and_lists_every_event(store):
+    fired, resolved = event("Mixed"), event("Mixed", "Resolved", "t2")
+    other = event("other")
+    for e in (fired, resolved, other):
+        await store.accept(e)
+    [c] = [c for c in await store.claim(10, LONG) if c.event.key == fired.key]
+    await store.dead_letter(with_trail(c, call("create", "400")), "rt: 400 invalid queue")
+    by_id = await store.alert_trail(fired.alert_id.upper())
+    by_key = await store.alert_trail(resolved.key)
+    assert [t.key for t in by_id] == [fired.key, resolved.key], "all of the alert's events, oldest first"
+    assert [t.key for t in by_key] == [fired.key, resolved.key], "an event key names its alert"
+    assert [t.state for t in by_id] == ["dead", "pending"]
+    assert by_id[0].attempts[0].outcome == "dead_letter" and by_id[0].attempts[0].error == "rt: 400 invalid queue"
+    assert by_id[1].attempts == (), "an event not yet attempted has no attempts"
+    assert await store.alert_trail(ALERT.format("never-seen")) == []
+
+
+async def test_an_outcome_without_a_trail_records_no_attempt(store):
+    await store.accept(event("bare"))
+    [c] = await store.claim(10, LONG)
+    await store.complete(c)
+    [got] = await store.alert_trail(ALERT.format("bare"))
+    assert got.state == "delivered" and got.attempts == ()
+
+
+async def test_recent_events_lists_newest_first_filtered_by_state_and_time(store):
+    for n in range(4):
+        await store.accept(event(f"r{n}"))
+    claims = {c.event.alert_id: c for c in await store.claim(10, LONG)}
+    await store.complete(with_trail(claims[ALERT.format("r0")], call("create", ticket="7")))
+    await store.dead_letter(with_trail(claims[ALERT.format("r1")], call("create", "401")), "rt: 401")
+    await store.retry_later(claims[ALERT.format("r2")], LONG, "rt: 503")
+    listed = await store.recent_events()
+    assert [t.alert_id for t in listed] == [ALERT.format(f"r{n}") for n in (3, 2, 1, 0)], "newest first"
+    assert {t.alert_id: t.state for t in listed} == {
+        ALERT.format("r0"): "delivered", ALERT.format("r1"): "dead",
+        ALERT.format("r2"): "pending", ALERT.format("r3"): "pending"}
+    assert [t.tickets for t in listed if t.alert_id == ALERT.format("r0")] == [(TicketLink("rt", "7"),)]
+    assert [t.alert_id for t in await store.recent_events(state="dead")] == [ALERT.format("r1")]
+    assert len(await store.recent_events(state="pending")) == 2
+    assert len(await store.recent_events(limit=1)) == 1
+    assert await store.recent_events(since=time.time() + 3600) == [], "nothing was received in the future"
+    assert len(await store.recent_events(since=time.time() - 3600)) == 4
+    with pytest.raises(ValueError, match="unknown state 'lost'"):
+        await store.recent_events(state="lost")
+
+
+async def test_expire_deletes_an_events_trail_with_it_and_keeps_a_pending_ones(store):
+    for alert in ("x1", "x2", "keep"):
+        await store.accept(event(alert))
+    claims = {c.event.alert_id: c for c in await store.claim(10, LONG)}
+    await store.complete(with_trail(claims[ALERT.format("x1")], call("create", ticket="1")))
+    await store.dead_letter(with_trail(claims[ALERT.format("x2")], call("create", "400")), "rt: 400")
+    await store.retry_later(with_trail(claims[ALERT.format("keep")], call("create", "503")), LONG, "rt: 503")
+    gone = await store.expire(time.time() + 91 * DAY, RETAIN)
+    assert (gone.events, gone.dead_letters) == (1, 1)
+    assert await store.alert_trail(ALERT.format("x1")) == []
+    assert await store.alert_trail(ALERT.format("x2")) == []
+    [kept] = await store.alert_trail(ALERT.format("keep"))
+    assert [a.outcome for a in kept.attempts] == ["retry"], "a pending event keeps its trail"
+    assert await trail_rows(store) == 1, "the expired events' trail rows are gone, not orphaned"
+
+
+async def trail_rows(store: Store) -> int:
+    if isinstance(store, SqliteStore):
+        return await store._read(lambda: store._rdb().execute("SELECT COUNT(*) FROM trail").fetchone()[0])
+    assert isinstance(store, AzureStorageStore)
+    rows = store._t.query_entities("RowKey ge 'r-' and RowKey lt 'r.'", select=["RowKey"])
+    return len([r async for r in rows])
+
+
+async def test_a_long_trail_is_bounded_to_what_one_table_property_holds(store):
+    await store.accept(event("long"))
+    [c] = await store.claim(10, LONG)
+    many = [TrailEntry(at=float(n), kind="call", target="rt", what="note", status="503", detail="x" * 2000)
+            for n in range(200)]
+    await store.complete(with_trail(c, *many))
+    [got] = await store.alert_trail(ALERT.format("long"))
+    [attempt] = got.attempts
+    assert 1 < len(attempt.entries) <= TRAIL_ENTRIES_LIMIT
+    assert attempt.entries[0].at == 0.0 and attempt.entries[-1].at == 199.0, "its first and last entries stay"
+    assert all(len(e.detail) <= TRAIL_DETAIL_LIMIT for e in attempt.entries)
+
+
+async def test_sqlite_trail_rides_in_the_outcomes_group_commit():
+    """Issue 11's budget: recording the trail adds no commit (no fsync) of its own."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "relay.db")
+        await store.open()
+        try:
+            await store.accept(event("cost"))
+            [c] = await store.claim(10, LONG)
+            before = store.commits
+            await store.complete(with_trail(c, call("create", ticket="1")))
+            assert store.commits - before == 1, "complete with its trail is one group commit"
+            [got] = await store.alert_trail(ALERT.format("cost"))
+            assert got.attempts[0].outcome == "delivered"
+        finally:
+            await store.close()
+
+
+async def test_azure_trail_adds_no_storage_operation_to_an_outcome(azure):
+    """The trail row rides in the entity batch the outcome already sends (complete, dead letter) or
+    turns the retry's single update into a batch of two: one request either way."""
+    azure._next_sweep = float("inf")
+    await azure.accept(event("ops-trail"))
+    [c] = await azure.claim(10, 1)
+    before = azure.operations.snapshot()
+    await azure.retry_later(with_trail(c, call("create", "503")), 0, "rt: 503")
+    diff = azure.operations.snapshot() - before
+    assert diff[("table", "entity group transaction")] == 1 and diff[("table", "merge entity")] == 0, diff
+    assert sum(v for (svc, _), v in diff.items() if svc == "table") == 1, diff
+    [c] = await claim_eventually(azure)
+    before = azure.operations.snapshot()
+    await azure.complete(with_trail(c, call("create", ticket="9")))
+    diff = azure.operations.snapshot() - before
+    assert diff == {("table", "entity group transaction"): 1, ("table", "query entities"): 1,
+                    ("queue", "delete message"): 1}, "the same three operations as a complete without trail"
+    [got] = await azure.alert_trail(ALERT.format("ops-trail"))
+    assert [a.outcome for a in got.attempts] == ["retry", "delivered"]

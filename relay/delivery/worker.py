@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import itertools
 import logging
 import random
@@ -52,7 +54,16 @@ from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
-from relay.store.base import Claim, Event, LeaseLost, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.store.base import (
+    Claim,
+    Event,
+    LeaseLost,
+    Store,
+    StoreUnavailable,
+    TicketRecord,
+    TrailEntry,
+    VersionConflict,
+)
 from relay.targets import (
     Forwarder,
     Incident,
@@ -77,6 +88,11 @@ RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
 RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
 IN_FLIGHT_PER_SLOT = 2  # deliveries in flight per target call slot (`max_concurrency`)
 MAX_IN_FLIGHT = 1024  # and at most this many in all
+
+
+# The alert trail of the claim this task is delivering (each claim runs in its own task): decisions and
+# target calls are appended as they happen, and `_record` hands them to the store with the outcome.
+_TRAIL: contextvars.ContextVar[list[TrailEntry] | None] = contextvars.ContextVar("relay_trail", default=None)
 
 
 class _Busy(Exception):
@@ -266,6 +282,7 @@ class Worker:
     # -- one claimed event ---------------------------------------------------------------------------
 
     async def _handle(self, claim: Claim) -> None:
+        _TRAIL.set([])
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._keep_leased(claim, asyncio.current_task(), lost),
                                       name=f"renew-{claim.handle}")
@@ -325,6 +342,9 @@ class Worker:
         """Record an outcome (complete, retry_later, dead_letter), retried through a store blip for up to
         `record_retry_seconds`; past that StoreUnavailable, and the lease decides."""
         give_up = self._clock() + self.settings.record_retry_seconds
+        trail = _TRAIL.get()
+        if trail:  # the attempt's trail goes in the outcome's own write
+            claim = dataclasses.replace(claim, trail=tuple(trail))
         for tries in itertools.count():
             try:
                 await op(claim, *args, **kwargs)
@@ -343,6 +363,7 @@ class Worker:
             # outlives every lease) would otherwise come back forever.
             self.metrics.dead_letters.labels("attempts_exhausted").inc()
             log.error("dead letter %s: leased %d times without an outcome", claim.handle, claim.attempts)
+            self._trail_note("decision", what="dead_letter", detail=f"leased {claim.attempts} times without an outcome")
             await self._record(
                 self.store.dead_letter,
                 claim, f"gave up after {claim.attempts} attempts that ended without an outcome "
@@ -356,6 +377,8 @@ class Worker:
             await self._record(self.store.dead_letter, claim, f"the stored body is not a common-schema alert: {exc}")
             return
         routes = self.config.routes_for(alert)
+        self._trail_note("decision", what="route",
+                         detail=", ".join(r.target for r in routes) if routes else "matched no route")
         if not routes:
             log.warning("alert %s (%s) matched no route; not delivered", alert.correlation_key,
                         alert.essentials.alert_rule)
@@ -435,6 +458,7 @@ class Worker:
         except (CircuitOpen, RateLimited) as exc:  # nothing was sent: not an attempt
             outcome = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
             self.metrics.deliveries.labels(name, outcome).inc()
+            self._trail_note("call", target=name, what="not sent", status=outcome, detail=str(exc))
             return _Failure(name, str(exc), retryable=True, retry_after=exc.retry_in, bounced=True)
         except _Busy as exc:
             self.metrics.deliveries.labels(name, "retry").inc()
@@ -500,6 +524,10 @@ class Worker:
             decision = decide(facts, state, route.policy)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
+        known = (state.ticket_number or state.ticket_id) if state is not None else None
+        self._trail_note("decision", target=target.name, what=str(action),
+                         detail=f"{facts.kind} {key.key}: {decision.reason}", ticket=known or "",
+                         link=_ticket_link(target, state.ticket_id, state.ticket_number) if state and known else "")
         if action is Action.REFUSE:  # issue 12: another source's alert with this GUID; recorded in the state
             log.warning("%s: refused %s for ticket key %s: %s", target.name, facts.alert_id, key.key, decision.reason)
         if not action.calls_target:
@@ -678,6 +706,7 @@ class Worker:
         try:
             result = await fn(*args)
         except TargetError as exc:
+            self._trail_call(target, call, args, started, error=exc)
             if exc.status == 429:
                 self.rate_limits[target.name].throttled(exc.retry_after)
             if exc.retryable:
@@ -686,16 +715,49 @@ class Worker:
                 breaker.succeeded()  # the target answered: it is healthy, the request was wrong
             raise
         except TimeoutError as exc:  # a target's own deadline; targets raise no other transport errors
+            self._trail_call(target, call, args, started, error=exc)
             breaker.failed()
             raise TargetError(f"{target.name}: {call} failed: {type(exc).__name__}: {exc}", retryable=True,
                               unanswered=True) from exc
-        except BaseException:
+        except BaseException as exc:
+            self._trail_call(target, call, args, started, error=exc)
             breaker.released()
             raise
         finally:
             self.metrics.call_seconds.labels(target.name, call).observe(time.perf_counter() - started)
+        self._trail_call(target, call, args, started, result=result)
         breaker.succeeded()
         return result
+
+    def circuit_states(self) -> dict[str, str]:
+        """Each target's circuit: closed, open or half-open (the status page shows them)."""
+        return {name: b.state.name.lower().replace("_", "-") for name, b in self.breakers.items()}
+
+    # -- the alert trail -------------------------------------------------------------------------------
+
+    def _trail_note(self, kind: str, **fields: Any) -> None:
+        trail = _TRAIL.get()
+        if trail is not None:
+            trail.append(TrailEntry(at=self.wall_clock(), kind=kind, **fields))
+
+    def _trail_call(self, target: Target | Forwarder, call: str, args: tuple[Any, ...], started: float, *,
+                    result: Any = None, error: BaseException | None = None) -> None:
+        """One target call in the trail: its status, latency and the ticket it returned or acted on."""
+        if _TRAIL.get() is None:
+            return
+        ticket = result if isinstance(result, Ticket) else next((a for a in args if isinstance(a, Ticket)), None)
+        if error is None:
+            status, detail = "ok", ""
+        elif isinstance(error, TargetError):
+            status, detail = (str(error.status) if error.status else "error"), str(error)
+        elif isinstance(error, asyncio.CancelledError):
+            status, detail = "cancelled", "the call was cut off (deadline, shutdown or a lost lease)"
+        else:
+            status, detail = "error", f"{type(error).__name__}: {error}"
+        self._trail_note("call", target=target.name, what=call, status=status, detail=detail,
+                         latency_ms=(time.perf_counter() - started) * 1000,
+                         ticket=(ticket.number or ticket.id) if ticket else "",
+                         link=_ticket_link(target, ticket.id, ticket.number) if ticket else "")
 
     # -- forwarders ----------------------------------------------------------------------------------
 
@@ -722,6 +784,17 @@ class Worker:
             await op
         except StoreUnavailable as exc:
             log.error("could not release a claim at shutdown (its lease will expire): %s", exc)
+
+
+def _ticket_link(target: Target | Forwarder, ticket_id: str | None, number: str | None) -> str:
+    """The ticket's web address, when its target module knows how to build one (`ticket_link`)."""
+    build = getattr(target, "ticket_link", None)
+    if build is None or not ticket_id:
+        return ""
+    try:
+        return str(build(Ticket(id=ticket_id, number=number)) or "")
+    except Exception:  # a link is a convenience: never fail a delivery over it
+        return ""
 
 
 def _unanswered(exc: BaseException) -> bool:

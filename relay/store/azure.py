@@ -9,6 +9,9 @@ Layout (names are the constants below; the Pulumi program creates the same ones)
   - `q-<seq, 16 digits>`: one row per event waiting for delivery, holding its lease
     (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error, and a
     copy of the event (so that a claim reads one row, not two).
+  - `r-<idempotency key>-<time, 20 digits>`: one row per recorded delivery attempt of the event (the
+    alert trail: its outcome, decisions and target calls), written in the same entity batch as the
+    outcome, which also marks the e-row `has_trail`; retention deletes them before their e-row.
   Partition `deadletters` lists dead letters (`RowKey` = event key); ticket records live in
   partitions `t` + sha256(target, key), row `ticket`, their ETag being `TicketRecord.version`.
 - Queue `relay-events`: wake-up tokens naming an alert partition. Queue `relay-events-poison`
@@ -91,15 +94,22 @@ from azure.storage.queue.aio import QueueClient
 
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX
 from relay.store.base import (
+    TRAIL_DETAIL_LIMIT,
+    Attempt,
     Claim,
     DeadLetter,
     Event,
+    EventTrail,
     Expired,
     LeaseLost,
     Retention,
     StoreUnavailable,
     TicketRecord,
     VersionConflict,
+    check_trail_query,
+    tickets_of,
+    trail_from_json,
+    trail_json,
 )
 
 log = logging.getLogger(__name__)
@@ -163,6 +173,10 @@ _EXPIRED_TICKETS = "RowKey eq 'ticket' and closed_at lt @closed"
 EXPIRE_PAGES_PER_PASS = 10
 EXPIRE_PAGE_ROWS = 1000
 EXPIRE_CONCURRENCY = 16
+# An e-row's state as the trail names it.
+_TRAIL_STATE = {"pending": "pending", "done": "delivered", "dead": "dead"}
+_EVENT_KEY = re.compile(r"^[0-9a-f]{64}$")
+_EVENT_ROWS_SINCE = "RowKey ge 'e-' and RowKey lt 'e.' and received_at ge @since"
 # A settled or abandoned claim's lease state is forgotten this long after its lease ended.
 FORGET_LEASES_AFTER_SECONDS = 3600.0
 
@@ -679,12 +693,24 @@ class AzureStorageStore:
                    "token": h["m"], "last_error": error[:2000]}
         if not count_attempt:  # the claim counted an attempt that never reached the target
             waiting["attempts"] = claim.attempts
+        trail = _trail_row(h["p"], claim, "retry", error)
         for _ in range(2):
             try:
-                await self._t.update_entity(waiting, mode=UpdateMode.MERGE, etag=lease.etag,
-                                            match_condition=MatchConditions.IfNotModified)
+                if trail is None:
+                    await self._t.update_entity(waiting, mode=UpdateMode.MERGE, etag=lease.etag,
+                                                match_condition=MatchConditions.IfNotModified)
+                else:  # the attempt's trail rides in the same request (one entity batch)
+                    await self._t.submit_transaction([
+                        ("update", waiting, {"mode": UpdateMode.MERGE, "etag": lease.etag,
+                                             "match_condition": MatchConditions.IfNotModified}),
+                        ("upsert", trail, {"mode": UpdateMode.REPLACE}),
+                        ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "has_trail": True},
+                         {"mode": UpdateMode.MERGE}),
+                    ])
                 break
-            except (ResourceModifiedError, ResourceNotFoundError):
+            except (ResourceModifiedError, ResourceNotFoundError, TableTransactionError) as exc:
+                if isinstance(exc, TableTransactionError) and _code(exc) not in _CONFLICTS:
+                    raise
                 if not await self._still_held(claim, lease):
                     return  # the lease ran out and another replica took the event
         else:
@@ -713,20 +739,24 @@ class AzureStorageStore:
         index = {"PartitionKey": DEAD_PARTITION, "RowKey": claim.event.key, "alert_partition": h["p"],
                  "attempts": claim.attempts + 1, "error": error[:4000], "dead_at": time.time()}
         await self._t.upsert_entity(index, mode=UpdateMode.REPLACE)
-        if not await self._finish(claim, lease, "dead"):
+        if not await self._finish(claim, lease, "dead", error):
             with contextlib.suppress(ResourceNotFoundError):
                 await self._t.delete_entity(DEAD_PARTITION, claim.event.key)
 
-    async def _finish(self, claim: Claim, lease: _Lease, state: str) -> bool:
+    async def _finish(self, claim: Claim, lease: _Lease, state: str, error: str = "") -> bool:
         """Remove a held event from its alert's queue and hand the token to the next event."""
         h = json.loads(claim.handle)
+        trail = _trail_row(h["p"], claim, "delivered" if state == "done" else "dead_letter", error)
         for _ in range(2):
             try:
                 await self._t.submit_transaction([
                     ("delete", {"PartitionKey": h["p"], "RowKey": _queue_row(h["s"])},
                      {"etag": lease.etag, "match_condition": MatchConditions.IfNotModified}),
                     ("update", {"PartitionKey": h["p"], "RowKey": "e-" + claim.event.key, "state": state,
-                                "finished_at": time.time()}, {"mode": UpdateMode.MERGE}),
+                                "finished_at": time.time(), **({"has_trail": True} if trail else {})},
+                     {"mode": UpdateMode.MERGE}),
+                    # The attempt's trail, in the same entity batch (no request of its own).
+                    *([("upsert", trail, {"mode": UpdateMode.REPLACE})] if trail is not None else []),
                 ])
                 break
             except TableTransactionError as exc:
@@ -820,7 +850,7 @@ class AzureStorageStore:
         events = dead = blobs = tickets = 0
         touched: set[str] = set()
         async for rows in self._expire_pages("events", _EXPIRED_EVENTS, {"done": done_cut, "dead": dead_cut},
-                                             ["PartitionKey", "RowKey", "state", "body_blob", "key"]):
+                                             ["PartitionKey", "RowKey", "state", "body_blob", "key", "has_trail"]):
             results = await self._bounded(self._expire_event(row) for row in rows)
             for row, (gone, blob) in zip(rows, results, strict=True):
                 blobs += blob
@@ -878,6 +908,8 @@ class AzureStorageStore:
         if row["state"] == "dead":
             with contextlib.suppress(ResourceNotFoundError):
                 await self._t.delete_entity(DEAD_PARTITION, row["key"])
+        if row.get("has_trail"):  # set on the e-row by every write of a trail row
+            await self._expire_trail(row["PartitionKey"], row["key"])
         blobs = 0
         if row.get("body_blob"):
             assert self._container is not None
@@ -887,6 +919,19 @@ class AzureStorageStore:
             except ResourceNotFoundError:
                 pass
         return await self._delete_unchanged(row["PartitionKey"], row["RowKey"], row.metadata["etag"]), blobs
+
+    async def _expire_trail(self, pk: str, key: str) -> None:
+        """Delete an expiring event's trail rows (one read, then one batch per 100 rows)."""
+        rows = [r async for r in self._t.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": pk, "lo": f"r-{key}-", "hi": f"r-{key}."}, select=["RowKey"])]
+        for start in range(0, len(rows), 100):
+            try:
+                await self._t.submit_transaction([
+                    ("delete", {"PartitionKey": pk, "RowKey": r["RowKey"]}) for r in rows[start:start + 100]])
+            except TableTransactionError as exc:
+                if _code(exc) not in _CONFLICTS:  # another pass deleted some: the next pass finds the rest
+                    raise
 
     async def _delete_unchanged(self, pk: str, rk: str, etag: str) -> bool:
         """Delete a row unless it changed since it was read (a replay, a reopened ticket)."""
@@ -914,6 +959,55 @@ class AzureStorageStore:
             if len(rows) == 1 and rows[0]["RowKey"] == "alert":
                 await self._delete_unchanged(pk, "alert", rows[0].metadata["etag"])
             return
+
+    # -- the alert trail (reads) --------------------------------------------------------------------
+
+    async def alert_trail(self, alert: str) -> list[EventTrail]:
+        async with self._storage("read an alert's trail"):
+            pk = alert_partition(alert)
+            if _EVENT_KEY.match(alert):  # an event key: find its partition (a scan of the table)
+                async for row in self._t.query_entities("RowKey eq @rk", parameters={"rk": "e-" + alert},
+                                                        select=["PartitionKey"]):
+                    pk = row["PartitionKey"]
+                    break
+            rows = [r async for r in self._t.query_entities("PartitionKey eq @pk", parameters={"pk": pk})]
+        attempts: dict[str, list[Attempt]] = {}
+        for r in rows:
+            if r["RowKey"].startswith("r-"):
+                key = r["RowKey"][2:].rsplit("-", 1)[0]
+                attempts.setdefault(key, []).append(
+                    Attempt(at=float(r["at"]), outcome=r["outcome"], error=r.get("error") or "",
+                            entries=trail_from_json(r.get("entries"))))
+        trails = []
+        for r in sorted((r for r in rows if r["RowKey"].startswith("e-")), key=lambda r: int(r["seq"])):
+            done = tuple(attempts.get(r["key"], ()))
+            trails.append(_event_trail(r, done, tickets_of(done)))
+        return trails
+
+    async def recent_events(self, *, since: float | None = None, state: str | None = None,
+                            limit: int = 100) -> list[EventTrail]:
+        check_trail_query(state, limit)
+        # A scan of the event rows (server-side filtered by time): an admin read, not a hot path.
+        async with self._storage("list recent events"):
+            rows = [r async for r in self._t.query_entities(
+                _EVENT_ROWS_SINCE, parameters={"since": float(since or 0.0)},
+                select=["PartitionKey", "RowKey", "key", "alert_id", "condition", "occurred_at", "received_at",
+                        "state", "seq"])]
+            rows = [r for r in rows if state is None or _TRAIL_STATE.get(r.get("state", "")) == state]
+            rows.sort(key=lambda r: (float(r["received_at"]), int(r["seq"])), reverse=True)
+            rows = rows[:limit]
+            # Tickets come from the events' trail rows: one query per listed event.
+            trails = await asyncio.gather(*(self._tickets_of_event(r) for r in rows))
+        return list(trails)
+
+    async def _tickets_of_event(self, erow: TableEntity) -> EventTrail:
+        pk, key = erow["PartitionKey"], erow["key"]
+        rows = [r async for r in self._t.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": pk, "lo": f"r-{key}-", "hi": f"r-{key}."}, select=["at", "outcome", "entries"])]
+        done = tuple(Attempt(at=float(r["at"]), outcome=r["outcome"], entries=trail_from_json(r.get("entries")))
+                     for r in rows)
+        return _event_trail(erow, (), tickets_of(done))
 
     # -- ticket records ----------------------------------------------------------------------------
 
@@ -1015,6 +1109,20 @@ async def _after_lost_race(attempt: int) -> None:
 
 # The event's fields a q-row carries, so that a claim reads the q-row alone (not the e-row too).
 _EVENT_FIELDS = ("key", "alert_id", "condition", "occurred_at", "received_at", "body", "body_blob")
+
+
+def _trail_row(pk: str, claim: Claim, outcome: str, error: str = "") -> dict[str, Any] | None:
+    """The r-row recording one attempt of a claim (None when the worker attached no trail)."""
+    if not claim.trail:
+        return None
+    return {"PartitionKey": pk, "RowKey": f"r-{claim.event.key}-{time.time_ns():020d}", "at": time.time(),
+            "outcome": outcome, "error": error[:TRAIL_DETAIL_LIMIT], "entries": trail_json(claim.trail)}
+
+
+def _event_trail(erow: TableEntity, attempts: tuple[Attempt, ...], tickets: tuple[Any, ...]) -> EventTrail:
+    return EventTrail(key=erow["key"], alert_id=erow["alert_id"], condition=erow["condition"],
+                      occurred_at=erow["occurred_at"], received_at=float(erow["received_at"]),
+                      state=_TRAIL_STATE.get(erow.get("state", ""), "pending"), attempts=attempts, tickets=tickets)
 
 
 def _new_queue_row(pk: str, seq: int, erow: dict[str, Any]) -> dict[str, Any]:

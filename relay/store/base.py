@@ -12,6 +12,7 @@ alert's ticket in each target, guarded by a version so that two workers can neve
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,6 +93,131 @@ class Claim:
     attempts: int
     handle: str  # the backend's id of the queued delivery
     received_at: float = 0.0  # wall-clock time (epoch seconds) intake accepted the event
+    # What this attempt did (decisions, target calls), set by the worker before it records the outcome:
+    # complete, retry_later and dead_letter store it in the same write as the outcome (the alert trail).
+    trail: tuple[TrailEntry, ...] = field(default=(), compare=False)
+
+
+# -- the alert trail: what happened to each event, kept as long as the event (docs/storage.md) ----------
+
+TRAIL_STATES = ("pending", "delivered", "dead")
+TRAIL_DETAIL_LIMIT = 500  # characters of a reason or error kept per entry
+TRAIL_ENTRIES_LIMIT = 60  # entries kept per attempt (the first ones and the last one)
+# One attempt's JSON at most: an Azure Table string property holds 32K characters (64 KiB of UTF-16).
+TRAIL_JSON_LIMIT = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class TrailEntry:
+    """One thing delivery did for an event: a decision (`kind` "decision") or a target call ("call").
+
+    decision: `what` is the action (new, note, resolve, ...), `detail` its reason, `ticket` the ticket
+    it concerns. call: `what` is the call (create, note, search, ...), `status` "ok" or the error's HTTP
+    status (else "error"), `latency_ms`, `detail` the error, `ticket`/`link` the ticket it returned or
+    acted on. Targets never see these: the worker writes them, the store keeps them with the event.
+    """
+
+    at: float  # wall-clock time (epoch seconds)
+    kind: str
+    target: str = ""
+    what: str = ""
+    detail: str = ""
+    status: str = ""
+    latency_ms: float | None = None
+    ticket: str = ""
+    link: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"at": round(self.at, 3), "kind": self.kind}
+        for name in ("target", "what", "detail", "status", "ticket", "link"):
+            value = getattr(self, name)
+            if value:
+                data[name] = value[:TRAIL_DETAIL_LIMIT]
+        if self.latency_ms is not None:
+            data["latency_ms"] = round(self.latency_ms, 1)
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> TrailEntry:
+        latency = data.get("latency_ms")
+        return cls(at=float(data.get("at", 0.0)), kind=str(data.get("kind", "")),
+                   target=str(data.get("target", "")), what=str(data.get("what", "")),
+                   detail=str(data.get("detail", "")), status=str(data.get("status", "")),
+                   latency_ms=float(latency) if latency is not None else None,
+                   ticket=str(data.get("ticket", "")), link=str(data.get("link", "")))
+
+
+def trail_json(entries: tuple[TrailEntry, ...] | list[TrailEntry]) -> str:
+    """One attempt's entries as stored (both backends): bounded, so one attempt fits one table property."""
+    kept = list(entries)
+    if len(kept) > TRAIL_ENTRIES_LIMIT:  # a delivery that looped: keep how it began and how it ended
+        kept = [*kept[:TRAIL_ENTRIES_LIMIT - 1], kept[-1]]
+    while True:
+        text = json.dumps([e.to_data() for e in kept], separators=(",", ":"))
+        if len(text) <= TRAIL_JSON_LIMIT or len(kept) <= 1:
+            return text  # one entry is a few KB at most: its fields are cut to TRAIL_DETAIL_LIMIT
+        kept = [*kept[:len(kept) // 2 - 1], kept[-1]]
+
+
+def trail_from_json(text: str | None) -> tuple[TrailEntry, ...]:
+    if not text:
+        return ()
+    try:
+        rows = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(TrailEntry.from_data(r) for r in rows if isinstance(r, dict))
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt of an event as the store recorded it: its outcome and what it did."""
+
+    at: float  # when its outcome was recorded
+    outcome: str  # delivered | retry | dead_letter
+    error: str = ""
+    entries: tuple[TrailEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TicketLink:
+    target: str
+    ticket: str
+    link: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventTrail:
+    """One received event and what became of it: `state` is one of TRAIL_STATES."""
+
+    key: str
+    alert_id: str
+    condition: str
+    occurred_at: str
+    received_at: float
+    state: str
+    attempts: tuple[Attempt, ...] = ()  # oldest first; empty in listings (`recent_events`)
+    tickets: tuple[TicketLink, ...] = ()  # the tickets its calls returned or acted on
+
+
+def tickets_of(attempts: tuple[Attempt, ...] | list[Attempt]) -> tuple[TicketLink, ...]:
+    """The distinct tickets an event's decisions concerned and its calls touched, in the order first seen."""
+    seen: dict[tuple[str, str], TicketLink] = {}
+    for attempt in attempts:
+        for e in attempt.entries:
+            if e.ticket and (e.kind == "decision" or e.status == "ok"):
+                key = (e.target, e.ticket)
+                if key not in seen or (e.link and not seen[key].link):
+                    seen[key] = TicketLink(e.target, e.ticket, e.link)
+    return tuple(seen.values())
+
+
+def check_trail_query(state: str | None, limit: int) -> None:
+    """What `recent_events` accepts, checked once for every backend."""
+    if state is not None and state not in TRAIL_STATES:
+        raise ValueError(f"unknown state {state!r}: use one of {', '.join(TRAIL_STATES)}")
+    if limit < 1:
+        raise ValueError(f"limit must be 1 or more (got {limit})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,5 +312,16 @@ class Store(Protocol):
 
     async def expire(self, now: float, retention: Retention) -> Expired:
         """Delete delivered events, dead letters and closed ticket records older than `retention`
-        allows at wall-clock time `now` (with their payload blobs). Never touches pending events."""
+        allows at wall-clock time `now` (with their payload blobs and trail). Never touches pending events."""
+        ...
+
+    async def alert_trail(self, alert: str) -> list[EventTrail]:
+        """Every stored event of one alert (named by its alert id, any case, or by one of its events'
+        keys), oldest first, each with its attempts; [] when the store holds none. Read-only."""
+        ...
+
+    async def recent_events(self, *, since: float | None = None, state: str | None = None,
+                            limit: int = 100) -> list[EventTrail]:
+        """Stored events received at or after `since` (epoch seconds), newest first, at most `limit`,
+        optionally only those in `state` (one of TRAIL_STATES); without their attempts. Read-only."""
         ...

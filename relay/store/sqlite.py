@@ -33,9 +33,12 @@ from relay.store.base import (
     PRIORITIES,
     PRIORITY_LOW,
     PRIORITY_URGENT,
+    TRAIL_DETAIL_LIMIT,
+    Attempt,
     Claim,
     DeadLetter,
     Event,
+    EventTrail,
     Expired,
     LeaseLost,
     Retention,
@@ -43,6 +46,10 @@ from relay.store.base import (
     StoreUnavailable,
     TicketRecord,
     VersionConflict,
+    check_trail_query,
+    tickets_of,
+    trail_from_json,
+    trail_json,
 )
 
 T = TypeVar("T")
@@ -116,6 +123,20 @@ REBUILD_HEADS = """
     SELECT d.alert_id, MIN(d.seq), e.priority, MAX(d.available_at, COALESCE(d.lease_until, 0))
     FROM deliveries d JOIN events e ON e.seq = d.seq GROUP BY d.alert_id
 """
+# The alert trail: one row per recorded attempt of an event (its outcome, and the attempt's decisions and
+# target calls as JSON), written inside the outcome's own write; retention deletes it with its event.
+# Created at open when missing (files from before the trail), outside the numbered migrations.
+TRAIL_TABLES = (
+    """CREATE TABLE IF NOT EXISTS trail (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,  -- events.seq
+        at REAL NOT NULL,
+        outcome TEXT NOT NULL,  -- delivered | retry | dead_letter
+        error TEXT NOT NULL DEFAULT '',
+        entries TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS trail_by_event ON trail(seq)",
+)
 # Rows one retention step deletes: short transactions, so intake's commits slip in between them.
 EXPIRE_CHUNK = 500
 # Truncate the WAL back to this after a checkpoint, so a burst does not leave a large WAL file behind.
@@ -178,6 +199,7 @@ class SqliteStore:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             self._migrate(conn)
+            _ensure_trail(conn)
             if self.owner:
                 self.released_leases = self._in_tx_on(conn, self._release_leases)
         except BaseException:
@@ -529,6 +551,7 @@ class SqliteStore:
             if rows:
                 db.execute("UPDATE events SET delivered_at = ? WHERE seq = ?", (time.time(), int(claim.handle)))
                 self._refresh_head(db, rows[0][0])
+                _insert_trail(db, claim, "delivered")
 
         await self._write(done)
 
@@ -543,6 +566,7 @@ class SqliteStore:
             ).fetchall()
             if rows:
                 self._refresh_head(db, rows[0][0])
+                _insert_trail(db, claim, "retry", error)
 
         await self._write(back_off)
 
@@ -556,6 +580,7 @@ class SqliteStore:
                     (int(claim.handle), claim.attempts + 1, error[:4000], time.time()),
                 )
                 self._refresh_head(db, rows[0][0])
+                _insert_trail(db, claim, "dead_letter", error)
 
         await self._write(move)
 
@@ -644,6 +669,16 @@ class SqliteStore:
 
         return await self._write(write)
 
+    # -- the alert trail (reads) ------------------------------------------------------------------
+
+    async def alert_trail(self, alert: str) -> list[EventTrail]:
+        return await self._read(lambda: _read_alert_trail(self._rdb(), alert))
+
+    async def recent_events(self, *, since: float | None = None, state: str | None = None,
+                            limit: int = 100) -> list[EventTrail]:
+        check_trail_query(state, limit)
+        return await self._read(lambda: _read_recent_events(self._rdb(), since, state, limit))
+
     # -- retention -------------------------------------------------------------------------------
 
     async def expire(self, now: float, retention: Retention) -> Expired:
@@ -668,15 +703,17 @@ class SqliteStore:
 
 
 def _expire_delivered(db: sqlite3.Connection, before: float) -> int:
-    """Events delivered before `before` (never a pending one, nor the newest row)."""
-    return db.execute(
+    """Events delivered before `before` (never a pending one, nor the newest row), with their trail."""
+    seqs = [r[0] for r in db.execute(
         """DELETE FROM events WHERE seq IN (
                SELECT e.seq FROM events e
                WHERE e.delivered_at IS NOT NULL AND e.delivered_at < ? AND e.seq < (SELECT MAX(seq) FROM events)
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)
-               ORDER BY e.delivered_at LIMIT ?)""",
+               ORDER BY e.delivered_at LIMIT ?) RETURNING seq""",
         (before, EXPIRE_CHUNK),
-    ).rowcount
+    ).fetchall()]
+    _drop_trail(db, seqs)
+    return len(seqs)
 
 
 def _expire_dead_letters(db: sqlite3.Connection, before: float) -> int:
@@ -685,6 +722,7 @@ def _expire_dead_letters(db: sqlite3.Connection, before: float) -> int:
     rows = [(seq,) for seq in seqs]
     db.executemany("DELETE FROM dead_letters WHERE seq = ?", rows)
     db.executemany("DELETE FROM events WHERE seq = ? AND seq < (SELECT MAX(seq) FROM events)", rows)
+    _drop_trail(db, seqs)
     return len(seqs)
 
 
@@ -694,6 +732,74 @@ def _expire_tickets(db: sqlite3.Connection, before: float) -> int:
         " WHERE closed_at IS NOT NULL AND closed_at < ? LIMIT ?)",
         (before, EXPIRE_CHUNK),
     ).rowcount
+
+
+def _ensure_trail(conn: sqlite3.Connection) -> None:
+    """Create the trail table in a file from before it (a read needs no write lock once it exists)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trail'").fetchone():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in TRAIL_TABLES:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _insert_trail(db: sqlite3.Connection, claim: Claim, outcome: str, error: str = "") -> None:
+    """The attempt's trail, in the outcome's own write (same transaction, same group commit: no fsync of
+    its own). A claim the worker attached nothing to (an admin tool, a test) records nothing."""
+    if claim.trail:
+        db.execute("INSERT INTO trail (seq, at, outcome, error, entries) VALUES (?, ?, ?, ?, ?)",
+                   (int(claim.handle), time.time(), outcome, error[:TRAIL_DETAIL_LIMIT], trail_json(claim.trail)))
+
+
+def _drop_trail(db: sqlite3.Connection, seqs: list[int]) -> None:
+    """The trail of events retention just deleted (an event it kept, the newest row, keeps its trail)."""
+    db.executemany("DELETE FROM trail WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM events WHERE seq = ?)",
+                   [(seq, seq) for seq in seqs])
+
+
+# What `alert_trail` and `recent_events` read of an event: its facts and its state.
+_TRAIL_EVENT = (
+    "SELECT e.seq, e.key, e.alert_id, e.condition, e.occurred_at, e.received_at,"
+    " CASE WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq) THEN 'pending'"
+    " WHEN EXISTS (SELECT 1 FROM dead_letters x WHERE x.seq = e.seq) THEN 'dead' ELSE 'delivered' END AS state"
+    " FROM events e"
+)
+_ALERT_EVENTS = _TRAIL_EVENT + " WHERE lower(e.alert_id) = lower(?) ORDER BY e.seq"
+# Newest first by seq (the primary key, read backwards); `since` and `state` filter as it goes.
+_RECENT_EVENTS = ("SELECT * FROM (" + _TRAIL_EVENT + " WHERE (?1 IS NULL OR e.received_at >= ?1)"  # noqa: S608
+                  " ORDER BY e.seq DESC) WHERE (?2 IS NULL OR state = ?2) LIMIT ?3")
+_ATTEMPTS = "SELECT at, outcome, error, entries FROM trail WHERE seq = ? ORDER BY id"
+
+
+def _attempts(db: sqlite3.Connection, seq: int) -> tuple[Attempt, ...]:
+    return tuple(Attempt(at=at, outcome=outcome, error=error, entries=trail_from_json(entries))
+                 for at, outcome, error, entries in db.execute(_ATTEMPTS, (seq,)))
+
+
+def _read_alert_trail(db: sqlite3.Connection, alert: str) -> list[EventTrail]:
+    row = db.execute("SELECT alert_id FROM events WHERE key = ?", (alert,)).fetchone()
+    alert_id = row[0] if row else alert
+    # A scan of the events (no index on alert id: it would cost every accept a write, for an admin read).
+    trails = []
+    for seq, key, aid, condition, occurred_at, received_at, state in db.execute(_ALERT_EVENTS, (alert_id,)).fetchall():
+        attempts = _attempts(db, seq)
+        trails.append(EventTrail(key, aid, condition, occurred_at, received_at, state, attempts, tickets_of(attempts)))
+    return trails
+
+
+def _read_recent_events(db: sqlite3.Connection, since: float | None, state: str | None,
+                        limit: int) -> list[EventTrail]:
+    trails = []
+    for seq, key, aid, condition, occurred_at, received_at, st in db.execute(
+            _RECENT_EVENTS, (since, state, limit)).fetchall():
+        trails.append(EventTrail(key, aid, condition, occurred_at, received_at, st, (),
+                                 tickets_of(_attempts(db, seq))))
+    return trails
 
 
 def _level(priority: int) -> int:

@@ -118,6 +118,10 @@ class RequestTrackerTarget:
         self._checked_queues: set[str] = set()
         self.ci_cache: CICache[str] = ci_cache if ci_cache is not None else CICache()
 
+    def ticket_link(self, ticket: Ticket) -> str:
+        """The ticket's page in RT's web UI (the alert trail and status page link to it)."""
+        return f"{self.http.base_url.rstrip('/')}/Ticket/Display.html?id={quote(ticket.id)}"
+
     # -- the Target protocol ---------------------------------------------------------------------
 
     async def find(self, incident: Incident) -> Ticket | None:

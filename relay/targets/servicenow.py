@@ -13,6 +13,7 @@ import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from relay.targets import (
     NOTES_READ,
@@ -123,6 +124,11 @@ class ServiceNowTarget:
         self.http = http
         self.options = options
         self.ci_cache: CICache[str] = ci_cache if ci_cache is not None else CICache()
+
+    def ticket_link(self, ticket: Ticket) -> str:
+        """The record's form in the instance's UI, `<instance>/<table>.do?sys_id=<sys_id>` (the alert trail
+        and status page link to it)."""
+        return f"{self.http.base_url.rstrip('/')}/{quote(self.options.table)}.do?sys_id={quote(ticket.id)}"
 
     # -- the Target protocol ---------------------------------------------------------------------
 
