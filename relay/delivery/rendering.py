@@ -143,7 +143,8 @@ def _service_health(alert: Alert) -> dict[str, Any] | None:
         "title": ctx.title,
         "stage": ctx.stage,
         "incident_type": ctx.incident_type,
-        "communication": html_text(ctx.communication or ""),
+        # Text that is all tags to a parser (the docs' "<MESSAGE>" placeholder) is kept as sent.
+        "communication": html_text(ctx.communication or "") or (ctx.communication or "").strip(),
         "communication_id": ctx.communication_id,
         "impacted": [{"service": i.service, "regions": list(i.regions)} for i in ctx.impacted],
         "impact_start": ctx.impact_start,
@@ -173,10 +174,13 @@ class _TextOf(HTMLParser):
         elif tag in ("td", "th"):
             self.parts.append(" ")
 
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)  # <br/> is one break, not two
+
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
-        elif tag in self.BLOCKS:
+        elif tag in self.BLOCKS and tag not in ("li", "tr"):  # items and rows: one line each, no blank between
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
