@@ -392,8 +392,8 @@ def _impacted(value: Any, props: dict[str, Any]) -> tuple[ImpactedService, ...]:
     for item in value if isinstance(value, list) else []:
         if isinstance(item, dict) and isinstance(item.get("ServiceName"), str):
             regions = item.get("ImpactedRegions")
-            names = tuple(r["RegionName"] for r in regions if isinstance(r, dict) and isinstance(r.get("RegionName"), str)) \
-                if isinstance(regions, list) else ()
+            names = tuple(r["RegionName"] for r in (regions if isinstance(regions, list) else ())
+                          if isinstance(r, dict) and isinstance(r.get("RegionName"), str))
             out.append(ImpactedService(item["ServiceName"], names))
         elif isinstance(item, str):
             out.append(ImpactedService(item))

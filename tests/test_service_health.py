@@ -41,7 +41,8 @@ def notification(stage: str, communication: str, n: int, *, sub: str = SUB_A, fi
     """The n-th notification of incident TEST-TTT, as seen by subscription `sub`."""
     doc = load_sample("testaction-servicehealth-fired.json")
     e = doc["data"]["essentials"]
-    e["alertId"] = f"/subscriptions/{sub}/providers/Microsoft.AlertsManagement/alerts/0000000{n}-aaaa-bbbb-cccc-dddddddddddd"
+    guid = f"0000000{n}-aaaa-bbbb-cccc-dddddddddddd"
+    e["alertId"] = f"/subscriptions/{sub}/providers/Microsoft.AlertsManagement/alerts/{guid}"
     e["alertTargetIDs"] = [f"/subscriptions/{sub}"]
     e["firedDateTime"] = fired or f"2025-04-15T18:{20 + n:02d}:36.256Z"
     props = doc["data"]["alertContext"]["properties"]
@@ -79,7 +80,8 @@ def test_the_official_fragment_with_impacted_services_as_a_json_string():
 
 
 @pytest.mark.parametrize("impacted,expected", [
-    ([{"ServiceName": "SQL Database", "ImpactedRegions": [{"RegionName": "West Europe"}, {"RegionName": "North Europe"}]},
+    ([{"ServiceName": "SQL Database",
+       "ImpactedRegions": [{"RegionName": "West Europe"}, {"RegionName": "North Europe"}]},
       {"ServiceName": "App Service", "ImpactedRegions": []}],
      (ImpactedService("SQL Database", ("West Europe", "North Europe")), ImpactedService("App Service"))),
     ('[{"ServiceName": "Storage", "ImpactedRegions": [{"RegionName": "East US"}]}]',
@@ -154,14 +156,14 @@ def test_templates_see_the_service_health_facts():
 
 # -- the thread: one ticket, a note per communication ----------------------------------------------
 
-def run_thread(docs: list[dict], policy: Policy = Policy()) -> list[tuple[Action, str | None]]:
+def run_thread(docs: list[dict], policy: Policy | None = None) -> list[tuple[Action, str | None]]:
     """Decide each notification in turn (as the worker does), with the note text of each note-bearing action."""
     state: TicketState | None = None
     out = []
     for doc in docs:
         alert = parse_alert(doc)
         facts = event_facts(alert)
-        decision = decide(facts, state, policy)
+        decision = decide(facts, state, policy or Policy())
         text = note_text(decision.action, facts.kind, alert, RT) \
             if decision.action in (Action.NOTE, Action.RESOLVE, Action.REOPEN) else None
         state = decision.state.with_ticket("1", "1") if decision.action.opens_incident else decision.state
@@ -202,8 +204,8 @@ def test_a_redelivered_communication_is_not_noted_twice():
 def test_a_resolve_before_the_ticket_exists_opens_nothing_and_a_late_active_then_opens_nothing():
     # Azure sends each notification once per subscription; one lost on the way must not open a ticket
     # for an incident that is over.
-    assert [a for a, _ in run_thread([notification("Resolved", "done", 3),
-                                      notification("Active", "late", 1)])][0] is Action.RECORD
+    actions = [a for a, _ in run_thread([notification("Resolved", "done", 3), notification("Active", "late", 1)])]
+    assert actions == [Action.RECORD, Action.RECORD]
 
 
 def test_with_on_resolve_note_the_resolve_communication_is_a_note_without_the_resolved_prefix():
@@ -247,7 +249,8 @@ def test_a_long_communication_is_cut_to_the_note_limit_keeping_its_head():
     ("latency < 5 ms & rising", "latency < 5 ms & rising"),
     ("  many   spaces\n\n\n\nlines ", "many spaces\n\nlines"),
     ("<table><tr><td>A</td><td>B</td></tr><tr><td>C</td></tr></table>", "A B\nC"),
-    ("<h2>Summary of impact</h2><p>Between 09:00 and 10:00&#160;UTC</p>", "Summary of impact\n\nBetween 09:00 and 10:00 UTC"),
+    ("<h2>Summary of impact</h2><p>Between 09:00 and 10:00&#160;UTC</p>",
+     "Summary of impact\n\nBetween 09:00 and 10:00 UTC"),
     ("<a href='https://aka.ms/x'>aka.ms/x</a>", "aka.ms/x"),
     ("", ""),
 ])

@@ -76,7 +76,7 @@ def parse_state(doc: Any) -> AssumedState:
     for key in doc:
         if key not in STATE_SECTIONS:
             raise StateError(key, f"unknown section; expected one of {', '.join(STATE_SECTIONS)}")
-    tickets_doc = doc.get("tickets") or {}
+    tickets_doc = doc.get("tickets", {})
     if not isinstance(tickets_doc, dict):
         raise StateError("tickets", "must be an object of target names")
     tickets: dict[str, dict[str, TicketState]] = {}

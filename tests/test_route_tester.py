@@ -1,0 +1,319 @@
+"""`relay route`: golden output for every official sample in tests/samples, the STATE.json shape, the
+explainer hook, and that it sends nothing.
+
+The golden files are tests/golden/route/*.txt. After a deliberate change of the output, rewrite them
+with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_route_tester.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from relay import cli
+from relay.alerts import parse_alert
+from relay.delivery.config import load_config
+from relay.delivery.route_tester import AssumedState, RouteView, StateError, explain, parse_state
+from tests.conftest import SAMPLES, load_sample
+from tests.test_alerts import envelope
+
+GOLDEN = Path(__file__).parent / "golden" / "route"
+CONFIG = GOLDEN / "relay.yaml"
+AT = "2025-04-15T18:30:00Z"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+# The alertContext-only fragments, wrapped as tests/test_alerts.py wraps them: (monitoringService, signalType).
+FRAGMENTS = {
+    "context-metric-static.json": ("Platform", "Metric"),
+    "context-metric-dynamic.json": ("Platform", "Metric"),
+    "context-metric-availability.json": ("Platform", "Metric"),
+    "context-log-v1-loganalytics.json": ("Log Analytics", "Log"),
+    "context-log-v1-appinsights.json": ("Application Insights", "Log"),
+    "context-log-v2.json": ("Log Alerts V2", "Log"),
+    "context-log-simple.json": ("Simple Log Alert", "Log"),
+    "context-activitylog-administrative.json": ("Activity Log - Administrative", "Activity Log"),
+    "context-activitylog-policy.json": ("Activity Log - Policy", "Activity Log"),
+    "context-activitylog-autoscale.json": ("Activity Log - Autoscale", "Activity Log"),
+    "context-activitylog-security.json": ("Activity Log - Security", "Activity Log"),
+    "context-activitylog-servicehealth.json": ("ServiceHealth", "Activity Log"),
+    "context-activitylog-resourcehealth.json": ("Resource Health", "Activity Log"),
+    "context-prometheus.json": ("Prometheus", "Metric"),
+}
+SAMPLE_NAMES = sorted(p.name for p in SAMPLES.glob("*.json"))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(["route", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text)
+        return
+    assert path.exists(), f"no golden file {path}; create it with UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"relay route output differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def transcript(argv: list[str], rc: int, out: str, err: str) -> str:
+    shown = " ".join(Path(a).name if "/" in a else a for a in argv)
+    return f"$ relay route {shown}\n{out}{err}exit {rc}\n"
+
+
+def alert_file(name: str, tmp_path: Path) -> Path:
+    if name not in FRAGMENTS:
+        return SAMPLES / name
+    service, signal = FRAGMENTS[name]
+    path = tmp_path / name
+    path.write_text(json.dumps(envelope(service, load_sample(name), signal)))
+    return path
+
+
+def test_every_sample_is_covered():
+    fragments = {n for n in SAMPLE_NAMES if n.startswith("context-")}
+    assert fragments == set(FRAGMENTS), "a new fragment in tests/samples needs its envelope here"
+    assert len(SAMPLE_NAMES) >= 26
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_golden_output_for_each_official_sample(name, tmp_path, capsys, monkeypatch):
+    for secret in ("SNOW_PASSWORD", "RT_TOKEN", "PD_ROUTING_KEY"):
+        monkeypatch.delenv(secret, raising=False)
+    argv = [str(CONFIG), str(alert_file(name, tmp_path)), "--at", AT]
+    rc, out, err = run(capsys, *argv)
+    if name.startswith("noncommon-"):
+        assert (rc, out) == (1, ""), "a non-common-schema body is refused, as the intake refuses it"
+        assert "schemaId: must be 'azureMonitorCommonAlertSchema'" in err
+    else:
+        assert (rc, err) == (0, ""), err
+        assert out.startswith("alert: ") and ("lifecycle: " in out or "forward: " in out)
+    check_golden(name.removesuffix(".json") + ".txt", transcript(argv, rc, out, err))
+
+
+# -- with an assumed state -------------------------------------------------------------------------
+
+# name: (sample, STATE.json, a line the output must hold)
+STATES = {
+    # Service Health's Resolved notification with its incident's ticket open in RT: it resolves it, with a
+    # note carrying the communication.
+    "servicehealth-resolves-open-ticket": ("testaction-servicehealth-fired.json", {"tickets": {"rt": {
+        "sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e": {
+            "ticket_number": "RT-17", "open": True, "last_at": "2025-04-15T18:00:00.000000000Z",
+            "alerts": {"sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e":
+                       ["2025-04-15T18:00:00.000000000Z", False, "2025-04-15T18:00:00.000000000Z"]}}}}},
+        "    lifecycle: resolve (resolved)"),
+    # The resolved metric alert, its ServiceNow incident open: resolve.
+    "metric-resolved-open-ticket": ("metric-static-resolved.json", {"tickets": {"snow": {"*": {
+        "ticket_number": "INC0010001", "open": True,
+        "alerts": {"aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e":
+                   ["2019-03-22T13:58:24.371321300Z", False, "2019-03-22T13:58:24.371321300Z"]}}}}},
+        "    lifecycle: resolve (resolved)"),
+    # Another alert on the same (per-CI style) ticket still firing: the resolve is only recorded.
+    "metric-resolved-other-alert-firing": ("metric-static-resolved.json", {"tickets": {"snow": {"*": {
+        "ticket_number": "INC0010001", "open": True,
+        "alerts": {"another-alert": ["2019-03-22T13:00:00.000000000Z", False, "2019-03-22T13:00:00.000000000Z"]}}}}},
+        "    lifecycle: record (resolved, other alerts on this ticket still firing)"),
+    # A log alert firing again after its ticket was resolved: a new ticket naming the old one, under the
+    # next correlation key.
+    "log-v2-refire-after-resolved": ("testaction-log-v2-fired.json", {"tickets": {
+        "rt": {"*": {"ticket_number": "41", "open": False, "generation": 1,
+                     "last_at": "2025-04-01T00:00:00.000000000Z"}}}},
+        "    lifecycle: new (fired after resolve (on_refire: new))"),
+    # Fired again while its ticket is open (a new episode): a note.
+    "smart-detection-fired-again-while-open": ("testaction-smart-detection-fired.json", {"tickets": {"rt": {"*": {
+        "ticket_number": "42", "open": True, "last_at": "2021-10-01T00:00:00.000000000Z"}}}},
+        "    lifecycle: note (fired again while open)"),
+    # The same on the PagerDuty route, whose on_repeat is nothing.
+    "metric-fired-again-while-open-on-repeat-nothing": ("testaction-metric-static-fired.json", {"tickets": {"pd": {
+        "*": {"ticket_number": "Q2DEF", "open": True, "last_at": "2025-04-15T17:00:00.000000000Z"}}}},
+        "    lifecycle: nothing (fired again while open (on_repeat: nothing))"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATES))
+def test_golden_output_with_an_assumed_state(name, tmp_path, capsys):
+    sample, state, expected = STATES[name]
+    state_file = tmp_path / f"{name}.state.json"
+    state_file.write_text(json.dumps(state, indent=2))
+    argv = [str(CONFIG), str(SAMPLES / sample), "--at", AT, "--state", str(state_file)]
+    rc, out, err = run(capsys, *argv)
+    assert (rc, err) == (0, ""), err
+    assert expected + "\n" in out
+    check_golden(f"state-{name}.txt", transcript(argv, rc, out, err) + "\nSTATE.json:\n" + state_file.read_text()
+                 + "\n")
+
+
+def test_the_assumed_state_changes_the_decision(capsys, tmp_path):
+    sample = str(SAMPLES / "testaction-smart-detection-fired.json")
+    _, fresh, _ = run(capsys, str(CONFIG), sample, "--at", AT)
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps({"tickets": {"rt": {"*": {"ticket_number": "42", "open": True}}}}))
+    _, known, _ = run(capsys, str(CONFIG), sample, "--at", AT, "--state", str(state))
+    assert "lifecycle: create (fired, no ticket yet)" in fresh
+    assert "lifecycle: note (fired again while open)" in known
+    assert "note text:\n      | Azure Monitor alert test-SmartAlertRule fired again" in known
+
+
+# -- STATE.json ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc,path,message", [
+    ([], "$", "must be a JSON object"),
+    ({"tickets": {}, "windows": {}}, "windows", "unknown section; expected one of tickets, group, flap"),
+    ({"tickets": []}, "tickets", "must be an object of target names"),
+    ({"tickets": {"rt": []}}, "tickets.rt", "must be an object of ticket keys"),
+    ({"tickets": {"rt": {"*": "open"}}}, "tickets.rt.*", "must be a ticket record"),
+    ({"tickets": {"rt": {"*": {"state": "open"}}}}, "tickets.rt.*.state", "unknown key"),
+    ({"tickets": {"rt": {"k": {"open": "yes", "ticket_number": "1"}}}}, "tickets.rt.k.open", "must be true or false"),
+    ({"tickets": {"rt": {"k": {"generation": True}}}}, "tickets.rt.k.generation", "must be a whole number"),
+    ({"tickets": {"rt": {"k": {"generation": 1.5}}}}, "tickets.rt.k.generation", "must be a whole number"),
+    ({"tickets": {"rt": {"k": {"open": True}}}}, "tickets.rt.k.open", "needs its ticket_id or ticket_number"),
+    ({"tickets": {"rt": {"k": {"alerts": {"a": ["t", "no", "t"]}}}}}, "tickets.rt.k.alerts.a",
+     "must be [firedDateTime, resolved (true/false), time]"),
+    ({"tickets": {"rt": {"k": {"ticket_id": 7}}}}, "tickets.rt.k.ticket_id", "must be a string or null"),
+])
+def test_a_state_file_of_the_wrong_shape_names_what_is_wrong(doc, path, message):
+    with pytest.raises(StateError) as info:
+        parse_state(doc)
+    assert info.value.path == path
+    assert message in info.value.message
+
+
+def test_the_state_sections_of_other_features_are_kept_for_their_explainers():
+    state = parse_state({"group": {"g": 1}, "flap": {"f": 2}})
+    assert state.raw["group"] == {"g": 1} and state.raw["flap"] == {"f": 2}
+    assert state.ticket("rt", "any") is None
+
+
+def test_a_ticket_number_alone_stands_for_the_ticket_and_a_key_beats_the_wildcard():
+    state = parse_state({"tickets": {"rt": {"*": {"ticket_number": "9", "open": True},
+                                            "k1": {"ticket_number": "1", "open": False}}}})
+    wildcard = state.ticket("rt", "k2")
+    assert (wildcard.ticket_id, wildcard.ticket_number, wildcard.open, wildcard.generation) == ("9", "9", True, 1)
+    assert state.ticket("rt", "k1").ticket_number == "1"
+    assert state.ticket("snow", "k1") is None
+
+
+def test_cli_reports_a_bad_state_file_with_its_path(tmp_path, capsys):
+    bad = tmp_path / "state.json"
+    bad.write_text(json.dumps({"tickets": {"rt": {"*": {"open": 1}}}}))
+    rc, out, err = run(capsys, str(CONFIG), str(SAMPLES / "metric-static-resolved.json"), "--state", str(bad))
+    assert (rc, out) == (2, "")
+    assert err == f"relay: {bad}: tickets.rt.*.open: must be true or false (got 1)\n"
+    bad.write_text("{not json")
+    rc, _, err = run(capsys, str(CONFIG), str(SAMPLES / "metric-static-resolved.json"), "--state", str(bad))
+    assert rc == 2 and err.startswith(f"relay: {bad}: not JSON: ")
+
+
+# -- the explainer hook ----------------------------------------------------------------------------
+
+def test_each_explainer_adds_its_lines_to_every_matching_route_and_only_those():
+    config = load_config(str(CONFIG))
+    seen: list[RouteView] = []
+
+    def window(view: RouteView) -> list[str]:
+        seen.append(view)
+        return [f"maintenance: none at {view.at:%H:%M} ({view.state.raw.get('group', 'no group')})"]
+
+    alert = parse_alert(load_sample("testaction-servicehealth-fired.json"))
+    at = datetime(2025, 4, 15, 18, 30, tzinfo=UTC)
+    text = explain(config, alert, at=at, state=parse_state({"group": "g"}), explainers=[window])
+    assert text.count("  maintenance: none at 18:30 (g)\n") == 1  # route 1 (rt) alone renders; 4 duplicates it
+    assert [(v.route.index, v.target.name, [k.key for k in v.keys]) for v in seen] == \
+        [(1, "rt", ["sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"])]
+    assert explain(config, alert, at=at, explainers=[]) == explain(config, alert, at=at)
+
+
+# -- what it explains ------------------------------------------------------------------------------
+
+def test_route_outcomes_are_named(capsys):
+    rc, out, _ = run(capsys, str(CONFIG), str(SAMPLES / "testaction-servicehealth-fired.json"), "--at", AT)
+    assert rc == 0
+    assert "route 0 -> snow: no match (severity: 'Sev4' matches none of Sev0, Sev1, Sev2, Sev3)" in out
+    assert "route 1 -> rt: matches (continue)" in out
+    assert "route 2 -> hook: no match (monitoring_service: 'ServiceHealth' matches none of CostAlerts)" in out
+    assert "route 3 -> pd: no match (custom_properties.customKey1: (absent) matches none of value1)" in out
+    assert "route 4 -> rt: matches, but an earlier route already takes this alert to rt" in out
+    assert "route 5 -> snow: not tried (route 4 matched and does not continue)" in out
+
+
+def test_an_alert_no_route_takes_is_said_to_go_nowhere(tmp_path, capsys):
+    config = tmp_path / "relay.yaml"
+    config.write_text("targets:\n  d: {kind: dry_run}\nroutes:\n  - target: d\n    match: {severity: Sev0}\n")
+    rc, out, _ = run(capsys, str(config), str(SAMPLES / "testaction-metric-static-fired.json"), "--at", AT)
+    assert rc == 0
+    assert out.endswith("no route matches: the relay logs the alert, counts it (relay_unrouted_alerts_total) "
+                        "and delivers nothing\n")
+
+
+def test_an_alert_from_more_than_a_day_after_the_time_given_is_refused_as_the_intake_would(capsys):
+    rc, out, _ = run(capsys, str(CONFIG), str(SAMPLES / "testaction-metric-static-fired.json"),
+                     "--at", "2025-04-14T18:00:00Z")
+    assert rc == 0
+    assert "intake: refused with 422 (data.essentials.firedDateTime: lies more than a day in the future" in out
+    assert "route 0" not in out
+
+
+def test_without_at_it_explains_at_the_current_time(capsys):
+    before = datetime.now(UTC).replace(microsecond=0)
+    rc, out, _ = run(capsys, str(CONFIG), str(SAMPLES / "metric-static-resolved.json"))
+    after = datetime.now(UTC)
+    assert rc == 0
+    [line] = [line for line in out.splitlines() if line.startswith("at: ")]
+    at = datetime.strptime(line[4:], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before <= at <= after + timedelta(seconds=1)
+
+
+def test_it_builds_no_target_reads_no_secret_and_opens_no_connection(capsys, monkeypatch):
+    monkeypatch.setenv("SNOW_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("RT_TOKEN", "rt-secret-token")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("relay route built a target")
+
+    def no_connect(*args, **kwargs):
+        raise AssertionError("relay route opened a connection")
+
+    config = load_config(str(CONFIG))  # check-config's validation: placeholders for secrets
+    monkeypatch.setattr("relay.targets.build_target", no_build)
+    monkeypatch.setattr(socket.socket, "connect", no_connect)
+    monkeypatch.setattr(socket, "create_connection", no_connect)
+    for name in ("metric-static-resolved.json", "testaction-servicehealth-fired.json", "testaction-log-v2-fired.json"):
+        text = explain(config, parse_alert(load_sample(name)), at=datetime(2025, 4, 15, 18, 30, tzinfo=UTC),
+                       state=AssumedState())
+        assert "hunter2-secret" not in text and "rt-secret-token" not in text
+
+
+@pytest.mark.parametrize("argv_tail,rc,err", [
+    (["--at", "yesterday"], 2, "relay: --at 'yesterday': not an ISO 8601 time\n"),
+    (["--at", "2025-02-30T00:00:00Z"], 2, "relay: --at '2025-02-30T00:00:00Z': day is out of range for month\n"),
+])
+def test_a_bad_time_is_refused(argv_tail, rc, err, capsys):
+    got = run(capsys, str(CONFIG), str(SAMPLES / "metric-static-resolved.json"), *argv_tail)
+    assert got == (rc, "", err)
+
+
+def test_unusable_input_is_named(tmp_path, capsys):
+    sample = str(SAMPLES / "metric-static-resolved.json")
+    rc, _, err = run(capsys, str(tmp_path / "missing.yaml"), sample)
+    assert rc == 2 and err.startswith(f"relay: cannot read {tmp_path / 'missing.yaml'}: ")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets:\n  d: {kind: dry_run}\nroutes:\n  - target: nope\n")
+    rc, _, err = run(capsys, str(bad), sample)
+    assert rc == 2 and err == f"{bad}:4: routes[0].target: no target named 'nope' (targets: d)\n"
+    rc, _, err = run(capsys, str(CONFIG), str(tmp_path / "none.json"))
+    assert rc == 2 and "cannot read" in err
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"schemaId": "a", "schemaId": "b"}')
+    rc, _, err = run(capsys, str(CONFIG), str(twice))
+    assert rc == 1 and err.startswith(f"relay: {twice}: the relay refuses it with 400 (malformed JSON): key 'schemaId'")
+    not_alert = tmp_path / "not-alert.json"
+    not_alert.write_text('{"schemaId": "azureMonitorCommonAlertSchema", "data": {}}')
+    rc, _, err = run(capsys, str(CONFIG), str(not_alert))
+    assert (rc, err) == (1, f"relay: {not_alert}: the relay refuses it with 422: data.essentials: is required\n")
