@@ -177,6 +177,9 @@ def test_the_assumed_state_changes_the_decision(capsys, tmp_path):
     ({"tickets": {"rt": {"k": {"alerts": {"a": ["t", "no", "t"]}}}}}, "tickets.rt.k.alerts.a",
      "must be [firedDateTime, resolved (true/false), time]"),
     ({"tickets": {"rt": {"k": {"ticket_id": 7}}}}, "tickets.rt.k.ticket_id", "must be a string or null"),
+    ({"tickets": {"rt": {"k": {"last_at": "yesterday"}}}}, "tickets.rt.k.last_at", "must be an ISO 8601 time"),
+    ({"tickets": {"rt": {"k": {"alerts": {"a": ["2025-01-01T00:00:00Z", True, "noon"]}}}}}, "tickets.rt.k.alerts.a[2]",
+     "must be an ISO 8601 time"),
 ])
 def test_a_state_file_of_the_wrong_shape_names_what_is_wrong(doc, path, message):
     with pytest.raises(StateError) as info:
@@ -198,6 +201,20 @@ def test_a_ticket_number_alone_stands_for_the_ticket_and_a_key_beats_the_wildcar
     assert (wildcard.ticket_id, wildcard.ticket_number, wildcard.open, wildcard.generation) == ("9", "9", True, 1)
     assert state.ticket("rt", "k1").ticket_number == "1"
     assert state.ticket("snow", "k1") is None
+
+
+def test_state_times_in_any_iso_form_compare_as_the_lifecycle_compares_them(capsys, tmp_path):
+    # A last_at written without fractions ("...17:00:00Z") must still be older than an 18:17:12.851Z event.
+    state = parse_state({"tickets": {"pd": {"*": {"ticket_number": "Q", "open": True,
+                                                  "last_at": "2025-04-15T19:00:00+02:00",
+                                                  "alerts": {"x": ["2025-04-15T16:00:00Z", False,
+                                                                   "2025-04-15T16:00:00Z"]}}}}})
+    ticket = state.ticket("pd", "k")
+    assert ticket.last_at == "2025-04-15T17:00:00.000000000Z"
+    assert ticket.alerts["x"].fired_at == "2025-04-15T16:00:00.000000000Z"
+    text = explain(load_config(str(CONFIG)), parse_alert(load_sample("testaction-metric-static-fired.json")),
+                   at=datetime(2025, 4, 15, 18, 30, tzinfo=UTC), state=state)
+    assert "lifecycle: nothing (fired again while open (on_repeat: nothing))" in text
 
 
 def test_cli_reports_a_bad_state_file_with_its_path(tmp_path, capsys):

@@ -30,6 +30,7 @@ from relay.delivery.lifecycle import (
     correlation_key,
     decide,
     event_facts,
+    instant,
     ticket_keys,
 )
 from relay.delivery.rendering import note_text, render_incident
@@ -107,11 +108,24 @@ def _ticket(record: Any, path: str) -> TicketState:
                 and isinstance(mark[2], str)):
             raise StateError(f"{path}.alerts.{alert}", "must be [firedDateTime, resolved (true/false), time]")
     data = dict(record)
+    # Times as the lifecycle compares them (fixed-width UTC text), whatever ISO 8601 form was written.
+    if "last_at" in data:
+        data["last_at"] = _instant(data["last_at"], f"{path}.last_at")
+    data["alerts"] = {alert: [_instant(m[0], f"{path}.alerts.{alert}[0]"), m[1],
+                              _instant(m[2], f"{path}.alerts.{alert}[2]")]
+                      for alert, m in (record.get("alerts") or {}).items()}
     if data.get("ticket_id") is None and data.get("ticket_number"):
         data["ticket_id"] = data["ticket_number"]  # the relay keeps both; a person usually knows the number
     if data.get("ticket_id") and "generation" not in data:
         data["generation"] = 1
     return TicketState.from_data(data)
+
+
+def _instant(text: str, path: str) -> str:
+    try:
+        return instant(text)
+    except ValueError:
+        raise StateError(path, f"must be an ISO 8601 time (got {text[:40]!r})") from None
 
 
 _KIND_NAMES = {"ticket_id": "a string or null", "ticket_number": "a string or null", "open": "true or false",
