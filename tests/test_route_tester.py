@@ -18,6 +18,7 @@ import pytest
 from relay import cli
 from relay.alerts import parse_alert
 from relay.delivery.config import load_config
+from relay.delivery.lifecycle import ticket_keys
 from relay.delivery.route_tester import AssumedState, RouteView, StateError, explain, parse_state
 from tests.conftest import SAMPLES, load_sample
 from tests.test_alerts import envelope
@@ -334,3 +335,91 @@ def test_unusable_input_is_named(tmp_path, capsys):
     not_alert.write_text('{"schemaId": "azureMonitorCommonAlertSchema", "data": {}}')
     rc, _, err = run(capsys, str(CONFIG), str(not_alert))
     assert (rc, err) == (1, f"relay: {not_alert}: the relay refuses it with 422: data.essentials: is required\n")
+
+
+# -- it shows what the worker sends ----------------------------------------------------------------
+
+WORKER_CONFIG = """\
+targets:
+  dry:
+    kind: dry_run
+    path: {path}
+    severity:
+      Sev4: {{impact: 3}}
+routes:
+  - target: dry
+    match: {{monitoring_service: ServiceHealth}}
+    summary: "SH {{{{ service_health.tracking_id }}}}: {{{{ title }}}}"
+    fields: {{category: "{{{{ service_health.incident_type }}}}"}}
+  - target: dry
+    fields:
+      assignment_group: "Azure {{{{ resource_group or 'platform' }}}}"
+      origin: azure-monitor
+delivery:
+  poll_seconds: 0.01
+"""
+
+
+async def test_the_worker_sends_exactly_what_relay_route_shows(tmp_path):
+    """The tester and the worker render through the same functions; this pins that they are given the
+    same inputs: each create the worker sends to a dry-run target appears verbatim in the tester's output."""
+    import asyncio
+
+    from relay.app import build_targets
+    from relay.delivery.metrics import DeliveryMetrics
+    from relay.delivery.worker import Worker
+    from relay.store import Event
+    from relay.store.sqlite import SqliteStore
+
+    out = tmp_path / "dry.jsonl"
+    config_file = tmp_path / "relay.yaml"
+    config_file.write_text(WORKER_CONFIG.format(path=out))
+    config = load_config(str(config_file))
+    names = ["metric-static-resolved.json", "testaction-servicehealth-fired.json", "testaction-log-v2-fired.json",
+             "testaction-budget-fired.json", "testaction-metric-dynamic-fired.json",
+             "testaction-activitylog-administrative-fired.json"]
+    bodies = []
+    for n, name in enumerate(names):
+        doc = load_sample(name)
+        doc["data"]["essentials"]["alertId"] = (
+            f"/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/providers/Microsoft.AlertsManagement/alerts/"
+            f"00000000-0000-4000-8000-{n:012d}")
+        doc["data"]["essentials"]["monitorCondition"] = "Fired"  # a create for each, whatever the sample
+        doc["data"]["essentials"].pop("resolvedDateTime", None)
+        if name == "testaction-servicehealth-fired.json":
+            doc["data"]["alertContext"]["properties"]["stage"] = "Active"
+        bodies.append(json.dumps(doc).encode())
+    store = SqliteStore(tmp_path / "relay.db")
+    await store.open()
+    targets = build_targets(config)
+    worker = Worker(store, config, targets, metrics=DeliveryMetrics())
+    try:
+        for body in bodies:
+            assert await store.accept(Event.from_alert(parse_alert(json.loads(body)), body))
+        await worker.start()
+        for _ in range(1500):
+            if await store.pending() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.pending() == 0, "the worker did not deliver the samples"
+    finally:
+        await worker.stop(grace_seconds=1)
+        for target in targets.values():
+            await target.close()
+        await store.close()
+    creates = {r["correlation_key"]: r["incident"] for r in map(json.loads, out.read_text().splitlines())
+               if r["call"] == "create"}
+    assert len(creates) == len(names)
+    at = datetime.now(UTC)
+    for body in bodies:
+        alert = parse_alert(json.loads(body))
+        shown = explain(config, alert, at=at)
+        [key] = ticket_keys(alert, "alert")
+        sent = creates[key.key]
+        expected = (f"    lifecycle: create (fired, no ticket yet)\n    summary: {sent['summary']}\n    description:\n"
+                    + "".join(f"      | {line}".rstrip() + "\n" for line in sent["description"].splitlines())
+                    + "    fields:\n"
+                    + "".join(f"      {k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in sent["fields"].items()))
+        assert expected in shown, f"relay route differs from what the worker sent for {alert.essentials.alert_rule}"
+    assert creates["sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"]["summary"] == \
+        "SH TEST-TTT: TestActionGroup-TestServiceHealthAlert"
