@@ -64,17 +64,25 @@ def check_golden(name: str, text: str) -> None:
 
 
 def transcript(argv: list[str], rc: int, out: str, err: str) -> str:
-    shown = " ".join(Path(a).name if "/" in a else a for a in argv)
-    return f"$ relay route {shown}\n{out}{err}exit {rc}\n"
+    return f"$ relay route {' '.join(argv)}\n{out}{err}exit {rc}\n"
 
 
-def alert_file(name: str, tmp_path: Path) -> Path:
-    if name not in FRAGMENTS:
-        return SAMPLES / name
-    service, signal = FRAGMENTS[name]
-    path = tmp_path / name
-    path.write_text(json.dumps(envelope(service, load_sample(name), signal)))
-    return path
+def alert_file(name: str, tmp_path: Path) -> str:
+    """The sample's name in `tmp_path` (the working directory of a golden test, so that the output names
+    no directory of this machine); a fragment is wrapped in an envelope first."""
+    if name in FRAGMENTS:
+        service, signal = FRAGMENTS[name]
+        (tmp_path / name).write_text(json.dumps(envelope(service, load_sample(name), signal)))
+    else:
+        (tmp_path / name).write_bytes((SAMPLES / name).read_bytes())
+    return name
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    (tmp_path / CONFIG.name).write_text(CONFIG.read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def test_every_sample_is_covered():
@@ -84,10 +92,10 @@ def test_every_sample_is_covered():
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
-def test_golden_output_for_each_official_sample(name, tmp_path, capsys, monkeypatch):
+def test_golden_output_for_each_official_sample(name, in_tmp, capsys, monkeypatch):
     for secret in ("SNOW_PASSWORD", "RT_TOKEN", "PD_ROUTING_KEY"):
         monkeypatch.delenv(secret, raising=False)
-    argv = [str(CONFIG), str(alert_file(name, tmp_path)), "--at", AT]
+    argv = [CONFIG.name, alert_file(name, in_tmp), "--at", AT]
     rc, out, err = run(capsys, *argv)
     if name.startswith("noncommon-"):
         assert (rc, out) == (1, ""), "a non-common-schema body is refused, as the intake refuses it"
@@ -139,11 +147,11 @@ STATES = {
 
 
 @pytest.mark.parametrize("name", sorted(STATES))
-def test_golden_output_with_an_assumed_state(name, tmp_path, capsys):
+def test_golden_output_with_an_assumed_state(name, in_tmp, capsys):
     sample, state, expected = STATES[name]
-    state_file = tmp_path / f"{name}.state.json"
+    state_file = in_tmp / f"{name}.state.json"
     state_file.write_text(json.dumps(state, indent=2))
-    argv = [str(CONFIG), str(SAMPLES / sample), "--at", AT, "--state", str(state_file)]
+    argv = [CONFIG.name, alert_file(sample, in_tmp), "--at", AT, "--state", state_file.name]
     rc, out, err = run(capsys, *argv)
     assert (rc, err) == (0, ""), err
     assert expected + "\n" in out
