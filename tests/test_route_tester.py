@@ -7,6 +7,7 @@ with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_route_tester.py` and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -14,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay import cli
 from relay.alerts import parse_alert
@@ -186,6 +189,7 @@ def test_the_assumed_state_changes_the_decision(capsys, tmp_path):
     ({"tickets": {"rt": {"k": {"alerts": {"a": ["t", "no", "t"]}}}}}, "tickets.rt.k.alerts.a",
      "must be [firedDateTime, resolved (true/false), time]"),
     ({"tickets": {"rt": {"k": {"ticket_id": 7}}}}, "tickets.rt.k.ticket_id", "must be a string or null"),
+    ({"tickets": {"rt": {"k": {"ticket_number": "7"}}}}, "tickets.rt.k", "say whether the ticket is open"),
     ({"tickets": {"rt": {"k": {"last_at": "yesterday"}}}}, "tickets.rt.k.last_at", "must be an ISO 8601 time"),
     ({"tickets": {"rt": {"k": {"alerts": {"a": ["2025-01-01T00:00:00Z", True, "noon"]}}}}}, "tickets.rt.k.alerts.a[2]",
      "must be an ISO 8601 time"),
@@ -431,3 +435,41 @@ async def test_the_worker_sends_exactly_what_relay_route_shows(tmp_path):
         assert expected in shown, f"relay route differs from what the worker sent for {alert.essentials.alert_rule}"
     assert creates["sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"]["summary"] == \
         "SH TEST-TTT: TestActionGroup-TestServiceHealthAlert"
+
+
+# -- any state: the tester says what decide says ---------------------------------------------------
+
+_times = st.datetimes(min_value=datetime(2019, 1, 1), max_value=datetime(2026, 1, 1)).map(
+    lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+_record = st.fixed_dictionaries({"open": st.booleans()}, optional={
+    "ticket_number": st.sampled_from(["1", "INC001"]),
+    "generation": st.integers(1, 5),
+    "last_at": _times,
+    "alerts": st.dictionaries(st.sampled_from(["eeeeeeee-4444-5555-6666-ffffffffffff", "other",
+                                               "sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"]),
+                              st.tuples(_times, st.booleans(), _times).map(list), max_size=2),
+}).map(lambda r: r if "ticket_number" in r else {k: v for k, v in r.items() if k != "open"})  # no ticket: no open
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=st.sampled_from(["testaction-servicehealth-fired.json", "metric-static-resolved.json",
+                               "testaction-smart-detection-fired.json", "testaction-metric-static-fired.json"]),
+       record=_record)
+def test_for_any_assumed_ticket_the_tester_reports_the_lifecycle_decision(sample, record):
+    from relay.delivery.lifecycle import decide, event_facts
+
+    config = _config()
+    alert = parse_alert(load_sample(sample))
+    state = parse_state({"tickets": {t: {"*": record} for t in config.targets}})
+    text = explain(config, alert, at=datetime(2025, 4, 16, tzinfo=UTC), state=state)
+    for route in config.routes_for(alert):
+        if config.targets[route.target].kind == "forward":
+            continue
+        for key in ticket_keys(alert, route.incident_per):
+            decision = decide(event_facts(alert), state.ticket(route.target, key.key), route.policy)
+            assert f"    lifecycle: {decision.action} ({decision.reason})\n" in text
+
+
+@functools.cache
+def _config():  # loaded once: hypothesis calls the test many times
+    return load_config(str(CONFIG))

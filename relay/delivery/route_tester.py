@@ -101,8 +101,11 @@ def _ticket(record: Any, path: str) -> TicketState:
     for key, kind in checks:
         if key in record and (not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool))):
             raise StateError(f"{path}.{key}", f"must be {_KIND_NAMES[key]} (got {json.dumps(record[key])[:40]})")
-    if record.get("open") and not (record.get("ticket_id") or record.get("ticket_number")):
+    named = bool(record.get("ticket_id") or record.get("ticket_number"))
+    if record.get("open") and not named:
         raise StateError(f"{path}.open", "an open ticket needs its ticket_id or ticket_number")
+    if named and "open" not in record:
+        raise StateError(path, "say whether the ticket is open (open: true or false)")
     for alert, mark in (record.get("alerts") or {}).items():
         if not (isinstance(mark, list) and len(mark) == 3 and isinstance(mark[0], str) and isinstance(mark[1], bool)
                 and isinstance(mark[2], str)):
