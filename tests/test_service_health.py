@@ -132,6 +132,16 @@ def test_the_description_carries_stage_impact_and_the_first_communication_as_tex
     assert "<p>" not in text and "<strong>" not in text
 
 
+def test_a_long_communication_comes_last_so_the_description_limit_cuts_only_its_tail():
+    doc = notification("Active", "<p>" + "impact details " * 1000 + "</p>", 1)
+    text = incident(doc, SNOW).description
+    assert len(text) == SNOW.limits.description and text.endswith("…[truncated]")
+    for fact in ("Service Health Incident TEST-TTT, stage Active", "Impacted: AzureServiceName (Global)",
+                 "Alert id: /subscriptions/", "Azure portal: https://portal.azure.com/", "To silence it"):
+        assert fact in text
+    assert text.index("To silence it") < text.index("Communication comm-1:\nimpact details impact details")
+
+
 def test_a_placeholder_communication_the_parser_takes_for_a_tag_is_kept_as_sent():
     from tests.test_alerts import envelope
 

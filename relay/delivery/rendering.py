@@ -43,6 +43,8 @@ DEFAULT_SUMMARY = (
     "{% if service_health and service_health.tracking_id %}Service Health {{ service_health.tracking_id }}: {% endif %}"
     "{{ title }}{% if resource %} on {{ resource }}{% endif %}"
 )
+# A Service Health communication can be long (tables of impact, workarounds): it comes last, so that
+# cutting the description to a vendor's limit cuts the communication's tail, not the ids and links.
 DEFAULT_DESCRIPTION = """\
 Azure Monitor alert: {{ title }}
 Severity: {{ severity or "none" }} | Signal: {{ essentials.signalType or "-" }} | \
@@ -58,8 +60,6 @@ Service Health {{ sh.incident_type or "event" }} {{ sh.tracking_id or "(no track
 {% if i.regions %} ({{ i.regions | join(", ") }}){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}
 {% endif %}{% if sh.impact_start %}Impact start: {{ sh.impact_start }}\
 {% if sh.impact_mitigation %} | mitigation: {{ sh.impact_mitigation }}{% endif %}
-{% endif %}{% if sh.communication %}Communication{% if sh.communication_id %} {{ sh.communication_id }}{% endif %}:
-{{ sh.communication }}
 {% endif %}{% endif %}{% for c in criteria %}Metric: {{ c.metricName }} {{ c.operator }} {{ c.threshold }} \
 ({{ c.timeAggregation }}), value {{ c.metricValue }}
 {% endfor %}{% if budget %}Budget: {{ budget.name }} ({{ budget.threshold_type or "-" }}), \
@@ -77,7 +77,11 @@ Azure portal: {{ portal_link }}
 {% if budget %}To silence it: change or remove the alert conditions of budget {{ budget.name }} \
 (Azure portal > Cost Management > Budgets).{% else %}To silence it (a maintenance, a known issue): an Azure alert \
 processing rule that removes the action groups for alert rule {{ rule }} (Azure portal > Monitor > Alerts > \
-Alert processing rules), or disable the alert rule.{% endif %}"""
+Alert processing rules), or disable the alert rule.{% endif %}\
+{% if service_health and service_health.communication %}
+
+Communication{% if service_health.communication_id %} {{ service_health.communication_id }}{% endif %}:
+{{ service_health.communication }}{% endif %}"""
 
 _env = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
 
