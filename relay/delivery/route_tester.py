@@ -177,6 +177,7 @@ def explain(config: RelayConfig, alert: Alert, *, at: datetime, state: AssumedSt
         f"{alert.condition})",
         f"  id: {e.alert_id}",
         f"  event: {facts.kind} at {alert.occurred_at} (episode fired {e.fired_at})",
+        f"  alert key: {facts.alert} (its mark in a ticket record's alerts)",
         f"  subscription: {subscription_of(alert) or '-'} | resource group: {resource_group_of(alert) or '-'}",
         f"at: {at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
     ]
