@@ -80,12 +80,26 @@ class ActivityLogContext:
 
 
 @dataclass(frozen=True, slots=True)
+class ImpactedService:
+    """One entry of Service Health's `impactedServices`: a service and the regions it is impaired in."""
+
+    service: str
+    regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceHealthContext:
     tracking_id: str | None
     title: str | None
     stage: str | None
     incident_type: str | None
     impacted_services: tuple[str, ...]
+    # What an engineer reads: the notification's text (HTML, as Azure sends it), its id, the impact.
+    communication: str | None = None
+    communication_id: str | None = None
+    impacted: tuple[ImpactedService, ...] = ()
+    impact_start: str | None = None
+    impact_mitigation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,13 +323,18 @@ def _parse_context(service: str, c: dict[str, Any]) -> AlertContext:
         return LogContext(version="v2", search_query=query, result_count=None)
     if s == "servicehealth":
         props = _props(c, p)
-        impacted = props.get("impactedServices")
+        impacted = _impacted(props.get("impactedServices"), props)
         return ServiceHealthContext(
             tracking_id=_text(props.get("trackingId")),
             title=_text(props.get("title")),
             stage=_text(props.get("stage")),
             incident_type=_text(props.get("incidentType")),
-            impacted_services=_impacted_services(impacted),
+            impacted_services=tuple(i.service for i in impacted),
+            communication=_text(props.get("communication")) or _text(props.get("defaultLanguageContent")),
+            communication_id=_text(props.get("communicationId")),
+            impacted=impacted,
+            impact_start=_text(props.get("impactStartTime")),
+            impact_mitigation=_text(props.get("impactMitigationTime")),
         )
     if s == "resource health":
         props = _props(c, p)
@@ -360,22 +379,29 @@ def _parse_context(service: str, c: dict[str, Any]) -> AlertContext:
     return OtherContext()
 
 
-def _impacted_services(value: Any) -> tuple[str, ...]:
-    """impactedServices is a JSON string in older payloads and an array in newer ones."""
+def _impacted(value: Any, props: dict[str, Any]) -> tuple[ImpactedService, ...]:
+    """impactedServices is a JSON string in older payloads and an array in newer ones, each entry a
+    `ServiceName` with its `ImpactedRegions` (`RegionName`). Without it, the notification's own
+    `service` and `region` (the first impacted ones, as Azure fills them) stand in."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
-            return (value,) if value else ()
-    if not isinstance(value, list):
-        return ()
-    names = []
-    for item in value:
+            value = [value] if value else []
+    out = []
+    for item in value if isinstance(value, list) else []:
         if isinstance(item, dict) and isinstance(item.get("ServiceName"), str):
-            names.append(item["ServiceName"])
+            regions = item.get("ImpactedRegions")
+            names = tuple(r["RegionName"] for r in (regions if isinstance(regions, list) else ())
+                          if isinstance(r, dict) and isinstance(r.get("RegionName"), str))
+            out.append(ImpactedService(item["ServiceName"], names))
         elif isinstance(item, str):
-            names.append(item)
-    return tuple(names)
+            out.append(ImpactedService(item))
+    if not out:
+        service, region = _text(props.get("service")), _text(props.get("region"))
+        if service:
+            out.append(ImpactedService(service, (region,) if region else ()))
+    return tuple(out)
 
 
 def _obj(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:

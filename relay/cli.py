@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     _add_alerts_parser(sub, store)
+    route = sub.add_parser("route", help="show what the relay would do with one alert under a RELAY_CONFIG "
+                           "file: routes, rendered tickets, lifecycle; sends nothing")
+    route.add_argument("file", help="the routing/targets YAML file")
+    route.add_argument("alert", metavar="ALERT.json", help="a common-schema alert body, as Azure posts it")
+    route.add_argument("--at", metavar="TIME", help="the time to explain at, ISO 8601 (default: now)")
+    route.add_argument("--state", metavar="STATE.json",
+                       help="the ticket state to assume (docs/configuration.md#relay-route); default: no tickets")
     return parser
 
 
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dead_letters(args, parser)
     if args.command == "alerts":
         return _alerts(args)
+    if args.command == "route":
+        return _route(args.file, args.alert, args.at, args.state)
     return 2
 
 
@@ -169,6 +178,60 @@ def missing_store(url: str) -> str | None:
     if "events" not in tables:
         return f"{path} is not a relay store (it has no events table); name the relay's store"
     return None
+
+
+def _route(path: str, alert_path: str, at_text: str | None, state_path: str | None) -> int:
+    """`relay route`: 0 when explained, 1 when the alert is not one the relay accepts, 2 for unusable input."""
+    import json
+    from datetime import UTC, datetime
+
+    from relay.alerts import SchemaError, parse_alert, parse_time
+    from relay.delivery.config import ConfigError, load_config
+    from relay.delivery.route_tester import StateError, explain, parse_state
+    from relay.intake.handler import decode_json
+
+    try:
+        at = parse_time(at_text) if at_text else datetime.now(UTC)
+    except ValueError as exc:
+        print(f"relay: --at {at_text!r}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except OSError as exc:
+        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(path), file=sys.stderr)
+        return 2
+    state = None
+    if state_path:
+        try:
+            with open(state_path, encoding="utf-8") as f:
+                state = parse_state(json.load(f))
+        except OSError as exc:
+            print(f"relay: cannot read {state_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:  # not JSON, or StateError
+            where = "" if isinstance(exc, StateError) else "not JSON: "
+            print(f"relay: {state_path}: {where}{exc}", file=sys.stderr)
+            return 2
+    try:
+        with open(alert_path, "rb") as f:
+            body = f.read()
+    except OSError as exc:
+        print(f"relay: cannot read {alert_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        alert = parse_alert(decode_json(body))
+    except SchemaError as exc:
+        print(f"relay: {alert_path}: the relay refuses it with 422: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, RecursionError) as exc:
+        print(f"relay: {alert_path}: the relay refuses it with 400 (malformed JSON): {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(explain(config, alert, at=at, state=state))
+    return 0
 
 
 def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -149,7 +149,7 @@ def test_default_summary_and_description_carry_the_essentials():
 
 def test_service_health_summary_uses_the_incident_title():
     inc = incident(parse_alert(load_sample("testaction-servicehealth-fired.json")))
-    assert inc.summary.startswith("[Sev4] TestActionGroup-TestServiceHealthAlert")
+    assert inc.summary.startswith("[Sev4] Service Health TEST-TTT: TestActionGroup-TestServiceHealthAlert")
 
 
 def test_templates_see_the_alerts_json_names_and_missing_names_render_empty():

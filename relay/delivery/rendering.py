@@ -11,7 +11,9 @@ and says so in the description: an alert is never dropped for a template.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from typing import Any
 
 from jinja2 import ChainableUndefined, Template, TemplateError
@@ -34,9 +36,15 @@ from relay.targets import Incident, Target, TextLimits, truncate
 log = logging.getLogger("relay.delivery.rendering")
 
 # An alert without a severity (budget alerts) gets no "[Sev?]": its summary starts with its title.
+# A Service Health incident's tracking id comes first after the severity: it is what Microsoft's status
+# pages, support and the portal name it by, and it survives a vendor's summary limit.
 DEFAULT_SUMMARY = (
-    "{% if severity %}[{{ severity }}] {% endif %}{{ title }}{% if resource %} on {{ resource }}{% endif %}"
+    "{% if severity %}[{{ severity }}] {% endif %}"
+    "{% if service_health and service_health.tracking_id %}Service Health {{ service_health.tracking_id }}: {% endif %}"
+    "{{ title }}{% if resource %} on {{ resource }}{% endif %}"
 )
+# A Service Health communication can be long (tables of impact, workarounds): it comes last, so that
+# cutting the description to a vendor's limit cuts the communication's tail, not the ids and links.
 DEFAULT_DESCRIPTION = """\
 Azure Monitor alert: {{ title }}
 Severity: {{ severity or "none" }} | Signal: {{ essentials.signalType or "-" }} | \
@@ -46,7 +54,13 @@ Condition: {{ essentials.monitorCondition or "Fired" }} at {{ essentials.firedDa
 {% if previous_ticket %}Fired again after its previous ticket {{ previous_ticket }} was resolved: \
 this ticket continues it.
 {% endif %}{% if essentials.description %}Description: {{ essentials.description }}
-{% endif %}{% for c in criteria %}Metric: {{ c.metricName }} {{ c.operator }} {{ c.threshold }} \
+{% endif %}{% if service_health %}{% set sh = service_health %}\
+Service Health {{ sh.incident_type or "event" }} {{ sh.tracking_id or "(no tracking id)" }}, stage {{ sh.stage or "-" }}
+{% if sh.impacted %}Impacted: {% for i in sh.impacted %}{{ i.service }}\
+{% if i.regions %} ({{ i.regions | join(", ") }}){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}
+{% endif %}{% if sh.impact_start %}Impact start: {{ sh.impact_start }}\
+{% if sh.impact_mitigation %} | mitigation: {{ sh.impact_mitigation }}{% endif %}
+{% endif %}{% endif %}{% for c in criteria %}Metric: {{ c.metricName }} {{ c.operator }} {{ c.threshold }} \
 ({{ c.timeAggregation }}), value {{ c.metricValue }}
 {% endfor %}{% if budget %}Budget: {{ budget.name }} ({{ budget.threshold_type or "-" }}), \
 spent {{ budget.spent or "-" }} of {{ budget.amount or "-" }}
@@ -63,7 +77,11 @@ Azure portal: {{ portal_link }}
 {% if budget %}To silence it: change or remove the alert conditions of budget {{ budget.name }} \
 (Azure portal > Cost Management > Budgets).{% else %}To silence it (a maintenance, a known issue): an Azure alert \
 processing rule that removes the action groups for alert rule {{ rule }} (Azure portal > Monitor > Alerts > \
-Alert processing rules), or disable the alert rule.{% endif %}"""
+Alert processing rules), or disable the alert rule.{% endif %}\
+{% if service_health and service_health.communication %}
+
+Communication{% if service_health.communication_id %} {{ service_health.communication_id }}{% endif %}:
+{{ service_health.communication }}{% endif %}"""
 
 _env = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
 
@@ -115,7 +133,74 @@ def template_context(alert: Alert, cis: tuple[str, ...] = (), previous_ticket: s
         "previous_ticket": previous_ticket,
         "rule": e.alert_rule or (f"budget {budget['name']}" if budget else title),
         "budget": budget,
+        "service_health": _service_health(alert),
     }
+
+
+def _service_health(alert: Alert) -> dict[str, Any] | None:
+    """A Service Health notification's facts for templates; `communication` as plain text (Azure sends HTML)."""
+    ctx = alert.context
+    if not isinstance(ctx, ServiceHealthContext):
+        return None
+    return {
+        "tracking_id": ctx.tracking_id,
+        "title": ctx.title,
+        "stage": ctx.stage,
+        "incident_type": ctx.incident_type,
+        # Text that is all tags to a parser (the docs' "<MESSAGE>" placeholder) is kept as sent.
+        "communication": html_text(ctx.communication or "") or (ctx.communication or "").strip(),
+        "communication_id": ctx.communication_id,
+        "impacted": [{"service": i.service, "regions": list(i.regions)} for i in ctx.impacted],
+        "impact_start": ctx.impact_start,
+        "impact_mitigation": ctx.impact_mitigation,
+    }
+
+
+class _TextOf(HTMLParser):
+    """Plain text of an HTML fragment: block elements and <br> break lines, list items get "- "."""
+
+    BLOCKS = frozenset({"p", "div", "br", "li", "tr", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+                        "blockquote", "pre", "hr"})
+    SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+            if tag == "li":
+                self.parts.append("- ")
+        elif tag in ("td", "th"):
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)  # <br/> is one break, not two
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.BLOCKS and tag not in ("li", "tr"):  # items and rows: one line each, no blank between
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def html_text(html: str) -> str:
+    """Service Health's HTML `communication` as text a ticket shows: tags dropped, entities decoded, block
+    elements on their own lines, runs of spaces and blank lines squeezed. Text without tags is kept."""
+    parser = _TextOf()
+    parser.feed(html)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    text = "\n".join(lines).strip()
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 def _budget(alert: Alert) -> dict[str, str | None] | None:
@@ -208,23 +293,48 @@ def render_incident(
 
 def note_text(action: Action, kind: Kind, alert: Alert, target: Target) -> str:
     """The work note for a NOTE, RESOLVE or REOPEN: what happened, when, and which alert."""
+    if isinstance(alert.context, ServiceHealthContext):
+        return truncate(_service_health_note(action, kind, alert), _limits(target).note)
     e = alert.essentials
     title = template_context(alert)["title"]
     if kind is Kind.RESOLVED:
         when = e.resolved_at or alert.occurred_at
         verb = "Resolved automatically: " if action is Action.RESOLVE else ""
         text = f"{verb}Azure Monitor alert {title} resolved at {when} (resolvedDateTime)."
-    elif kind is Kind.UPDATE:
-        ctx = alert.context
-        stage = ctx.stage if isinstance(ctx, ServiceHealthContext) else None
-        tracking = ctx.tracking_id if isinstance(ctx, ServiceHealthContext) else None
-        text = f"Azure Service Health update ({stage or 'update'}) for {tracking or title}: {title}."
+    elif kind is Kind.UPDATE:  # only Service Health sends updates today
+        text = f"Azure Monitor update for {title}."
     elif action is Action.REOPEN:
         text = f"Reopened: Azure Monitor alert {title} fired again at {e.fired_at} after it was resolved."
     else:
         text = f"Azure Monitor alert {title} fired again at {e.fired_at}."
     text += f"\nAlert id: {e.alert_id}"
     return truncate(text, _limits(target).note)
+
+
+def _service_health_note(action: Action, kind: Kind, alert: Alert) -> str:
+    """Every Service Health notification after the first is a note carrying its communication: the stage,
+    what is impacted now, and the text Microsoft wrote (the first one is in the incident's description)."""
+    sh = _service_health(alert)
+    assert sh is not None
+    thread = sh["tracking_id"] or sh["title"] or "(no tracking id)"
+    stage = sh["stage"] or "-"
+    when = alert.essentials.fired_at
+    if kind is Kind.RESOLVED:
+        head = ("Resolved automatically: " if action is Action.RESOLVE else "") + \
+            f"Azure Service Health {thread} resolved (stage {stage}) at {when}"
+    elif action is Action.REOPEN:
+        head = f"Reopened: Azure Service Health {thread} is active again (stage {stage}) at {when}"
+    else:
+        head = f"Azure Service Health update for {thread} (stage {stage}) at {when}"
+    lines = [f"{head}: {sh['title'] or '-'}"]
+    if sh["impacted"]:
+        lines.append("Impacted: " + "; ".join(
+            i["service"] + (f" ({', '.join(i['regions'])})" if i["regions"] else "") for i in sh["impacted"]))
+    if sh["communication"]:
+        lines += [f"Communication{' ' + sh['communication_id'] if sh['communication_id'] else ''}:",
+                  sh["communication"]]
+    lines.append(f"Alert id: {alert.essentials.alert_id}")
+    return "\n".join(lines)
 
 
 def _limits(target: Target) -> TextLimits:

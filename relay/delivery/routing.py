@@ -40,23 +40,27 @@ class Match:
     custom_properties: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def matches(self, alert: Alert) -> bool:
+        return self.mismatch(alert) is None
+
+    def mismatch(self, alert: Alert) -> str | None:
+        """None when the alert matches; else the first key that does not, and why (for `relay route`)."""
         e = alert.essentials
-        checks: list[tuple[tuple[str, ...], str | None]] = [
-            (self.severity, e.severity),
-            (self.monitoring_service, e.monitoring_service),
-            (self.alert_rule, e.alert_rule),
-            (self.signal_type, _compact(e.signal_type)),
-            (self.subscription, subscription_of(alert)),
-            (self.resource_group, resource_group_of(alert)),
+        checks: list[tuple[str, tuple[str, ...], str | None]] = [
+            ("severity", self.severity, e.severity),
+            ("monitoring_service", self.monitoring_service, e.monitoring_service),
+            ("alert_rule", self.alert_rule, e.alert_rule),
+            ("signal_type", self.signal_type, _compact(e.signal_type)),
+            ("subscription", self.subscription, subscription_of(alert)),
+            ("resource_group", self.resource_group, resource_group_of(alert)),
         ]
-        for patterns, value in checks:
+        for key, patterns, value in checks:
             if patterns and not _any_match(patterns, value):
-                return False
+                return f"{key}: {_shown(value)} matches none of {', '.join(patterns)}"
         for key, patterns in self.custom_properties.items():
             value = alert.custom_properties.get(key)
             if value is None or not _any_match(patterns, str(value)):
-                return False
-        return True
+                return f"custom_properties.{key}: {_shown(value)} matches none of {', '.join(patterns)}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,10 @@ def default_config() -> RelayConfig:
         targets={"dry_run": TargetConfig(name="dry_run", kind="dry_run", block={"kind": "dry_run"})},
         routes=(Route(target="dry_run"),),
     )
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is None else repr(str(value))
 
 
 def _compact(value: str | None) -> str | None:
