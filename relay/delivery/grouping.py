@@ -228,9 +228,10 @@ def _resolved(event: EventFacts, st: GroupState, member: Member | None, on_resol
         if len(st.members) >= MAX_MEMBERS:
             new = st
         return GroupDecision(Role.NONE, Action.NOTHING, "resolved before it fired", new)
-    if member.resolved:
+    if member.resolved and event.fired_at == member.fired_at:
         return GroupDecision(member.role, Action.NOTHING, "already resolved", st)
-    new = replace(st, members={**st.members, event.alert: replace(member, resolved=True)})
+    # (A Resolved of a newer episode than the one on record resolves that episode: its late Fired is a repeat.)
+    new = replace(st, members={**st.members, event.alert: replace(member, fired_at=event.fired_at, resolved=True)})
     firing = [m for m in new.members.values() if m.role is not Role.NONE and not m.resolved]
     if firing or not new.parent.open or new.parent.ticket_id is None:
         return GroupDecision(member.role, Action.NOTHING, f"resolved; {len(firing)} of the window still firing", new)
