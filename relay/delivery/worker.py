@@ -87,6 +87,10 @@ BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again 
 BOUNCE_MIN_SECONDS = 1.0  # an event bounced off an open circuit comes back no sooner than this
 RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
 RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
+# Storm grouping: every replica writes one group record per window, so conflicts are expected there.
+GROUP_RECORD_RETRIES = 32  # re-reads of a group record after a conflict before giving the event back
+GROUP_CONFLICT_PAUSE_SECONDS = 0.02  # up to this (random) between them
+GROUP_INTENT_POLL_SECONDS = 0.05  # how often a delivery looks whether another's parent create has settled
 
 
 class _Busy(Exception):
@@ -567,7 +571,7 @@ class Worker:
         key = TicketKey(group.key, ())
         marker = step_marker(event.key)
         async with self._key_locks.hold((target.name, group.key)):
-            for _ in range(RECORD_RETRIES):
+            for _ in range(GROUP_RECORD_RETRIES):
                 record = await self.store.get_ticket(target.name, group.key)
                 data = record.data if record else {}
                 state = GroupState.from_data(data) if record else None
@@ -586,17 +590,33 @@ class Worker:
                         keep = {k: data[k] for k in ("pending", "step") if k in data}
                         if await self._put(target.name, group.key, {**decision.state.to_data(), **keep}, version,
                                            closed) is None:
+                            await self._conflict_pause()
                             continue
                     return decision
                 incident = self._parent_incident(route, target, alert, event, group, decision.state)
                 if action is Action.CREATE:
                     pending = {"pending": data["pending"]} if "pending" in data else {}
-                    opened = await self._open_incident(target, action, key, incident,
-                                                       {**decision.state.to_data(), **pending}, version, event.key)
+                    try:
+                        opened = await self._open_incident(target, action, key, incident,
+                                                           {**decision.state.to_data(), **pending}, version,
+                                                           event.key)
+                    except _Busy:
+                        # Another delivery (another replica, in a storm) is opening the parent: it takes one
+                        # call, so wait here for its outcome rather than put the event off for adopt_after.
+                        if not await self._intent_settles(target, group.key, data["pending"]):
+                            raise
+                        continue
                     if opened is None:
+                        await self._conflict_pause()
                         continue
                     ticket, version, outcome = opened
                     new = replace(decision.state, parent=decision.state.parent.with_ticket(ticket.id, ticket.number))
+                    if not await self._record_parent(target, group, new, version, event.key):
+                        continue
+                    log.info("%s: parent %s %s for %s (%s)", target.name, outcome, ticket.number or ticket.id,
+                             group.key, decision.reason)
+                    self.metrics.deliveries.labels(target.name, f"parent_{outcome}").inc()
+                    return replace(decision, state=new)
                 else:
                     assert state is not None and state.parent.ticket_id is not None
                     text = self._parent_note(target, action, facts, alert, decision, marker)
@@ -604,11 +624,13 @@ class Worker:
                         target, action, key, state.parent, incident, decision.state.to_data(), version, closed, text,
                         marker, retrying=(mine and step.get("action") == str(action)) or action is Action.RESOLVE)
                     if version is None:
+                        await self._conflict_pause()
                         continue
                     new, outcome = decision.state, str(action)
                 if await self._put(target.name, group.key, new.to_data(), version, closed) is None:
-                    log.warning("%s: group record %s changed during a %s call; deciding again", target.name,
-                                group.key, action)
+                    log.info("%s: group record %s changed during a %s call; deciding again", target.name,
+                             group.key, action)
+                    await self._conflict_pause()
                     continue
                 log.info("%s: parent %s %s for %s (%s)", target.name, outcome,
                          new.parent.ticket_number or new.parent.ticket_id, group.key, decision.reason)
@@ -616,11 +638,54 @@ class Worker:
                 return replace(decision, state=new)
         raise _Busy(f"{target.name}: group record {group.key} kept changing under this delivery", BUSY_RETRY_SECONDS)
 
+    async def _conflict_pause(self) -> None:
+        """A short random pause after a group record conflict: replicas in a storm write one record."""
+        await asyncio.sleep(GROUP_CONFLICT_PAUSE_SECONDS * self.rng())
+
+    async def _intent_settles(self, target: Target, key: str, pending: Mapping[str, Any]) -> bool:
+        """Whether another delivery's intent to open a group's parent is settled (recorded or dropped) within
+        the target's call timeout: True, decide again; False, it hangs (leave it to adopt_after)."""
+        give_up = self._clock() + self.config.targets[target.name].timeout_seconds
+        while self._clock() < give_up:
+            await asyncio.sleep(GROUP_INTENT_POLL_SECONDS)
+            record = await self.store.get_ticket(target.name, key)
+            now = record.data.get("pending") if record else None
+            if now != pending:
+                return True
+        return False
+
+    async def _record_parent(self, target: Target, group: GroupKey, new: GroupState, version: str,
+                             event_key: str) -> bool:
+        """Record the parent just opened. Should the record have changed meanwhile (another replica recorded a
+        member's ticket) while it still holds this delivery's intent, the parent goes into what it holds now:
+        a ticket opened is never forgotten for a conflict. False: the intent is no longer ours (decide again)."""
+        data = new.to_data()
+        parent = new.parent
+        for _ in range(RECORD_RETRIES):
+            if await self._put(target.name, group.key, data, version, None) is not None:
+                return True
+            record = await self.store.get_ticket(target.name, group.key)
+            pending = record.data.get("pending") if record else None
+            if record is None or not isinstance(pending, Mapping) or pending.get("event") != event_key \
+                    or pending.get("owner") != self.owner:
+                return False
+            latest = GroupState.from_data(record.data)
+            merged = replace(latest, parent=replace(latest.parent, ticket_id=parent.ticket_id,
+                                                    ticket_number=parent.ticket_number, open=True,
+                                                    generation=max(1, latest.parent.generation)))
+            data = {**merged.to_data(), **({"step": record.data["step"]} if "step" in record.data else {})}
+            version = record.version  # type: ignore[assignment]
+        return False
+
     async def _link_members(self, target: Target, group: GroupKey, alert: str, ticket_id: str | None) -> None:
+        async with self._key_locks.hold((target.name, group.key)):
+            await self._link_members_once(target, group, alert, ticket_id)
+
+    async def _link_members_once(self, target: Target, group: GroupKey, alert: str, ticket_id: str | None) -> None:
         """Record this alert's own incident in its group, and link every member's incident not yet linked
         to the parent. Whichever of a member's delivery and the parent's opening writes the record last
         sees both tickets (the record's version orders them), so each member is linked once both exist."""
-        for _ in range(RECORD_RETRIES):
+        for _ in range(GROUP_RECORD_RETRIES):
             record = await self.store.get_ticket(target.name, group.key)
             if record is None:
                 return
@@ -642,6 +707,7 @@ class Worker:
                     log.info("%s: linked %d incident(s) to parent %s of %s", target.name, len(due),
                              parent.number or parent.id, group.key)
                 return
+            await self._conflict_pause()
         raise _Busy(f"{target.name}: group record {group.key} kept changing while linking", BUSY_RETRY_SECONDS)
 
     def _parent_incident(self, route: Route, target: Target, alert: Alert, event: Event, group: GroupKey,
