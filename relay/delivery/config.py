@@ -367,7 +367,7 @@ class _Validator:
                 if isinstance(name, str) and name not in GROUP_BY:
                     where = (*path, "by", i) if isinstance(raw["by"], list) else (*path, "by")
                     self.bad(where, f"unknown group key {name!r}; expected one of {', '.join(GROUP_BY)}")
-                elif names.count(name) > 1 and names.index(name) == i:
+                elif names.index(name) != i:
                     self.bad((*path, "by", i), f"{name!r} is listed more than once")
             by = tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n in GROUP_BY)) or by
         numbers = {key: self.bounded(raw[key], (*path, key), bound) for key, bound in GROUP.items() if key in raw}
