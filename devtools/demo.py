@@ -2,9 +2,10 @@
 
 It starts a development token issuer on loopback, starts `relay serve` on SQLite, posts every bundled
 common-schema sample with a token shaped like Azure Monitor's, posts them again (Azure retries), plays
-one alert's life (fired, retried, resolved, fired again), a storm collapsing into one parent incident,
-shows what the relay refuses, and prints the incident calls the delivery worker made. Targets: the dry-run target by default (it writes the calls it
-would make to .demo/dry-run.jsonl); a real Request Tracker when RT_URL and RT_TOKEN are set.
+one alert's life (fired, retried, resolved, fired again), a storm collapsing into one parent
+incident, shows what the relay refuses, and prints the incident calls the delivery worker made.
+Targets: the dry-run target by default (it writes the calls it would make to .demo/dry-run.jsonl);
+a real Request Tracker when RT_URL and RT_TOKEN are set.
 Nothing is left running; it exits 0 when everything behaved.
 """
 

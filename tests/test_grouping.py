@@ -81,7 +81,8 @@ def test_the_first_n_alerts_of_a_window_get_their_own_incidents_and_no_parent():
         (LINK3, [Role.OWN] * 3 + [Role.CHILD, Role.CHILD, Role.NOTE],
          [Action.NOTHING] * 3 + [Action.CREATE, Action.NOTE, Action.NOTE]),
         # open_parent_after 1: the second alert opens the parent
-        (GroupSpec(open_parent_after=1), [Role.OWN] + [Role.NOTE] * 5, [Action.NOTHING, Action.CREATE] + [Action.NOTE] * 4),
+        (GroupSpec(open_parent_after=1), [Role.OWN] + [Role.NOTE] * 5,
+         [Action.NOTHING, Action.CREATE] + [Action.NOTE] * 4),
         # max_children 0 with link: notes only after the parent
         (replace(LINK3, max_children=0), [Role.OWN] * 3 + [Role.NOTE] * 3,
          [Action.NOTHING] * 3 + [Action.CREATE, Action.NOTE, Action.NOTE]),
@@ -199,7 +200,8 @@ def alert(rule: str = "cpu-high", rg: str = "rg-web", guid: str = "11111111-0000
     doc = load_sample("testaction-metric-static-fired.json")
     e = doc["data"]["essentials"]
     e["alertRule"] = rule
-    e["alertId"] = f"/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/providers/Microsoft.AlertsManagement/alerts/{guid}"
+    sub = "/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"
+    e["alertId"] = f"{sub}/providers/Microsoft.AlertsManagement/alerts/{guid}"
     e["alertTargetIDs"] = [f"/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/resourcegroups/{rg}/providers/"
                            "microsoft.compute/virtualmachines/vm1"]
     return parse_alert_json(json.dumps(doc).encode())
