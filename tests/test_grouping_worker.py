@@ -197,3 +197,23 @@ def test_default_window_is_shown(snow=None):
 
 
 _ = T0
+
+
+async def test_a_shuffled_storm_stays_within_the_cap_and_ends_resolved(store, running, snow):
+    import random
+
+    rng = random.Random(15)
+    bodies = []
+    for i in range(1, 16):
+        bodies.append(alert_body(guid=guid(i)))
+        bodies.append(alert_body(guid=guid(i), condition="Resolved", resolved=T1))
+    rng.shuffle(bodies)  # some Resolveds are accepted (and so delivered) before their Fired
+    for body in bodies:
+        await accept(store, body)
+    spec = GroupSpec(open_parent_after=3, children=GroupChildren.LINK, max_children=4)
+    await asyncio.gather(running(store, config(spec), {"itsm": snow_target(snow)}),
+                         running(store, config(spec), {"itsm": snow_target(snow)}))
+    await until(lambda: drained(store), "the shuffled storm delivered")
+    assert len(parents(snow)) <= 1, "more than one parent"
+    assert len(own(snow)) <= 3 + 4, f"{len(own(snow))} incidents of their own, over the cap of 3 + 4"
+    assert all(r["state"] == "6" for r in snow.incidents.values()), "an incident stayed open after every alert resolved"
