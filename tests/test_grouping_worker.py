@@ -17,7 +17,7 @@ from relay.targets import request_tracker as rt
 from relay.targets import servicenow as sn
 from tests.fakes.request_tracker import FakeRequestTracker
 from tests.fakes.servicenow import FakeServiceNow
-from tests.test_worker import T0, T1, accept, alert_body, drained, guid, running, store, until
+from tests.test_worker import T1, accept, alert_body, drained, guid, running, store, until
 
 __all__ = ["running", "store"]  # the worker tests' fixtures, used here too
 
@@ -189,14 +189,12 @@ async def test_a_refused_link_is_an_error_naming_the_tickets(snow):
         await target.close()
 
 
-def test_default_window_is_shown(snow=None):
+def test_the_defaults_a_user_gets():
     """The defaults a user gets: a 15-minute window, a parent past 5 alerts, notes, 20 children."""
     spec = GroupSpec()
     assert (spec.window_seconds, spec.open_parent_after, spec.children, spec.max_children, spec.by) == \
         (900, 5, GroupChildren.NOTE, 20, ("alert_rule",))
 
-
-_ = T0
 
 
 async def test_a_shuffled_storm_stays_within_the_cap_and_ends_resolved(store, running, snow):
