@@ -67,8 +67,7 @@ def test_every_group_key_is_read():
     ("group:\n  max_children: 3", "snow", "FILE:19: routes[0].group.max_children: applies only with children: link"),
     ("group: [alert_rule]", "snow", "FILE:18: routes[0].group: must be a mapping (got a list)"),
     ("incident_per: configuration_item\ngroup: {}", "snow", "FILE:19: routes[0].group: needs incident_per: alert"),
-    ("group: {children: link}", "pd", "FILE:18: routes[0].group.children: link cannot apply to target 'pd' "
-     "(pagerduty): it cannot link tickets"),
+    ("group: {}", "pd", "FILE:18: routes[0].group: cannot apply to target 'pd' (pagerduty): a parent reopens"),
     ("group: {}", "fwd", "FILE:18: routes[0].group: cannot apply to target 'fwd' (forward)"),
 ])
 def test_group_mistakes_are_reported_with_line_and_key(body, target, expected):
@@ -87,3 +86,19 @@ def test_check_config_exits_1_naming_the_unknown_group_key(tmp_path: Path, capsy
     assert main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}:19: routes[0].group.by[1]: unknown group key 'resourcegroup'" in err
+
+
+def test_linked_children_are_refused_for_a_kind_that_cannot_link():
+    text = """\
+targets:
+  helix:
+    kind: bmc_helix
+    base_url: https://helix.example.com
+    auth: {type: ar_jwt, username: relay, password_env: HELIX_PASSWORD}
+routes:
+  - target: helix
+    group: {children: link}
+"""
+    assert problems(text) == ["FILE:8: routes[0].group.children: link cannot apply to target 'helix' (bmc_helix): "
+                              "it cannot link tickets; use children: note (docs/targets.md)"]
+    assert parse_config(text.replace("link}", "note}"), check_target_options=True).routes[0].group

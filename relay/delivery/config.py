@@ -389,6 +389,9 @@ class _Validator:
         if hasattr(cls, "forward"):
             self.bad(path, f"cannot apply to target {target.name!r} ({target.kind}): it forwards every event as "
                            "it came and its receiver owns the lifecycle")
+        elif "reopen" in getattr(cls, "unsupported_route_options", {}).get("on_refire", {}):
+            self.bad(path, f"cannot apply to target {target.name!r} ({target.kind}): a parent reopens when an "
+                           "alert of its window fires after it resolved, and this kind cannot reopen")
         elif children is GroupChildren.LINK and not can_link(cls):
             self.bad((*path, "children"), f"link cannot apply to target {target.name!r} ({target.kind}): it cannot "
                                           "link tickets; use children: note (docs/targets.md)")
