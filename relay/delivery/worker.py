@@ -73,6 +73,7 @@ from relay.targets import (
     Ticket,
     can_link,
     can_read,
+    can_retitle,
     can_search,
     is_forwarder,
     truncate,
@@ -626,6 +627,11 @@ class Worker:
                     if version is None:
                         await self._conflict_pause()
                         continue
+                    if action is not Action.RESOLVE and can_retitle(target):
+                        # The parent's summary counts the storm: keep it current.
+                        await self._call(target, "retitle", target.retitle,  # type: ignore[attr-defined]
+                                         Ticket(id=state.parent.ticket_id, number=state.parent.ticket_number),
+                                         incident.summary)
                     new, outcome = decision.state, str(action)
                 if await self._put(target.name, group.key, new.to_data(), version, closed) is None:
                     log.info("%s: group record %s changed during a %s call; deciding again", target.name,

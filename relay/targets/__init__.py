@@ -45,7 +45,8 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   docstring: a retried step is sent again and relies on the target's own deduplication.
 - Optional, for storm grouping (`can_link`, see `Linkable`): `link(child, parent)` makes one ticket the
   child of another (ServiceNow `parent_incident`, Request Tracker MemberOf). A kind without it gets the
-  parent and its notes only; `relay check-config` refuses `group.children: link` for it.
+  parent and its notes only; `relay check-config` refuses `group.children: link` for it. Optional too:
+  `retitle(ticket, summary)`, which sets a parent's summary as its count grows.
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ class Linkable(Protocol):
     async def link(self, child: Ticket, parent: Ticket) -> None:
         """Link `child` to `parent` (idempotent: linking again changes nothing)."""
         ...
+
+
+def can_retitle(target: object) -> bool:
+    """Whether a target declares `retitle(ticket, summary)`: a storm parent's summary keeps its count current."""
+    return callable(getattr(target, "retitle", None))
 
 
 def can_link(target: object) -> bool:

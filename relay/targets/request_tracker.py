@@ -248,6 +248,12 @@ class RequestTrackerTarget:
             raise TargetError(f"{self.name}: ticket #{child.id} is not a member of #{parent.id} after linking: {said}",
                               retryable=False)
 
+    async def retitle(self, ticket: Ticket, summary: str) -> None:
+        """Set the ticket's Subject (a storm parent's count, kept current)."""
+        reply = await self.http.request("PUT", f"{REST2}/ticket/{ticket.id}",
+                                        json_body={"Subject": truncate(summary, self.limits.summary)})
+        self._json(reply, f"retitle ticket #{ticket.id}")
+
     async def close(self) -> None:
         await self.http.close()
 

@@ -292,6 +292,10 @@ class ServiceNowTarget:
                 retryable=False,
             )
 
+    async def retitle(self, ticket: Ticket, summary: str) -> None:
+        """Set the incident's short_description (a storm parent's count, kept current)."""
+        await self._patch(ticket, {"short_description": truncate(summary, self.limits.summary)}, "retitle incident")
+
     async def close(self) -> None:
         await self.http.close()
 

@@ -107,8 +107,13 @@ async def test_a_storm_of_30_alerts_gives_one_parent_with_its_children_linked(rt
 
         await until_rt("the later alerts noted on the parent", notes_for_the_rest, process, 120)
         assert len(own) == 15, f"{len(own)} tickets of their own; 5 first alerts + 10 children expected"
-        subject = (await admin.ticket(parent["id"]))["Subject"]
-        assert subject.startswith("6 alerts of rule ") and "in rg-storm since 11:02 UTC" in subject, subject
+
+        async def counted() -> str | None:
+            subject = (await admin.ticket(parent["id"]))["Subject"]
+            return subject if subject.startswith("30 alerts of rule ") else None
+
+        subject = await until_rt("the parent's subject counting all 30 alerts", counted, process)
+        assert subject.endswith(f"of rule {rule} in rg-storm since 11:02 UTC"), subject
 
         for guid, when in zip(guids, fired, strict=True):
             await post_alert(http, process, issuer,

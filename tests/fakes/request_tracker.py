@@ -185,7 +185,7 @@ class FakeRequestTracker(FakeServer):
         return web.json_response(self._ticket_json(ticket))
 
     async def update_ticket(self, request: web.Request) -> web.Response:
-        """PUT /ticket/:id: only links here (`AddMemberOf`: one id or a list). As RT does, a link to a
+        """PUT /ticket/:id: `Subject` and links (`AddMemberOf`: one id or a list). As RT does, a link to a
         ticket that does not exist is refused in the answer's messages with status 200, not an error."""
         if not self._authorized(request):
             return _message(401, "Unauthorized")
@@ -194,6 +194,9 @@ class FakeRequestTracker(FakeServer):
             return _message(404, "Not Found")
         body = await request.json()
         messages = []
+        if "Subject" in body:
+            messages.append(f"Subject changed from '{ticket['Subject']}' to '{body['Subject']}'")
+            ticket["Subject"] = body["Subject"]
         wanted = body.get("AddMemberOf")
         for parent in wanted if isinstance(wanted, list) else [wanted] if wanted is not None else []:
             if not str(parent).isdigit() or int(parent) not in self.tickets:
