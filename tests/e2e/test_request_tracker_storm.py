@@ -68,6 +68,7 @@ def parents_of(ticket: dict[str, Any]) -> list[str]:
     return [str(link["id"]) for link in ticket["_hyperlinks"] if link.get("ref") == "parent"]
 
 
+@pytest.mark.timeout(900)  # some 250 REST2 calls to a real RT, on a shared CI machine
 async def test_a_storm_of_30_alerts_gives_one_parent_with_its_children_linked(rt_server, admin: RTAdmin, relay):
     process, issuer = relay
     rule = f"e2e-storm-{uuid.uuid4().hex[:8]}"
