@@ -2,11 +2,12 @@
 
 It starts a development token issuer on loopback, starts `relay serve` on SQLite, posts every bundled
 common-schema sample with a token shaped like Azure Monitor's, posts them again (Azure retries), plays
-one alert's life (fired, retried, resolved, fired again), shows what the relay refuses, and prints the
-incident calls the delivery worker made and the tickets it opened (id, subject, link). Targets: yours when
-RELAY_CONFIG names a targets-and-routes file (its secrets from the environment, as for `relay serve`);
-else a real Request Tracker when RT_URL and RT_TOKEN are set; else the dry-run target (it writes the calls
-it would make to .demo/dry-run.jsonl). Nothing is left running; it exits 0 when everything behaved.
+one alert's life (fired, retried, resolved, fired again), a storm collapsing into one parent
+incident, shows what the relay refuses, and prints the incident calls the delivery worker made and the
+tickets it opened (id, subject, link). Targets: yours when RELAY_CONFIG names a targets-and-routes file
+(its secrets from the environment, as for `relay serve`); else a real Request Tracker when RT_URL and
+RT_TOKEN are set; else the dry-run target (it writes the calls it would make to .demo/dry-run.jsonl).
+Nothing is left running; it exits 0 when everything behaved.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def demo_config() -> tuple[str | None, str]:
             f"    asset_catalog: {json.dumps(os.environ.get('RT_ASSET_CATALOG', 'Azure resources'))}\n"
             "    ci_binding: create_if_missing\n"
             "routes:\n"
-            "  - target: rt\n",
+            + storm_route("rt")
+            + "  - target: rt\n",
             f"Request Tracker at {os.environ['RT_URL']} (queue {queue})",
         )
     return (
@@ -100,7 +102,8 @@ def demo_config() -> tuple[str | None, str]:
         "    kind: dry_run\n"
         f"    path: {json.dumps(str(WORKDIR / 'dry-run.jsonl'))}\n"
         "routes:\n"
-        "  - target: preview\n",
+        + storm_route("preview")
+        + "  - target: preview\n",
         f"the dry-run target (calls written to {WORKDIR / 'dry-run.jsonl'})",
     )
 
@@ -121,6 +124,48 @@ def episode_bodies() -> list[tuple[str, bytes]]:
         ("Resolved", json.dumps(resolved).encode()),
         ("Fired again later", json.dumps(refired).encode()),
     ]
+
+
+# -- storm grouping (issue 15): a storm of one rule collapses into one parent incident ---------------
+
+STORM_RULE = "demo-storm-cpu"
+STORM_SIZE = 12
+STORM_OWN = 3  # the route's open_parent_after
+
+
+def storm_route(target: str) -> str:
+    """The demo's grouped route (before the catch-all): alerts of STORM_RULE per resource group."""
+    return (f"  - match: {{alert_rule: {STORM_RULE}}}\n"
+            f"    target: {target}\n"
+            f"    group: {{by: [alert_rule, resource_group], open_parent_after: {STORM_OWN}}}\n")
+
+
+def storm_bodies() -> list[bytes]:
+    """STORM_SIZE alerts of one rule on as many VMs of one resource group, fired within a minute."""
+    bodies = []
+    for i in range(STORM_SIZE):
+        doc = json.loads((SAMPLES / "testaction-metric-static-fired.json").read_text())
+        e = doc["data"]["essentials"]
+        sub = e["alertId"].split("/providers/")[0]
+        e["alertId"] = f"{sub}/providers/Microsoft.AlertsManagement/alerts/de500000-0000-4000-8000-{i:012d}"
+        e["alertRule"] = STORM_RULE
+        e["firedDateTime"] = f"2021-10-05T10:02:{i * 4:02d}.0000000Z"
+        e["alertTargetIDs"] = [f"{sub}/resourcegroups/rg-web/providers/microsoft.compute/virtualmachines/web-{i:02d}"]
+        e.pop("configurationItems", None)
+        bodies.append(json.dumps(doc).encode())
+    return bodies
+
+
+def summarise_storm(path: Path) -> bool:
+    """Print what the storm became; True when it is STORM_OWN incidents, one parent, and notes for the rest."""
+    calls = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    own = [c for c in calls if c.get("call") == "create" and (c.get("correlation_key") or "").startswith("de5")]
+    parent = [c for c in calls if c.get("call") == "create" and (c.get("correlation_key") or "").startswith("grp-")]
+    notes = [c for c in calls if c.get("call") == "note" and (c.get("correlation_key") or "").startswith("grp-")]
+    summary = (parent[0].get("incident") or {}).get("summary", "") if parent else ""
+    print(f"   {STORM_SIZE} alerts -> {len(own)} incidents of their own, {len(parent)} parent "
+          f"({summary or '-'}), {len(notes)} work notes on it")
+    return len(own) == STORM_OWN and len(parent) == 1 and len(notes) == STORM_SIZE - STORM_OWN - 1
 
 
 METRICS_URL = ""  # the demo relay's /metrics, on its own port (set when the relay starts)
@@ -224,6 +269,10 @@ async def drive(base: str, issuer: DevIssuer) -> int:
             status, _ = await post(http, url, body, auth)
             print(f"   {status}  {label}")
 
+        print(f"\n3b. A storm: {STORM_SIZE} alerts of rule {STORM_RULE} in rg-web within a minute (route group:)")
+        storm = [(await post(http, url, body, auth))[0] for body in storm_bodies()]
+        print(f"   {storm.count(202)} accepted")
+
         print("\n4. What the relay refuses")
         sample = samples[0].read_bytes()
         noncommon = (SAMPLES / "noncommon-metric-static.json").read_bytes()
@@ -253,6 +302,9 @@ async def drive(base: str, issuer: DevIssuer) -> int:
         episode_ok = summarise_dry_run(dry_run) == ["create", "resolve", "create"]
         if not episode_ok:
             print("   the demo alert did not give create, resolve, create")
+        if not summarise_storm(dry_run):
+            episode_ok = False
+            print("   the storm did not collapse into one parent")
     else:
         print(f"   see the tickets in Request Tracker at {os.environ['RT_URL']}")
     records = deliveries(WORKDIR / "relay.log")

@@ -71,7 +71,7 @@ INCIDENT_PER = tuple(IncidentPer)
 
 # The keys of a route, and of its `match:`; every match key but custom_properties takes one pattern or a list.
 ROUTE_KEYS = ("match", "target", "fields", "on_repeat", "on_refire", "on_resolve", "incident_per", "summary",
-              "description", "continue")
+              "description", "continue", "group")
 MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
               "custom_properties")
 MATCH_LISTS = tuple(k for k in MATCH_KEYS if k != "custom_properties")
@@ -154,4 +154,25 @@ RETENTION: dict[str, Bound] = {
 ADOPT_AFTER_TIMEOUTS = 6
 DELIVERY_DERIVED: dict[str, Bound] = {
     "adopt_after_seconds": Bound(0.001, 86400, ADOPT_AFTER_TIMEOUTS * TIMEOUT_SECONDS.default),
+}
+
+
+# A route's storm grouping (`group:`, docs/lifecycle.md "Storm grouping"): alerts that agree on every `by`
+# field and fire in one window of `window_seconds` form a group; past `open_parent_after` of them one
+# parent incident opens, and later ones are `children: note` (work notes on the parent, no ticket) or
+# `link` (their own incident linked to the parent, at most `max_children` per window, then notes).
+class GroupChildren(StrEnum):
+    NOTE = "note"
+    LINK = "link"
+
+
+GROUP_CHILDREN = tuple(GroupChildren)
+GROUP_KEYS = ("by", "window_seconds", "open_parent_after", "children", "max_children")
+# The alert fields a group may be formed by (the route match keys that name one value per alert).
+GROUP_BY = ("alert_rule", "resource_group", "subscription", "severity", "monitoring_service", "signal_type")
+GROUP_BY_DEFAULT = ("alert_rule",)
+GROUP: dict[str, Bound] = {
+    "window_seconds": Bound(60, 86400, 900),
+    "open_parent_after": Bound(1, 100, 5, whole=True),
+    "max_children": Bound(0, 100, 20, whole=True),
 }

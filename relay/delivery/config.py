@@ -15,12 +15,17 @@ from typing import Any
 import yaml
 from jinja2 import Template, TemplateSyntaxError
 
+from relay.delivery.grouping import GroupSpec
 from relay.delivery.lifecycle import Policy
 from relay.delivery.rendering import compile_template
 from relay.delivery.routing import DeliverySettings, Match, RelayConfig, RetentionSettings, Route, TargetConfig
 from relay.schema import (
     DELIVERY,
     DELIVERY_DERIVED,
+    GROUP,
+    GROUP_BY,
+    GROUP_CHILDREN,
+    GROUP_KEYS,
     INCIDENT_PER,
     INLINE_SECRET_KEYS,
     MATCH_KEYS,
@@ -36,12 +41,13 @@ from relay.schema import (
     TARGET_NAME_RULE,
     TIMEOUT_SECONDS,
     Bound,
+    GroupChildren,
     IncidentPer,
     OnRefire,
     OnRepeat,
     OnResolve,
 )
-from relay.targets import TARGET_MODULES, build_target, load_kind
+from relay.targets import TARGET_MODULES, build_target, can_link, load_kind
 from relay.targets.target_config import TargetConfigError
 
 Path = tuple[str | int, ...]
@@ -336,7 +342,59 @@ class _Validator:
             description=self.template(body.get("description"), (*path, "description")),
             continue_=cont,
             index=index,
+            group=self.group(body, incident_per, path, targets.get(target) if isinstance(target, str) else None),
         )
+
+    def group(self, body: Mapping[str, Any], incident_per: IncidentPer, path: Path,
+              target: TargetConfig | None) -> GroupSpec | None:
+        """A route's `group:` (storm grouping, relay.delivery.grouping)."""
+        if body.get("group") is None:
+            return None
+        path = (*path, "group")
+        raw = self.mapping(body["group"], path, GROUP_KEYS)
+        if raw is None:
+            return None
+        if incident_per is not IncidentPer.ALERT:
+            self.bad(path, f"needs incident_per: alert (got {incident_per}): a group gathers alerts, each its own "
+                           "incident, under one parent")
+        by = GroupSpec().by
+        if "by" in raw:
+            names = raw["by"] if isinstance(raw["by"], list) else [raw["by"]]
+            if not names or not all(isinstance(n, str) for n in names):
+                self.bad((*path, "by"), f"must be a non-empty list of {', '.join(GROUP_BY)}")
+                names = []
+            for i, name in enumerate(names):
+                if isinstance(name, str) and name not in GROUP_BY:
+                    where = (*path, "by", i) if isinstance(raw["by"], list) else (*path, "by")
+                    self.bad(where, f"unknown group key {name!r}; expected one of {', '.join(GROUP_BY)}")
+                elif names.index(name) != i:
+                    self.bad((*path, "by", i), f"{name!r} is listed more than once")
+            by = tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n in GROUP_BY)) or by
+        numbers = {key: self.bounded(raw[key], (*path, key), bound) for key, bound in GROUP.items() if key in raw}
+        children = GroupChildren(self.choice(raw, "children", GROUP_CHILDREN, path))
+        if "max_children" in raw and children is not GroupChildren.LINK:
+            self.bad((*path, "max_children"), "applies only with children: link (notes have no limit)")
+        self.group_applies(target, children, path)
+        return GroupSpec(by=by, children=children,
+                         **{k: int(v) if GROUP[k].whole else v for k, v in numbers.items()})  # type: ignore[arg-type]
+
+    def group_applies(self, target: TargetConfig | None, children: GroupChildren, path: Path) -> None:
+        """A forwarder owns the lifecycle (no grouping); a kind without `link` cannot have linked children."""
+        try:
+            cls = load_kind(target.kind).TARGET_CLASS if target is not None else None
+        except ImportError:  # reported at the target's kind
+            return
+        if cls is None or target is None:
+            return
+        if hasattr(cls, "forward"):
+            self.bad(path, f"cannot apply to target {target.name!r} ({target.kind}): it forwards every event as "
+                           "it came and its receiver owns the lifecycle")
+        elif "reopen" in getattr(cls, "unsupported_route_options", {}).get("on_refire", {}):
+            self.bad(path, f"cannot apply to target {target.name!r} ({target.kind}): a parent reopens when an "
+                           "alert of its window fires after it resolved, and this kind cannot reopen")
+        elif children is GroupChildren.LINK and not can_link(cls):
+            self.bad((*path, "children"), f"link cannot apply to target {target.name!r} ({target.kind}): it cannot "
+                                          "link tickets; use children: note (docs/targets.md)")
 
     def route_options_apply(self, body: Mapping[str, Any], target: TargetConfig, path: Path) -> None:
         """Refuse route options the target's kind declares it cannot carry out (`unsupported_route_options`)."""

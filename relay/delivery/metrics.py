@@ -11,7 +11,7 @@ class DeliveryMetrics:
         self.deliveries = Counter(
             "relay_deliveries",
             "Deliveries by target and outcome: create, new, adopt, note, resolve, reopen, record, nothing,"
-            " forward, retry, circuit_open, dead_letter",
+            " forward, retry, circuit_open, dead_letter; parent_* and link for storm grouping",
             ["target", "outcome"],
             registry=self.registry,
         )

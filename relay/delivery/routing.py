@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
+from relay.delivery.grouping import GroupSpec
 from relay.delivery.lifecycle import Policy
 from relay.schema import (
     ADOPT_AFTER_TIMEOUTS,
@@ -74,6 +75,7 @@ class Route:
     description: Template | None = None
     continue_: bool = False
     index: int = 0
+    group: GroupSpec | None = None  # storm grouping (relay.delivery.grouping); None: every alert on its own
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,27 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
+from relay.delivery.grouping import (
+    GroupDecision,
+    GroupKey,
+    GroupState,
+    decide_group,
+    group_key,
+    joined_note,
+    links_due,
+    parent_summary,
+    with_linked,
+    with_member_ticket,
+)
 from relay.delivery.lifecycle import (
     Action,
     Decision,
     EventFacts,
+    Kind,
     TicketKey,
     TicketState,
     closed_at,
@@ -51,7 +64,7 @@ from relay.delivery.lifecycle import (
 from relay.delivery.loop_share import LoopLag, capacity_now
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rate_limit import RateLimited, RateLimiter
-from relay.delivery.rendering import note_text, render_incident
+from relay.delivery.rendering import note_text, render_incident, template_context
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
 from relay.store.base import (
@@ -70,7 +83,9 @@ from relay.targets import (
     Target,
     TargetError,
     Ticket,
+    can_link,
     can_read,
+    can_retitle,
     can_search,
     is_forwarder,
     ticket_link,
@@ -93,6 +108,11 @@ MAX_IN_FLIGHT = 1024  # and at most this many in all
 # The alert trail of the claim this task is delivering (each claim runs in its own task): decisions and
 # target calls are appended as they happen, and `_record` hands them to the store with the outcome.
 _TRAIL: contextvars.ContextVar[list[TrailEntry] | None] = contextvars.ContextVar("relay_trail", default=None)
+
+# Storm grouping: every replica writes one group record per window, so conflicts are expected there.
+GROUP_RECORD_RETRIES = 32  # re-reads of a group record after a conflict before giving the event back
+GROUP_CONFLICT_PAUSE_SECONDS = 0.02  # up to this (random) between them
+GROUP_INTENT_POLL_SECONDS = 0.05  # how often a delivery looks whether another's parent create has settled
 
 
 class _Busy(Exception):
@@ -452,8 +472,13 @@ class Worker:
                     await self._forward(target, alert, event)  # type: ignore[arg-type]
                 else:
                     facts = event_facts(alert)
-                    for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
-                        await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
+                    keys = ticket_keys(alert, route.incident_per, self.settings.max_configuration_items)
+                    group = group_key(alert, route.group, route.index, facts.fired_at) if route.group else None
+                    if group is not None:
+                        await self._grouped(route, target, alert, event, facts, keys, group)  # type: ignore[arg-type]
+                    else:
+                        for key in keys:
+                            await self._apply(route, target, alert, event, facts, key)  # type: ignore[arg-type]
             return None
         except (CircuitOpen, RateLimited) as exc:  # nothing was sent: not an attempt
             outcome = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
@@ -480,18 +505,18 @@ class Worker:
     # -- lifecycle targets ---------------------------------------------------------------------------
 
     async def _apply(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
-                     key: TicketKey) -> None:
+                     key: TicketKey, *, read_first: bool = False) -> None:
         # Alerts sharing a ticket key (one incident per CI, Service Health threads) take turns here;
         # across processes the record's version does the same job.
         async with self._key_locks.hold((target.name, key.key)):
             for _ in range(RECORD_RETRIES):
-                if await self._apply_once(route, target, alert, event, facts, key):
+                if await self._apply_once(route, target, alert, event, facts, key, read_first=read_first):
                     return
             raise _Busy(f"{target.name}: ticket record {key.key} kept changing under this delivery",
                          BUSY_RETRY_SECONDS)
 
     async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
-                          key: TicketKey) -> bool:
+                          key: TicketKey, *, read_first: bool = False) -> bool:
         """One read-decide-call-record round; False when the record changed meanwhile (decide again)."""
         started = time.perf_counter()
         record = await self.store.get_ticket(target.name, key.key)
@@ -547,7 +572,7 @@ class Worker:
             marker = step_marker(event.key)
             version = await self._update_incident(target, action, key, state, incident, base, version, closed,
                                                   self._note(target, action, facts, alert, marker), marker,
-                                                  retrying=step_unsettled(data, action, marker))
+                                                  retrying=step_unsettled(data, action, marker) or read_first)
             if version is None:
                 return False
             new_state, outcome = decision.state, str(action)
@@ -564,6 +589,229 @@ class Worker:
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
+
+    # -- storm grouping (relay.delivery.grouping; docs/lifecycle.md "Storm grouping") -----------------
+
+    async def _grouped(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
+                       keys: list[TicketKey], group: GroupKey) -> None:
+        """An event of a grouped route: the group's record says what the alert is in its window (its own
+        incident, a linked child, or a note on the parent) and what the parent does.
+
+        A Fired is decided in the group first (it may open the parent), then opens its own incident if it
+        has one, then links what can be linked. A Resolved resolves its own incident first, then the group:
+        the parent resolves after its children, so a target that resolves children with their parent
+        (ServiceNow) has nothing left to do, and a child it already resolved is read first, not resolved
+        again.
+        """
+        if facts.kind is Kind.RESOLVED:
+            record = await self.store.get_ticket(target.name, group.key)
+            member = GroupState.from_data(record.data).members.get(facts.alert) if record else None
+            if member is None or member.role.has_ticket:  # unknown here: its own record decides
+                for key in keys:
+                    await self._apply(route, target, alert, event, facts, key,
+                                      read_first=member is not None and member.linked)
+            await self._group_step(route, target, alert, event, facts, group)
+            return
+        decision = await self._group_step(route, target, alert, event, facts, group)
+        if decision.role.has_ticket:
+            for key in keys:
+                await self._apply(route, target, alert, event, facts, key)
+        if facts.kind is Kind.FIRED and can_link(target):
+            own = None
+            if decision.role.has_ticket:
+                mine = await self.store.get_ticket(target.name, keys[0].key)
+                own = mine.data.get("ticket_id") if mine else None
+            await self._link_members(target, group, facts.alert, own)
+
+    async def _group_step(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
+                          group: GroupKey) -> GroupDecision:
+        """Read the group's record, decide, carry out the parent's action, record; decided again on a conflict."""
+        assert route.group is not None
+        key = TicketKey(group.key, ())
+        marker = step_marker(event.key)
+        async with self._key_locks.hold((target.name, group.key)):
+            for _ in range(GROUP_RECORD_RETRIES):
+                record = await self.store.get_ticket(target.name, group.key)
+                data = record.data if record else {}
+                state = GroupState.from_data(data) if record else None
+                version = record.version if record else None
+                closed = record.closed_at if record else None
+                decision = decide_group(facts, state, route.group, route.policy.on_resolve)
+                action = decision.parent
+                step = data.get("step")
+                mine = isinstance(step, Mapping) and step.get("marker") == marker
+                if action is Action.NOTHING and mine and state is not None and state.parent.ticket_id:
+                    action = Action(step["action"])  # an earlier attempt's step on the parent, outcome unknown
+                log.debug("%s group %s %s: %s, parent %s (%s)", target.name, group.key, facts.kind, decision.role,
+                          action, decision.reason)
+                if action is Action.NOTHING:
+                    if record is None or decision.state != state:
+                        keep = {k: data[k] for k in ("pending", "step") if k in data}
+                        if await self._put(target.name, group.key, {**decision.state.to_data(), **keep}, version,
+                                           closed) is None:
+                            await self._conflict_pause()
+                            continue
+                    return decision
+                incident = self._parent_incident(route, target, alert, event, group, decision.state)
+                if action is Action.CREATE:
+                    pending = {"pending": data["pending"]} if "pending" in data else {}
+                    try:
+                        opened = await self._open_incident(target, action, key, incident,
+                                                           {**decision.state.to_data(), **pending}, version,
+                                                           event.key)
+                    except _Busy:
+                        # Another delivery (another replica, in a storm) is opening the parent: it takes one
+                        # call, so wait here for its outcome rather than put the event off for adopt_after.
+                        if not await self._intent_settles(target, group.key, data["pending"]):
+                            raise
+                        continue
+                    if opened is None:
+                        await self._conflict_pause()
+                        continue
+                    ticket, version, outcome = opened
+                    new = replace(decision.state, parent=decision.state.parent.with_ticket(ticket.id, ticket.number))
+                    if not await self._record_parent(target, group, new, version, event.key):
+                        continue
+                    log.info("%s: parent %s %s for %s (%s)", target.name, outcome, ticket.number or ticket.id,
+                             group.key, decision.reason)
+                    self.metrics.deliveries.labels(target.name, f"parent_{outcome}").inc()
+                    return replace(decision, state=new)
+                else:
+                    assert state is not None and state.parent.ticket_id is not None
+                    text = self._parent_note(target, action, facts, alert, decision, marker)
+                    version = await self._update_incident(
+                        target, action, key, state.parent, incident, decision.state.to_data(), version, closed, text,
+                        marker, retrying=(mine and step.get("action") == str(action)) or action is Action.RESOLVE)
+                    if version is None:
+                        await self._conflict_pause()
+                        continue
+                    if action is not Action.RESOLVE and can_retitle(target):
+                        # The parent's summary counts the storm: keep it current.
+                        await self._call(target, "retitle", target.retitle,  # type: ignore[attr-defined]
+                                         Ticket(id=state.parent.ticket_id, number=state.parent.ticket_number),
+                                         incident.summary)
+                    new, outcome = decision.state, str(action)
+                if await self._put(target.name, group.key, new.to_data(), version, closed) is None:
+                    log.info("%s: group record %s changed during a %s call; deciding again", target.name,
+                             group.key, action)
+                    await self._conflict_pause()
+                    continue
+                log.info("%s: parent %s %s for %s (%s)", target.name, outcome,
+                         new.parent.ticket_number or new.parent.ticket_id, group.key, decision.reason)
+                self.metrics.deliveries.labels(target.name, f"parent_{outcome}").inc()
+                return replace(decision, state=new)
+        raise _Busy(f"{target.name}: group record {group.key} kept changing under this delivery", BUSY_RETRY_SECONDS)
+
+    async def _conflict_pause(self) -> None:
+        """A short random pause after a group record conflict: replicas in a storm write one record."""
+        await asyncio.sleep(GROUP_CONFLICT_PAUSE_SECONDS * self.rng())
+
+    async def _intent_settles(self, target: Target, key: str, pending: Mapping[str, Any]) -> bool:
+        """Whether another delivery's intent to open a group's parent is settled (recorded or dropped) within
+        the target's call timeout: True, decide again; False, it hangs (leave it to adopt_after)."""
+        give_up = self._clock() + self.config.targets[target.name].timeout_seconds
+        while self._clock() < give_up:
+            await asyncio.sleep(GROUP_INTENT_POLL_SECONDS)
+            record = await self.store.get_ticket(target.name, key)
+            now = record.data.get("pending") if record else None
+            if now != pending:
+                return True
+        return False
+
+    async def _record_parent(self, target: Target, group: GroupKey, new: GroupState, version: str,
+                             event_key: str) -> bool:
+        """Record the parent just opened. Should the record have changed meanwhile (another replica recorded a
+        member's ticket) while it still holds this delivery's intent, the parent goes into what it holds now:
+        a ticket opened is never forgotten for a conflict. False: the intent is no longer ours (decide again)."""
+        data = new.to_data()
+        parent = new.parent
+        for _ in range(RECORD_RETRIES):
+            if await self._put(target.name, group.key, data, version, None) is not None:
+                return True
+            record = await self.store.get_ticket(target.name, group.key)
+            pending = record.data.get("pending") if record else None
+            if record is None or not isinstance(pending, Mapping) or pending.get("event") != event_key \
+                    or pending.get("owner") != self.owner:
+                return False
+            latest = GroupState.from_data(record.data)
+            merged = replace(latest, parent=replace(latest.parent, ticket_id=parent.ticket_id,
+                                                    ticket_number=parent.ticket_number, open=True,
+                                                    generation=max(1, latest.parent.generation)))
+            data = {**merged.to_data(), **({"step": record.data["step"]} if "step" in record.data else {})}
+            version = record.version  # type: ignore[assignment]
+        return False
+
+    async def _link_members(self, target: Target, group: GroupKey, alert: str, ticket_id: str | None) -> None:
+        async with self._key_locks.hold((target.name, group.key)):
+            await self._link_members_once(target, group, alert, ticket_id)
+
+    async def _link_members_once(self, target: Target, group: GroupKey, alert: str, ticket_id: str | None) -> None:
+        """Record this alert's own incident in its group, and link every member's incident not yet linked
+        to the parent. Whichever of a member's delivery and the parent's opening writes the record last
+        sees both tickets (the record's version orders them), so each member is linked once both exist."""
+        for _ in range(GROUP_RECORD_RETRIES):
+            record = await self.store.get_ticket(target.name, group.key)
+            if record is None:
+                return
+            state = GroupState.from_data(record.data)
+            known = with_member_ticket(state, alert, ticket_id)
+            due = links_due(known)
+            if not due and known == state:
+                return
+            assert known.parent.ticket_id is not None or not due
+            parent = Ticket(id=str(known.parent.ticket_id), number=known.parent.ticket_number)
+            for member in due:
+                child = Ticket(id=str(known.members[member].ticket_id))
+                await self._call(target, "link", target.link, child, parent)  # type: ignore[attr-defined]
+                self.metrics.deliveries.labels(target.name, "link").inc()
+            keep = {k: record.data[k] for k in ("pending", "step") if k in record.data}
+            if await self._put(target.name, group.key, {**with_linked(known, due).to_data(), **keep},
+                               record.version, record.closed_at) is not None:
+                if due:
+                    log.info("%s: linked %d incident(s) to parent %s of %s", target.name, len(due),
+                             parent.number or parent.id, group.key)
+                return
+            await self._conflict_pause()
+        raise _Busy(f"{target.name}: group record {group.key} kept changing while linking", BUSY_RETRY_SECONDS)
+
+    def _parent_incident(self, route: Route, target: Target, alert: Alert, event: Event, group: GroupKey,
+                         state: GroupState) -> Incident:
+        """The parent incident: the route's fields and the alert's severity, a summary counting the storm."""
+        cfg = self.config.targets[target.name]
+        rendered = render_incident(alert, target=target, correlation_key=group.key, configuration_items=(),
+                                   fields=route.fields, severity_fields=cfg.severity)
+        spec = route.group
+        assert spec is not None
+        later = ("linked child incidents, at most "
+                 f"{spec.max_children} per window, then work notes here") if spec.children == "link" else \
+            "work notes here, with no ticket of their own"
+        by = ", ".join(f"{k} {v or '(none)'}" for k, v in group.values.items())
+        description = (
+            f"Storm: {state.count} Azure Monitor alerts with {by} fired in the window from {group.window_start} "
+            f"({spec.window_seconds:g} s). The first {spec.open_parent_after} have incidents of their own, linked "
+            f"to this one where the target can link; later alerts are {later}. This incident resolves when "
+            "every alert of the window has resolved.\n\n"
+            f"The alert that opened it:\n{rendered.description}"
+        )
+        limits = target.limits
+        return replace(rendered, summary=truncate(parent_summary(group, state), limits.summary),
+                       description=truncate(description, limits.description), configuration_items=(),
+                       resource_ids=())
+
+    def _parent_note(self, target: Target, action: Action, facts: EventFacts, alert: Alert,
+                     decision: GroupDecision, marker: str) -> str:
+        st = decision.state
+        if action is Action.RESOLVE:
+            text = f"Resolved automatically: every one of the {st.count} alerts of this storm has resolved."
+        else:
+            title = str(template_context(alert)["title"])
+            again = "fired again" in decision.reason
+            text = joined_note(st.count, title, alert.essentials.fired_at, alert.essentials.alert_id,
+                               decision.role, again=again)
+            if action is Action.REOPEN:
+                text = "Reopened: " + text
+        limit = target.limits.note
+        return f"{truncate(text, max(0, limit - len(marker) - 1))}\n{marker}"
 
     async def _record_only(self, target: Target, key: TicketKey, decision: Decision, state: TicketState | None,
                            data: Mapping[str, Any], version: str | None, closed: float | None,

@@ -43,6 +43,10 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   correlation key starts with `key` (`key`, `key.N`), with those keys, newest first (a lost store is
   rebuilt from them). A target that cannot be read (dry_run, forward) leaves both out and says so in its
   docstring: a retried step is sent again and relies on the target's own deduplication.
+- Optional, for storm grouping (`can_link`, see `Linkable`): `link(child, parent)` makes one ticket the
+  child of another (ServiceNow `parent_incident`, Request Tracker MemberOf). A kind without it gets the
+  parent and its notes only; `relay check-config` refuses `group.children: link` for it. Optional too:
+  `retitle(ticket, summary)`, which sets a parent's summary as its count grows.
 """
 
 from __future__ import annotations
@@ -206,6 +210,24 @@ def can_read(target: object) -> bool:
 
 def can_search(target: object) -> bool:
     return callable(getattr(target, "search", None))
+
+
+class Linkable(Protocol):
+    """A target that can make one ticket the child of another (storm grouping's parent incident)."""
+
+    async def link(self, child: Ticket, parent: Ticket) -> None:
+        """Link `child` to `parent` (idempotent: linking again changes nothing)."""
+        ...
+
+
+def can_retitle(target: object) -> bool:
+    """Whether a target declares `retitle(ticket, summary)`: a storm parent's summary keeps its count current."""
+    return callable(getattr(target, "retitle", None))
+
+
+def can_link(target: object) -> bool:
+    """Whether a target (or a kind's TARGET_CLASS) declares `link`; one that does not gets notes only."""
+    return callable(getattr(target, "link", None))
 
 
 class Forwarder(Protocol):

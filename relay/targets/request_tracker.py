@@ -242,6 +242,26 @@ class RequestTrackerTarget:
     async def reopen(self, ticket: Ticket, incident: Incident, text: str) -> None:
         await self._set_status(ticket, self.options.reopen_status, text, "reopen")
 
+    async def link(self, child: Ticket, parent: Ticket) -> None:
+        """Make `child` a member of `parent` (RT's MemberOf link, `AddMemberOf` through REST2), then read the
+        child back: RT answers 200 with a message, not an error, when it refuses a link."""
+        reply = await self.http.request("PUT", f"{REST2}/ticket/{child.id}", json_body={"AddMemberOf": parent.id})
+        messages = self._json(reply, f"link ticket #{child.id} to #{parent.id}")
+        reply = await self.http.request("GET", f"{REST2}/ticket/{child.id}")
+        record = self._json(reply, f"read ticket #{child.id}")
+        links = record.get("_hyperlinks") if isinstance(record, dict) else None
+        parents = {str(h.get("id")) for h in links or [] if isinstance(h, dict) and h.get("ref") == "parent"}
+        if str(parent.id) not in parents:
+            said = "; ".join(str(m) for m in messages) if isinstance(messages, list) else str(messages)
+            raise TargetError(f"{self.name}: ticket #{child.id} is not a member of #{parent.id} after linking: {said}",
+                              retryable=False)
+
+    async def retitle(self, ticket: Ticket, summary: str) -> None:
+        """Set the ticket's Subject (a storm parent's count, kept current)."""
+        reply = await self.http.request("PUT", f"{REST2}/ticket/{ticket.id}",
+                                        json_body={"Subject": truncate(summary, self.limits.summary)})
+        self._json(reply, f"retitle ticket #{ticket.id}")
+
     async def close(self) -> None:
         await self.http.close()
 

@@ -285,6 +285,27 @@ class ServiceNowTarget:
         )
         self._expect_state(record, STATE_IN_PROGRESS, ticket, "reopen")
 
+    async def link(self, child: Ticket, parent: Ticket) -> None:
+        """Make `child` a child incident of `parent` (its `parent_incident` reference). ServiceNow's stock
+        business rules then resolve the child when the parent resolves (copying the resolution notes) and
+        reopen it when an ITIL user reopens the parent; the relay reads a child before resolving it."""
+        params = {"sysparm_fields": "sys_id,number,parent_incident", "sysparm_exclude_reference_link": "true"}
+        reply = await self.http.request("PATCH", f"/api/now/table/{self.options.table}/{child.id}", params=params,
+                                        json_body={"parent_incident": parent.id})
+        record = self._result(reply, f"link {child.number or child.id} to {parent.number or parent.id}")
+        # Table API drops a field the account may not write, without an error: check it held.
+        if not isinstance(record, dict) or str(record.get("parent_incident", "")) != parent.id:
+            raise TargetError(
+                f"{self.name}: {child.number or child.id} did not keep parent_incident {parent.number or parent.id} "
+                f"(it reads {record.get('parent_incident') if isinstance(record, dict) else None!r}); is "
+                "parent_incident writable by this account?",
+                retryable=False,
+            )
+
+    async def retitle(self, ticket: Ticket, summary: str) -> None:
+        """Set the incident's short_description (a storm parent's count, kept current)."""
+        await self._patch(ticket, {"short_description": truncate(summary, self.limits.summary)}, "retitle incident")
+
     async def close(self) -> None:
         await self.http.close()
 

@@ -9,6 +9,8 @@ The end-to-end suite runs the real RT; this fake exists for what a real RT will 
 - searches take `query=<TicketSQL|AssetSQL>` (only the shapes the relay sends are understood:
   conditions joined by AND, one level of parentheses holding ORs); `LIKE` is a case-insensitive
   substring match, as RT wraps the value in `%`;
+- `PUT /ticket/:id` with `AddMemberOf` links a ticket to its parent and answers 200 with messages,
+  also when it refuses the link; the parent shows in `_hyperlinks` as `ref: parent`;
 - every comment is a transaction in the ticket's history (`GET /ticket/:id/history`, with `orderby`,
   `order` and `per_page`), its text an attachment (`GET /transaction/:id/attachments`, where a
   collection gives the content as text).
@@ -77,6 +79,7 @@ class FakeRequestTracker(FakeServer):
             "Subject": "seeded",
             "CustomFields": dict(cfs),
             "RefersTo": [],
+            "MemberOf": [],
         }
         self.tickets[ticket["id"]] = ticket
         return ticket
@@ -95,6 +98,7 @@ class FakeRequestTracker(FakeServer):
         r.add_post("/REST/2.0/tickets", self.search_tickets)
         r.add_post("/REST/2.0/ticket", self.create_ticket)
         r.add_get("/REST/2.0/ticket/{id}", self.get_ticket)
+        r.add_put("/REST/2.0/ticket/{id}", self.update_ticket)
         r.add_post("/REST/2.0/ticket/{id}/comment", self.comment)
         r.add_get("/REST/2.0/ticket/{id}/history", self.history)
         r.add_get("/REST/2.0/transaction/{id}/attachments", self.transaction_attachments)
@@ -179,6 +183,30 @@ class FakeRequestTracker(FakeServer):
         if ticket is None:
             return _message(404, "Not Found")
         return web.json_response(self._ticket_json(ticket))
+
+    async def update_ticket(self, request: web.Request) -> web.Response:
+        """PUT /ticket/:id: `Subject` and links (`AddMemberOf`: one id or a list). As RT does, a link to a
+        ticket that does not exist is refused in the answer's messages with status 200, not an error."""
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        ticket = self.tickets.get(int(request.match_info["id"]))
+        if ticket is None:
+            return _message(404, "Not Found")
+        body = await request.json()
+        messages = []
+        if "Subject" in body:
+            messages.append(f"Subject changed from '{ticket['Subject']}' to '{body['Subject']}'")
+            ticket["Subject"] = body["Subject"]
+        wanted = body.get("AddMemberOf")
+        for parent in wanted if isinstance(wanted, list) else [wanted] if wanted is not None else []:
+            if not str(parent).isdigit() or int(parent) not in self.tickets:
+                messages.append(f"Couldn't resolve '{parent}' into a Link.")
+            elif str(parent) in ticket["MemberOf"]:
+                messages.append("Link already exists")
+            else:
+                ticket["MemberOf"].append(str(parent))
+                messages.append(f"Ticket {ticket['id']} member of Ticket {parent}.")
+        return web.json_response(messages)
 
     async def comment(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -270,7 +298,7 @@ class FakeRequestTracker(FakeServer):
         ]
         links = [
             {"ref": "refers-to", "type": "asset", "id": uri.split(":", 1)[1]} for uri in ticket["RefersTo"]
-        ]
+        ] + [{"ref": "parent", "type": "ticket", "id": parent} for parent in ticket.get("MemberOf", [])]
         return {
             "id": str(ticket["id"]),
             "type": "ticket",

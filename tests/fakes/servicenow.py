@@ -11,7 +11,10 @@ Behaviour kept from the real thing, because the relay must survive it:
 - unknown fields in a write are dropped silently; values come back as strings;
 - string comparisons are case-insensitive (the instance database's collation);
 - Resolved (6) and Closed (7) need `close_code` and `close_notes` (data policy, 403);
-- Closed incidents are read-only (ACL, 403); journal fields (`work_notes`, `comments`) append.
+- Closed incidents are read-only (ACL, 403); journal fields (`work_notes`, `comments`) append;
+- the stock parent/child state sync (business rules on incident): when a parent incident is Resolved,
+  its open children (`parent_incident`) are Resolved too, with the parent's close code and close notes
+  copied; when a parent is set back to In Progress (reopened by an ITIL user), its Resolved children are.
 Journal entries are readable as rows of `sys_journal_field` (`element_id`, `element`, `value`,
 `sys_created_on`), one per entry, as on an instance.
 Failure modes come from `FakeServer.inject`; `expire_tokens()` makes every issued token answer 401.
@@ -47,6 +50,7 @@ INCIDENT_COLUMNS = frozenset(
         "subcategory",
         "contact_type",
         "cmdb_ci",
+        "parent_incident",
         "close_code",
         "close_notes",
         "work_notes",
@@ -267,9 +271,11 @@ class FakeServiceNow(FakeServer):
             refused = self._data_policy(record, values)
             if refused:
                 return refused
+        before = record.get("state")
         record.update(values)
         if name == "incident":
             record["active"] = "false" if record.get("state") in ("7", "8") else "true"
+            self._sync_children(record, before)
         for field_name, text in journal.items():
             self.journal.setdefault(record["sys_id"], []).append((field_name, text))
         result = self._project(record, request.query.get("sysparm_fields"), columns - self.unreadable_columns)
@@ -287,6 +293,23 @@ class FakeServiceNow(FakeServer):
                 "Resolution code, Resolution notes",
             )
         return None
+
+    def _sync_children(self, parent: dict[str, str], before: str | None) -> None:
+        """ServiceNow's parent/child state sync, as its business rules run after an incident update."""
+        state = parent.get("state")
+        if state == before:
+            return
+        for child in self.incidents.values():
+            if child.get("parent_incident") != parent["sys_id"]:
+                continue
+            if state == "6" and child.get("state") not in ("6", "7", "8"):
+                child.update(state="6", close_code=parent.get("close_code", ""),
+                             close_notes=parent.get("close_notes", ""))
+                self.journal.setdefault(child["sys_id"], []).append(
+                    ("work_notes", f"Resolved by parent incident {parent.get('number')}"))
+                self._sync_children(child, None)
+            elif state == "2" and child.get("state") == "6":
+                child["state"] = "2"
 
     def _journal_rows(self) -> dict[str, dict[str, str]]:
         """The journal as sys_journal_field rows (read-only here: the relay writes through the incident)."""
