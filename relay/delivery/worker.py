@@ -673,7 +673,12 @@ class Worker:
                     if not await self._record_parent(target, group, new, version, event.key):
                         continue
                     log.info("%s: parent %s %s for %s (%s)", target.name, outcome, ticket.number or ticket.id,
-                             group.key, decision.reason)
+                             group.key, decision.reason,
+                             extra={"alert_key": alert.correlation_key, "event_key": event.key,
+                                    "condition": event.condition, "target": target.name,
+                                    "ticket": ticket.number or ticket.id, "ticket_key": group.key,
+                                    "outcome": outcome, "subject": incident.summary,
+                                    "link": ticket_link(target, ticket)})
                     self.metrics.deliveries.labels(target.name, f"parent_{outcome}").inc()
                     return replace(decision, state=new)
                 else:
