@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
+from relay.delivery.target_check import TargetCheckMetrics, check_periodically, readiness_details
 from relay.delivery.worker import Worker
 from relay.intake import (
     MAX_BODY_BYTES,
@@ -50,7 +51,9 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 # Container Apps' default 30 s termination grace period), so neither cuts the other short.
 SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
-METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
+METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)
+# The latest target check per target name (relay.delivery.target_check.TargetCheck), once it has run.
+TARGET_CHECKS_KEY = web.AppKey("target_checks", dict)  # [(host, port)] once the metrics site listens
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
@@ -98,7 +101,10 @@ async def readyz(request: web.Request) -> web.Response:
     except (StoreUnavailable, TimeoutError):
         checks["store"] = False
     ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    body: dict[str, object] = {"ready": ok, "checks": checks}
+    if DELIVERY_CONFIG_KEY in app:  # the target check informs, never decides: an ITSM outage is not ours
+        body["targets"] = readiness_details(app.get(TARGET_CHECKS_KEY), app[DELIVERY_CONFIG_KEY].targets)
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -209,6 +215,26 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     app.cleanup_ctx.append(delivery_ctx)
     app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
+    app[TARGET_CHECKS_KEY] = {}
+    app.cleanup_ctx.append(_target_check_ctx(targets, app[TARGET_CHECKS_KEY], registry))
+
+
+def _target_check_ctx(targets: Mapping[str, Target | Forwarder], results: dict,
+                      registry: CollectorRegistry | None):  # type: ignore[no-untyped-def]
+    """Check every target at start (in the background: start-up never waits on an ITSM) and again every
+    RECHECK_INTERVAL_SECONDS; the results feed the log, relay_target_check and /readyz's details."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(check_periodically(targets, results, TargetCheckMetrics(registry)),
+                                   name="target-check")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    return ctx
 
 
 def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:
