@@ -51,18 +51,18 @@ def verdict(findings: Iterable[Finding]) -> str:
 
 
 async def check_target(
-    name: str, target: Target | Forwarder, *, timeout: float = CHECK_TIMEOUT_SECONDS, now: float
+    name: str, target: Target | Forwarder, *, limit_seconds: float = CHECK_TIMEOUT_SECONDS, now: float
 ) -> TargetCheck:
-    """Run one target's probe under `timeout`. Whatever goes wrong becomes a failed finding, never an error."""
+    """Run one target's probe under `limit_seconds`. Whatever goes wrong becomes a failed finding, never an error."""
     kind = type(target).kind
     if not can_check(target):
         findings: tuple[Finding, ...] = (Finding("probe", "unchecked", f"not checked: kind {kind} has no probe"),)
         return TargetCheck(name, kind, findings, now)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_seconds):
             findings = tuple(await target.check())  # type: ignore[union-attr]
     except TimeoutError:
-        findings = (Finding("reachable", "failed", f"the probes took longer than {timeout:g}s"),)
+        findings = (Finding("reachable", "failed", f"the probes took longer than {limit_seconds:g}s"),)
     except TargetError as exc:  # the target did not answer (refused, reset, timed out)
         findings = (Finding("reachable", "failed", str(exc)),)
     except Exception as exc:  # a probe's bug must not stop the others, nor the relay
@@ -74,12 +74,13 @@ async def check_target(
 async def check_targets(
     targets: Mapping[str, Target | Forwarder],
     *,
-    timeout: float = CHECK_TIMEOUT_SECONDS,
+    limit_seconds: float = CHECK_TIMEOUT_SECONDS,
     clock: Callable[[], float] = time.time,
 ) -> dict[str, TargetCheck]:
     """Every target's check, concurrently, in the configuration's order."""
     now = clock()
-    results = await asyncio.gather(*(check_target(n, t, timeout=timeout, now=now) for n, t in targets.items()))
+    runs = (check_target(name, target, limit_seconds=limit_seconds, now=now) for name, target in targets.items())
+    results = await asyncio.gather(*runs)
     return {check.target: check for check in results}
 
 
@@ -137,11 +138,11 @@ async def check_periodically(
     metrics: TargetCheckMetrics,
     *,
     every: float = RECHECK_INTERVAL_SECONDS,
-    timeout: float = CHECK_TIMEOUT_SECONDS,
+    limit_seconds: float = CHECK_TIMEOUT_SECONDS,
 ) -> None:
     """Check now, then every `every` seconds, forever; `results` always holds the latest checks."""
     while True:
-        checks = await check_targets(targets, timeout=timeout)
+        checks = await check_targets(targets, limit_seconds=limit_seconds)
         results.update(checks)
         metrics.record(checks)
         log_checks(checks)

@@ -353,7 +353,8 @@ class ServiceNowTarget:
                 return Finding(what, "failed", f"{DICTIONARY_TABLE} lists no {CORRELATION_COLUMN} on "
                                f"{' or '.join(tables)} (or an ACL hides its rows)")
         # The dictionary is closed to this account: a row of the table shows whether the column exists.
-        why = f"{DICTIONARY_TABLE} is not readable by this account (HTTP {reply.status})"
+        why = (f"{DICTIONARY_TABLE} is not readable by this account (HTTP {reply.status})" if entries is None
+               else f"{DICTIONARY_TABLE} answered rows that do not name their column (an ACL hides `element`)")
         if rows and isinstance(rows[0], dict):
             if CORRELATION_COLUMN in rows[0]:
                 return Finding(what, "ok", f"present on a row of {table} ({why})")

@@ -4,6 +4,7 @@ it changes nothing in RT."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from relay.targets import Finding, request_tracker
 from tests.rt_server import RunningRT
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_target(rt: RunningRT, token: str | None = None, **options: Any) -> request_tracker.RequestTrackerTarget:
@@ -122,3 +125,37 @@ async def test_check_target_wraps_an_unreachable_rt_as_one_failed_finding(rt_ser
         await target.close()
     assert check.status == "failed"
     assert [f.check for f in check.findings] == ["reachable"] and "failed" in check.findings[0].detail
+
+
+async def test_check_targets_command_against_rt_reports_a_wrong_token_and_a_missing_field(rt_server, tmp_path):
+    import asyncio
+    import json
+    import os
+    import sys
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        "targets:\n"
+        f"  rt: {{kind: request_tracker, base_url: {json.dumps(rt_server.url)},\n"
+        f"       queue: {json.dumps(rt_server.queue)},\n"
+        f"       custom_field: {rt_server.custom_field}, ci_binding: none,\n"
+        "       auth: {type: token, token_env: RT_CHECK_TOKEN}}\n"
+        f"  rt-general: {{kind: request_tracker, base_url: {json.dumps(rt_server.url)}, queue: General,\n"
+        "       custom_field: NoSuchAlertField, ci_binding: none, auth: {type: token, token_env: RT_CHECK_TOKEN}}\n"
+        "routes:\n  - target: rt\n  - target: rt-general\n"
+    )
+
+    async def run(token: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "check-targets", str(config), cwd=REPO,
+            env={**os.environ, "RT_CHECK_TOKEN": token}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+        return proc.returncode or 0, out.decode()
+
+    code, out = await run(rt_server.token)
+    assert code == 1, out
+    assert "rt (request_tracker): OK" in out and "rt-general (request_tracker): FAILED" in out
+    assert "failed    custom field 'NoSuchAlertField'" in out and "failed: rt-general" in out
+    code, out = await run("1-14-00000000000000000000000000000000")
+    assert code == 1 and out.count("failed    credentials") == 2, out
+    assert rt_server.token not in out
