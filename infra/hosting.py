@@ -99,6 +99,9 @@ class RelayHostingArgs:
     # RELAY_ALLOWED_SUBSCRIPTIONS: where the stack's alerts come from (`source_subscriptions`); the stack's
     # own subscription when empty.
     allowed_subscriptions: Sequence[str] = ()
+    # Expose the relay's admin port (RELAY_METRICS_PORT: /metrics, the status page) to the other apps of
+    # its environment, never outside it: for the status viewer (infra/status_viewer.py). Off: no mapping.
+    admin_port_in_environment: bool = False
 
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
@@ -510,6 +513,14 @@ class RelayHosting(pulumi.ComponentResource):
                     for number, address_range in enumerate(args.network.ingress_allowed_ranges, start=1)
                 ]
                 or None,
+                # Internal only (external=False): reachable from the environment's apps, not its ingress.
+                additional_port_mappings=[
+                    app.IngressPortMappingArgs(
+                        external=False, target_port=args.relay.metrics_port, exposed_port=args.relay.metrics_port
+                    )
+                ]
+                if args.admin_port_in_environment
+                else None,
             ),
             registries=self._registries(),
             secrets=secrets,
