@@ -68,9 +68,10 @@ class StatusViewerArgs:
             raise ValueError(f"admin_port {self.admin_port} must be 1024-65535 and not the viewer's {VIEWER_PORT}")
 
 
-def nginx_config(upstream_host: str, upstream_port: int) -> str:
+def nginx_config(upstream_host: str, upstream_port: int, listen: str | int = VIEWER_PORT) -> str:
     """The viewer's one server block: the status page's paths go to the relay's admin port, anything
-    else is 404 here (never proxied). The operator's sign-in cookie and headers are not passed on."""
+    else is 404 here (never proxied). The operator's sign-in cookie and headers are not passed on.
+    `listen` is the container's port (tests run the same block on a loopback address)."""
     upstream = f"http://{upstream_host}:{upstream_port}"
     proxied = f"""        proxy_pass {upstream};
         proxy_http_version 1.1;
@@ -85,7 +86,7 @@ def nginx_config(upstream_host: str, upstream_port: int) -> str:
 """
     return f"""# Rendered by infra/status_viewer.py: the relay's status page, read-only, and nothing else.
 server {{
-    listen {VIEWER_PORT};
+    listen {listen};
     server_tokens off;
     location = / {{
         return 302 {STATUS_PATH};
