@@ -22,6 +22,7 @@ from relay.delivery.target_check import (
     RECHECK_INTERVAL_SECONDS,
     TargetCheck,
     TargetCheckMetrics,
+    check_periodically,
     check_target,
     check_targets,
     readiness_details,
@@ -117,6 +118,39 @@ async def test_an_unreachable_target_and_a_probe_bug_are_findings_not_errors(cap
 async def test_a_kind_without_a_probe_is_unchecked():
     check = await check_target("old", NoProbe(), now=5.0)  # type: ignore[arg-type]
     assert check.status == "unchecked" and "has no probe" in check.findings[0].detail and check.checked_at == 5.0
+
+
+class Flapping:
+    """A target whose credentials work on every other check."""
+
+    kind: ClassVar[str] = "flapping"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def check(self) -> list[Finding]:
+        self.calls += 1
+        return [Finding("credentials", "ok" if self.calls % 2 else "failed", f"check {self.calls}")]
+
+
+async def test_the_periodic_check_runs_again_and_keeps_the_latest_result_and_gauge():
+    target, results, registry = Flapping(), {}, CollectorRegistry()
+    task = asyncio.create_task(check_periodically({"f": target}, results, TargetCheckMetrics(registry),  # type: ignore[dict-item]
+                                                  every=0.02))
+    try:
+        for _ in range(200):
+            if target.calls >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert target.calls >= 3
+    latest = results["f"]
+    assert latest.findings[0].detail in (f"check {target.calls}", f"check {target.calls - 1}")
+    gauge = registry.get_sample_value("relay_target_check", {"target": "f"})
+    assert gauge == (0 if latest.status == "failed" else 1)
 
 
 def test_the_defaults_are_a_minute_per_target_and_a_quarter_hour_between_checks():
