@@ -1,7 +1,8 @@
 """The start-up probes (`check()`) of ServiceNow, BMC Helix, Jira, PagerDuty, forward and dry run, against
 the vendor fakes: what a working setup, wrong credentials, a missing table, form or field, an unreadable
 dictionary, a hibernating or unreachable instance report; and that no probe writes anything.
-(Request Tracker's probe runs against a real RT: tests/e2e/test_request_tracker_check.py.)"""
+(Request Tracker's probe runs against a real RT in tests/e2e/test_request_tracker_check.py; here only
+what a real RT will not do on demand: a 5xx, a hibernating-style HTML page, a reset.)"""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 import pytest
 
 from relay.delivery.target_check import check_target
-from relay.targets import Finding, bmc_helix, dry_run, forward, pagerduty, servicenow
+from relay.targets import Finding, bmc_helix, dry_run, forward, pagerduty, request_tracker, servicenow
 from relay.targets import jira_service_management as jsm
 from tests.fakes.bmc_helix import FakeBmcHelix
 from tests.fakes.jira import FakeJira
 from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.request_tracker import FakeRequestTracker
 from tests.fakes.servicenow import FakeServiceNow
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -333,3 +335,48 @@ async def test_dry_run_is_always_ok(tmp_path):
     target = dry_run.from_config("dry", {"kind": "dry_run", "path": str(tmp_path / "calls.jsonl")})
     check = await check_target("dry", target, now=0.0)
     assert check.status == "ok" and "calls.jsonl" in check.findings[0].detail
+
+
+# -- Request Tracker: failures a real RT will not produce on demand ------------------------------
+
+
+@pytest.fixture
+async def rt() -> AsyncIterator[FakeRequestTracker]:
+    server = FakeRequestTracker()
+    server.add_queue("Azure Alerts", custom_fields=("AzureAlertId",))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def rt_target(fake: FakeRequestTracker) -> request_tracker.RequestTrackerTarget:
+    cfg = {"kind": "request_tracker", "base_url": fake.url, "queue": "Azure Alerts", "timeout_seconds": 5,
+           "auth": {"type": "token", "token_env": "RT_TOKEN"}}
+    return request_tracker.from_config("rt-test", cfg, env={"RT_TOKEN": fake.token})
+
+
+async def test_rt_fake_answers_the_probe_as_rt_does(rt):
+    assert {f.status for f in await probe(rt_target(rt))} == {"ok"}
+    assert_no_writes_but_searches(rt)
+
+
+def assert_no_writes_but_searches(fake: FakeRequestTracker) -> None:
+    # RT's REST2 searches are POSTs to collection endpoints; nothing else may be posted.
+    posts = {c.path for c in fake.calls if c.method in WRITES}
+    assert posts and all(p.endswith("/customfields") for p in posts), posts
+
+
+async def test_rt_an_instance_that_answers_503_fails_credentials_as_unanswered(rt):
+    rt.inject("status", status=503, path="/REST/2.0/rt")
+    found = by_check(await probe(rt_target(rt)))
+    assert found["credentials"].status == "failed" and "503" in found["credentials"].detail
+    assert all(f.status == "unchecked" and "RT did not answer" in f.detail
+               for name, f in found.items() if name != "credentials")
+
+
+async def test_rt_an_html_page_in_place_of_the_queue_fails_the_queue(rt):
+    rt.inject("html", path="/REST/2.0/queue/Azure")
+    found = by_check(await probe(rt_target(rt)))
+    queue = found["queue 'Azure Alerts'"]
+    assert queue.status == "failed" and "instead of JSON" in queue.detail
+    assert found["custom field 'AzureAlertId' applied to queue 'Azure Alerts'"].status == "unchecked"
