@@ -51,9 +51,9 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 # Container Apps' default 30 s termination grace period), so neither cuts the other short.
 SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
-METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)
+METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
 # The latest target check per target name (relay.delivery.target_check.TargetCheck), once it has run.
-TARGET_CHECKS_KEY = web.AppKey("target_checks", dict)  # [(host, port)] once the metrics site listens
+TARGET_CHECKS_KEY = web.AppKey("target_checks", dict)
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
