@@ -41,7 +41,8 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   answering a list of `Finding`s, one per thing it checked (credentials, the queue, the correlation
   field, ...), each `ok`, `failed` or `unchecked` (it could not be checked, and the detail says why).
   `relay check-targets` and `relay serve` run it (`relay.delivery.target_check`); a target without
-  one is reported as not checked. It never raises for what it finds: a failure is a finding.
+  one is reported as not checked. What it finds is never raised (a failure is a finding); a target that
+  does not answer at all may raise `TargetError`, which the runner turns into a failed `reachable`.
 - Optional, for a target whose API can be read (`can_read`, `can_search`; see `Readable`):
   `read(ticket)` answers the ticket's status and the texts of its latest notes (a retried resolve,
   reopen or note skips what is already there), and `search(key)` answers the tickets whose
