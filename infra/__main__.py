@@ -16,6 +16,7 @@ from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
 from infra.hosting import RelayHosting, RelayHostingArgs, source_subscriptions
 from infra.monitoring import SelfMonitoring, SelfMonitoringArgs
+from infra.status_viewer import StatusViewer, StatusViewerArgs
 
 cfg = config.load()  # validated before any resource is declared
 names = cfg.names
@@ -42,7 +43,29 @@ hosting = RelayHosting(
         allowed_subscriptions=source_subscriptions(cfg.azure.subscription_id,
                                                    [scope for rule in cfg.alerts for scope in rule.scopes]),
         open_telemetry=cfg.monitoring.open_telemetry if cfg.monitoring else None,
+        admin_port_in_environment=cfg.status_viewer is not None,
     ),
+)
+
+# Optional (`secure-export:statusViewer`): operators reach the status page through a signed-in viewer app.
+viewer = (
+    StatusViewer(
+        "status-viewer",
+        StatusViewerArgs(
+            names=names,
+            azure=cfg.azure,
+            resource_group_name=group.name,
+            tags=cfg.tags,
+            settings=cfg.status_viewer,
+            environment_id=hosting.environment.id,
+            relay_app_name=names.container_app,
+            admin_port=cfg.relay.metrics_port,
+            key_vault_id=hosting.key_vault.id,
+            key_vault_name=hosting.key_vault.name,
+        ),
+    )
+    if cfg.status_viewer is not None
+    else None
 )
 
 alerting = Alerting(
@@ -89,3 +112,6 @@ pulumi.export("actionGroupId", alerting.action_group.id)
 pulumi.export("relayFqdn", hosting.fqdn)
 pulumi.export("keyVaultName", hosting.key_vault.name)  # where operators set the ITSM secret values
 pulumi.export("storageAccountName", hosting.storage_account.name)  # the store `make smoke` reads
+if viewer is not None:
+    pulumi.export("statusViewerUrl", viewer.url)  # what operators open
+    pulumi.export("statusViewerRedirectUri", viewer.redirect_uri)  # what the app registration must list

@@ -107,6 +107,9 @@ class RelayHostingArgs:
     allowed_subscriptions: Sequence[str] = ()
     # Metrics over OTLP through the environment's managed OpenTelemetry agent (None: /metrics only).
     open_telemetry: OpenTelemetrySettings | None = None
+    # Expose the relay's admin port (RELAY_METRICS_PORT: /metrics, the status page) to the other apps of
+    # its environment, never outside it: for the status viewer (infra/status_viewer.py). Off: no mapping.
+    admin_port_in_environment: bool = False
 
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
@@ -519,6 +522,14 @@ class RelayHosting(pulumi.ComponentResource):
                     for number, address_range in enumerate(args.network.ingress_allowed_ranges, start=1)
                 ]
                 or None,
+                # Internal only (external=False): reachable from the environment's apps, not its ingress.
+                additional_port_mappings=[
+                    app.IngressPortMappingArgs(
+                        external=False, target_port=args.relay.metrics_port, exposed_port=args.relay.metrics_port
+                    )
+                ]
+                if args.admin_port_in_environment
+                else None,
             ),
             registries=self._registries(),
             secrets=secrets,

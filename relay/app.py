@@ -24,6 +24,7 @@ from relay import status_page, telemetry
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
+from relay.delivery.target_check import TargetCheckMetrics, check_periodically, readiness_details
 from relay.delivery.worker import Worker
 from relay.intake import (
     IN_FLIGHT_KEY,
@@ -58,6 +59,8 @@ SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
 WORKERS_KEY = web.AppKey("workers", list)  # the running delivery worker (the status page reads its circuits)
+# The latest target check per target name (relay.delivery.target_check.TargetCheck), once it has run.
+TARGET_CHECKS_KEY = web.AppKey("target_checks", dict)
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
 # headers: this one also closes a connection whose request line and headers have not all arrived by then
 # (slowloris). The value is run_app's default, made explicit; lowering it also shortens keep-alive reuse.
@@ -107,7 +110,10 @@ async def readyz(request: web.Request) -> web.Response:
     except (StoreUnavailable, TimeoutError):
         checks["store"] = False
     ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    body: dict[str, object] = {"ready": ok, "checks": checks}
+    if DELIVERY_CONFIG_KEY in app:  # the target check informs, never decides: an ITSM outage is not ours
+        body["targets"] = readiness_details(app.get(TARGET_CHECKS_KEY), app[DELIVERY_CONFIG_KEY].targets)
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def read_pending(app: web.Application) -> None:
@@ -262,6 +268,26 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     app.cleanup_ctx.append(delivery_ctx)
     app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
+    app[TARGET_CHECKS_KEY] = {}
+    app.cleanup_ctx.append(_target_check_ctx(targets, app[TARGET_CHECKS_KEY], registry))
+
+
+def _target_check_ctx(targets: Mapping[str, Target | Forwarder], results: dict,
+                      registry: CollectorRegistry | None):  # type: ignore[no-untyped-def]
+    """Check every target at start (in the background: start-up never waits on an ITSM) and again every
+    RECHECK_INTERVAL_SECONDS; the results feed the log, relay_target_check and /readyz's details."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(check_periodically(targets, results, TargetCheckMetrics(registry)),
+                                   name="target-check")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    return ctx
 
 
 def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:
@@ -347,10 +373,15 @@ def _add_status_page(side: web.Application, main: web.Application) -> None:
         return {name: state for worker in main[WORKERS_KEY] for name, state in worker.circuit_states().items()}
 
     def target_check() -> object:
-        # The start-up target check (issue 18 item 2) keeps its result in the app under TARGET_CHECK_KEY;
-        # until it exists, or before it ran, the page says "not run".
-        key = globals().get("TARGET_CHECK_KEY")
-        return main.get(key) if key is not None else None
+        # The start-up target check's latest result per target; before it ran the page says "not run".
+        checks = main.get(TARGET_CHECKS_KEY)
+        if not checks:
+            return None
+        return {name: {"status": check.status,
+                       "checked at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(check.checked_at)),
+                       "findings": [f"{f.status}: {f.check}" + (f" ({f.detail})" if f.detail else "")
+                                    for f in check.findings]}
+                for name, check in sorted(checks.items())}
 
     status_page.add_routes(side, main[STORE_KEY], circuits=circuits, target_check=target_check)
 

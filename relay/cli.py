@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     check = sub.add_parser("check-config", help="validate a RELAY_CONFIG file: what is wrong, with line and key")
     check.add_argument("file", help="the routing/targets YAML file")
+    targets = sub.add_parser(
+        "check-targets",
+        help="probe each target of a RELAY_CONFIG file without side effects: credentials, queue/table, fields",
+    )
+    targets.add_argument("file", nargs="?", default=None, help="the routing/targets YAML file (default: RELAY_CONFIG)")
     store = store_option()
     dead = sub.add_parser("dead-letters", parents=[store],
                           help="list, show or replay events that could not be delivered")
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve()
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "check-targets":
+        return _check_targets(args.file)
     if args.command == "dead-letters":
         return _dead_letters(args, parser)
     if args.command == "alerts":
@@ -148,6 +155,53 @@ def _check_config(path: str) -> int:
     targets = ", ".join(f"{name} ({cfg.kind})" for name, cfg in config.targets.items())
     print(f"{path}: OK: {len(config.targets)} target(s): {targets}; {len(config.routes)} route(s)")
     return 0
+
+
+def _check_targets(path: str | None) -> int:
+    """0: every probe passed or could not look; 1: one failed; 2: the file or a secret it names is wrong."""
+    import asyncio
+
+    from relay.app import build_targets
+    from relay.delivery.config import ConfigError, load_config
+    from relay.delivery.target_check import check_targets, report_lines, verdict
+    from relay.targets.target_config import TargetConfigError
+
+    path = path or os.environ.get("RELAY_CONFIG", "").strip() or None
+    if path is None:
+        print("relay: check-targets needs a file, or RELAY_CONFIG naming one", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+        targets = build_targets(config)
+    except OSError as exc:
+        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(path), file=sys.stderr)
+        print(f"{path}: fix it first (relay check-config {path})", file=sys.stderr)
+        return 2
+    except TargetConfigError as exc:  # a secret it names is not set in this environment
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict:
+        try:
+            return await check_targets(targets)
+        finally:
+            for target in targets.values():
+                await target.close()
+
+    checks = asyncio.run(run())
+    for line in report_lines(checks):
+        print(line)
+    failed = [name for name, check in checks.items() if check.status == "failed"]
+    unchecked = sum(f.status == "unchecked" for c in checks.values() for f in c.findings)
+    overall = verdict(f for c in checks.values() for f in c.findings)
+    print(f"{path}: {len(checks)} target(s): {overall.upper()}"
+          + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; {unchecked} check(s) could not be made" if unchecked else ""))
+    return 1 if failed else 0
 
 
 def store_url(args: argparse.Namespace) -> str:

@@ -119,6 +119,21 @@ class RelaySettings:
     termination_grace_seconds: int  # > the relay's shutdown grace, so in-flight deliveries can finish
 
 
+# The status viewer's default image: nginx's official image, whose nginx.conf includes conf.d/*.conf,
+# where the viewer mounts its one server block. Pin a digest in `statusViewer.image` for production.
+STATUS_VIEWER_IMAGE = "docker.io/library/nginx:1.27-alpine"
+
+
+@dataclass(frozen=True)
+class StatusViewerSettings:
+    """The operators' way in to the relay's status page (`secure-export:statusViewer`, off by default):
+    a small proxy app behind Container Apps authentication (infra/status_viewer.py, docs/deploy.md)."""
+
+    client_id: str  # the Entra app registration operators sign in with; it must require assignment
+    image: str
+    secret_name: str  # the Key Vault secret holding that registration's client secret, set by an operator
+
+
 @dataclass(frozen=True)
 class EntraApplication:
     """The Entra application the bootstrap stack (infra/bootstrap) created: the main stack only
@@ -304,6 +319,7 @@ class StackConfig:
     itsm_secret_envs: tuple[str, ...]
     # The relay's self-monitoring (infra/config/monitoring.py); None when `monitoring.emails` is not set.
     monitoring: MonitoringSettings | None = None
+    status_viewer: StatusViewerSettings | None = None  # None: no viewer (the default)
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

@@ -24,6 +24,7 @@ from infra.config.model import (
     RELAY_CPUS,
     RELAY_PORT,
     RELAY_SHUTDOWN_GRACE_SECONDS,
+    STATUS_VIEWER_IMAGE,
     STORAGE_SKUS,
     TERMINATION_MARGIN_SECONDS,
     AzureContext,
@@ -33,6 +34,7 @@ from infra.config.model import (
     RegistryLogin,
     RelaySettings,
     StackConfig,
+    StatusViewerSettings,
     secret_name,
 )
 from infra.config.monitoring import monitoring
@@ -98,6 +100,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()
         alerts=_alerts(project, azure),
         itsm_secret_envs=_itsm_secret_envs(project, targets),
         monitoring=monitoring(project),
+        status_viewer=_status_viewer(project),
     )
     _check_registry_secret(project, config)
     project.finish()
@@ -112,7 +115,7 @@ def referenced_secret_envs(raw: Mapping[str, Any]) -> tuple[str, ...]:
 def _project(raw: Mapping[str, Any]) -> Section:
     structured = {
         *("appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"),
-        *("entra", "network", "monitoring"),
+        *("entra", "network", "monitoring", "statusViewer"),
     }
     view: dict[str, Any] = {}
     for full_key, value in raw.items():
@@ -181,6 +184,38 @@ def _entra(project: Section) -> EntraApplication:
     )
     entra.finish()
     return application
+
+
+def _status_viewer(project: Section) -> StatusViewerSettings | None:
+    """`statusViewer`: off unless `enabled: true`; then the Entra app registration's client id is required."""
+    viewer = project.section("statusViewer")
+    if not viewer.flag("enabled", False):
+        for key in ("clientId", "image", "clientSecretName"):
+            viewer.raw(key, None)  # known keys, kept while the viewer is switched off
+        viewer.finish()
+        return None
+    settings = StatusViewerSettings(
+        client_id=viewer.text(
+            "clientId",
+            pattern=schema.GUID,
+            expected="the client id (a GUID) of the Entra app registration operators sign in with "
+            "(docs/deploy.md: the status page)",
+        ),
+        image=viewer.text(
+            "image",
+            STATUS_VIEWER_IMAGE,
+            pattern=_IMAGE,
+            expected="a registry-qualified nginx image reference with a tag or digest",
+        ),
+        secret_name=viewer.text(
+            "clientSecretName",
+            "status-viewer-client-secret",
+            pattern=_SECRET_NAME,
+            expected="a Key Vault secret name: lowercase letters, digits and dashes",
+        ),
+    )
+    viewer.finish()
+    return settings
 
 
 def _ipv4_range(key: str, value: Any) -> str:

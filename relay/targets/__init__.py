@@ -37,6 +37,12 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   successor never share a key. `find` matches it exactly; more than one match is a non-retryable
   `TargetError`. `find` may return a resolved ticket (`resolved=True`) or skip resolved ones: the
   worker adopts a found ticket only when it is not resolved (crash recovery: created, not recorded).
+- Optional, `check()`: a start-up probe without side effects (only reads: a login, a GET, a search)
+  answering a list of `Finding`s, one per thing it checked (credentials, the queue, the correlation
+  field, ...), each `ok`, `failed` or `unchecked` (it could not be checked, and the detail says why).
+  `relay check-targets` and `relay serve` run it (`relay.delivery.target_check`); a target without
+  one is reported as not checked. What it finds is never raised (a failure is a finding); a target that
+  does not answer at all may raise `TargetError`, which the runner turns into a failed `reachable`.
 - Optional, for a target whose API can be read (`can_read`, `can_search`; see `Readable`):
   `read(ticket)` answers the ticket's status and the texts of its latest notes (a retried resolve,
   reopen or note skips what is already there), and `search(key)` answers the tickets whose
@@ -202,6 +208,28 @@ class Readable(Protocol):
         other keys a prefix also matches), newest first, at most SEARCH_LIMIT. A row that does not carry
         such a key means the target ignored the filter: a non-retryable TargetError."""
         ...
+
+
+FINDING_STATUSES = ("ok", "failed", "unchecked")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing a target's start-up probe checked: what (`check`, e.g. "credentials", "queue 'General'"),
+    how it went (`status`: ok, failed, or unchecked when something before it failed or the account may
+    not look), and what was found or why not (`detail`; never a secret)."""
+
+    check: str
+    status: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in FINDING_STATUSES:
+            raise ValueError(f"finding status must be one of {', '.join(FINDING_STATUSES)} (got {self.status!r})")
+
+
+def can_check(target: object) -> bool:
+    return callable(getattr(target, "check", None))
 
 
 def can_read(target: object) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from relay.targets import (
     NOTES_READ,
     SEARCH_LIMIT,
+    Finding,
     FoundTicket,
     Incident,
     TargetError,
@@ -42,6 +43,9 @@ LOGOUT_PATH = "/api/jwt/logout"
 CMDB_PATH = "/api/cmdb/v1.0/instances"
 # An AR-JWT lives about an hour by default (configurable on the server); XSOAR caches it 3600 s.
 DEFAULT_TOKEN_LIFETIME = 3600.0
+# What the start-up check searches the correlation field for: a value no incident carries (keys are
+# `[A-Za-z0-9._-]`, so no key holds a space), so the probe reads nothing.
+PROBE_KEY = "secure-export start-up check"
 OPEN_STATUSES = ("New", "Assigned", "In Progress", "Pending")
 RESOLVED = "Resolved"
 # Allowed values of the interface's selection fields (BMC's HPD:IncidentInterface_Create field list).
@@ -281,6 +285,42 @@ class BmcHelixTarget:
         # Status_Reason values belong to a status: clear the Resolved one when leaving it.
         await self._modify(ticket, {"Status": self.options.reopen_status, "Status_Reason": None}, "reopen")
         await self.note(ticket, incident, text)
+
+    async def check(self) -> list[Finding]:
+        """Read-only probes: the AR-JWT login (credentials), then one search of HPD:IncidentInterface
+        qualified on the correlation field, which matches nothing: AR refuses a qualification naming a
+        field the form does not have, so an answer proves the form answers and the field is searchable."""
+        corr = self.options.correlation_field
+        form_check, field_check = f"form {INCIDENT_FORM!r}", f"field {corr!r} on {INCIDENT_FORM!r}"
+        auth = self.http.auth
+        if auth is not None:
+            try:
+                await auth.header(self.http)
+            except TargetError as exc:
+                refused = exc.status in (400, 401, 403)
+                because = "the credentials were refused" if refused else "the login did not answer"
+                if not refused:  # nothing answered: the form is what failed; the credentials are untested
+                    return [Finding("credentials", "unchecked", f"not checked: {because}"),
+                            Finding(form_check, "failed", str(exc)),
+                            Finding(field_check, "unchecked", f"not checked: {because}")]
+                return [Finding("credentials", "failed", str(exc)),
+                        Finding(form_check, "unchecked", f"not checked: {because}"),
+                        Finding(field_check, "unchecked", f"not checked: {because}")]
+        findings = [Finding("credentials", "ok", "AR-JWT login accepted" if auth else "no login configured")]
+        params = {
+            "q": f"{_field(corr)} = {_quote(PROBE_KEY)}",
+            "fields": "values(Request ID)",
+            "limit": "1",
+        }
+        reply = await self.http.request("GET", ENTRY_PATH + INCIDENT_FORM, params=params)
+        body = reply.json_or_none() if reply.status == 200 else None
+        if isinstance(body, dict) and isinstance(body.get("entries"), list):
+            return [*findings, Finding(form_check, "ok", "answers"), Finding(field_check, "ok", "searchable")]
+        failure = str(self.http.failure(reply, f"search {INCIDENT_FORM}", _ar_error_text(reply)))
+        if reply.status == 400:  # AR refused the qualification: the field is what it does not know
+            return [*findings, Finding(form_check, "ok", "answers"), Finding(field_check, "failed", failure)]
+        return [*findings, Finding(form_check, "failed", failure),
+                Finding(field_check, "unchecked", "not checked: the form does not answer")]
 
     async def close(self) -> None:
         auth = self.http.auth

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
-from relay.targets import Incident, TextLimits, Ticket
+from relay.targets import Finding, Incident, TextLimits, Ticket
 from relay.targets.target_config import COMMON_KEYS, ENDPOINT_KEYS, Options, option_keys
 
 
@@ -40,6 +40,10 @@ class DryRunTarget:
         self.path = path
         self._stream = stream
         self._tickets: dict[str, Ticket] = {}
+
+    async def check(self) -> list[Finding]:
+        """Nothing to reach: the dry run writes its calls to a file or stdout."""
+        return [Finding("output", "ok", f"writes its calls to {self.path or 'stdout'}")]
 
     async def find(self, incident: Incident) -> Ticket | None:
         ticket = self._tickets.get(incident.correlation_key)

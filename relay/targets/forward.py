@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from relay.targets import TargetError
+from relay.targets import Finding, TargetError
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import Auth, StaticAuth, VendorHTTP, basic_auth
 
@@ -52,6 +52,10 @@ class ForwardTarget:
     @property
     def url(self) -> str:
         return self.http.base_url
+
+    async def check(self) -> list[Finding]:
+        """Nothing can be checked: the endpoint takes only POSTs, and each one would deliver an alert."""
+        return [Finding("endpoint", "unchecked", "not checked: the endpoint's only call delivers an alert")]
 
     async def forward(self, body: bytes) -> None:
         reply = await self.http.request("POST", "", data=body, headers=self._headers, accept=None)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
+from relay.targets import Finding, Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import (
     Auth,
@@ -114,6 +114,34 @@ class JiraServiceManagementTarget:
         self._created: dict[str, int] = {}  # correlation key -> issue id, the latest RECONCILE_KEPT creates
 
     # -- the Target protocol ---------------------------------------------------------------------
+
+    async def check(self) -> list[Finding]:
+        """Read-only probes: the credentials (`GET /myself`), then the project (issue mode) or the service
+        desk and its request type (request mode) the incidents go to."""
+        try:
+            reply = await self.http.request("GET", f"{self.api}/myself")
+        except TargetError as exc:
+            return [Finding("site", "failed", str(exc)), Finding("credentials", "unchecked",
+                                                                  "not checked: the site did not answer")]
+        if reply.status != 200:
+            failure = str(self.http.failure(reply, f"read {self.api}/myself", _error_text(reply)))
+            return [Finding("credentials", "failed", failure)]
+        findings = [Finding("credentials", "ok", "the site accepts them")]
+        if self.options.mode == "issue":
+            probes = [(f"project {self.options.project_key!r}", f"{self.api}/project/{self.options.project_key}")]
+        else:
+            desk = f"/rest/servicedeskapi/servicedesk/{self.options.service_desk_id}"
+            probes = [(f"service desk {self.options.service_desk_id!r}", desk),
+                      (f"request type {self.options.request_type_id!r}",
+                       f"{desk}/requesttype/{self.options.request_type_id}")]
+        for what, path in probes:
+            reply = await self.http.request("GET", path)
+            if reply.status == 200:
+                findings.append(Finding(what, "ok", "visible to this account"))
+            else:
+                findings.append(Finding(what, "failed", str(self.http.failure(reply, f"read {what}",
+                                                                               _error_text(reply)))))
+        return findings
 
     async def find(self, incident: Incident) -> Ticket | None:
         """The not-done issue carrying the key; else the latest done one (resolved=True); else None."""

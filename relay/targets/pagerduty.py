@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from relay.alerts import Alert, SchemaError, parse_alert_json, portal_link, resource_group_of, subscription_of
-from relay.targets import Incident, TargetError, TextLimits, Ticket, truncate
+from relay.targets import Finding, Incident, TargetError, TextLimits, Ticket, truncate
 from relay.targets.target_config import COMMON_KEYS, Options, option_keys
 from relay.targets.vendor_api import Reply, StaticAuth, VendorHTTP, checked_key
 
@@ -87,6 +87,22 @@ class PagerDutyTarget:
         return f"PagerDutyTarget({self.name!r})"
 
     # -- the Target protocol ---------------------------------------------------------------------
+
+    async def check(self) -> list[Finding]:
+        """The routing key cannot be checked: the Events API's only call sends an event. With a REST API
+        token, `GET /abilities` (a read) checks the token."""
+        findings = [Finding("routing key", "unchecked", "not checked: the Events API has no call that checks a "
+                            "routing key without sending an event (a test alert does)")]
+        if self.rest is None:
+            return findings
+        try:
+            reply = await self.rest.request("GET", "/abilities", accept=REST_ACCEPT)
+        except TargetError as exc:
+            return [*findings, Finding("REST API token", "failed", str(exc))]
+        if reply.status == 200:
+            return [*findings, Finding("REST API token", "ok", "the REST API accepts it")]
+        failure = self.rest.failure(reply, "read the account's abilities (GET /abilities)", _rest_error_text(reply))
+        return [*findings, Finding("REST API token", "failed", str(failure))]
 
     async def find(self, incident: Incident) -> Ticket | None:
         """Always None: the Events API cannot search, and a trigger repeated with its dedup_key is one alert."""

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from relay.targets import (
     NOTES_READ,
     SEARCH_LIMIT,
+    Finding,
     FoundTicket,
     Incident,
     TargetError,
@@ -67,6 +68,8 @@ TICKET_FIELDS = frozenset(
 INACTIVE_STATUSES = frozenset({"resolved", "rejected", "deleted"})
 # Transactions that carry a note's text: comments, and correspondence added by hand.
 NOTE_TRANSACTIONS = ("Comment", "Correspond")
+# The LookupType of a ticket custom field (RT::CustomField): the kind the correlation key needs.
+TICKET_CF_LOOKUP = "RT::Queue-RT::Ticket"
 HISTORY_PAGE = 20  # transactions read per `read`, newest first; notes are picked from these
 # Characters with a meaning in TicketSQL/AssetSQL string literals: refused rather than escaped.
 _SQL_UNSAFE = "'\"\\"
@@ -264,6 +267,77 @@ class RequestTrackerTarget:
 
     async def close(self) -> None:
         await self.http.close()
+
+    # -- the start-up check ----------------------------------------------------------------------
+
+    async def check(self) -> list[Finding]:
+        """Read-only probes: the credentials (`GET /rt`), the queue, the ticket custom field, the field
+        applied to the queue, and the asset catalog when CIs are bound. Nothing is created or changed."""
+        queue, cf = self.options.queue, self.options.custom_field
+        names = [f"queue {queue!r}", f"custom field {cf!r}", f"custom field {cf!r} applied to queue {queue!r}"]
+        if self.options.ci_binding != "none":
+            names.append(f"asset catalog {self.options.asset_catalog!r}")
+        reply = await self.http.request("GET", f"{REST2}/rt")
+        if reply.status != 200:
+            failure = self.http.failure(reply, "read RT's version (GET /REST/2.0/rt)", _rt_message(reply))
+            because = "the credentials were refused" if reply.status in (401, 403) else "RT did not answer"
+            return [Finding("credentials", "failed", str(failure)),
+                    *(Finding(n, "unchecked", f"not checked: {because}") for n in names)]
+        info = reply.json_or_none()
+        version = info.get("Version") if isinstance(info, dict) else None
+        findings = [Finding("credentials", "ok", f"RT {version} accepts them" if version else "RT accepts them")]
+        findings += await self._check_queue_and_field(queue, cf, names)
+        if self.options.ci_binding != "none":
+            catalog = self.options.asset_catalog
+            reply = await self.http.request("GET", f"{REST2}/catalog/{quote(catalog, safe='')}")
+            if reply.status == 200:
+                findings.append(Finding(names[3], "ok", "exists"))
+            elif reply.status == 404:
+                findings.append(Finding(names[3], "failed", f"RT has no catalog {catalog!r} visible to this "
+                                        f"account; CIs cannot be linked (ci_binding {self.options.ci_binding})"))
+            else:
+                findings.append(Finding(names[3], "failed", str(self.http.failure(reply, "read the catalog"))))
+        return findings
+
+    async def _check_queue_and_field(self, queue: str, cf: str, names: list[str]) -> list[Finding]:
+        reply = await self.http.request("GET", f"{REST2}/queue/{quote(queue, safe='')}")
+        record = reply.json_or_none() if reply.status == 200 else None
+        queue_id = record.get("id") if isinstance(record, dict) else None
+        if reply.status == 404:
+            queue_finding = Finding(names[0], "failed", "RT has no such queue visible to this account; "
+                                    "create it or fix 'queue'")
+        elif not queue_id:
+            queue_finding = Finding(names[0], "failed", str(self.http.failure(reply, f"read queue {queue!r}")))
+        else:
+            queue_finding = Finding(names[0], "ok", f"queue #{queue_id}")
+        reply = await self.http.request(
+            "POST",
+            f"{REST2}/customfields",
+            json_body=[{"field": "Name", "value": cf}, {"field": "LookupType", "value": TICKET_CF_LOOKUP}],
+        )
+        found = reply.json_or_none() if reply.status == 200 else None
+        if reply.status != 200 or not isinstance(found, dict):
+            field_finding = Finding(names[1], "failed", str(self.http.failure(reply, "search custom fields")))
+        elif not found.get("items"):
+            field_finding = Finding(names[1], "failed", "RT has no ticket custom field of that name (or it is "
+                                    "disabled): create it (Freeform, single value, for tickets)")
+        else:
+            field_finding = Finding(names[1], "ok", f"custom field #{found['items'][0].get('id')}")
+        if queue_id is None or field_finding.status != "ok":
+            missing = "the queue" if queue_id is None else "the custom field"
+            return [queue_finding, field_finding, Finding(names[2], "unchecked", f"not checked: {missing} is missing")]
+        reply = await self.http.request(
+            "POST", f"{REST2}/queue/{queue_id}/customfields", json_body=[{"field": "Name", "value": cf}]
+        )
+        applied = reply.json_or_none() if reply.status == 200 else None
+        if reply.status != 200 or not isinstance(applied, dict):
+            applies = Finding(names[2], "failed", str(self.http.failure(reply, "list the queue's custom fields")))
+        elif not applied.get("items"):
+            applies = Finding(names[2], "failed", "not applied: RT would drop the correlation key silently and "
+                              "every retry would open a duplicate ticket; apply the field to the queue")
+        else:
+            applies = Finding(names[2], "ok", "applied")
+        return [queue_finding, field_finding, applies]
 
     # -- REST2 -----------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from relay.targets import (
     NOTES_READ,
     SEARCH_LIMIT,
+    Finding,
     FoundTicket,
     Incident,
     TargetError,
@@ -78,6 +79,13 @@ _TICKET_FIELDS = "sys_id,number,state,correlation_id"
 INACTIVE_STATES = frozenset({STATE_RESOLVED, STATE_CLOSED, STATE_CANCELED})
 # Journal entries (work notes, comments) are rows of sys_journal_field, one per entry.
 JOURNAL_TABLE = "sys_journal_field"
+# The field dictionary: one row per table column (`name` the table, `element` the column). An inherited
+# column's row is on the table that defines it: correlation_id is defined on `task`, which incident extends.
+DICTIONARY_TABLE = "sys_dictionary"
+CORRELATION_COLUMN = "correlation_id"
+CORRELATION_DEFINED_ON = "task"
+# The longest correlation key the relay writes (relay.targets: at most 64 characters).
+LONGEST_KEY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +317,82 @@ class ServiceNowTarget:
     async def close(self) -> None:
         await self.http.close()
 
+    # -- the start-up check ----------------------------------------------------------------------
+
+    async def check(self) -> list[Finding]:
+        """Read-only probes: the credentials and the table (one row of it, at most), and correlation_id in
+        the field dictionary (sys_dictionary) where the account may read it, else on the row read."""
+        table = self.options.table
+        table_check, field_check = f"table {table!r}", f"field {CORRELATION_COLUMN!r} on {table!r}"
+        try:
+            reply = await self.http.request(
+                "GET",
+                f"/api/now/table/{table}",
+                params={"sysparm_limit": "1", "sysparm_fields": f"sys_id,{CORRELATION_COLUMN}",
+                        "sysparm_exclude_reference_link": "true"},
+            )
+        except TargetError as exc:  # the OAuth login failed, or the instance did not answer
+            refused = exc.status in (400, 401, 403)
+            because = "the credentials were refused" if refused else "the instance did not answer"
+            if not refused:  # nothing answered: the table is what failed; the credentials are untested
+                return [Finding("credentials", "unchecked", f"not checked: {because}"),
+                        Finding(table_check, "failed", str(exc)),
+                        Finding(field_check, "unchecked", f"not checked: {because}")]
+            return [Finding("credentials", "failed", str(exc)),
+                    Finding(table_check, "unchecked", f"not checked: {because}"),
+                    Finding(field_check, "unchecked", f"not checked: {because}")]
+        if reply.status == 401:
+            failure = str(self.http.failure(reply, f"read {table}", _error_text(reply)))
+            return [Finding("credentials", "failed", failure),
+                    Finding(table_check, "unchecked", "not checked: the credentials were refused"),
+                    Finding(field_check, "unchecked", "not checked: the credentials were refused")]
+        findings = [Finding("credentials", "ok", "the instance accepts them")]
+        rows = reply.json_or_none()
+        rows = rows.get("result") if isinstance(rows, dict) and reply.status == 200 else None
+        if not isinstance(rows, list):
+            findings.append(Finding(table_check, "failed", str(self.http.failure(reply, f"read {table}",
+                                                                                  _error_text(reply)))))
+            findings.append(Finding(field_check, "unchecked", "not checked: the table does not answer"))
+            return findings
+        findings.append(Finding(table_check, "ok", "answers"))
+        findings.append(await self._check_correlation_field(table, rows))
+        return findings
+
+    async def _check_correlation_field(self, table: str, rows: list[Any]) -> Finding:
+        what = f"field {CORRELATION_COLUMN!r} on {table!r}"
+        tables = sorted({table, CORRELATION_DEFINED_ON})
+        reply = await self.http.request(
+            "GET",
+            f"/api/now/table/{DICTIONARY_TABLE}",
+            params={"sysparm_query": f"nameIN{','.join(tables)}^element={CORRELATION_COLUMN}",
+                    "sysparm_fields": "name,element,max_length,active", "sysparm_limit": "10"},
+        )
+        body = reply.json_or_none()
+        entries = body.get("result") if isinstance(body, dict) and reply.status == 200 else None
+        if isinstance(entries, list):
+            # An ignored clause returns other columns' rows: only rows naming the column count.
+            mine = [e for e in entries if isinstance(e, dict) and e.get("element") == CORRELATION_COLUMN
+                    and e.get("name") in tables]
+            if mine:
+                length = max(_int(e.get("max_length")) for e in mine)
+                where = ", ".join(sorted({str(e["name"]) for e in mine}))
+                if 0 < length < LONGEST_KEY:
+                    return Finding(what, "failed", f"{DICTIONARY_TABLE} gives it max_length {length} (on {where}): "
+                                   f"keys of up to {LONGEST_KEY} characters would be cut; lengthen it")
+                return Finding(what, "ok", f"in {DICTIONARY_TABLE} (on {where}, max_length {length or '?'})")
+            if len(entries) == len(mine):  # the dictionary was readable and has no such column
+                return Finding(what, "failed", f"{DICTIONARY_TABLE} lists no {CORRELATION_COLUMN} on "
+                               f"{' or '.join(tables)} (or an ACL hides its rows)")
+        # The dictionary is closed to this account: a row of the table shows whether the column exists.
+        why = (f"{DICTIONARY_TABLE} is not readable by this account (HTTP {reply.status})" if entries is None
+               else f"{DICTIONARY_TABLE} answered rows that do not name their column (an ACL hides `element`)")
+        if rows and isinstance(rows[0], dict):
+            if CORRELATION_COLUMN in rows[0]:
+                return Finding(what, "ok", f"present on a row of {table} ({why})")
+            return Finding(what, "failed", f"a row of {table} has no {CORRELATION_COLUMN} column, or the account may "
+                           f"not read it ({why})")
+        return Finding(what, "unchecked", f"not checked: {why}, and {table} has no row to look at")
+
     # -- Table API -------------------------------------------------------------------------------
 
     def _key(self, incident: Incident) -> str:
@@ -508,6 +592,13 @@ TARGET_CLASS = ServiceNowTarget
 # ServiceNow evaluates a query value or field value that starts with `javascript:` on the server (any
 # case; it tolerates whitespace around and inside the word), so none is ever sent.
 _SCRIPT = re.compile(r"\s*j\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:", re.IGNORECASE)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
 
 
 def is_script(value: object) -> bool:

@@ -19,6 +19,8 @@ Cloud (REST v3) or Data Center (REST v2), chosen per fake:
 - Assets: `POST /jsm/assets/workspace/{id}/v1/object/aql` (Cloud, `values`) and
   `GET /rest/assets/1.0/aql/objects` (Data Center, `objectEntries`), on `"<attribute>" = "<value>"`
   (case-insensitive), optionally `objectType = "<name>" AND ...`.
+- Read-only lookups: `GET .../myself`, `GET .../project/{key}` (404 "No project could be found with
+  key"), `GET /rest/servicedeskapi/servicedesk/{id}` and `.../requesttype/{id}` (404 when unknown).
 Auth: email + API token over basic (Cloud) or a personal access token as Bearer (Data Center); 401
 otherwise. Failure modes come from `FakeServer.inject` (429 with Retry-After, 5xx, resets, ...).
 """
@@ -125,6 +127,10 @@ class FakeJira(FakeServer):
             app.router.add_get(f"/rest/api/{v}/issue/{{key}}/comment", self.get_comments)
             app.router.add_get(f"/rest/api/{v}/issue/{{key}}", self.get_issue)
             app.router.add_put(f"/rest/api/{v}/issue/{{key}}/properties/{{prop}}", self.set_property)
+            app.router.add_get(f"/rest/api/{v}/myself", self.myself)
+            app.router.add_get(f"/rest/api/{v}/project/{{key}}", self.get_project)
+        app.router.add_get("/rest/servicedeskapi/servicedesk/{id}", self.get_service_desk)
+        app.router.add_get("/rest/servicedeskapi/servicedesk/{id}/requesttype/{rt}", self.get_request_type)
         app.router.add_post("/rest/api/3/search/jql", self.search_jql)
         app.router.add_post("/rest/servicedeskapi/request", self.create_request)
         app.router.add_post("/jsm/assets/workspace/{ws}/v1/object/aql", self.aql_cloud)
@@ -140,6 +146,32 @@ class FakeJira(FakeServer):
         if header != expected:
             return _errors(401, ["You are not authorized to perform this operation. Please log in."])
         return await handler(request)
+
+    # -- read-only lookups (the relay's start-up check) ------------------------------------------
+
+    async def myself(self, request: web.Request) -> web.Response:
+        if self.deployment == "cloud":
+            return web.json_response({"accountId": "5b10ac8d82e05b22cc7d4ef5", "emailAddress": self.email,
+                                      "active": True})
+        return web.json_response({"name": "relay", "key": "JIRAUSER10100", "active": True})
+
+    async def get_project(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if key.upper() != self.project.upper():
+            return _errors(404, [f"No project could be found with key '{key}'."])
+        return web.json_response({"id": "10000", "key": self.project, "name": "Operations"})
+
+    async def get_service_desk(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] != self.service_desk_id:
+            return _errors(404, ["The service desk does not exist"])
+        return web.json_response({"id": self.service_desk_id, "projectKey": self.project})
+
+    async def get_request_type(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] != self.service_desk_id:
+            return _errors(404, ["The service desk does not exist"])
+        if request.match_info["rt"] != self.request_type_id:
+            return _errors(404, ["The request type you are trying to use does not exist"])
+        return web.json_response({"id": self.request_type_id, "name": "Report an incident"})
 
     def _v(self, request: web.Request) -> str:
         return "3" if request.path.startswith("/rest/api/3") else "2"

@@ -9,7 +9,8 @@
   source); an unknown routing key is 400 too (the integration does not exist).
 - The REST API's `GET /incidents?incident_key=&statuses[]=` and `POST /incidents/{id}/notes` (201),
   with `Authorization: Token token=<api token>` (else 401) and a `From` header naming a user (else 400);
-  an incident's `incident_key` is the dedup_key of the alert that opened it.
+  an incident's `incident_key` is the dedup_key of the alert that opened it; `GET /abilities` (any valid
+  token, no `From`) lists the account's abilities.
 - `rate_limit`: at most that many events per `rate_window` seconds per routing key, then 429 (the
   documented limit is about 120 a minute). Other failure modes come from `FakeServer.inject`.
 """
@@ -63,7 +64,13 @@ class FakePagerDuty(FakeServer):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/enqueue", self.enqueue)
         app.router.add_get("/incidents", self.list_incidents)
+        app.router.add_get("/abilities", self.abilities)
         app.router.add_post("/incidents/{id}/notes", self.add_note)
+
+    async def abilities(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Token token={self.api_token}":
+            return web.json_response({"error": {"message": "Unauthorized", "code": 2006}}, status=401)
+        return web.json_response({"abilities": ["teams", "read_only_users", "urgencies"]})
 
     def _rest_refusal(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Token token={self.api_token}":

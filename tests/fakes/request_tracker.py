@@ -14,6 +14,9 @@ The end-to-end suite runs the real RT; this fake exists for what a real RT will 
 - every comment is a transaction in the ticket's history (`GET /ticket/:id/history`, with `orderby`,
   `order` and `per_page`), its text an attachment (`GET /transaction/:id/attachments`, where a
   collection gives the content as text).
+- the read-only lookups of the relay's start-up check, as RT 5.0.3 answers them: `GET /rt` (the
+  version), `POST /customfields` (a search by `Name` and `LookupType`; every queue's ticket custom
+  fields are of `RT::Queue-RT::Ticket`) and `GET /catalog/:name` (404 `Not Found` when unknown).
 Auth: `Authorization: token <t>` or basic.
 """
 
@@ -93,6 +96,9 @@ class FakeRequestTracker(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         r = app.router
+        r.add_get("/REST/2.0/rt", self.rt_info)
+        r.add_post("/REST/2.0/customfields", self.search_custom_fields)
+        r.add_get("/REST/2.0/catalog/{name}", self.get_catalog)
         r.add_get("/REST/2.0/queue/{name}", self.get_queue)
         r.add_post("/REST/2.0/queue/{id}/customfields", self.queue_custom_fields)
         r.add_post("/REST/2.0/tickets", self.search_tickets)
@@ -116,6 +122,29 @@ class FakeRequestTracker(FakeServer):
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             return (user, password) == (self.username, self.password)
         return False
+
+    async def rt_info(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        return web.json_response({"Version": "5.0.3", "Plugins": []})
+
+    async def search_custom_fields(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        wanted = {c.get("field"): c.get("value") for c in await request.json()}
+        names = sorted({cf for q in self.queues.values() for cf in q["cfs"]})
+        if wanted.get("LookupType", "RT::Queue-RT::Ticket") != "RT::Queue-RT::Ticket":
+            names = []
+        items = [{"type": "customfield", "id": str(n)} for n, name in enumerate(names, start=1)
+                 if "Name" not in wanted or name == wanted["Name"]]
+        return web.json_response({"items": items, "count": len(items), "total": len(items), "page": 1})
+
+    async def get_catalog(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _message(401, "Unauthorized")
+        if request.match_info["name"] not in self.catalogs:
+            return _message(404, "Not Found")
+        return web.json_response({"id": 1, "Name": request.match_info["name"]})
 
     async def get_queue(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

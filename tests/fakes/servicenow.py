@@ -17,6 +17,11 @@ Behaviour kept from the real thing, because the relay must survive it:
   copied; when a parent is set back to In Progress (reopened by an ITIL user), its Resolved children are.
 Journal entries are readable as rows of `sys_journal_field` (`element_id`, `element`, `value`,
 `sys_created_on`), one per entry, as on an instance.
+The field dictionary `sys_dictionary` (`name` the table, `element` the column, `max_length`,
+`internal_type`, `active`) lists incident's columns, the ones incident inherits (`correlation_id`,
+`correlation_display`, `short_description`, ...) on `task`, where an instance defines them. An account
+without the dictionary's read ACL (`dictionary_readable=False`, the default for a role short of admin or
+personalize_dictionary) gets 403 "User Not Authorized" for the whole table.
 Failure modes come from `FakeServer.inject`; `expire_tokens()` makes every issued token answer 401.
 """
 
@@ -63,6 +68,16 @@ CI_COLUMNS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "sys_cr
 TASK_CI_COLUMNS = frozenset({"sys_id", "task", "ci_item", "sys_created_on"})
 JOURNAL_COLUMNS = frozenset({"sys_id", "element_id", "element", "value", "name", "sys_created_on"})
 JOURNAL_FIELDS = ("work_notes", "comments")
+DICTIONARY_COLUMNS = frozenset({"sys_id", "name", "element", "max_length", "internal_type", "active"})
+# Incident's columns that the base table `task` defines (incident extends task), as on an instance.
+TASK_COLUMNS = frozenset(
+    {"sys_id", "number", "state", "active", "short_description", "description", "correlation_id",
+     "correlation_display", "urgency", "impact", "priority", "assignment_group", "contact_type", "cmdb_ci",
+     "work_notes", "comments", "sys_created_on", "sys_class_name"}
+)
+# Dictionary lengths of the columns above (an instance's defaults); 40 for the rest.
+COLUMN_LENGTHS = {"short_description": 160, "description": 4000, "correlation_display": 100,
+                  "close_notes": 4000, "work_notes": 4000, "comments": 4000}
 _CLAUSE = re.compile(
     r"^(?P<field>[a-z0-9_.]+?)"
     r"(?P<op>NOT IN|IN|!=|=|LIKE|STARTSWITH|ENDSWITH|ISNOTEMPTY|ISEMPTY)"
@@ -87,6 +102,8 @@ class FakeServiceNow(FakeServer):
         client_secret: str = "relay-secret",
         invalid_query_returns_no_rows: bool = False,
         unreadable_columns: frozenset[str] = frozenset(),
+        dictionary_readable: bool = True,
+        correlation_id_length: int | None = 100,
     ) -> None:
         super().__init__()
         self.username = username
@@ -96,6 +113,9 @@ class FakeServiceNow(FakeServer):
         self.invalid_query_returns_no_rows = invalid_query_returns_no_rows
         # Columns this account may not read (an ACL): queries on them are invalid, results omit them.
         self.unreadable_columns = unreadable_columns
+        self.dictionary_readable = dictionary_readable
+        # correlation_id's dictionary max_length; None: the instance has no such column at all.
+        self.correlation_id_length = correlation_id_length
         self.incidents: dict[str, dict[str, str]] = {}
         self.cis: dict[str, dict[str, str]] = {}
         self.task_cis: dict[str, dict[str, str]] = {}
@@ -196,6 +216,8 @@ class FakeServiceNow(FakeServer):
             return self.cis, CI_COLUMNS, None
         if name == "sys_journal_field":
             return self._journal_rows(), JOURNAL_COLUMNS, None
+        if name == "sys_dictionary":
+            return self._dictionary_rows(), DICTIONARY_COLUMNS, None
         if name.startswith("cmdb_ci_"):
             return self.cis, CI_COLUMNS, name
         return None
@@ -206,6 +228,8 @@ class FakeServiceNow(FakeServer):
         table = self._table(request.match_info["table"])
         if table is None:
             return _error(400, f"Invalid table {request.match_info['table']}")
+        if request.match_info["table"] == "sys_dictionary" and not self.dictionary_readable:
+            return _error(403, "User Not Authorized", "Not sufficient rights to read sys_dictionary")
         rows, columns, cls = table
         readable = columns - self.unreadable_columns
         candidates = [r for r in rows.values() if cls is None or r.get("sys_class_name") == cls]
@@ -322,6 +346,21 @@ class FakeServiceNow(FakeServer):
                 # Entries of one record are numbered in the order they were written.
                 rows[row_id] = {"sys_id": row_id, "element_id": sys_id, "element": field_name, "value": text,
                                 "name": "incident", "sys_created_on": f"2026-01-01 {n:08d}"}
+        return rows
+
+    def _dictionary_rows(self) -> dict[str, dict[str, str]]:
+        """One row per incident column, on `task` for the ones incident inherits."""
+        rows = {}
+        for n, column in enumerate(sorted(INCIDENT_COLUMNS), start=1):
+            length: int | None = COLUMN_LENGTHS.get(column, 40)
+            if column == "correlation_id":
+                length = self.correlation_id_length
+                if length is None:
+                    continue
+            row_id = f"d{n:08d}"
+            rows[row_id] = {"sys_id": row_id, "name": "task" if column in TASK_COLUMNS else "incident",
+                            "element": column, "max_length": str(length), "internal_type": "string",
+                            "active": "true"}
         return rows
 
     def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:

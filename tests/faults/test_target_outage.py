@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from relay.alerts import parse_alert
-from relay.app import create_app
+from relay.app import TARGET_CHECKS_KEY, create_app
 from relay.delivery.lifecycle import ticket_keys
 from relay.intake import STORE_KEY
 from relay.settings import Settings
@@ -93,13 +93,19 @@ async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_
     settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
                                   "RELAY_CONFIG": str(config)})
     app = create_app(settings, deliver=True)
-    for kind, kw, times in OUTAGE:
-        servicenow.inject(kind, times=times, **kw)
     episodes = [episode(i, "outage") for i in range(ALERTS)]
     keys = [ticket_keys(parse_alert(json.loads(fired)), "alert")[0].key for fired, _ in episodes]
     try:
         server = await aiohttp_server(app)
         store = app[STORE_KEY]
+        # The outage begins once the start-up target check (read-only, no alert's) has had its answers,
+        # so that every faulty answer goes to an alert's call.
+        async def checked() -> bool:
+            return bool(app[TARGET_CHECKS_KEY])
+
+        await wait_until("checked at start", checked, 10)
+        for kind, kw, times in OUTAGE:
+            servicenow.inject(kind, times=times, **kw)
         headers = {"Authorization": issuer.authorization(), "Content-Type": "application/json"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             # Every Fired, then every Resolved: both wait in the store, so the order is the worker's to keep.
