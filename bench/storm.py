@@ -6,26 +6,24 @@ ServiceNow calls per incident, the intake's p99 during the storm, and duplicates
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
+import os
 import re
+import subprocess
+import sys
 import tempfile
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench.delivery import FAKE_LATENCY_SECONDS, FakeThread, TimedServiceNow, config, wait_for
-from bench.harness import free_port, percentile, relay_process, wait_http
+from bench.harness import ROOT, free_port, percentile, relay_process, wait_http
+from bench.storm_sender import SENDERS
 from devtools.dev_issuer import DevIssuer
 from tests.conftest import load_sample
 
 ALERTS = 4_000
-SENDERS = 32
 MAX_CONCURRENCY = 64
 SAMPLE = "testaction-metric-static-fired.json"  # one storage account: one CI for every alert
 
@@ -42,28 +40,6 @@ def storm_alerts() -> tuple[str, list[bytes]]:
         )
         bodies.append(json.dumps(doc).encode())
     return resource, bodies
-
-
-async def post_storm(url: str, auth: str, bodies: list[bytes]) -> tuple[float, list[tuple[float, float]]]:
-    """Post every body, `SENDERS` at a time: (when the first went out, [(sent, answered)] per request)."""
-    queue = list(reversed(bodies))
-    timings: list[tuple[float, float]] = []
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
-
-    async def sender(http: aiohttp.ClientSession) -> None:
-        while queue:
-            body = queue.pop()
-            sent = time.monotonic()
-            async with http.post(url, data=body, headers=headers) as resp:
-                if resp.status != 202:
-                    raise RuntimeError(f"POST answered {resp.status}: {await resp.text()}")
-            timings.append((sent, time.monotonic()))
-
-    connector = aiohttp.TCPConnector(limit=SENDERS)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        start = time.monotonic()
-        await asyncio.gather(*(sender(http) for _ in range(SENDERS)))
-    return start, timings
 
 
 def call_means_ms(metrics_url: str) -> dict[str, float]:
@@ -89,17 +65,16 @@ def measure(issuer: DevIssuer, work: Path) -> dict[str, Any]:
         relay = relay_process(env, port, work / "storm.log")
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz", relay.proc)
-            # The load generator's own collector pauses (it holds the bodies, the fake the incidents) would
-            # count as intake latency: it collects nothing while it sends.
-            gc.collect()
-            gc.freeze()
-            gc.disable()
-            try:
-                start, timings = asyncio.run(post_storm(f"http://127.0.0.1:{port}/alerts", issuer.authorization(),
-                                                        bodies))
-            finally:
-                gc.enable()
-                gc.unfreeze()
+            (work / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+            sent = subprocess.run(
+                [sys.executable, "-m", "bench.storm_sender", f"http://127.0.0.1:{port}/alerts",
+                 str(work / "bodies.jsonl")],
+                env={**os.environ, "STORM_AUTHORIZATION": issuer.authorization()}, cwd=ROOT,
+                capture_output=True, text=True, timeout=600, check=False)
+            if sent.returncode != 0:
+                raise RuntimeError(f"the storm's senders failed: {sent.stderr[-2000:]}")
+            storm = json.loads(sent.stdout)
+            start, timings = storm["start"], [tuple(t) for t in storm["timings"]]
             wait_for(fake, ALERTS, 600)
             last = max(fake.created_at.values())
             # Intake latency while the worker was delivering: requests answered before the last incident.

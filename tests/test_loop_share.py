@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from relay.delivery.loop_share import (
     INTAKE_BUSY,
     LAG_LIMIT_SECONDS,
+    LAG_MEMORY,
     YIELD_SHARE,
     LoopLag,
     capacity_now,
@@ -38,17 +39,20 @@ def test_capacity_is_never_zero_nor_above_full(full: int, in_flight: int, lag: f
     assert 1 <= got <= full
 
 
-def test_lag_memory_halves_per_quiet_tick() -> None:
+def test_lag_memory_fades_over_quiet_ticks() -> None:
     lag = LoopLag()
     lag.note(0.040)
     assert lag.seconds == pytest.approx(0.040)
     lag.note(0.0)
-    assert lag.seconds == pytest.approx(0.020)
-    lag.note(0.030)
-    assert lag.seconds == pytest.approx(0.030)
-    for _ in range(10):
+    assert lag.seconds == pytest.approx(0.040 * LAG_MEMORY)
+    lag.note(0.050)
+    assert lag.seconds == pytest.approx(0.050)
+    quiet_ticks = 0
+    while lag.seconds >= LAG_LIMIT_SECONDS:
         lag.note(0.0)
-    assert lag.seconds < LAG_LIMIT_SECONDS
+        quiet_ticks += 1
+    # A busy spell outlives a dip of a few ticks, and ends a fraction of a second after the loop is quiet.
+    assert 5 <= quiet_ticks <= 30
 
 
 async def test_lag_is_measured_on_a_real_loop() -> None:

@@ -18,6 +18,7 @@ INTAKE_BUSY = 4  # requests in flight at intake from which it counts as busy
 LAG_LIMIT_SECONDS = 0.005  # the loop runs this late or later: it has more work than it keeps up with
 YIELD_SHARE = 8  # while yielding, the worker keeps 1/8 of its deliveries in flight (at least one)
 LAG_TICK_SECONDS = 0.01  # how often the lag is sampled
+LAG_MEMORY = 0.9  # each quiet tick keeps 90 % of the lag remembered: a busy spell ends ~0.1 s after it did
 
 
 def capacity_now(full: int, *, intake_in_flight: int, lag_seconds: float) -> int:
@@ -30,8 +31,9 @@ def capacity_now(full: int, *, intake_in_flight: int, lag_seconds: float) -> int
 
 class LoopLag:
     """How late the event loop runs: a timer every LAG_TICK_SECONDS notes how much later than asked it
-    fired. `seconds` is the latest lateness, or half the one before when that is more (a short memory,
-    so one quiet tick does not end a busy spell)."""
+    fired. `seconds` is the latest lateness, or LAG_MEMORY of the one before when that is more (a short
+    memory: in a storm the lag swings between 2 and 15 ms from one tick to the next, and the worker must
+    not refill to full capacity at every dip)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = 0.0
@@ -39,7 +41,7 @@ class LoopLag:
         self._task: asyncio.Task[None] | None = None
 
     def note(self, late: float) -> None:
-        self.seconds = max(late, self.seconds / 2)
+        self.seconds = max(late, self.seconds * LAG_MEMORY)
 
     def start(self) -> None:
         if self._task is None:
