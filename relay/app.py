@@ -12,14 +12,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
-from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
+from relay.delivery.routing import ReconcileSettings, RelayConfig, RetentionSettings, default_config
 from relay.delivery.worker import Worker
 from relay.intake import (
     MAX_BODY_BYTES,
@@ -37,9 +38,13 @@ from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
 from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
 from relay.logs import install_request_filter
+from relay.reconcile import JOB_NAME as RECONCILE_JOB
+from relay.reconcile import Reconciler, azure_client_factory
+from relay.reconcile.job import AlertsClient
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
+from relay.store.leases import JobLease, run_leased
 from relay.targets import Forwarder, Target, build_target
 
 log = logging.getLogger("relay.app")
@@ -63,6 +68,10 @@ SERVER_HEADER = "secure-export-relay"
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER_HEADER
 
+
+# Reconciliation's first pass comes this long after start: the webhooks Azure retries land first.
+RECONCILE_FIRST_PASS_SECONDS = 30.0
+RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
 
 # Retention's first pass comes a minute after start (not at start: a restart loop must not turn
 # into a deletion loop, and start-up stays quick), then every `retention.interval_minutes`.
@@ -98,7 +107,11 @@ async def readyz(request: web.Request) -> web.Response:
     except (StoreUnavailable, TimeoutError):
         checks["store"] = False
     ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    doc: dict[str, object] = {"ready": ok, "checks": checks}
+    reconciler = app.get(RECONCILER_KEY)
+    if reconciler is not None:  # details only: Azure being unreachable does not make the relay unready
+        doc["details"] = {"reconcile": reconciler.status()}
+    return web.json_response(doc, status=200 if ok else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -121,10 +134,13 @@ def create_app(
     keys: SigningKeys | None = None,
     metrics: IntakeMetrics | None = None,
     deliver: bool = False,
+    alerts_clients: Callable[[str], AlertsClient] | None = None,
 ) -> web.Application:
     """Build the relay. Starting it opens the store and loads signing keys; stopping closes them.
 
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
+    alerts_clients: the Alerts Management clients reconciliation uses, one per subscription (default:
+    the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section.
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
@@ -173,6 +189,8 @@ def create_app(
     app.cleanup_ctx.append(keys_ctx)
     if deliver:  # after the store opens, so the worker stops before the store closes
         _add_delivery(app, store, settings.config_path, metrics.registry)
+        if app[DELIVERY_CONFIG_KEY].reconcile is not None:
+            _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
     app[METRICS_ADDRESS_KEY] = []
     app.cleanup_ctx.append(_metrics_site(settings, app))
     return app
@@ -209,6 +227,35 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     app.cleanup_ctx.append(delivery_ctx)
     app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
+
+
+def _add_reconcile(app: web.Application, store: Store, settings: ReconcileSettings,
+                   registry: CollectorRegistry | None, clients: Callable[[str], AlertsClient] | None) -> None:
+    """Reconciliation with the Alerts Management API (docs/reconciliation.md): one replica at a time
+    through the store's `reconcile` lease, a first pass RECONCILE_FIRST_PASS_SECONDS after start."""
+    credential = None
+    if clients is None:
+        from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
+
+        credential = DefaultAzureCredential()
+        clients = azure_client_factory(credential)
+    reconciler = Reconciler(store, settings, clients, registry=registry, on_accept=app[ON_ACCEPT_KEY])
+    app[RECONCILER_KEY] = reconciler
+    every = settings.interval_minutes * 60
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        lease = JobLease(store, RECONCILE_JOB, owner=uuid.uuid4().hex, seconds=every * 2 + 60)
+        task = asyncio.create_task(run_leased(lease, every=every, run=reconciler.run_once, stopping=stopping,
+                                              first=RECONCILE_FIRST_PASS_SECONDS), name="reconcile")
+        yield
+        stopping.set()
+        await task
+        await reconciler.close()
+        if credential is not None:
+            await credential.close()
+
+    app.cleanup_ctx.append(ctx)
 
 
 def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:
