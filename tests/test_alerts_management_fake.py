@@ -110,7 +110,7 @@ async def test_a_wrong_token_is_401(fake):
 async def test_the_sdk_refuses_a_bearer_token_over_plain_http(fake):
     client = AlertsManagementClient(StaticCredential(), SUB, base_url=fake.url.replace("https", "http"))
     async with client:
-        with pytest.raises(Exception, match="(?i)non-TLS|https"):
+        with pytest.raises(Exception, match=r"(?i)non-TLS|https"):
             await listed(client)
     assert fake.calls == []
 

@@ -300,3 +300,15 @@ def test_reconciliation_and_any_webhook_interleaving_give_one_incident_per_episo
     assert {n for n, count in opened.items() if count} == expected
     if not lost:
         assert all(opened.values()), opened
+
+
+def test_check_config_reports_reconcile_problems_with_their_lines(tmp_path, capsys):
+    from relay.cli import main
+
+    path = tmp_path / "relay.yaml"
+    path.write_text(BASE + f"reconcile:\n  subscriptions: [{SUB}]\n  rule_ids: [{RULE}]\n  interval_minutes: 0\n")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:8: reconcile.interval_minutes" in err, err
+    path.write_text(BASE + f"reconcile:\n  subscriptions: [{SUB}]\n  rule_ids: [{RULE}]\n")
+    assert main(["check-config", str(path)]) == 0
