@@ -121,6 +121,7 @@ class FakeAlertsManagement(FakeServer):
         self.alerts: dict[str, dict[str, Any]] = {}  # lower-case id -> the alert resource
         self.state_changes: list[tuple[str, str]] = []  # (alert id, new state)
         self.ssl_context, self.ca_path = make_test_tls()
+        self._parsed: dict[str, dt.datetime] = {}
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -194,6 +195,11 @@ class FakeAlertsManagement(FakeServer):
                           f"The api-version '{version}' is invalid. The supported versions are '{API_VERSION}'.")
         return None
 
+    def _started(self, text: str) -> dt.datetime:
+        if text not in self._parsed:  # a listing parses every alert's time on every page: keep them
+            self._parsed[text] = _parse(text)
+        return self._parsed[text]
+
     def _now(self) -> dt.datetime:
         return self.now or dt.datetime.now(dt.UTC)
 
@@ -236,7 +242,7 @@ class FakeAlertsManagement(FakeServer):
             e = alert["properties"]["essentials"]
             if not alert["id"].lower().startswith(prefix):
                 continue
-            if not start <= _parse(e["startDateTime"]) <= end:
+            if not start <= self._started(e["startDateTime"]) <= end:
                 continue
             if any(key in q and str(e.get(field) or "").lower() != q[key].lower() for key, field in FILTERS.items()):
                 continue
