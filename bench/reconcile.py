@@ -24,7 +24,8 @@ from tests.test_alerts_management_fake import StaticCredential
 
 ALERTS = 10_000
 SUB = "11111111-2222-3333-4444-555555555555"
-RULES = [f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Insights/metricAlerts/rule-{i}" for i in range(20)]
+RULE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Insights/metricAlerts/rule-{{}}"
+RULES = [RULE.format(i) for i in range(20)]
 
 
 async def measure(workdir: Path) -> dict[str, Any]:
