@@ -45,7 +45,8 @@ class AlertsClient(Protocol):
 
 def client_options() -> dict[str, Any]:
     """Keyword arguments for the SDK client: the retry policy above."""
-    return {"retry_total": RETRY_TOTAL, "retry_backoff_factor": RETRY_BACKOFF_FACTOR,
+    # retry_status too: azure-core retries status answers (429, 5xx) only 3 times unless told.
+    return {"retry_total": RETRY_TOTAL, "retry_status": RETRY_TOTAL, "retry_backoff_factor": RETRY_BACKOFF_FACTOR,
             "retry_backoff_max": RETRY_BACKOFF_MAX}
 
 
@@ -94,6 +95,10 @@ class Reconciler:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.last_pass: PassResult | None = None
+        # Per subscription, where a listing that hit max_pages stopped (the last startDateTime it read):
+        # the next pass starts there instead of at the look-back's start. Kept in memory: a replica that
+        # takes the lease over starts from the whole look-back again (duplicates, nothing lost).
+        self.resume_from: dict[str, str] = {}
 
     def status(self) -> dict[str, Any]:
         """For /readyz details: when the last pass succeeded (UTC), the last failure, what it did."""
@@ -115,9 +120,10 @@ class Reconciler:
     async def run_once(self) -> PassResult:
         """One pass over every configured subscription; raises when a listing fails (after retries)."""
         result = PassResult()
-        span = window(datetime.fromtimestamp(self.wall_clock(), UTC), self.settings)
+        now = datetime.fromtimestamp(self.wall_clock(), UTC)
         try:
             for subscription in self.settings.subscriptions:
+                span = window(now, self.settings, self.resume_from.get(subscription))
                 async for alert in self._listed(subscription, span, result):
                     reason = skip_reason(alert, self.settings)
                     if reason:
@@ -141,20 +147,27 @@ class Reconciler:
             custom_time_range=span, include_context=False, page_count=self.page_size,
             sort_by="startDateTime", sort_order="asc")
         pages = 0
+        last_started: str | None = None
         async for page in pager.by_page():
             pages += 1
             async for item in page:
                 result.listed += 1
                 try:
-                    yield _from_sdk(item)
+                    alert = _from_sdk(item)
                 except (ValueError, AttributeError) as exc:
                     result.malformed += 1
                     log.warning("reconciliation skipped an alert it cannot read: %s", exc)
+                    continue
+                last_started = alert.started_at
+                yield alert
             if pages >= self.max_pages:
                 result.truncated.append(subscription)
+                if last_started:
+                    self.resume_from[subscription] = last_started
                 log.warning("reconciliation stopped listing subscription %s after %d pages (%d alerts a page); "
                             "the rest waits for the next pass", subscription, pages, self.page_size)
-                break
+                return
+        self.resume_from.pop(subscription, None)  # listed to the end: the next pass takes the whole look-back
 
     async def _accept(self, alert: ListedAlert, result: PassResult) -> None:
         for event in synthesized(alert):

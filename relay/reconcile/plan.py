@@ -18,7 +18,7 @@ from typing import Any
 from relay.alerts import SCHEMA_ID, parse_alert
 from relay.delivery.routing import ReconcileSettings
 from relay.schema import RECONCILED_PROPERTY
-from relay.store.base import Event
+from relay.store.base import Event, key_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +82,15 @@ def listed_alert(alert_id: str, name: str | None, essentials: Mapping[str, Any])
     )
 
 
-def window(now: datetime, settings: ReconcileSettings) -> str:
-    """The API's customTimeRange for one pass: `<start>/<end>`, the look-back up to `now` (UTC, seconds)."""
+def window(now: datetime, settings: ReconcileSettings, resume_from: str | None = None) -> str:
+    """The API's customTimeRange for one pass: `<start>/<end>`, the look-back up to `now` (UTC, seconds).
+    `resume_from`: where the last pass stopped short (the startDateTime of the last alert it listed);
+    the window then starts there, if that is inside the look-back."""
     end = now.astimezone(UTC).replace(microsecond=0)
     start = end - timedelta(hours=settings.look_back_hours)
+    if resume_from:
+        resume = datetime.fromisoformat(key_time(resume_from).replace("Z", "+00:00"))
+        start = min(max(start, resume), end)
     return f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')}/{end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
