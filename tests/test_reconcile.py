@@ -228,7 +228,7 @@ def _t(minutes: int, micro: int, digits: int) -> str:
 episodes = st.lists(st.tuples(st.integers(0, 999_999), st.booleans()), min_size=1, max_size=4)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(episodes=episodes, data=st.data())
 def test_reconciliation_and_any_webhook_interleaving_give_one_incident_per_episode(episodes, data):
     """Episodes of one alert 10 minutes apart (each resolved, the last one maybe still firing). Azure's
@@ -239,11 +239,13 @@ def test_reconciliation_and_any_webhook_interleaving_give_one_incident_per_episo
     - no episode opens two incidents;
     - an episode opens one exactly when its Fired is stored before any event of a later episode and
       no ticket is open (nothing moves a ticket backwards; a lost resolve leaves it open, so the next
-      episode notes it); with no webhook lost, every episode opens one."""
+      episode notes it); with every webhook delivered and nothing reconciled, every episode opens one.
+    A reconciled event of a later episode may overtake a delayed webhook of an earlier one: the
+    earlier episode then opens nothing (it is over), never a second incident."""
     alert_id = f"/subscriptions/{SUB}/providers/Microsoft.AlertsManagement/alerts/11111111-0000-4000-8000-0000000000aa"
     hooks: list[tuple[int, Event]] = []
     recon: list[tuple[int, Event]] = []
-    lost = False
+    lost = reconciled_any = False
     for n, (micro, resolved) in enumerate(episodes):
         resolved = resolved or n < len(episodes) - 1  # an older episode always resolved before a new one
         fired_at, resolved_at = 10 * n, 10 * n + 5
@@ -266,6 +268,7 @@ def test_reconciliation_and_any_webhook_interleaving_give_one_incident_per_episo
                 "startDateTime": _t(fired_at, micro, digits),
                 "monitorConditionResolvedDateTime": _t(resolved_at, micro, digits) if resolved else None})
             recon += [(n, ev) for ev in synthesized(api)]
+            reconciled_any = True
     order: list[tuple[int, Event]] = []
     while hooks or recon:  # any interleaving that keeps each stream's own order
         take_hook = bool(hooks) and (not recon or data.draw(st.booleans()))
@@ -298,7 +301,7 @@ def test_reconciliation_and_any_webhook_interleaving_give_one_incident_per_episo
             state = replace(state, ticket_id=f"T{n}")
     assert all(count <= 1 for count in opened.values()), opened
     assert {n for n, count in opened.items() if count} == expected
-    if not lost:
+    if not lost and not reconciled_any:  # the plain webhook path: every episode has its incident
         assert all(opened.values()), opened
 
 
