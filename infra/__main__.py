@@ -14,6 +14,7 @@ from pulumi_azure_native import resources
 
 from infra import config, relay_config
 from infra.alerting import Alerting, AlertingArgs
+from infra.config import reconcile as reconcile_config
 from infra.hosting import RelayHosting, RelayHostingArgs, source_subscriptions
 from infra.monitoring import SelfMonitoring, SelfMonitoringArgs
 from infra.status_viewer import StatusViewer, StatusViewerArgs
@@ -24,6 +25,11 @@ names = cfg.names
 group = resources.ResourceGroup(
     "resource-group", resource_group_name=names.resource_group, location=cfg.azure.location, tags=cfg.tags
 )
+
+sources = source_subscriptions(cfg.azure.subscription_id, [scope for rule in cfg.alerts for scope in rule.scopes])
+reconciled = reconcile_config.subscriptions(cfg.reconcile, sources) if cfg.reconcile else ()
+wired_rules = reconcile_config.rule_ids(cfg.azure.subscription_id, names.resource_group, cfg.alerts)
+reconcile_section = reconcile_config.relay_section(cfg.reconcile, reconciled, wired_rules) if cfg.reconcile else None
 
 hosting = RelayHosting(
     "relay",
@@ -37,11 +43,11 @@ hosting = RelayHosting(
         storage_sku=cfg.storage_sku,
         payload_retention_days=cfg.payload_retention_days,
         network=cfg.network,
-        relay_config_yaml=relay_config.render(cfg.targets, cfg.routes, cfg.delivery),
+        relay_config_yaml=relay_config.render(cfg.targets, cfg.routes, cfg.delivery, reconcile_section),
         itsm_secret_envs=cfg.itsm_secret_envs,
         audiences=[cfg.entra.identifier_uri, cfg.entra.client_id],
-        allowed_subscriptions=source_subscriptions(cfg.azure.subscription_id,
-                                                   [scope for rule in cfg.alerts for scope in rule.scopes]),
+        allowed_subscriptions=sources,
+        reconcile_subscriptions=reconciled,
         open_telemetry=cfg.monitoring.open_telemetry if cfg.monitoring else None,
         admin_port_in_environment=cfg.status_viewer is not None,
     ),

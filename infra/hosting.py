@@ -60,6 +60,7 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+MONITORING_READER = "43d0d8ad-25c7-4714-9337-8ba259a9fe05"
 
 # Role assignments can take minutes to reach the services that check them (Azure documents up to 30):
 # the first revision waits this long after its grants, so that its Key Vault references, image pull
@@ -110,6 +111,8 @@ class RelayHostingArgs:
     # Expose the relay's admin port (RELAY_METRICS_PORT: /metrics, the status page) to the other apps of
     # its environment, never outside it: for the status viewer (infra/status_viewer.py). Off: no mapping.
     admin_port_in_environment: bool = False
+    # Subscriptions reconciliation lists alerts of (docs/reconciliation.md): Monitoring Reader on each.
+    reconcile_subscriptions: Sequence[str] = ()
 
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
@@ -466,6 +469,10 @@ class RelayHosting(pulumi.ComponentResource):
             self._grant("payloads-blob-data", STORAGE_BLOB_DATA_CONTRIBUTOR, self.payload_container.id),
             self._grant("vault-secrets-user", KEY_VAULT_SECRETS_USER, self.key_vault.id),
             *([self._grant("registry-pull", ACR_PULL, self.registry.id)] if self.registry is not None else []),
+            # Reconciliation reads alerts (Alerts - Get All) on each subscription it covers; another
+            # subscription's assignment needs Owner or User Access Administrator there (docs/deploy.md).
+            *(self._grant(f"monitoring-reader-{sub}", MONITORING_READER, f"/subscriptions/{sub}")
+              for sub in self._args.reconcile_subscriptions),
         ]
 
     def _registries(self) -> list[app.RegistryCredentialsArgs]:

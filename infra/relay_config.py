@@ -22,7 +22,8 @@ HEADER = (
 
 
 def document(
-    targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None
+    targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None,
+    reconcile: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The relay config as plain data, keys in the relay's documented order."""
     rendered: dict[str, Any] = {
@@ -31,12 +32,16 @@ def document(
     }
     if delivery:
         rendered["delivery"] = _plain(delivery)
+    if reconcile:  # infra/config/reconcile.py relay_section
+        rendered["reconcile"] = _plain(reconcile)
     return rendered
 
 
-def render(targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None) -> str:
+def render(targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None,
+           reconcile: Mapping[str, Any] | None = None) -> str:
     body = yaml.safe_dump(
-        document(targets, routes, delivery), sort_keys=False, default_flow_style=False, allow_unicode=True
+        document(targets, routes, delivery, reconcile), sort_keys=False, default_flow_style=False,
+        allow_unicode=True,
     )
     return HEADER + body
 

@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from relay import status_page, telemetry
 from relay.delivery.config import load_config
 from relay.delivery.metrics import DeliveryMetrics
-from relay.delivery.routing import RelayConfig, RetentionSettings, default_config
+from relay.delivery.routing import ReconcileSettings, RelayConfig, RetentionSettings, default_config
 from relay.delivery.target_check import TargetCheckMetrics, check_periodically, readiness_details
 from relay.delivery.worker import Worker
 from relay.intake import (
@@ -44,9 +45,13 @@ from relay.intake.signing_keys import SigningKeys
 from relay.intake.tokens import TokenValidator
 from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
 from relay.logs import AccessLogger, install_request_filter
+from relay.reconcile import JOB_NAME as RECONCILE_JOB
+from relay.reconcile import Reconciler, azure_client_factory
+from relay.reconcile.job import AlertsClient
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
+from relay.store.leases import JobLease, run_leased
 from relay.targets import Forwarder, Target, build_target
 
 log = logging.getLogger("relay.app")
@@ -75,6 +80,10 @@ SERVER_HEADER = "secure-export-relay"
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER_HEADER
 
+
+# Reconciliation's first pass comes this long after start: the webhooks Azure retries land first.
+RECONCILE_FIRST_PASS_SECONDS = 30.0
+RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
 
 # Retention's first pass comes a minute after start (not at start: a restart loop must not turn
 # into a deletion loop, and start-up stays quick), then every `retention.interval_minutes`.
@@ -113,6 +122,9 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, object] = {"ready": ok, "checks": checks}
     if DELIVERY_CONFIG_KEY in app:  # the target check informs, never decides: an ITSM outage is not ours
         body["targets"] = readiness_details(app.get(TARGET_CHECKS_KEY), app[DELIVERY_CONFIG_KEY].targets)
+    reconciler = app.get(RECONCILER_KEY)
+    if reconciler is not None:  # details only: Azure being unreachable does not make the relay unready
+        body["details"] = {"reconcile": reconciler.status()}
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -142,12 +154,15 @@ def create_app(
     metrics: IntakeMetrics | None = None,
     deliver: bool = False,
     telemetry_env: Mapping[str, str] | None = None,
+    alerts_clients: Callable[[str], AlertsClient] | None = None,
 ) -> web.Application:
     """Build the relay. Starting it opens the store and loads signing keys; stopping closes them.
 
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
     telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
     OTLP endpoint set the metrics are also pushed (relay/telemetry.py).
+    alerts_clients: the Alerts Management clients reconciliation uses, one per subscription (default:
+    the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section.
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
@@ -198,6 +213,8 @@ def create_app(
     app.cleanup_ctx.append(keys_ctx)
     if deliver:  # after the store opens, so the worker stops before the store closes
         _add_delivery(app, store, settings.config_path, metrics.registry)
+        if app[DELIVERY_CONFIG_KEY].reconcile is not None:
+            _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
     app[METRICS_ADDRESS_KEY] = []
     app.cleanup_ctx.append(_metrics_site(settings, app))
     # Checked now, so that a bad OTEL_* variable stops the relay at start; exported once delivery's
@@ -288,6 +305,35 @@ def _target_check_ctx(targets: Mapping[str, Target | Forwarder], results: dict,
             pass
 
     return ctx
+
+
+def _add_reconcile(app: web.Application, store: Store, settings: ReconcileSettings,
+                   registry: CollectorRegistry | None, clients: Callable[[str], AlertsClient] | None) -> None:
+    """Reconciliation with the Alerts Management API (docs/reconciliation.md): one replica at a time
+    through the store's `reconcile` lease, a first pass RECONCILE_FIRST_PASS_SECONDS after start."""
+    credential = None
+    if clients is None:
+        from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
+
+        credential = DefaultAzureCredential()
+        clients = azure_client_factory(credential)
+    reconciler = Reconciler(store, settings, clients, registry=registry, on_accept=app[ON_ACCEPT_KEY])
+    app[RECONCILER_KEY] = reconciler
+    every = settings.interval_minutes * 60
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        lease = JobLease(store, RECONCILE_JOB, owner=uuid.uuid4().hex, seconds=every * 2 + 60)
+        task = asyncio.create_task(run_leased(lease, every=every, run=reconciler.run_once, stopping=stopping,
+                                              first=RECONCILE_FIRST_PASS_SECONDS), name="reconcile")
+        yield
+        stopping.set()
+        await task
+        await reconciler.close()
+        if credential is not None:
+            await credential.close()
+
+    app.cleanup_ctx.append(ctx)
 
 
 def retention_schedule(settings: RetentionSettings) -> tuple[float, float]:

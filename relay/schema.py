@@ -147,6 +147,23 @@ RETENTION: dict[str, Bound] = {
     "interval_minutes": Bound(1, 1440, 60),
 }
 
+# The `reconcile:` section of RELAY_CONFIG (docs/reconciliation.md): how often the relay lists its
+# subscriptions' alerts from the Alerts Management API and how far back. The look-back may not exceed
+# the store's `retention.delivered_days` (the keys it dedups against must still be there).
+RECONCILE: dict[str, Bound] = {
+    "interval_minutes": Bound(1, 1440, 5),
+    "look_back_hours": Bound(1, 720, 24),
+}
+# Alert types reconciliation can take, as the Alerts Management API's signalType names them; the
+# default takes both (only stateful metric and log alerts ever resolve).
+RECONCILE_ALERT_TYPES = ("Metric", "Log")
+RECONCILE_KEYS = ("subscriptions", "rule_ids", "alert_types", *RECONCILE)
+# The custom property a body synthesized by reconciliation carries (a webhook never does: customProperties
+# come from the action group, and RELAY_ALLOWED_* decide who may send); rendering marks the ticket text.
+RECONCILED_PROPERTY = "relay.reconciled"
+RECONCILED_TEXT = ("Reconciled by the relay: this event was read from the Azure Alerts Management API; "
+                   "its webhook never reached the relay.")
+
 # `delivery:` settings whose default depends on each target: absent, they are derived per target.
 # adopt_after_seconds: how long a create that got no answer may still land before the next attempt
 # searches for it and adopts it; absent, ADOPT_AFTER_TIMEOUTS x that target's timeout_seconds (the

@@ -320,6 +320,8 @@ class StackConfig:
     # The relay's self-monitoring (infra/config/monitoring.py); None when `monitoring.emails` is not set.
     monitoring: MonitoringSettings | None = None
     status_viewer: StatusViewerSettings | None = None  # None: no viewer (the default)
+    # `secure-export:reconcile` (infra/config/reconcile.py); None: no reconciliation, no Monitoring Reader.
+    reconcile: Any = None
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

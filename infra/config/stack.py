@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from infra import networking
+from infra.config import reconcile as reconcile_config
 from infra.config.alert_rules import _alerts
 from infra.config.model import (
     PAYLOAD_RETENTION_DAYS,
@@ -101,6 +102,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()
         itsm_secret_envs=_itsm_secret_envs(project, targets),
         monitoring=monitoring(project),
         status_viewer=_status_viewer(project),
+        reconcile=reconcile_config.parse(project),
     )
     _check_registry_secret(project, config)
     project.finish()
@@ -115,6 +117,7 @@ def referenced_secret_envs(raw: Mapping[str, Any]) -> tuple[str, ...]:
 def _project(raw: Mapping[str, Any]) -> Section:
     structured = {
         *("appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"),
+        "reconcile",
         *("entra", "network", "monitoring", "statusViewer"),
     }
     view: dict[str, Any] = {}

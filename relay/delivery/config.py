@@ -18,7 +18,15 @@ from jinja2 import Template, TemplateSyntaxError
 from relay.delivery.grouping import GroupSpec
 from relay.delivery.lifecycle import Policy
 from relay.delivery.rendering import compile_template
-from relay.delivery.routing import DeliverySettings, Match, RelayConfig, RetentionSettings, Route, TargetConfig
+from relay.delivery.routing import (
+    DeliverySettings,
+    Match,
+    ReconcileSettings,
+    RelayConfig,
+    RetentionSettings,
+    Route,
+    TargetConfig,
+)
 from relay.schema import (
     DELIVERY,
     DELIVERY_DERIVED,
@@ -26,6 +34,7 @@ from relay.schema import (
     GROUP_BY,
     GROUP_CHILDREN,
     GROUP_KEYS,
+    GUID,
     INCIDENT_PER,
     INLINE_SECRET_KEYS,
     MATCH_KEYS,
@@ -34,6 +43,9 @@ from relay.schema import (
     ON_REPEAT,
     ON_RESOLVE,
     RATE_LIMIT_PER_SECOND,
+    RECONCILE,
+    RECONCILE_ALERT_TYPES,
+    RECONCILE_KEYS,
     RETENTION,
     ROUTE_KEYS,
     SEVERITIES,
@@ -201,14 +213,16 @@ class _Validator:
         if doc is None:
             self.bad((), "the file is empty; it needs targets: and routes: (see docs/configuration.md)")
             return None
-        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention"))
+        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention", "reconcile"))
         if root is None:
             return None
         targets = self.targets(root.get("targets"))
         routes = self.routes(root.get("routes"), targets)
         delivery = self.delivery(root.get("delivery"))
         retention = self.retention(root.get("retention"))
-        return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery, retention=retention)
+        reconcile = self.reconcile(root.get("reconcile"), retention) if "reconcile" in root else None
+        return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery, retention=retention,
+                           reconcile=reconcile)
 
     # targets ---------------------------------------------------------------------------------------
 
@@ -480,6 +494,50 @@ class _Validator:
             return RetentionSettings()
         kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in RETENTION.items() if key in body}
         return RetentionSettings(**kw)
+
+    # reconcile (docs/reconciliation.md) -----------------------------------------------------------
+
+    def reconcile(self, value: Any, retention: RetentionSettings) -> ReconcileSettings | None:
+        path: Path = ("reconcile",)
+        body = self.mapping(value, path, RECONCILE_KEYS)
+        if body is None:
+            return None
+        subs = self.strings(body.get("subscriptions"), (*path, "subscriptions"), "subscription ids (GUIDs)")
+        for i, sub in enumerate(subs):
+            if not GUID.match(sub):
+                self.bad((*path, "subscriptions", i), f"must be a subscription id, a GUID (got {sub[:60]!r})")
+        rules = self.strings(body.get("rule_ids"), (*path, "rule_ids"), "alert rule resource ids")
+        for i, rule in enumerate(rules):
+            if not rule.lower().startswith("/subscriptions/") or "/providers/" not in rule.lower():
+                self.bad((*path, "rule_ids", i),
+                         f"must be an alert rule's resource id, /subscriptions/.../providers/... (got {rule[:60]!r})")
+        types = body.get("alert_types", list(RECONCILE_ALERT_TYPES))
+        kinds = self.strings(types, (*path, "alert_types"), "alert types")
+        for i, kind in enumerate(kinds):
+            if kind not in RECONCILE_ALERT_TYPES:
+                self.bad((*path, "alert_types", i), f"must be one of {', '.join(RECONCILE_ALERT_TYPES)} (got {kind!r})")
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in RECONCILE.items() if key in body}
+        look_back = kw.get("look_back_hours", RECONCILE["look_back_hours"].default)
+        if look_back > retention.delivered_days * 24:
+            self.bad((*path, "look_back_hours"),
+                     f"must be at most retention.delivered_days x 24 = {retention.delivered_days * 24:g} hours "
+                     f"(the store must still hold the keys of the events it looks back at; got {look_back:g})")
+        return ReconcileSettings(subscriptions=tuple(s.lower() for s in subs),
+                                 rule_ids=tuple(r.rstrip("/").lower() for r in rules),
+                                 alert_types=tuple(dict.fromkeys(kinds)), **kw)
+
+    def strings(self, value: Any, path: Path, what: str) -> list[str]:
+        """A non-empty list of non-empty strings (problems reported); the good entries."""
+        if not isinstance(value, list) or not value:
+            self.bad(path, f"is required: a non-empty list of {what} (got {_type(value)})")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                self.bad((*path, i), f"must be a non-empty string (got {_type(item)})")
+            else:
+                out.append(item.strip())
+        return out
 
 
 def _type(value: Any) -> str:

@@ -31,6 +31,7 @@ from relay.alerts import (
     subscription_of,
 )
 from relay.delivery.lifecycle import Action, Kind
+from relay.schema import RECONCILED_PROPERTY, RECONCILED_TEXT
 from relay.targets import Incident, Target, TextLimits, truncate
 
 log = logging.getLogger("relay.delivery.rendering")
@@ -274,6 +275,8 @@ def render_incident(
     if problems:
         log.warning("alert %s: %s", alert.correlation_key, "; ".join(problems))
         description_text = "\n".join(problems) + "\n\n" + description_text
+    if reconciled(alert):
+        description_text = RECONCILED_TEXT + "\n\n" + description_text
     if unbound_configuration_items:
         description_text += (f"\nConfiguration items not bound to a ticket (over the per-alert limit): "
                              f"{', '.join(unbound_configuration_items)}")
@@ -308,6 +311,8 @@ def note_text(action: Action, kind: Kind, alert: Alert, target: Target) -> str:
     else:
         text = f"Azure Monitor alert {title} fired again at {e.fired_at}."
     text += f"\nAlert id: {e.alert_id}"
+    if reconciled(alert):
+        text += "\n" + RECONCILED_TEXT
     return truncate(text, _limits(target).note)
 
 
@@ -335,6 +340,11 @@ def _service_health_note(action: Action, kind: Kind, alert: Alert) -> str:
                   sh["communication"]]
     lines.append(f"Alert id: {alert.essentials.alert_id}")
     return "\n".join(lines)
+
+
+def reconciled(alert: Alert) -> bool:
+    """Whether reconciliation synthesized this event (docs/reconciliation.md) rather than a webhook."""
+    return alert.custom_properties.get(RECONCILED_PROPERTY) is True
 
 
 def _limits(target: Target) -> TextLimits:

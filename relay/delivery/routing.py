@@ -21,6 +21,8 @@ from relay.schema import (
     DELIVERY,
     MAX_CONCURRENCY,
     RATE_LIMIT_PER_SECOND,
+    RECONCILE,
+    RECONCILE_ALERT_TYPES,
     RETENTION,
     TIMEOUT_SECONDS,
     IncidentPer,
@@ -135,11 +137,23 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileSettings:
+    """The `reconcile:` section (docs/reconciliation.md); bounds and defaults are `relay.schema.RECONCILE`'s."""
+
+    subscriptions: tuple[str, ...]  # subscription GUIDs, lower case
+    rule_ids: tuple[str, ...]  # ARM ids of the alert rules wired to the relay, lower case
+    alert_types: tuple[str, ...] = RECONCILE_ALERT_TYPES
+    interval_minutes: float = RECONCILE["interval_minutes"].default
+    look_back_hours: float = RECONCILE["look_back_hours"].default
+
+
+@dataclass(frozen=True, slots=True)
 class RelayConfig:
     targets: Mapping[str, TargetConfig]
     routes: tuple[Route, ...]
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    reconcile: ReconcileSettings | None = None  # None: no `reconcile:` section, the job does not run
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay.alerts import Alert
@@ -78,10 +80,40 @@ class Event:
 
 
 def idempotency_key(alert_id: str, condition: str, occurred_at: str) -> str:
-    """alert id + condition + time: a retry maps to the same key; Fired, Resolved, Fired are three."""
+    """alert id + condition + time: a retry maps to the same key; Fired, Resolved, Fired are three.
+
+    The time is `key_time(occurred_at)`, so the webhook's firedDateTime / resolvedDateTime and the
+    Alerts Management API's startDateTime / monitorConditionResolvedDateTime (which reconciliation
+    reads, through an SDK that keeps microseconds) give one key for one event.
+    """
     # ARM ids are case-insensitive; Azure may change the case between retries of one notification.
-    raw = f"{alert_id.lower()}|{condition}|{occurred_at}"
+    raw = f"{alert_id.lower()}|{condition}|{key_time(occurred_at)}"
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+_KEY_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,]\d+)?(Z|z|[+-]\d{2}:?\d{2})?$")
+
+
+def key_time(text: str) -> str:
+    """An event time as the idempotency key holds it: UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`.
+
+    Whole seconds because the two ways an event reaches the relay write its time with 7, 6, 3 or no
+    fractional digits (and sometimes an offset instead of Z); two events of one alert and condition are
+    always minutes apart (an alert rule evaluates at most once a minute). Text that is not an ISO 8601
+    time is kept as it is (the key then depends on the exact text, as every key did before).
+    """
+    m = _KEY_TIME.match(text.strip())
+    if not m:
+        return text
+    date, clock, tz = m.groups()
+    if tz in (None, "Z", "z"):
+        return f"{date}T{clock}Z"
+    offset = tz if ":" in tz else f"{tz[:3]}:{tz[3:]}"
+    try:
+        dt = datetime.fromisoformat(f"{date}T{clock}{offset}").astimezone(UTC)
+    except ValueError:
+        return text
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
