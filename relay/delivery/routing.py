@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
+from relay.delivery.flapping import Damping
 from relay.delivery.lifecycle import Policy
 from relay.schema import (
     ADOPT_AFTER_TIMEOUTS,
@@ -70,6 +71,7 @@ class Route:
     description: Template | None = None
     continue_: bool = False
     index: int = 0
+    damping: Damping | None = None  # `flapping:` (issue 15); None: no flap damping
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,8 @@ class RelayConfig:
     routes: tuple[Route, ...]
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    # `maintenance:` (issue 15): relay.delivery.maintenance.Window objects (that module imports this one).
+    maintenance: tuple[Any, ...] = ()
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""

@@ -34,8 +34,9 @@ from relay.delivery.lifecycle import (
     correlation_key,
     create_intent,
     create_intent_wait,
-    decide,
-    decide_recovered,
+    InWindow,
+    decide_due,
+    decide_with_noise,
     event_facts,
     orphaned,
     recovered_state,
@@ -46,12 +47,25 @@ from relay.delivery.lifecycle import (
     ticket_keys,
     twin_keys,
 )
+from relay.delivery.flapping import from_epoch, to_epoch
+from relay.delivery.maintenance import active_window
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
-from relay.store.base import Claim, Event, LeaseLost, Store, StoreUnavailable, TicketRecord, VersionConflict
+from relay.delivery.scheduler import Scheduler
+from relay.store.base import (
+    PRIORITY_URGENT,
+    Claim,
+    Event,
+    LeaseLost,
+    Store,
+    StoreUnavailable,
+    TicketRecord,
+    VersionConflict,
+    idempotency_key,
+)
 from relay.targets import (
     Forwarder,
     Incident,
@@ -73,6 +87,11 @@ BUSY_RETRY_SECONDS = 1.0  # another worker is opening this incident: look again 
 BOUNCE_MIN_SECONDS = 1.0  # an event bounced off an open circuit comes back no sooner than this
 RENEWALS_PER_LEASE = 3  # a running delivery renews its lease every third of it
 RECORD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to record an outcome, then 5 s each
+# Issue 15: a timer of an alert (a window's end, a held resolve's expiry) comes back as a *due event* of
+# that alert: the body of the event that set it, this condition, and the due instant as its time. It
+# queues behind the alert's earlier events like any other, so a held resolve never blocks them.
+DUE_CONDITION = "Due"
+DUE_KIND = "alert"  # the scheduler's entry kind for alert timers
 
 
 class _Busy(Exception):
@@ -159,11 +178,16 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._shutdown_started: float | None = None
+        # Time-triggered work, run by whichever replica holds the scheduler's lease (relay.delivery.scheduler).
+        self.scheduler = Scheduler(store, owner=self.owner, wall_clock=wall_clock)
+        self.scheduler.register(DUE_KIND, self._due_event)
+        self._scheduler_task: asyncio.Task[None] | None = None
 
     # -- running -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+        self._scheduler_task = asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler")
 
     def notify(self) -> None:
         """Something new may be claimable (intake accepted an event): look now rather than at the next poll."""
@@ -186,6 +210,9 @@ class Worker:
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
+        if self._scheduler_task is not None:
+            await self._scheduler_task
+            self._scheduler_task = None
         if self._inflight:
             _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             if pending:
@@ -402,8 +429,10 @@ class Worker:
         try:
             async with self._slots[name]:
                 async with asyncio.timeout(deadline):
+                    due = event.condition == DUE_CONDITION
                     if is_forwarder(target):
-                        await self._forward(target, alert, event)  # type: ignore[arg-type]
+                        if not due:  # a receiver that owns the lifecycle has no timers of ours
+                            await self._forward(target, alert, event)  # type: ignore[arg-type]
                     else:
                         facts = event_facts(alert)
                         for key in ticket_keys(alert, route.incident_per, self.settings.max_configuration_items):
@@ -452,7 +481,12 @@ class Worker:
         version = record.version if record else None
         closed = record.closed_at if record else None
         searched = False
-        if record is None:
+        if event.condition == DUE_CONDITION:
+            if record is None:  # nothing was deferred or held under this key
+                return True
+            decision = decide_due(facts.alert, event.occurred_at, state, route.policy,
+                                  window=self._window(alert, event.occurred_at))
+        elif record is None:
             # No record: the first event of this key, or a lost or replaced store. The target's tickets
             # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
             if can_search(target):
@@ -463,7 +497,7 @@ class Worker:
                                       "resolve or merge the duplicates, then replay", retryable=False)
                 state = recovered_state(facts, key.key, found)
                 searched = True
-            decision = decide_recovered(facts, state, route.policy)
+            decision = self._decide(route, alert, facts, state, recovered=True)
             if orphaned(facts, decision):
                 self.metrics.orphan_events.labels(target.name, str(decision.action)).inc()
                 if state is not None:
@@ -473,7 +507,9 @@ class Worker:
                 log.warning("%s: no ticket record for %s (a %s event; a lost or replaced store?): %s; %s",
                             target.name, key.key, facts.kind, held, decision.action)
         else:
-            decision = decide(facts, state, route.policy)
+            decision = self._decide(route, alert, facts, state)
+        # Timers first: a crash after this and before the record leaves a timer that finds nothing to do.
+        await self._schedule_timers(decision, event)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
         if action is Action.REFUSE:  # issue 12: another source's alert with this GUID; recorded in the state
@@ -494,7 +530,8 @@ class Worker:
             base = {k: v for k, v in data.items() if k != "step"} if record else state.to_data()
             marker = step_marker(event.key)
             version = await self._update_incident(target, action, key, state, incident, base, version, closed,
-                                                  self._note(target, action, facts, alert, marker), marker,
+                                                  self._note(target, action, facts, alert, marker, decision.note),
+                                                  marker,
                                                   retrying=step_unsettled(data, action, marker))
             if version is None:
                 return False
@@ -538,10 +575,12 @@ class Worker:
             previous_ticket=previous,
         )
 
-    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str) -> str:
-        """The note text, ending with the event's step marker (kept whole when the text is cut)."""
+    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str,
+              own: str | None = None) -> str:
+        """The note text (the decision's `own` text, else the event's), ending with the event's step marker
+        (kept whole when the text is cut)."""
         limit = target.limits.note
-        text = truncate(note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
+        text = truncate(own or note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
         return f"{text}\n{marker}" if text else marker
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
@@ -660,6 +699,35 @@ class Worker:
             self.metrics.call_seconds.labels(target.name, call).observe(time.perf_counter() - started)
         breaker.succeeded()
         return result
+
+    # -- noise control (issue 15) -------------------------------------------------------------------
+
+    def _window(self, alert: Alert, at: str) -> InWindow | None:
+        return active_window(self.config.maintenance, alert, at) if self.config.maintenance else None
+
+    def _decide(self, route: Route, alert: Alert, facts: EventFacts, state: TicketState | None, *,
+                recovered: bool = False) -> Decision:
+        return decide_with_noise(facts, state, route.policy, window=self._window(alert, facts.occurred_at),
+                                 damping=route.damping, recovered=recovered)
+
+    async def _schedule_timers(self, decision: Decision, event: Event) -> None:
+        for at in decision.timers:
+            await self.scheduler.schedule(DUE_KIND, to_epoch(at), event.alert_id.lower(),
+                                          alert_id=event.alert_id, event=event.key)
+
+    async def _due_event(self, entry: Mapping[str, Any]) -> None:
+        """A timer of an alert is due: queue a due event of the alert with the body of the event that set it."""
+        source = await self.store.event(str(entry["alert_id"]), str(entry["event"]))
+        if source is None:
+            self.metrics.dead_letters.labels("timer_source_gone").inc()
+            log.error("timer of alert %s at %s: its event %s is no longer stored (retention); nothing to decide "
+                      "from", entry["alert_id"], from_epoch(float(entry["at"])), str(entry["event"])[:12])
+            return
+        at = from_epoch(float(entry["at"]))
+        due = Event(key=idempotency_key(source.alert_id, DUE_CONDITION, at), alert_id=source.alert_id,
+                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT)
+        await self.store.accept(due)
+        self.notify()
 
     # -- forwarders ----------------------------------------------------------------------------------
 
