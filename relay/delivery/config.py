@@ -203,6 +203,8 @@ class _NoiseChecks:
             if key not in body:
                 self.bad((*path, key), f"is required: {FLAPPING[key].describe()}")
         kw = {key: self.bounded(body.get(key, bound.default), (*path, key), bound) for key, bound in FLAPPING.items()}
+        if "hold_resolve_seconds" not in body:  # the default hold, but never longer than the window
+            kw["hold_resolve_seconds"] = min(kw["hold_resolve_seconds"], kw["window_seconds"])
         if kw["hold_resolve_seconds"] > kw["window_seconds"]:
             self.bad((*path, "hold_resolve_seconds"),
                      f"is longer than window_seconds ({kw['hold_resolve_seconds']:g} > {kw['window_seconds']:g}): a "

@@ -584,7 +584,10 @@ def _damp(event: EventFacts, st: TicketState, d: Decision, damping: Damping) -> 
     noise = dict(st.noise.get(event.alert) or {})
     flips = recent_flips(noise.get("flips") or (), event.occurred_at, damping)
     noise["flips"] = flips
-    entering = "flapping" not in noise and is_flapping(flips, damping)
+    # A flapping period begins with an incident open (or opening now), and lasts until its held resolve is
+    # delivered: within it, that one incident stays open.
+    has_incident = (st.open and st.ticket_id is not None) or d.action.opens_incident or d.action is Action.REOPEN
+    entering = "flapping" not in noise and is_flapping(flips, damping) and has_incident
     if not entering and "flapping" not in noise:
         return replace(d, state=_with_noise(d.state, event.alert, noise))
     if entering:
