@@ -179,3 +179,40 @@ def test_check_config_exits_1_naming_a_window_that_ends_before_it_starts(tmp_pat
     assert main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err.replace(str(path), "FILE")
     assert "FILE:10: maintenance[0].schedule.end: ends before it starts" in err
+
+
+# -- relay maintenance list ----------------------------------------------------------------------------
+
+def test_maintenance_list_shows_the_current_and_next_runs_in_each_windows_zone(tmp_path, capsys):
+    path = tmp_path / "relay.yaml"
+    path.write_text(WINDOWS)
+    assert main(["maintenance", "list", "--config", str(path), "--at", "2026-12-06T01:30Z"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "sunday-patching: ON now, 2026-12-06 02:00 to 2026-12-06 05:00 Europe/Berlin; next 2026-12-13 02:00 to "
+        "2026-12-13 05:00 Europe/Berlin; cron '0 2 * * SUN' for 180 min; mode note; scope resource_group=rg-prod-* "
+        "resource_id=/subscriptions/*/providers/Microsoft.Compute/virtualMachines/vm-*",
+        "christmas-freeze: off; next 2026-12-24 22:00 to 2026-12-26 06:00 Europe/Berlin; one-off; mode record; "
+        "scope every alert",
+    ]
+    assert main(["maintenance", "list", "--config", str(path), "--at", "2026-12-25T12:00"]) == 0
+    out = capsys.readouterr().out
+    assert "christmas-freeze: ON now, 2026-12-24 22:00 to 2026-12-26 06:00 Europe/Berlin; no next run" in out
+
+
+def test_maintenance_list_reads_relay_config_and_refuses_a_bad_time(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "relay.yaml"
+    path.write_text(BASE)
+    monkeypatch.setenv("RELAY_CONFIG", str(path))
+    assert main(["maintenance", "list"]) == 0
+    assert "no maintenance windows configured" in capsys.readouterr().out
+    assert main(["maintenance", "list", "--at", "Christmas"]) == 2
+    assert "--at 'Christmas' is not an ISO 8601 time" in capsys.readouterr().err
+    monkeypatch.delenv("RELAY_CONFIG")
+    assert main(["maintenance", "list"]) == 2
+
+
+def test_check_config_counts_the_windows(tmp_path, capsys):
+    path = tmp_path / "relay.yaml"
+    path.write_text(WINDOWS)
+    assert main(["check-config", str(path)]) == 0
+    assert "1 route(s); 2 maintenance window(s)" in capsys.readouterr().out

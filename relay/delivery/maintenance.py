@@ -126,3 +126,35 @@ def cron_problem(cron: str, zone: str, now: datetime) -> str | None:
     if first is None or first.astimezone(UTC) > horizon:
         return f"{cron!r} does not fire within {CRON_HORIZON_YEARS} years"
     return None
+
+
+def describe(listed: Sequence[Listed]) -> list[str]:
+    """`relay maintenance list`: one line per window, its times in its own zone."""
+    if not listed:
+        return ["no maintenance windows configured (maintenance: in RELAY_CONFIG)"]
+    lines = []
+    for item in listed:
+        w = item.window
+        zone = ZoneInfo(w.schedule.zone)
+
+        def show(span: tuple[datetime, datetime]) -> str:
+            return f"{span[0].astimezone(zone):%Y-%m-%d %H:%M} to {span[1].astimezone(zone):%Y-%m-%d %H:%M}"
+
+        if item.current is not None:
+            when = f"ON now, {show(item.current)} {w.schedule.zone}"
+        else:
+            when = "off"
+        upcoming = f"next {show(item.next)} {w.schedule.zone}" if item.next else "no next run"
+        schedule = (f"cron {w.schedule.cron!r} for {w.schedule.length.total_seconds() / 60:g} min"
+                    if w.schedule.cron else "one-off")
+        lines.append(f"{w.name}: {when}; {upcoming}; {schedule}; mode {w.mode}; scope {_scope(w)}")
+    return lines
+
+
+def _scope(w: Window) -> str:
+    parts = [f"{k}={','.join(v)}" for k in ("severity", "monitoring_service", "alert_rule", "signal_type",
+                                             "subscription", "resource_group") if (v := getattr(w.scope, k))]
+    parts += [f"custom_properties.{k}={','.join(v)}" for k, v in w.scope.custom_properties.items()]
+    if w.resource_ids:
+        parts.append(f"resource_id={','.join(w.resource_ids)}")
+    return " ".join(parts) or "every alert"
