@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     maint_list = maint_sub.add_parser("list", help="each window: on now or not, and its next run")
     maint_list.add_argument("--at", default=None, metavar="TIME",
                             help="ISO 8601 time to look at (default: now; without an offset: UTC)")
-    maint_list.add_argument("--config", default=None, metavar="FILE", help="the RELAY_CONFIG file (default: $RELAY_CONFIG)")
+    maint_list.add_argument("--config", default=None, metavar="FILE",
+                            help="the RELAY_CONFIG file (default: $RELAY_CONFIG)")
     args = parser.parse_args(argv)
     configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
     # The Azure SDK logs every request's URL and headers at INFO: thousands of lines an hour at the
@@ -61,7 +62,8 @@ def _maintenance_list(args: argparse.Namespace) -> int:
     try:
         at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
     except ValueError:
-        print(f"relay: maintenance list: --at {args.at!r} is not an ISO 8601 time, e.g. 2026-12-24T22:00", file=sys.stderr)
+        print(f"relay: maintenance list: --at {args.at!r} is not an ISO 8601 time, e.g. 2026-12-24T22:00",
+              file=sys.stderr)
         return 2
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
     try:

@@ -132,39 +132,45 @@ def test_windows_parse_with_their_scope_schedule_and_mode():
 
 
 def test_flapping_parses_per_route_and_defaults_its_hold():
-    cfg = config(BASE.replace("  - target: rt\n", "  - target: rt\n    flapping: {window_seconds: 600, transitions: 4}\n"))
+    cfg = config(route_with("    flapping: {window_seconds: 600, transitions: 4}\n"))
     assert cfg.routes[0].damping == Damping(window_seconds=600, transitions=4, hold_seconds=600), \
         "the default hold (900 s) is cut to the window"
-    longer = config(BASE.replace("  - target: rt\n", "  - target: rt\n    flapping: {window_seconds: 3600, transitions: 4}\n"))
+    longer = config(route_with("    flapping: {window_seconds: 3600, transitions: 4}\n"))
     assert longer.routes[0].damping.hold_seconds == 900
     assert config(BASE).routes[0].damping is None, "no flapping: no damping"
 
 
+M = BASE + "maintenance:\n  - name: w\n"
+
+
+def route_with(block: str) -> str:
+    return BASE.replace("  - target: rt\n", "  - target: rt\n" + block)
+
+
 @pytest.mark.parametrize("text, expected", [
-    (BASE + "maintenance:\n  - name: w\n    schedule: {cron: '0 0 30 2 *', duration_minutes: 60}\n",
+    (M + "    schedule: {cron: '0 0 30 2 *', duration_minutes: 60}\n",
      "FILE:8: maintenance[0].schedule.cron: '0 0 30 2 *' does not fire within 5 years"),
-    (BASE + "maintenance:\n  - name: w\n    schedule: {start: '2026-12-25T06:00', end: '2026-12-24T22:00'}\n",
+    (M + "    schedule: {start: '2026-12-25T06:00', end: '2026-12-24T22:00'}\n",
      "FILE:8: maintenance[0].schedule.end: ends before it starts"),
-    (BASE + "maintenance:\n  - name: w\n    schedule:\n      start: '2026-12-25T06:00'\n      end: '2026-12-25T06:00'\n",
+    (M + "    schedule:\n      start: '2026-12-25T06:00'\n      end: '2026-12-25T06:00'\n",
      "FILE:10: maintenance[0].schedule.end: ends before it starts"),
-    (BASE + "maintenance:\n  - name: w\n    schedule: {cron: '0 2 * * SUN', duration_minutes: 60, time_zone: Mars/Olympus}\n",
+    (M + "    schedule: {cron: '0 2 * * SUN', duration_minutes: 60, time_zone: Mars/Olympus}\n",
      "FILE:8: maintenance[0].schedule.time_zone: 'Mars/Olympus' is not an IANA time zone"),
-    (BASE + "maintenance:\n  - name: w\n    schedule: {cron: '0 2 * * SUN'}\n",
+    (M + "    schedule: {cron: '0 2 * * SUN'}\n",
      "FILE:8: maintenance[0].schedule.duration_minutes: is required with cron"),
-    (BASE + "maintenance:\n  - name: w\n    mode: mute\n    schedule: {cron: '0 2 * * SUN', duration_minutes: 5}\n",
+    (M + "    mode: mute\n    schedule: {cron: '0 2 * * SUN', duration_minutes: 5}\n",
      "FILE:8: maintenance[0].mode: must be one of record, note (got 'mute')"),
-    (BASE + "maintenance:\n  - name: w\n    scope: {rule: x}\n    schedule: {cron: '0 2 * * SUN', duration_minutes: 5}\n",
+    (M + "    scope: {rule: x}\n    schedule: {cron: '0 2 * * SUN', duration_minutes: 5}\n",
      "FILE:8: maintenance[0].scope.rule: unknown key"),
-    (BASE + "maintenance:\n  - name: w\n    schedule: {start: '2026-12-01T00:00', end: '2026-12-20T00:00'}\n",
+    (M + "    schedule: {start: '2026-12-01T00:00', end: '2026-12-20T00:00'}\n",
      "FILE:8: maintenance[0].schedule: lasts longer than retention.delivered_days (14 days)"),
     (BASE + "maintenance:\n  - schedule: {cron: '0 2 * * SUN', duration_minutes: 5}\n",
      "FILE:7: maintenance[0].name: is required"),
-    (BASE.replace("  - target: rt\n", "  - target: rt\n    flapping:\n      window_seconds: 600\n"
-                                     "      transitions: 4\n      hold_resolve_seconds: 900\n"),
+    (route_with("    flapping:\n      window_seconds: 600\n      transitions: 4\n      hold_resolve_seconds: 900\n"),
      "FILE:9: routes[0].flapping.hold_resolve_seconds: is longer than window_seconds (900 > 600)"),
-    (BASE.replace("  - target: rt\n", "  - target: rt\n    flapping: {transitions: 4}\n"),
+    (route_with("    flapping: {transitions: 4}\n"),
      "FILE:6: routes[0].flapping.window_seconds: is required"),
-    (BASE.replace("  - target: rt\n", "  - target: rt\n    flapping: {window_seconds: 600, transitions: 1}\n"),
+    (route_with("    flapping: {window_seconds: 600, transitions: 1}\n"),
      "FILE:6: routes[0].flapping.transitions: must be a whole number from 2 to 1000 (got 1)"),
 ])
 def test_bad_noise_config_is_reported_at_its_line_and_key(text, expected):
@@ -174,7 +180,7 @@ def test_bad_noise_config_is_reported_at_its_line_and_key(text, expected):
 
 def test_check_config_exits_1_naming_a_window_that_ends_before_it_starts(tmp_path, capsys):
     path = tmp_path / "relay.yaml"
-    path.write_text(BASE + "maintenance:\n  - name: w\n    schedule:\n      start: '2027-01-02T00:00'\n"
+    path.write_text(M + "    schedule:\n      start: '2027-01-02T00:00'\n"
                            "      end: '2027-01-01T00:00'\n")
     assert main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err.replace(str(path), "FILE")

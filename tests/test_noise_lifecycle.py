@@ -135,7 +135,7 @@ def flap(events, state=None, damping=DAMP, policy=POLICY):
 
 
 def test_changes_up_to_the_limit_behave_as_without_damping():
-    ds, state = flap([fired(0), resolved(0, 10), fired(20)])
+    ds, _ = flap([fired(0), resolved(0, 10), fired(20)])
     assert [d.action for d in ds] == [Action.CREATE, Action.RESOLVE, Action.NEW]
 
 

@@ -137,7 +137,7 @@ def describe(listed: Sequence[Listed]) -> list[str]:
         w = item.window
         zone = ZoneInfo(w.schedule.zone)
 
-        def show(span: tuple[datetime, datetime]) -> str:
+        def show(span: tuple[datetime, datetime], zone: ZoneInfo = zone) -> str:
             return f"{span[0].astimezone(zone):%Y-%m-%d %H:%M} to {span[1].astimezone(zone):%Y-%m-%d %H:%M}"
 
         if item.current is not None:

@@ -24,17 +24,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
+from relay.delivery.flapping import from_epoch, to_epoch
 from relay.delivery.lifecycle import (
     Action,
     Decision,
     EventFacts,
+    InWindow,
     TicketKey,
     TicketState,
     closed_at,
     correlation_key,
     create_intent,
     create_intent_wait,
-    InWindow,
     decide_due,
     decide_with_noise,
     event_facts,
@@ -47,7 +48,6 @@ from relay.delivery.lifecycle import (
     ticket_keys,
     twin_keys,
 )
-from relay.delivery.flapping import from_epoch, to_epoch
 from relay.delivery.maintenance import active_window
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rate_limit import RateLimited, RateLimiter

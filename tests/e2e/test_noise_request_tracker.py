@@ -65,7 +65,7 @@ async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProc
             process.stop()
 
 
-async def test_a_window_ending_with_its_alert_still_firing_opens_its_ticket_then(rt_server, admin, relay):
+async def test_a_window_ending_with_its_alert_still_firing_opens_its_ticket_then(rt_server, admin, relay):  # noqa: F811
     process, issuer, end = relay
     firing, gone, outside = (str(uuid.uuid4()) for _ in range(3))
     vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/maint-{firing[:8]}"
