@@ -222,3 +222,18 @@ def test_check_config_counts_the_windows(tmp_path, capsys):
     path.write_text(WINDOWS)
     assert main(["check-config", str(path)]) == 0
     assert "1 route(s); 2 maintenance window(s)" in capsys.readouterr().out
+
+
+def test_the_documented_windows_and_listing_are_what_the_tool_does(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    example = re.search(r"```yaml\n(maintenance:\n.*?)```", text, re.DOTALL).group(1)
+    shown = re.search(r"```\n\$ relay maintenance list --at (\S+)\n(.*?)```", text, re.DOTALL)
+    path = tmp_path / "relay.yaml"
+    path.write_text(BASE + example)
+    assert main(["maintenance", "list", "--config", str(path), "--at", shown.group(1)]) == 0
+    assert capsys.readouterr().out == shown.group(2)
+    flapping = re.search(r"```yaml\nroutes:\n  - target: snow\n    (flapping: .*?)\n```", text, re.DOTALL).group(1)
+    assert config(route_with(f"    {flapping}\n")).routes[0].damping == Damping(600, 4, 300)
