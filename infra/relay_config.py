@@ -22,7 +22,10 @@ HEADER = (
 
 
 def document(
-    targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None
+    targets: Sequence[Target],
+    routes: Sequence[Route],
+    delivery: Mapping[str, Any] | None = None,
+    maintenance: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The relay config as plain data, keys in the relay's documented order."""
     rendered: dict[str, Any] = {
@@ -31,12 +34,20 @@ def document(
     }
     if delivery:
         rendered["delivery"] = _plain(delivery)
+    if maintenance:
+        rendered["maintenance"] = [_plain(dict(window)) for window in maintenance]
     return rendered
 
 
-def render(targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None) -> str:
+def render(
+    targets: Sequence[Target],
+    routes: Sequence[Route],
+    delivery: Mapping[str, Any] | None = None,
+    maintenance: Sequence[Mapping[str, Any]] = (),
+) -> str:
     body = yaml.safe_dump(
-        document(targets, routes, delivery), sort_keys=False, default_flow_style=False, allow_unicode=True
+        document(targets, routes, delivery, maintenance), sort_keys=False, default_flow_style=False,
+        allow_unicode=True,
     )
     return HEADER + body
 

@@ -301,6 +301,8 @@ class StackConfig:
     # Env var names of the ITSM secrets: each a Key Vault secret the stack creates with a placeholder
     # and an operator sets (`az keyvault secret set`), so no value ever reaches Pulumi config or state.
     itsm_secret_envs: tuple[str, ...]
+    # The relay's `maintenance:` windows (issue 15), passed as they are: the relay checks them.
+    maintenance: tuple[Mapping[str, Any], ...] = ()
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

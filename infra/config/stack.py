@@ -36,7 +36,7 @@ from infra.config.model import (
     secret_name,
 )
 from infra.config.reader import _HTTPS_URL, _LOCATION, _MISSING, ConfigError, Section, _text
-from infra.config.targets import _delivery, _itsm_secret_envs, _routes, _secret_envs, _targets
+from infra.config.targets import _delivery, _itsm_secret_envs, _maintenance, _routes, _secret_envs, _targets
 from infra.naming import SUFFIX_LENGTH, Names, unique_suffix
 from relay import schema
 
@@ -96,6 +96,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()
         delivery=delivery,
         alerts=_alerts(project, azure),
         itsm_secret_envs=_itsm_secret_envs(project, targets),
+        maintenance=_maintenance(project),
     )
     _check_registry_secret(project, config)
     project.finish()
@@ -110,7 +111,7 @@ def referenced_secret_envs(raw: Mapping[str, Any]) -> tuple[str, ...]:
 def _project(raw: Mapping[str, Any]) -> Section:
     structured = {
         *("appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"),
-        *("entra", "network"),
+        *("entra", "network", "maintenance"),
     }
     view: dict[str, Any] = {}
     for full_key, value in raw.items():
