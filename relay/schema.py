@@ -184,4 +184,4 @@ class MaintenanceMode(StrEnum):
 MAINTENANCE_MODES = tuple(MaintenanceMode)
 # A recurring window's cron expression must fire within this many years of now (check-config).
 CRON_HORIZON_YEARS = 5
-MAINTENANCE_DURATION_MINUTES = Bound(1, 7 * 24 * 60, 60)
+MAINTENANCE_DURATION_MINUTES = Bound(1, 7 * 24 * 60, 60, whole=True)  # whole minutes: runs start on minutes

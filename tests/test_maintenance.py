@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.alerts import parse_alert
 from relay.cli import main
@@ -237,3 +240,24 @@ def test_the_documented_windows_and_listing_are_what_the_tool_does(tmp_path, cap
     assert capsys.readouterr().out == shown.group(2)
     flapping = re.search(r"```yaml\nroutes:\n  - target: snow\n    (flapping: .*?)\n```", text, re.DOTALL).group(1)
     assert config(route_with(f"    {flapping}\n")).routes[0].damping == Damping(600, 4, 300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cron=st.sampled_from(["0 2 * * SUN", "*/15 * * * *", "30 1 * * *", "0 0 1 * *", "0 3 * 3,10 SUN"]),
+       zone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kathmandu"]),
+       minutes=st.integers(1, 600),
+       t=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2028, 12, 31), timezones=st.just(UTC)))
+def test_a_recurring_window_is_on_exactly_when_a_run_started_within_its_duration(cron, zone, minutes, t):
+    from croniter import croniter
+
+    schedule = Schedule(zone=zone, cron=cron, duration=timedelta(minutes=minutes))
+    occ = schedule.occurrence_at(t)
+    # Independently: the runs starting in (t - duration, t], stepping forward with croniter.
+    it = croniter(cron, (t - schedule.duration).astimezone(ZoneInfo(zone)))
+    starts = []
+    while (s := it.get_next(datetime).astimezone(UTC)) <= t:
+        starts.append(s)
+    if not starts:
+        assert occ is None, f"on at {t} though no run started within {minutes} min before"
+    else:
+        assert occ == (starts[-1], starts[-1] + schedule.duration)

@@ -14,6 +14,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -41,13 +42,10 @@ class Schedule:
         if self.cron is None:
             assert self.start is not None and self.end is not None
             return (self.start, self.end) if self.start <= t < self.end else None
-        local = t.astimezone(ZoneInfo(self.zone))
-        whole = local.replace(second=0, microsecond=0)
-        if whole == local and croniter.match(self.cron, whole):
-            begin = whole
-        else:
-            begin = croniter(self.cron, local).get_prev(datetime)
-        begin = begin.astimezone(UTC)
+        # Runs start on whole minutes and last whole minutes, so the minute decides; a storm's events share
+        # minutes, and croniter costs milliseconds a call.
+        minute = t.astimezone(UTC).replace(second=0, microsecond=0)
+        begin = _latest_start(self.cron, self.zone, minute)
         return (begin, begin + self.duration) if begin <= t < begin + self.duration else None
 
     def next_after(self, t: datetime) -> tuple[datetime, datetime] | None:
@@ -85,14 +83,23 @@ class Window:
         return any(fnmatch.fnmatchcase(i, g.lower()) for i in ids for g in self.resource_ids)
 
 
+@lru_cache(maxsize=4096)
+def _latest_start(cron: str, zone: str, minute: datetime) -> datetime:
+    """The latest run of `cron` (read in `zone`) starting at or before `minute` (a whole UTC minute)."""
+    local = minute.astimezone(ZoneInfo(zone))
+    if croniter.match(cron, local):
+        return minute
+    return croniter(cron, local).get_prev(datetime).astimezone(UTC)
+
+
 def active_window(windows: Iterable[Window], alert: Alert, at: str) -> InWindow | None:
     """The window covering `alert` that is on at instant `at` (an `instant()` string); of several, the one
     ending last (its end is when the deferred incident opens)."""
     t = datetime.fromtimestamp(to_epoch(at), UTC)
     best: tuple[datetime, Window] | None = None
     for w in windows:
-        occ = w.schedule.occurrence_at(t)
-        if occ is not None and w.covers(alert) and (best is None or occ[1] > best[0]):
+        occ = w.schedule.occurrence_at(t) if w.covers(alert) else None
+        if occ is not None and (best is None or occ[1] > best[0]):
             best = (occ[1], w)
     if best is None:
         return None
