@@ -141,3 +141,19 @@ def test_default_scheduler_pace_is_five_seconds_under_a_thirty_second_lease():
 
     assert (EVERY_SECONDS, LEASE_SECONDS) == (5.0, 30.0)
     assert LEASE_SECONDS > 2 * EVERY_SECONDS
+
+
+async def test_a_timer_whose_event_retention_removed_is_dropped_and_counted(store, start):
+    clock = Clock(epoch("2024-05-01T10:30:00Z"))
+    target = FakeTarget()
+    worker = await start(store, make_config(), {"itsm": target}, clock)
+    await worker.scheduler.schedule("alert", clock.now - 1, "gone", alert_id="/subscriptions/x/alerts/gone",
+                                    event="0" * 64)
+
+    async def dropped() -> bool:
+        return await worker.scheduler.pending() == []
+
+    await until(dropped, "the timer run and dropped")
+    assert worker.metrics.registry.get_sample_value("relay_dead_letters_total",
+                                                    {"reason": "timer_source_gone"}) == 1
+    assert target.calls == [] and await store.pending() == 0
