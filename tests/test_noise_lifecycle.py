@@ -311,3 +311,16 @@ def test_windows_and_damping_together_keep_the_final_state(order, policy, dampin
                            rng=rng)
     assert any(world.tickets.values()) == still_firing(order)
     assert noise_timers(state, A) == ()
+
+
+def test_a_window_end_read_back_from_epoch_seconds_is_the_same_instant():
+    from relay.delivery.flapping import from_epoch, to_epoch
+
+    end = "2026-12-02T07:04:47.938123000Z"  # a one-off window's end with microseconds
+    assert from_epoch(to_epoch(end)) == end
+
+
+def test_the_window_that_just_ended_does_not_defer_again():
+    _, state = step(fired(100), None, win=window(50, 200))
+    d = decide_due(A, t(200), state, POLICY, window=InWindow("patch", t(200)))
+    assert d.action is Action.CREATE

@@ -56,7 +56,9 @@ def to_epoch(instant: str) -> float:
 
 
 def from_epoch(seconds: float) -> str:
-    return from_nanos(round(seconds * 1000) * 1_000_000)
+    """Epoch seconds as an instant, to the microsecond (what a float holds exactly enough, and what
+    datetimes carry): a window's end read back from the scheduler is the same instant."""
+    return from_nanos(round(seconds * 1_000_000) * 1000)
 
 
 def recent_flips(flips: Sequence[str], at: str, damping: Damping) -> list[str]:

@@ -544,7 +544,7 @@ def decide_due(alert: str, at: str, state: TicketState | None, policy: Policy, *
     mark = st.alerts.get(alert)
     deferred = noise.get("deferred")
     if deferred and str(deferred["until"]) <= at:
-        if window is not None:  # another window covers the alert now: wait for its end
+        if window is not None and window.until > str(deferred["until"]):  # another window covers it now
             noise["deferred"] = {**deferred, "window": window.name, "until": window.until}
             return Decision(Action.RECORD, f"window ended, inside maintenance window {window.name} now",
                             _with_noise(st, alert, noise), timers=(window.until,))
