@@ -324,3 +324,8 @@ def test_the_window_that_just_ended_does_not_defer_again():
     _, state = step(fired(100), None, win=window(50, 200))
     d = decide_due(A, t(200), state, POLICY, window=InWindow("patch", t(200)))
     assert d.action is Action.CREATE
+
+
+def test_flips_kept_are_bounded_by_the_transitions_allowed():
+    many = [t(i) for i in range(0, 500, 5)]
+    assert recent_flips(many, t(500), DAMP) == [t(485), t(490), t(495), t(500)]

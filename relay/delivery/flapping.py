@@ -63,10 +63,11 @@ def from_epoch(seconds: float) -> str:
 
 def recent_flips(flips: Sequence[str], at: str, damping: Damping) -> list[str]:
     """The state changes that count at `at`: those within `window_seconds` before the latest of them and
-    `at` (events may arrive out of order: the window is anchored at the latest change seen), plus `at`."""
+    `at` (events may arrive out of order: the window is anchored at the latest change seen), plus `at`.
+    At most `transitions + 1` are kept (the latest): enough to tell flapping, and the record stays small."""
     latest = max([at, *flips])
     since = shift(latest, -damping.window_seconds)
-    return sorted({f for f in (*flips, at) if f > since})
+    return sorted({f for f in (*flips, at) if f > since})[-(damping.transitions + 1):]
 
 
 def is_flapping(flips: Sequence[str], damping: Damping) -> bool:
