@@ -157,3 +157,14 @@ async def test_a_timer_whose_event_retention_removed_is_dropped_and_counted(stor
     assert worker.metrics.registry.get_sample_value("relay_dead_letters_total",
                                                     {"reason": "timer_source_gone"}) == 1
     assert target.calls == [] and await store.pending() == 0
+
+
+def test_intake_can_never_store_a_due_event():
+    import json
+
+    from relay.alerts import SchemaError, parse_alert_json
+
+    doc = json.loads(alert_body())
+    doc["data"]["essentials"]["monitorCondition"] = DUE_CONDITION
+    with pytest.raises(SchemaError, match="monitorCondition"):
+        parse_alert_json(json.dumps(doc).encode())
