@@ -22,8 +22,11 @@ HEADER = (
 
 
 def document(
-    targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None,
+    targets: Sequence[Target],
+    routes: Sequence[Route],
+    delivery: Mapping[str, Any] | None = None,
     reconcile: Mapping[str, Any] | None = None,
+    maintenance: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The relay config as plain data, keys in the relay's documented order."""
     rendered: dict[str, Any] = {
@@ -34,13 +37,20 @@ def document(
         rendered["delivery"] = _plain(delivery)
     if reconcile:  # infra/config/reconcile.py relay_section
         rendered["reconcile"] = _plain(reconcile)
+    if maintenance:
+        rendered["maintenance"] = [_plain(dict(window)) for window in maintenance]
     return rendered
 
 
-def render(targets: Sequence[Target], routes: Sequence[Route], delivery: Mapping[str, Any] | None = None,
-           reconcile: Mapping[str, Any] | None = None) -> str:
+def render(
+    targets: Sequence[Target],
+    routes: Sequence[Route],
+    delivery: Mapping[str, Any] | None = None,
+    reconcile: Mapping[str, Any] | None = None,
+    maintenance: Sequence[Mapping[str, Any]] = (),
+) -> str:
     body = yaml.safe_dump(
-        document(targets, routes, delivery, reconcile), sort_keys=False, default_flow_style=False,
+        document(targets, routes, delivery, reconcile, maintenance), sort_keys=False, default_flow_style=False,
         allow_unicode=True,
     )
     return HEADER + body

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (from `dead-letters list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     _add_alerts_parser(sub, store)
+    maint = sub.add_parser("maintenance", help="maintenance windows of RELAY_CONFIG")
+    maint_sub = maint.add_subparsers(dest="action", required=True)
+    maint_list = maint_sub.add_parser("list", help="each window: on now or not, and its next run")
+    maint_list.add_argument("--at", default=None, metavar="TIME",
+                            help="ISO 8601 time to look at (default: now; without an offset: UTC)")
+    maint_list.add_argument("--config", default=None, metavar="FILE",
+                            help="the RELAY_CONFIG file (default: $RELAY_CONFIG)")
     route = sub.add_parser("route", help="show what the relay would do with one alert under a RELAY_CONFIG "
                            "file: routes, rendered tickets, lifecycle; sends nothing")
     route.add_argument("file", help="the routing/targets YAML file")
@@ -106,7 +113,40 @@ def main(argv: list[str] | None = None) -> int:
         return _alerts(args)
     if args.command == "route":
         return _route(args.file, args.alert, args.at, args.state)
+    if args.command == "maintenance":
+        return _maintenance_list(args)
     return 2
+
+
+def _maintenance_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from relay.delivery.config import ConfigError, load_config
+    from relay.delivery.maintenance import describe, listing
+
+    path = args.config or os.environ.get("RELAY_CONFIG", "").strip()
+    if not path:
+        print("relay: maintenance list: give --config FILE or set RELAY_CONFIG", file=sys.stderr)
+        return 2
+    try:
+        at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    except ValueError:
+        print(f"relay: maintenance list: --at {args.at!r} is not an ISO 8601 time, e.g. 2026-12-24T22:00",
+              file=sys.stderr)
+        return 2
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    try:
+        config = load_config(path)
+    except OSError as exc:
+        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(path), file=sys.stderr)
+        return 1
+    for line in describe(listing(config.maintenance, at)):
+        print(line)
+    return 0
 
 
 def _serve() -> int:
@@ -153,7 +193,8 @@ def _check_config(path: str) -> int:
         print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     targets = ", ".join(f"{name} ({cfg.kind})" for name, cfg in config.targets.items())
-    print(f"{path}: OK: {len(config.targets)} target(s): {targets}; {len(config.routes)} route(s)")
+    windows = f"; {len(config.maintenance)} maintenance window(s)" if config.maintenance else ""
+    print(f"{path}: OK: {len(config.targets)} target(s): {targets}; {len(config.routes)} route(s){windows}")
     return 0
 
 

@@ -72,6 +72,7 @@ INCIDENT_PER = tuple(IncidentPer)
 # The keys of a route, and of its `match:`; every match key but custom_properties takes one pattern or a list.
 ROUTE_KEYS = ("match", "target", "fields", "on_repeat", "on_refire", "on_resolve", "incident_per", "summary",
               "description", "continue", "group")
+ROUTE_KEYS = (*ROUTE_KEYS, "flapping")  # issue 15: flap damping (relay.delivery.flapping)
 MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
               "custom_properties")
 MATCH_LISTS = tuple(k for k in MATCH_KEYS if k != "custom_properties")
@@ -193,3 +194,31 @@ GROUP: dict[str, Bound] = {
     "open_parent_after": Bound(1, 100, 5, whole=True),
     "max_children": Bound(0, 100, 20, whole=True),
 }
+
+# Issue 15, noise control. A route's `flapping:` (relay.delivery.flapping): an alert that changes state more
+# than `transitions` times within `window_seconds` is flapping; its resolves are then held
+# `hold_resolve_seconds` (at most the window). No defaults for the first two: the block states them.
+FLAPPING: dict[str, Bound] = {
+    "window_seconds": Bound(60, 86400, 3600),
+    "transitions": Bound(2, 1000, 4, whole=True),
+    "hold_resolve_seconds": Bound(1, 86400, 900),
+}
+
+# The top-level `maintenance:` list (relay.delivery.maintenance): each window's keys, its scope's keys
+# (the route match keys plus resource-id globs), its schedule's keys and its modes (the first: default).
+MAINTENANCE_KEYS = ("name", "scope", "schedule", "mode")
+MAINTENANCE_SCOPE_KEYS = (*MATCH_KEYS, "resource_id")
+MAINTENANCE_SCHEDULE_KEYS = ("start", "end", "cron", "duration_minutes", "time_zone")
+
+
+class MaintenanceMode(StrEnum):
+    """What a window does with an alert in its scope: record only, or note an existing ticket (no creates)."""
+
+    RECORD = "record"
+    NOTE = "note"
+
+
+MAINTENANCE_MODES = tuple(MaintenanceMode)
+# A recurring window's cron expression must fire within this many years of now (check-config).
+CRON_HORIZON_YEARS = 5
+MAINTENANCE_DURATION_MINUTES = Bound(1, 7 * 24 * 60, 60, whole=True)  # whole minutes: runs start on minutes

@@ -322,6 +322,8 @@ class StackConfig:
     status_viewer: StatusViewerSettings | None = None  # None: no viewer (the default)
     # `secure-export:reconcile` (infra/config/reconcile.py); None: no reconciliation, no Monitoring Reader.
     reconcile: Any = None
+    # The relay's `maintenance:` windows (issue 15), passed as they are: the relay checks them.
+    maintenance: tuple[Mapping[str, Any], ...] = ()
 
 
 def _env_references(options: Mapping[str, Any]) -> Iterator[str]:

@@ -40,7 +40,7 @@ from infra.config.model import (
 )
 from infra.config.monitoring import monitoring
 from infra.config.reader import _HTTPS_URL, _LOCATION, _MISSING, ConfigError, Section, _text
-from infra.config.targets import _delivery, _itsm_secret_envs, _routes, _secret_envs, _targets
+from infra.config.targets import _delivery, _itsm_secret_envs, _maintenance, _routes, _secret_envs, _targets
 from infra.naming import SUFFIX_LENGTH, Names, unique_suffix
 from relay import schema
 
@@ -103,6 +103,7 @@ def parse(raw: Mapping[str, Any], *, stack: str, secret_keys: Sequence[str] = ()
         monitoring=monitoring(project),
         status_viewer=_status_viewer(project),
         reconcile=reconcile_config.parse(project),
+        maintenance=_maintenance(project),
     )
     _check_registry_secret(project, config)
     project.finish()
@@ -118,7 +119,7 @@ def _project(raw: Mapping[str, Any]) -> Section:
     structured = {
         *("appOwners", "tags", "keyVault", "relay", "targets", "routes", "delivery", "alerts", "itsmSecrets"),
         "reconcile",
-        *("entra", "network", "monitoring", "statusViewer"),
+        *("entra", "network", "monitoring", "statusViewer", "maintenance"),
     }
     view: dict[str, Any] = {}
     for full_key, value in raw.items():

@@ -192,6 +192,16 @@ def _delivery(project: Section) -> dict[str, Any]:
     return values
 
 
+def _maintenance(project: Section) -> tuple[dict[str, Any], ...]:
+    """The relay's `maintenance` windows (issue 15), as they are: the relay checks them (check-config)."""
+    expected = "a list of maintenance windows {name, scope, schedule, mode} (docs/configuration.md)"
+    windows = project.raw("maintenance", [], expected=expected)
+    if not isinstance(windows, list) or not all(isinstance(w, Mapping) for w in windows):
+        raise ConfigError(project.key_of("maintenance"), f"must be a list of mappings, got {_describe(windows)}",
+                          expected)
+    return tuple(dict(w) for w in windows)
+
+
 def _itsm_secret_envs(project: Section, targets: Sequence[Target]) -> tuple[str, ...]:
     """The ITSM secrets the targets reference. Their values never pass through Pulumi: the stack
     creates each Key Vault secret with a placeholder and an operator sets the real value."""

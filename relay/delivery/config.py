@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from jinja2 import Template, TemplateSyntaxError
 
+from relay.delivery.flapping import Damping
 from relay.delivery.grouping import GroupSpec
 from relay.delivery.lifecycle import Policy
+from relay.delivery.maintenance import Schedule, Window, cron_problem
 from relay.delivery.rendering import compile_template
 from relay.delivery.routing import (
     DeliverySettings,
@@ -30,6 +34,7 @@ from relay.delivery.routing import (
 from relay.schema import (
     DELIVERY,
     DELIVERY_DERIVED,
+    FLAPPING,
     GROUP,
     GROUP_BY,
     GROUP_CHILDREN,
@@ -37,6 +42,11 @@ from relay.schema import (
     GUID,
     INCIDENT_PER,
     INLINE_SECRET_KEYS,
+    MAINTENANCE_DURATION_MINUTES,
+    MAINTENANCE_KEYS,
+    MAINTENANCE_MODES,
+    MAINTENANCE_SCHEDULE_KEYS,
+    MAINTENANCE_SCOPE_KEYS,
     MATCH_KEYS,
     MAX_CONCURRENCY,
     ON_REFIRE,
@@ -55,6 +65,7 @@ from relay.schema import (
     Bound,
     GroupChildren,
     IncidentPer,
+    MaintenanceMode,
     OnRefire,
     OnRepeat,
     OnResolve,
@@ -92,10 +103,12 @@ def load_config(path: str) -> RelayConfig:
         return parse_config(f.read(), source=path, check_target_options=True)
 
 
-def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: bool = False) -> RelayConfig:
+def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: bool = False,
+                 now: datetime | None = None) -> RelayConfig:
     """Validate the whole document; raises ConfigError listing every problem found.
 
     check_target_options: also let each target module check its block (no I/O, secrets not read).
+    now: the time a recurring maintenance window's cron must fire within five years of (default: now).
     """
     try:
         loader = yaml.SafeLoader(text)
@@ -110,7 +123,7 @@ def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: 
         raise ConfigError([Problem("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}", line)],
                           source) from None
     lines: dict[Path, int] = {}
-    v = _Validator(lines)
+    v = _Validator(lines, now)
     if node is not None:
         _index(node, (), lines, v.problems)
     config = v.document(doc)
@@ -188,8 +201,143 @@ def _line(lines: Mapping[Path, int], path: Path) -> int | None:
     return None
 
 
-class _Validator:
-    def __init__(self, lines: Mapping[Path, int]) -> None:
+class _NoiseChecks:
+    """Issue 15's keys: a route's `flapping:` and the top-level `maintenance:` list (mixed into _Validator)."""
+
+    bad: Any
+    mapping: Any
+    bounded: Any
+    match: Any
+    patterns: Any
+    now: datetime
+
+    def flapping(self, value: Any, path: Path) -> Damping | None:
+        if value is None:
+            return None
+        body = self.mapping(value, path, FLAPPING)
+        if body is None:
+            return None
+        for key in ("window_seconds", "transitions"):
+            if key not in body:
+                self.bad((*path, key), f"is required: {FLAPPING[key].describe()}")
+        kw = {key: self.bounded(body.get(key, bound.default), (*path, key), bound) for key, bound in FLAPPING.items()}
+        if "hold_resolve_seconds" not in body:  # the default hold, but never longer than the window
+            kw["hold_resolve_seconds"] = min(kw["hold_resolve_seconds"], kw["window_seconds"])
+        if kw["hold_resolve_seconds"] > kw["window_seconds"]:
+            self.bad((*path, "hold_resolve_seconds"),
+                     f"is longer than window_seconds ({kw['hold_resolve_seconds']:g} > {kw['window_seconds']:g}): a "
+                     "resolve is held at most one flap window")
+            return None
+        return Damping(window_seconds=kw["window_seconds"], transitions=int(kw["transitions"]),
+                       hold_seconds=kw["hold_resolve_seconds"])
+
+    def maintenance(self, value: Any, retention: RetentionSettings) -> tuple[Window, ...]:
+        path: Path = ("maintenance",)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.bad(path, "must be a list of maintenance windows")
+            return ()
+        windows: list[Window] = []
+        names: set[str] = set()
+        for i, item in enumerate(value):
+            w = self.window(item, (*path, i), retention)
+            if w is None:
+                continue
+            if w.name in names:
+                self.bad((*path, i, "name"), f"another window is named {w.name!r}")
+            names.add(w.name)
+            windows.append(w)
+        return tuple(windows)
+
+    def window(self, value: Any, path: Path, retention: RetentionSettings) -> Window | None:
+        body = self.mapping(value, path, MAINTENANCE_KEYS)
+        if body is None:
+            return None
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            self.bad((*path, "name"), "is required: the window's name")
+            name = ""
+        mode = body.get("mode", MAINTENANCE_MODES[0])
+        if mode not in MAINTENANCE_MODES:
+            self.bad((*path, "mode"), f"must be one of {', '.join(MAINTENANCE_MODES)} (got {mode!r})")
+            mode = MAINTENANCE_MODES[0]
+        scope = body.get("scope") or {}
+        sbody = self.mapping(scope, (*path, "scope"), MAINTENANCE_SCOPE_KEYS) or {}
+        resource_ids = self.patterns(sbody["resource_id"], (*path, "scope", "resource_id")) \
+            if "resource_id" in sbody else ()
+        match = self.match({k: v for k, v in sbody.items() if k != "resource_id"} or None, (*path, "scope"))
+        if "schedule" not in body:
+            self.bad((*path, "schedule"), "is required: start and end, or cron and duration_minutes")
+            return None
+        schedule = self.schedule(body["schedule"], (*path, "schedule"))
+        if schedule is None or not name:
+            return None
+        days = retention.delivered_days
+        if schedule.length > timedelta(days=days):
+            self.bad((*path, "schedule"), f"lasts longer than retention.delivered_days ({days:g} days): an alert "
+                                          "that fired at its start must still be stored at its end")
+        return Window(name=name, schedule=schedule, scope=match, resource_ids=resource_ids,
+                      mode=MaintenanceMode(mode))
+
+    def schedule(self, value: Any, path: Path) -> Schedule | None:
+        body = self.mapping(value, path, MAINTENANCE_SCHEDULE_KEYS)
+        if body is None:
+            return None
+        zone = body.get("time_zone", "UTC")
+        try:
+            if not isinstance(zone, str):
+                raise ZoneInfoNotFoundError(zone)
+            tz = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.bad((*path, "time_zone"), f"{zone!r} is not an IANA time zone (e.g. Europe/Berlin, UTC)")
+            return None
+        if "cron" in body:
+            for key in ("start", "end"):
+                if key in body:
+                    self.bad((*path, key), "a recurring window (cron) has no start or end; give duration_minutes")
+            cron = body["cron"]
+            if not isinstance(cron, str):
+                self.bad((*path, "cron"), "must be a cron expression, e.g. '0 2 * * SUN'")
+                return None
+            problem = cron_problem(cron, zone, self.now)
+            if problem:
+                self.bad((*path, "cron"), problem)
+                return None
+            if "duration_minutes" not in body:
+                self.bad((*path, "duration_minutes"), "is required with cron: how long each run lasts")
+                return None
+            minutes = self.bounded(body["duration_minutes"], (*path, "duration_minutes"), MAINTENANCE_DURATION_MINUTES)
+            return Schedule(zone=zone, cron=cron, duration=timedelta(minutes=minutes))
+        if "duration_minutes" in body:
+            self.bad((*path, "duration_minutes"), "applies to a recurring window (cron); a one-off one has an end")
+        start = self.moment(body.get("start"), (*path, "start"), tz)
+        end = self.moment(body.get("end"), (*path, "end"), tz)
+        if start is None or end is None:
+            return None
+        if end <= start:
+            self.bad((*path, "end"), f"ends before it starts ({end.isoformat()} is not after {start.isoformat()})")
+            return None
+        return Schedule(zone=zone, start=start, end=end)
+
+    def moment(self, value: Any, path: Path, tz: ZoneInfo) -> datetime | None:
+        if value is None:
+            self.bad(path, "is required: an ISO 8601 time, e.g. 2026-12-24T22:00 (read in time_zone)")
+            return None
+        if isinstance(value, datetime):  # YAML reads an unquoted timestamp itself
+            t = value
+        else:
+            try:
+                t = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.bad(path, f"{value!r} is not an ISO 8601 time, e.g. 2026-12-24T22:00")
+                return None
+        return (t if t.tzinfo else t.replace(tzinfo=tz)).astimezone(UTC)
+
+
+class _Validator(_NoiseChecks):
+    def __init__(self, lines: Mapping[Path, int], now: datetime | None = None) -> None:
+        self.now = now or datetime.now(UTC)  # a cron expression must fire within five years of this
         self.lines = lines
         self.problems: list[Problem] = []
         self.covered: set[str] = set()  # keys a reported problem also speaks for (password -> password_env)
@@ -213,7 +361,7 @@ class _Validator:
         if doc is None:
             self.bad((), "the file is empty; it needs targets: and routes: (see docs/configuration.md)")
             return None
-        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention", "reconcile"))
+        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention", "reconcile", "maintenance"))
         if root is None:
             return None
         targets = self.targets(root.get("targets"))
@@ -221,8 +369,9 @@ class _Validator:
         delivery = self.delivery(root.get("delivery"))
         retention = self.retention(root.get("retention"))
         reconcile = self.reconcile(root.get("reconcile"), retention) if "reconcile" in root else None
+        maintenance = self.maintenance(root.get("maintenance"), retention)
         return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery, retention=retention,
-                           reconcile=reconcile)
+                           reconcile=reconcile, maintenance=maintenance)
 
     # targets ---------------------------------------------------------------------------------------
 
@@ -357,6 +506,7 @@ class _Validator:
             continue_=cont,
             index=index,
             group=self.group(body, incident_per, path, targets.get(target) if isinstance(target, str) else None),
+            damping=self.flapping(body.get("flapping"), (*path, "flapping")),
         )
 
     def group(self, body: Mapping[str, Any], incident_per: IncidentPer, path: Path,

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from relay.alerts import Alert, ServiceHealthContext, bind_configuration_items, configuration_items, subscription_of
+from relay.delivery.flapping import Damping, flapping_note, is_flapping, recent_flips, shift
 from relay.schema import DELIVERY, IncidentPer, OnRefire, OnRepeat, OnResolve
 from relay.targets import FoundTicket, TicketView
 
@@ -109,6 +110,9 @@ class TicketState:
     alerts: Mapping[str, Mark] = field(default_factory=dict)
     alert_ids: Mapping[str, str] = field(default_factory=dict)  # the full alertId of each alert in `alerts`
     refused: tuple[str, ...] = ()  # "<time> <full alert id>" of events refused for a different full id
+    # Issue 15, per alert: flap damping (`flips`, `flapping`, a `held` resolve) and a create `deferred` by
+    # a maintenance window; plain JSON, read by `decide_with_noise` and `decide_due` only.
+    noise: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def with_ticket(self, ticket_id: str, number: str | None) -> TicketState:
         return replace(self, ticket_id=ticket_id, ticket_number=number)
@@ -123,6 +127,7 @@ class TicketState:
             "alerts": {k: [m.fired_at, m.resolved, m.at] for k, m in self.alerts.items()},
             **({"alert_ids": dict(self.alert_ids)} if self.alert_ids else {}),
             **({"refused": list(self.refused)} if self.refused else {}),
+            **({"noise": {k: dict(v) for k, v in self.noise.items()}} if self.noise else {}),
         }
 
     @classmethod
@@ -136,6 +141,7 @@ class TicketState:
             alerts={k: Mark(str(v[0]), bool(v[1]), str(v[2])) for k, v in (data.get("alerts") or {}).items()},
             alert_ids={str(k): str(v) for k, v in (data.get("alert_ids") or {}).items()},
             refused=tuple(str(r) for r in data.get("refused") or ()),
+            noise={str(k): dict(v) for k, v in (data.get("noise") or {}).items()},
         )
 
 
@@ -144,6 +150,10 @@ class Decision:
     action: Action
     reason: str  # why, in a few words, for logs and the dry-run output
     state: TicketState  # what to store once the call succeeded (CREATE/NEW: the shell adds the ticket id)
+    # Issue 15: instants at which this alert's key must be decided again (`decide_due`): a window's end, a
+    # held resolve's expiry. The shell registers them with the scheduler before it records the state.
+    timers: tuple[str, ...] = ()
+    note: str | None = None  # a NOTE's own text (the flapping note), instead of the event's
 
 
 def decide(event: EventFacts, state: TicketState | None, policy: Policy) -> Decision:
@@ -488,3 +498,145 @@ def orphaned(event: EventFacts, decision: Decision) -> bool:
     """An event of a key the store held no record of, other than the ordinary first Fired (which creates):
     a Resolved or update with nothing on record, or a Fired the target already holds tickets for."""
     return event.kind is not Kind.FIRED or not decision.action.opens_incident or decision.state.generation > 1
+
+
+# -- noise control (issue 15): maintenance windows and flap damping ------------------------------
+
+@dataclass(frozen=True, slots=True)
+class InWindow:
+    """The maintenance window an event falls in (`relay.delivery.maintenance.active_window`): its name,
+    the instant it ends, and its mode ("record": no call at all but a resolve of a ticket older than the
+    window; "note": notes on existing tickets go on, nothing is opened)."""
+
+    name: str
+    until: str
+    mode: str = "record"
+
+
+def decide_with_noise(event: EventFacts, state: TicketState | None, policy: Policy, *,
+                      window: InWindow | None = None, damping: Damping | None = None,
+                      recovered: bool = False) -> Decision:
+    """`decide` (or `decide_recovered`), then flap damping, then the maintenance window the event falls in.
+
+    - Flapping (more than `transitions` state changes in `window_seconds`; the period lasts until a held
+      resolve is delivered): a resolve that would close the ticket is *held* (the ticket stays open, a timer
+      at its end); a re-fire cancels it; repeats are not noted; entering the period notes "flapping" once.
+    - Inside a window: whatever would open an incident (create, new, reopen) is recorded instead and
+      *deferred* to the window's end (a timer); notes go on only in mode "note"; a resolve still resolves
+      (the ticket existed before the window: nothing is opened inside one).
+    - After a window, an event that itself opens the incident or resolves the alert settles the deferral.
+    """
+    d = decide_recovered(event, state, policy) if recovered else decide(event, state, policy)
+    if d.action is Action.REFUSE:
+        return d
+    st = state or TicketState()
+    if damping is not None:
+        d = _damp(event, st, d, damping)
+    if window is not None:
+        return _in_window(event, st, d, window)
+    noise = d.state.noise.get(event.alert) or {}
+    settles = d.action.opens_incident or (event.kind is Kind.RESOLVED and "deferred" in noise
+                                          and event.fired_at >= str(noise["deferred"]["fired_at"]))
+    if "deferred" in noise and settles:
+        d = replace(d, state=_with_noise(d.state, event.alert, {k: v for k, v in noise.items() if k != "deferred"}))
+    return d
+
+
+def decide_due(alert: str, at: str, state: TicketState | None, policy: Policy, *,
+               window: InWindow | None = None) -> Decision:
+    """A timer of `alert` on this key fired at `at` (the scheduler's due event): a deferred create whose
+    window has ended, or a held resolve whose hold has passed. Pure; a timer already settled, or not due
+    yet, does nothing, so a due event delivered twice acts once."""
+    st = state or TicketState()
+    noise = dict(st.noise.get(alert) or {})
+    mark = st.alerts.get(alert)
+    deferred = noise.get("deferred")
+    if deferred and str(deferred["until"]) <= at:
+        if window is not None and window.until > str(deferred["until"]):  # another window covers it now
+            noise["deferred"] = {**deferred, "window": window.name, "until": window.until}
+            return Decision(Action.RECORD, f"window ended, inside maintenance window {window.name} now",
+                            _with_noise(st, alert, noise), timers=(window.until,))
+        del noise["deferred"]
+        base = _with_noise(st, alert, noise)
+        if mark is None or mark.resolved:
+            return Decision(Action.RECORD, f"maintenance window {deferred['window']} ended; the alert resolved "
+                                           "inside it", base)
+        fired = EventFacts(alert, Kind.FIRED, mark.fired_at, max(mark.at, st.last_at))
+        d = _fired(fired, base, policy)
+        return replace(d, reason=f"maintenance window {deferred['window']} ended, still firing: {d.reason}")
+    held = noise.get("held")
+    if held and str(held["until"]) <= at:
+        rest = {k: v for k, v in noise.items() if k not in ("held", "flips", "flapping")}
+        base = _with_noise(st, alert, rest)
+        if mark is None or not mark.resolved or mark.fired_at != held["fired_at"]:
+            return Decision(Action.RECORD, "held resolve no longer applies", base)
+        d = _resolved(EventFacts(alert, Kind.RESOLVED, mark.fired_at, str(held["at"])), base, policy)
+        return replace(d, reason=f"held resolve delivered (no re-fire within the hold): {d.reason}")
+    return Decision(Action.NOTHING, "no timer of this alert is due", st)
+
+
+def noise_timers(state: TicketState, alert: str) -> tuple[str, ...]:
+    """The instants the state still waits for (for `relay route` and the tests)."""
+    noise = state.noise.get(alert) or {}
+    return tuple(str(noise[k]["until"]) for k in ("deferred", "held") if k in noise)
+
+
+def _damp(event: EventFacts, st: TicketState, d: Decision, damping: Damping) -> Decision:
+    if event.kind is Kind.UPDATE:
+        return d
+    prev = st.alerts.get(event.alert)
+    changed = prev is None or event.fired_at > prev.fired_at or (
+        event.fired_at == prev.fired_at and event.kind is Kind.RESOLVED and not prev.resolved)
+    if not changed:
+        return d
+    noise = dict(st.noise.get(event.alert) or {})
+    flips = recent_flips(noise.get("flips") or (), event.occurred_at, damping)
+    noise["flips"] = flips
+    # A flapping period begins with an incident open (or opening now), and lasts until its held resolve is
+    # delivered: within it, that one incident stays open.
+    has_incident = (st.open and st.ticket_id is not None) or d.action.opens_incident or d.action is Action.REOPEN
+    entering = "flapping" not in noise and is_flapping(flips, damping) and has_incident
+    if not entering and "flapping" not in noise:
+        return replace(d, state=_with_noise(d.state, event.alert, noise))
+    if entering:
+        noise["flapping"] = event.occurred_at
+    note = flapping_note(flips, damping) if entering else None
+    if event.kind is Kind.RESOLVED:
+        if d.action is not Action.RESOLVE:
+            return replace(d, state=_with_noise(d.state, event.alert, noise))
+        until = shift(event.occurred_at, damping.hold_seconds)
+        noise["held"] = {"at": event.occurred_at, "fired_at": event.fired_at, "until": until}
+        held = _with_noise(replace(d.state, open=True), event.alert, noise)
+        return Decision(Action.NOTE if note else Action.RECORD,
+                        f"flapping: resolve held until {until}", held, timers=(until,), note=note)
+    cancelled = "held" in noise
+    noise.pop("held", None)
+    state = _with_noise(d.state, event.alert, noise)
+    if d.action.opens_incident or d.action is Action.REOPEN:  # the ticket was resolved: this one starts the period
+        return replace(d, state=state)
+    reason = "flapping: re-fire cancels the held resolve" if cancelled else "flapping: repeat not noted"
+    if note and st.ticket_id is not None and st.open:
+        return Decision(Action.NOTE, reason, state, note=note)
+    return Decision(Action.RECORD, reason, state)
+
+
+def _in_window(event: EventFacts, st: TicketState, d: Decision, window: InWindow) -> Decision:
+    where = f"inside maintenance window {window.name}"
+    if d.action.opens_incident or d.action is Action.REOPEN:
+        # Keep what the decision learnt (the mark, the alert id, flap counts), not what opening would set.
+        marked = replace(d.state, ticket_id=st.ticket_id, ticket_number=st.ticket_number, open=st.open,
+                         generation=st.generation, last_at=st.last_at)
+        noise = {**(marked.noise.get(event.alert) or {}),
+                 "deferred": {"window": window.name, "until": window.until, "fired_at": event.fired_at}}
+        return Decision(Action.RECORD, f"{where}: {d.action} deferred to its end ({window.until})",
+                        _with_noise(marked, event.alert, noise), timers=(*d.timers, window.until))
+    if d.action is Action.NOTE and window.mode != "note":
+        return Decision(Action.RECORD, f"{where} (mode record): {d.reason}", d.state, timers=d.timers)
+    return d
+
+
+def _with_noise(st: TicketState, alert: str, noise: Mapping[str, Any]) -> TicketState:
+    merged = {k: v for k, v in st.noise.items() if k != alert and k in st.alerts}
+    if noise:
+        merged[alert] = dict(noise)
+    return replace(st, noise=merged)

@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Template
 
 from relay.alerts import Alert, resource_group_of, subscription_of
+from relay.delivery.flapping import Damping
 from relay.delivery.grouping import GroupSpec
 from relay.delivery.lifecycle import Policy
 from relay.schema import (
@@ -78,6 +79,7 @@ class Route:
     continue_: bool = False
     index: int = 0
     group: GroupSpec | None = None  # storm grouping (relay.delivery.grouping); None: every alert on its own
+    damping: Damping | None = None  # `flapping:` (issue 15); None: no flap damping
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class RelayConfig:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     reconcile: ReconcileSettings | None = None  # None: no `reconcile:` section, the job does not run
+    # `maintenance:` (issue 15): relay.delivery.maintenance.Window objects (that module imports this one).
+    maintenance: tuple[Any, ...] = ()
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from relay.alerts import Alert, SchemaError, parse_alert_json
+from relay.delivery.flapping import from_epoch, to_epoch
 from relay.delivery.grouping import (
     GroupDecision,
     GroupKey,
@@ -42,6 +43,7 @@ from relay.delivery.lifecycle import (
     Action,
     Decision,
     EventFacts,
+    InWindow,
     Kind,
     TicketKey,
     TicketState,
@@ -49,8 +51,8 @@ from relay.delivery.lifecycle import (
     correlation_key,
     create_intent,
     create_intent_wait,
-    decide,
-    decide_recovered,
+    decide_due,
+    decide_with_noise,
     event_facts,
     orphaned,
     recovered_state,
@@ -62,12 +64,15 @@ from relay.delivery.lifecycle import (
     twin_keys,
 )
 from relay.delivery.loop_share import LoopLag, capacity_now
+from relay.delivery.maintenance import active_window
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.rate_limit import RateLimited, RateLimiter
 from relay.delivery.rendering import note_text, render_incident, template_context
 from relay.delivery.retry_policy import CircuitBreaker, CircuitOpen, backoff_delay
 from relay.delivery.routing import RelayConfig, Route
+from relay.delivery.scheduler import Scheduler
 from relay.store.base import (
+    PRIORITY_URGENT,
     Claim,
     Event,
     LeaseLost,
@@ -76,6 +81,7 @@ from relay.store.base import (
     TicketRecord,
     TrailEntry,
     VersionConflict,
+    idempotency_key,
 )
 from relay.targets import (
     Forwarder,
@@ -113,6 +119,12 @@ _TRAIL: contextvars.ContextVar[list[TrailEntry] | None] = contextvars.ContextVar
 GROUP_RECORD_RETRIES = 32  # re-reads of a group record after a conflict before giving the event back
 GROUP_CONFLICT_PAUSE_SECONDS = 0.02  # up to this (random) between them
 GROUP_INTENT_POLL_SECONDS = 0.05  # how often a delivery looks whether another's parent create has settled
+
+# Issue 15: a timer of an alert (a window's end, a held resolve's expiry) comes back as a *due event* of
+# that alert: the body of the event that set it, this condition, and the due instant as its time. It
+# queues behind the alert's earlier events like any other, so a held resolve never blocks them.
+DUE_CONDITION = "Due"
+DUE_KIND = "alert"  # the scheduler's entry kind for alert timers
 
 
 class _Busy(Exception):
@@ -206,6 +218,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._shutdown_started: float | None = None
+        # Time-triggered work, run by whichever replica holds the scheduler's lease (relay.delivery.scheduler).
+        self.scheduler = Scheduler(store, owner=self.owner, wall_clock=wall_clock)
+        self.scheduler.register(DUE_KIND, self._due_event)
+        self._scheduler_task: asyncio.Task[None] | None = None
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -213,6 +229,7 @@ class Worker:
         if self._intake_in_flight is not None:
             self.loop_lag.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+        self._scheduler_task = asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler")
 
     def capacity_now(self) -> int:
         """Deliveries that may be in flight now: all of `capacity`, or a share while intake is busy."""
@@ -243,6 +260,9 @@ class Worker:
             await self._loop_task
             self._loop_task = None
         await self.loop_lag.stop()
+        if self._scheduler_task is not None:
+            await self._scheduler_task
+            self._scheduler_task = None
         if self._inflight:
             _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             if pending:
@@ -468,12 +488,16 @@ class Worker:
         deadline = min(self.config.targets[name].timeout_seconds * 6, self.settings.deadline_seconds)
         try:
             async with asyncio.timeout(deadline):
+                due = event.condition == DUE_CONDITION
                 if is_forwarder(target):
-                    await self._forward(target, alert, event)  # type: ignore[arg-type]
+                    if not due:  # a receiver that owns the lifecycle has no timers of ours
+                        await self._forward(target, alert, event)  # type: ignore[arg-type]
                 else:
                     facts = event_facts(alert)
                     keys = ticket_keys(alert, route.incident_per, self.settings.max_configuration_items)
-                    group = group_key(alert, route.group, route.index, facts.fired_at) if route.group else None
+                    # A due event (a timer of this alert) is its own tickets' business, never its group's.
+                    group = (group_key(alert, route.group, route.index, facts.fired_at)
+                             if route.group and not due else None)
                     if group is not None:
                         await self._grouped(route, target, alert, event, facts, keys, group)  # type: ignore[arg-type]
                     else:
@@ -525,7 +549,12 @@ class Worker:
         version = record.version if record else None
         closed = record.closed_at if record else None
         searched = False
-        if record is None:
+        if event.condition == DUE_CONDITION:
+            if record is None:  # nothing was deferred or held under this key
+                return True
+            decision = decide_due(facts.alert, event.occurred_at, state, route.policy,
+                                  window=self._window(alert, event.occurred_at))
+        elif record is None:
             # No record: the first event of this key, or a lost or replaced store. The target's tickets
             # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
             if can_search(target):
@@ -536,7 +565,7 @@ class Worker:
                                       "resolve or merge the duplicates, then replay", retryable=False)
                 state = recovered_state(facts, key.key, found)
                 searched = True
-            decision = decide_recovered(facts, state, route.policy)
+            decision = self._decide(route, alert, facts, state, recovered=True)
             if orphaned(facts, decision):
                 self.metrics.orphan_events.labels(target.name, str(decision.action)).inc()
                 if state is not None:
@@ -546,7 +575,9 @@ class Worker:
                 log.warning("%s: no ticket record for %s (a %s event; a lost or replaced store?): %s; %s",
                             target.name, key.key, facts.kind, held, decision.action)
         else:
-            decision = decide(facts, state, route.policy)
+            decision = self._decide(route, alert, facts, state)
+        # Timers first: a crash after this and before the record leaves a timer that finds nothing to do.
+        await self._schedule_timers(decision, event)
         action = decision.action
         log.debug("%s %s %s: %s (%s)", target.name, key.key, facts.kind, action, decision.reason)
         known = (state.ticket_number or state.ticket_id) if state is not None else None
@@ -571,7 +602,8 @@ class Worker:
             base = {k: v for k, v in data.items() if k != "step"} if record else state.to_data()
             marker = step_marker(event.key)
             version = await self._update_incident(target, action, key, state, incident, base, version, closed,
-                                                  self._note(target, action, facts, alert, marker), marker,
+                                                  self._note(target, action, facts, alert, marker, decision.note),
+                                                  marker,
                                                   retrying=step_unsettled(data, action, marker) or read_first)
             if version is None:
                 return False
@@ -848,10 +880,12 @@ class Worker:
             previous_ticket=previous,
         )
 
-    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str) -> str:
-        """The note text, ending with the event's step marker (kept whole when the text is cut)."""
+    def _note(self, target: Target, action: Action, facts: EventFacts, alert: Alert, marker: str,
+              own: str | None = None) -> str:
+        """The note text (the decision's `own` text, else the event's), ending with the event's step marker
+        (kept whole when the text is cut)."""
         limit = target.limits.note
-        text = truncate(note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
+        text = truncate(own or note_text(action, facts.kind, alert, target), max(0, limit - len(marker) - 1))
         return f"{text}\n{marker}" if text else marker
 
     async def _open_incident(self, target: Target, action: Action, key: TicketKey, incident: Incident,
@@ -1011,6 +1045,35 @@ class Worker:
                          latency_ms=(time.perf_counter() - started) * 1000,
                          ticket=(ticket.number or ticket.id) if ticket else "",
                          link=_ticket_link(target, ticket.id, ticket.number) if ticket else "")
+
+    # -- noise control (issue 15) -------------------------------------------------------------------
+
+    def _window(self, alert: Alert, at: str) -> InWindow | None:
+        return active_window(self.config.maintenance, alert, at) if self.config.maintenance else None
+
+    def _decide(self, route: Route, alert: Alert, facts: EventFacts, state: TicketState | None, *,
+                recovered: bool = False) -> Decision:
+        return decide_with_noise(facts, state, route.policy, window=self._window(alert, facts.occurred_at),
+                                 damping=route.damping, recovered=recovered)
+
+    async def _schedule_timers(self, decision: Decision, event: Event) -> None:
+        for at in decision.timers:
+            await self.scheduler.schedule(DUE_KIND, to_epoch(at), event.alert_id.lower(),
+                                          alert_id=event.alert_id, event=event.key)
+
+    async def _due_event(self, entry: Mapping[str, Any]) -> None:
+        """A timer of an alert is due: queue a due event of the alert with the body of the event that set it."""
+        source = await self.store.event(str(entry["alert_id"]), str(entry["event"]))
+        if source is None:
+            self.metrics.dead_letters.labels("timer_source_gone").inc()
+            log.error("timer of alert %s at %s: its event %s is no longer stored (retention); nothing to decide "
+                      "from", entry["alert_id"], from_epoch(float(entry["at"])), str(entry["event"])[:12])
+            return
+        at = from_epoch(float(entry["at"]))
+        due = Event(key=idempotency_key(source.alert_id, DUE_CONDITION, at), alert_id=source.alert_id,
+                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT)
+        await self.store.accept(due)
+        self.notify()
 
     # -- forwarders ----------------------------------------------------------------------------------
 

@@ -1009,6 +1009,12 @@ class AzureStorageStore:
                      for r in rows)
         return _event_trail(erow, (), tickets_of(done))
 
+    async def event(self, alert_id: str, key: str) -> Event | None:
+        """One stored event by its key (the scheduler's due events re-read a deferred event's body)."""
+        async with self._storage("read an event"):
+            erow = await self._get(alert_partition(alert_id), "e-" + key)
+            return await self._event(erow) if erow is not None else None
+
     # -- ticket records ----------------------------------------------------------------------------
 
     async def get_ticket(self, target: str, key: str) -> TicketRecord | None:

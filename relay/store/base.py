@@ -336,6 +336,10 @@ class Store(Protocol):
         """Re-enqueue the named dead letters (all when None); returns how many."""
         ...
 
+    async def event(self, alert_id: str, key: str) -> Event | None:
+        """The stored event with this idempotency key (of this alert), None once retention removed it."""
+        ...
+
     async def get_ticket(self, target: str, key: str) -> TicketRecord | None: ...
 
     async def put_ticket(self, record: TicketRecord) -> TicketRecord:

@@ -546,6 +546,17 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def event(self, alert_id: str, key: str) -> Event | None:
+        """One stored event by its key (the scheduler's due events re-read a deferred event's body)."""
+
+        def read() -> Event | None:
+            row = self._rdb().execute(
+                "SELECT key, alert_id, condition, occurred_at, body, priority FROM events WHERE key = ?", (key,)
+            ).fetchone()
+            return Event(*row) if row else None
+
+        return await self._read(read)
+
     # -- delivery --------------------------------------------------------------------------------
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
