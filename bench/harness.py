@@ -108,6 +108,25 @@ def run_wrk(url: str, script: Path, connections: int = 32, seconds: int = 10, th
         [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout
+    return wrk_result(out)
+
+
+def start_wrk(url: str, script: Path, connections: int = 32, seconds: int = 10, threads: int = 1
+              ) -> subprocess.Popen[str]:
+    """wrk in the background, for a run that ends on a condition (stop_wrk) rather than at -d."""
+    return subprocess.Popen(
+        [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_wrk(proc: subprocess.Popen[str]) -> WrkResult:
+    """Stop a background wrk as Ctrl-C would (it then prints its figures for the run so far)."""
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    return wrk_result(out)
+
+
+def wrk_result(out: str) -> WrkResult:
 
     def latency(pct: str) -> float:
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
