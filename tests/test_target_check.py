@@ -214,7 +214,7 @@ async def test_serve_checks_targets_at_start_and_a_failure_never_makes_it_unread
         assert resp.status == 200 and body["ready"] is True, body
         assert body["targets"] == {"snow": "failed"}
         assert "401" not in json.dumps(body), "/readyz carries verdicts only"
-        assert "target check snow (servicenow): failed: credentials failed" in caplog.text
+        assert "target check failed for snow (servicenow): credentials failed" in caplog.text
         assert "not-the-password" not in caplog.text
         metrics = await scrape(client)
         assert 'relay_target_check{target="snow"} 0.0' in metrics

@@ -92,6 +92,8 @@ def test_log_needles_are_what_the_relay_writes() -> None:
     handler = (root / "relay/intake/handler.py").read_text()
     assert f'"{monitoring.DEAD_LETTER_LOG} ' in worker
     assert f'"{monitoring.REFUSED_TOKEN_LOG} ' in handler
+    check = (root / "relay/delivery/target_check.py").read_text()
+    assert f'"{monitoring.TARGET_CHECK_LOG} ' in check
 
 
 def test_key_vault_and_storage_services_send_their_logs_to_the_workspace(stack_plan: Plan) -> None:
