@@ -53,6 +53,10 @@ relay names a kind: what the relay needs to know about a kind, the kind's module
   child of another (ServiceNow `parent_incident`, Request Tracker MemberOf). A kind without it gets the
   parent and its notes only; `relay check-config` refuses `group.children: link` for it. Optional too:
   `retitle(ticket, summary)`, which sets a parent's summary as its count grows.
+- Optional, for two-way sync (`can_sync`, see `Syncable`): `changed_since(since, limit)` answers the
+  tickets carrying a relay correlation key that changed at or after `since`, oldest first (ServiceNow
+  `sys_updated_on`, Request Tracker `LastUpdated`, BMC Helix `Last Modified Date`; all in UTC), each as
+  a `TicketChange` with the state it is in now and who changed it, where the API says.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Any, ClassVar, Protocol
 
@@ -256,6 +261,47 @@ def can_retitle(target: object) -> bool:
 def can_link(target: object) -> bool:
     """Whether a target (or a kind's TARGET_CLASS) declares `link`; one that does not gets notes only."""
     return callable(getattr(target, "link", None))
+
+
+# How many changed tickets one `changed_since` call answers at most: the poller pages on from the last one.
+CHANGES_LIMIT = 100
+# A ticket's state as two-way sync sees it, whatever the vendor calls it: open (new, or reopened),
+# in_progress (someone took it), resolved, closed.
+TICKET_STATES = ("open", "in_progress", "resolved", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class TicketChange:
+    """A ticket the relay opened, as a target reports it after a change: its state now (one of
+    `TICKET_STATES`), when it last changed (`changed_at`, UTC, timezone-aware) and by whom (`changed_by`,
+    the account, where the API says; the relay's own account means the relay made the change)."""
+
+    ticket: Ticket
+    correlation_key: str
+    state: str
+    changed_at: datetime
+    changed_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in TICKET_STATES:
+            raise ValueError(f"ticket state must be one of {', '.join(TICKET_STATES)} (got {self.state!r})")
+        if self.changed_at.tzinfo is None:
+            raise ValueError("changed_at must carry its time zone (UTC)")
+
+
+class Syncable(Protocol):
+    """A target that can say which of the relay's tickets changed since a time (two-way sync's poll)."""
+
+    async def changed_since(self, since: datetime, limit: int = CHANGES_LIMIT) -> list[TicketChange]:
+        """Tickets carrying a relay correlation key whose last change is at or after `since` (UTC), oldest
+        first, at most `limit` (the caller asks again from the last one's `changed_at`, and drops what it
+        has already seen at that instant). Bounded and incremental: one query, never a scan of every ticket."""
+        ...
+
+
+def can_sync(target: object) -> bool:
+    """Whether a target declares `changed_since` (two-way sync can poll it)."""
+    return callable(getattr(target, "changed_since", None))
 
 
 class Forwarder(Protocol):
