@@ -21,11 +21,11 @@ from pulumi_azure_native import app, authorization, keyvault, managedidentity
 
 from infra.config import WORKLOAD_PROFILE, AzureContext, StatusViewerSettings
 from infra.naming import Names
+from relay.schema import STATUS_PATH
 
-# The relay serves its status page at this path on its admin port (RELAY_METRICS_PORT), with anything
+# The relay serves its status page at STATUS_PATH on its admin port (RELAY_METRICS_PORT), with anything
 # below it (assets, a page per alert) under STATUS_PATH + "/". Everything else on that port (/metrics)
 # stays out of the viewer's reach.
-STATUS_PATH = "/status"
 # The port nginx listens on inside the viewer's container (unprivileged), the viewer ingress's target.
 VIEWER_PORT = 8080
 # Container Apps authentication's sign-in callback for the Entra provider: the redirect URI the app

@@ -7,12 +7,18 @@ import logging
 import os
 import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
 from importlib import metadata
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from relay.logs import configure as configure_logging
 from relay.schema import SQLITE_URL_PREFIX
 from relay.settings import DEFAULT_STORE_URL, ENVIRONMENT, LogSettings, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from relay.delivery.routing import RelayConfig
+    from relay.store import Store
 
 STORE_HELP = f"store URL (default: RELAY_STORE, else {DEFAULT_STORE_URL})"
 
@@ -121,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
 def _maintenance_list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from relay.delivery.config import ConfigError, load_config
     from relay.delivery.maintenance import describe, listing
 
     path = args.config or os.environ.get("RELAY_CONFIG", "").strip()
@@ -135,15 +140,9 @@ def _maintenance_list(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    try:
-        config = load_config(path)
-    except OSError as exc:
-        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem.format(path), file=sys.stderr)
-        return 1
+    config = read_config(path, refused=1)
+    if isinstance(config, int):
+        return config
     for line in describe(listing(config.maintenance, at)):
         print(line)
     return 0
@@ -178,20 +177,29 @@ def _serve() -> int:
     return 0
 
 
-def _check_config(path: str) -> int:
+def read_config(path: str, *, refused: int, then: Callable[[int], str] | None = None) -> RelayConfig | int:
+    """The RELAY_CONFIG file at `path`, or the exit code once stderr says why not: 2 for a file that cannot
+    be read (one line), `refused` for one the relay refuses (each problem with its line and key, then
+    `then(number of problems)` when given)."""
     from relay.delivery.config import ConfigError, load_config
 
     try:
-        config = load_config(path)
+        return load_config(path)
     except OSError as exc:
         print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem.format(path), file=sys.stderr)
-        count = len(exc.problems)
-        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
-        return 1
+        if then is not None:
+            print(then(len(exc.problems)), file=sys.stderr)
+        return refused
+
+
+def _check_config(path: str) -> int:
+    config = read_config(path, refused=1, then=lambda n: f"{path}: {n} problem{'s' if n != 1 else ''}")
+    if isinstance(config, int):
+        return config
     targets = ", ".join(f"{name} ({cfg.kind})" for name, cfg in config.targets.items())
     windows = f"; {len(config.maintenance)} maintenance window(s)" if config.maintenance else ""
     print(f"{path}: OK: {len(config.targets)} target(s): {targets}; {len(config.routes)} route(s){windows}")
@@ -203,7 +211,6 @@ def _check_targets(path: str | None) -> int:
     import asyncio
 
     from relay.app import build_targets
-    from relay.delivery.config import ConfigError, load_config
     from relay.delivery.target_check import check_targets, report_lines, verdict
     from relay.targets.target_config import TargetConfigError
 
@@ -211,17 +218,11 @@ def _check_targets(path: str | None) -> int:
     if path is None:
         print("relay: check-targets needs a file, or RELAY_CONFIG naming one", file=sys.stderr)
         return 2
+    config = read_config(path, refused=2, then=lambda _: f"{path}: fix it first (relay check-config {path})")
+    if isinstance(config, int):
+        return config
     try:
-        config = load_config(path)
         targets = build_targets(config)
-    except OSError as exc:
-        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem.format(path), file=sys.stderr)
-        print(f"{path}: fix it first (relay check-config {path})", file=sys.stderr)
-        return 2
     except TargetConfigError as exc:  # a secret it names is not set in this environment
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -253,8 +254,8 @@ def store_url(args: argparse.Namespace) -> str:
 def missing_store(url: str) -> str | None:
     """Why an operating command must not open `url`, or None. Opening a SQLite store creates it (and its
     tables): a command pointed at a wrong path would make an empty store and report on that. So the file
-    must exist and hold the relay's tables; it is looked at read-only. (An Azure Storage store is opened as
-    it is: its tables and queues are the relay's own.)"""
+    must exist and hold the relay's tables; it is looked at read-only. (An Azure Storage store opened by a
+    non-owner creates nothing: its `open` raises StoreNotFound instead.)"""
     if not url.startswith(SQLITE_URL_PREFIX):
         return None
     from relay.store.sqlite import SqliteStore
@@ -281,7 +282,6 @@ def _route(path: str, alert_path: str, at_text: str | None, state_path: str | No
     from datetime import UTC, datetime
 
     from relay.alerts import SchemaError, parse_alert, parse_time
-    from relay.delivery.config import ConfigError, load_config
     from relay.delivery.route_tester import StateError, explain, parse_state
     from relay.intake.handler import decode_json
 
@@ -290,15 +290,9 @@ def _route(path: str, alert_path: str, at_text: str | None, state_path: str | No
     except ValueError as exc:
         print(f"relay: --at {at_text!r}: {exc}", file=sys.stderr)
         return 2
-    try:
-        config = load_config(path)
-    except OSError as exc:
-        print(f"relay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem.format(path), file=sys.stderr)
-        return 2
+    config = read_config(path, refused=2)
+    if isinstance(config, int):
+        return config
     state = None
     if state_path:
         try:
@@ -329,15 +323,14 @@ def _route(path: str, alert_path: str, at_text: str | None, state_path: str | No
     return 0
 
 
-def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def on_existing_store(url: str, command: Callable[[Store], Awaitable[int]]) -> int:
+    """Run an operating command on the relay's store at `url`, beside a running relay: never taking its lock,
+    never creating a store. 2, with one line on stderr, when `url` names no relay store or the store
+    cannot be reached; else what `command` returns."""
     import asyncio
 
-    from relay.delivery.dead_letters import list_command, replay_command, show_command
-    from relay.store import StoreUnavailable, open_store
+    from relay.store import StoreNotFound, StoreUnavailable, open_store
 
-    if args.action == "replay" and bool(args.ids) == bool(args.all):
-        parser.error("dead-letters replay: give dead letter ids or --all (not both)")
-    url = store_url(args)
     try:
         problem = missing_store(url)
         store = open_store(url, owner=False)  # beside a running relay: never take its lock
@@ -349,21 +342,36 @@ def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         return 2
 
     async def run() -> int:
-        await store.open()
         try:
-            if args.action == "list":
-                return await list_command(store, sys.stdout, json_lines=args.json)
-            if args.action == "show":
-                return await show_command(store, args.id, sys.stdout, sys.stderr, as_json=args.json)
-            return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
+            await store.open()
+            return await command(store)
         finally:
             await store.close()
 
     try:
         return asyncio.run(run())
+    except StoreNotFound as exc:  # Azure Storage: the queues or table are not there (SQLite: missing_store)
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
     except StoreUnavailable as exc:
         print(f"relay: store unavailable: {exc}", file=sys.stderr)
         return 2
+
+
+def _dead_letters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from relay.delivery.dead_letters import list_command, replay_command, show_command
+
+    if args.action == "replay" and bool(args.ids) == bool(args.all):
+        parser.error("dead-letters replay: give dead letter ids or --all (not both)")
+
+    async def run(store: Store) -> int:
+        if args.action == "list":
+            return await list_command(store, sys.stdout, json_lines=args.json)
+        if args.action == "show":
+            return await show_command(store, args.id, sys.stdout, sys.stderr, as_json=args.json)
+        return await replay_command(store, None if args.all else list(args.ids), sys.stdout, sys.stderr)
+
+    return on_existing_store(store_url(args), run)
 
 
 def _add_alerts_parser(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -384,43 +392,27 @@ def _add_alerts_parser(sub: argparse._SubParsersAction, store: argparse.Argument
 
 def _alerts(args: argparse.Namespace) -> int:
     """`relay alerts show|list`: reads only, beside a running relay; never creates a store."""
-    import asyncio
     import time
 
     from relay.delivery.alert_trail import list_command, parse_since, show_command
-    from relay.store import StoreUnavailable, open_store
 
-    url = store_url(args)
     since = None
     try:
         if args.action == "list":
             if args.limit < 1:
                 raise ValueError(f"--limit must be 1 or more (got {args.limit})")
             since = parse_since(args.since, time.time()) if args.since else None
-        problem = missing_store(url)
-        store = open_store(url, owner=False)  # beside a running relay: never take its lock
     except ValueError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    if problem is not None:
-        print(f"relay: {problem}", file=sys.stderr)
-        return 2
 
-    async def run() -> int:
-        await store.open()
-        try:
-            if args.action == "show":
-                return await show_command(store, args.alert, sys.stdout, sys.stderr, json_lines=args.json)
-            return await list_command(store, sys.stdout, since=since, state=args.state, limit=args.limit,
-                                      json_lines=args.json)
-        finally:
-            await store.close()
+    async def run(store: Store) -> int:
+        if args.action == "show":
+            return await show_command(store, args.alert, sys.stdout, sys.stderr, json_lines=args.json)
+        return await list_command(store, sys.stdout, since=since, state=args.state, limit=args.limit,
+                                  json_lines=args.json)
 
-    try:
-        return asyncio.run(run())
-    except StoreUnavailable as exc:
-        print(f"relay: store unavailable: {exc}", file=sys.stderr)
-        return 2
+    return on_existing_store(store_url(args), run)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ AZURE_CONNECTION_STRING_PREFIXES = ("DefaultEndpointsProtocol=", "UseDevelopment
 AZURE_STORAGE_URL_PREFIXES = (AZURE_STORAGE_ACCOUNT_PREFIX, *AZURE_CONNECTION_STRING_PREFIXES)
 STORE_URL_PREFIXES = (SQLITE_URL_PREFIX, *AZURE_STORAGE_URL_PREFIXES)
 
+# The relay's read-only status page, on its admin port (RELAY_METRICS_PORT), never the public one; a page
+# per alert and anything else of the page's lie below STATUS_PATH + "/". The status viewer
+# (infra/status_viewer.py) proxies exactly these and nothing else of that port.
+STATUS_PATH = "/status"
+
 # A target's name: a metric label, a log field and part of the ticket records' keys.
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TARGET_NAME_RULE = "target names use letters, digits, _ and - (at most 64)"

@@ -22,10 +22,12 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from relay.delivery.alert_trail import entry_text, guid
+from relay.schema import STATUS_PATH
 from relay.store.base import DeadLetter, EventTrail, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+ALERT_PAGE_PATH = STATUS_PATH + "/alert"  # one alert's trail: ?key=<event key> or ?id=<alert id>
 RECENT_EVENTS = 50  # events the page lists
 # ...received in the last day: on Azure Storage the listing scans event rows, and this bounds what it returns.
 RECENT_WINDOW_SECONDS = 24 * 3600
@@ -122,7 +124,7 @@ def _page(title: str, body: str, now: float) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>{_e(title)}</h1><p>secure-export relay &middot; read-only &middot; as of "
-        f"{_e(_iso(now))} &middot; <a href='/status'>status</a> &middot; <a href='/metrics'>metrics</a></p>"
+        f"{_e(_iso(now))} &middot; <a href='{STATUS_PATH}'>status</a> &middot; <a href='/metrics'>metrics</a></p>"
         f"</header><main>{body}</main></body></html>"
     )
 
@@ -183,7 +185,7 @@ def _recent(recent: list[EventTrail] | None) -> str:
         return head + "<p>None received.</p></section>"
     rows = []
     for t in recent:
-        href = f"/status/alert?key={quote(t.key)}"
+        href = f"{ALERT_PAGE_PATH}?key={quote(t.key)}"
         rows.append(
             f"<tr class='event' data-state='{_e(t.state)}'><td>{_e(_iso(t.received_at))}</td>"
             f"<td><a href='{_e(href)}' title='{_e(t.alert_id)}'>{_e(guid(t.alert_id))}</a></td>"
@@ -270,8 +272,8 @@ async def alert_handler(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, store: Store, *, circuits: Callable[[], Mapping[str, str]],
                target_check: Callable[[], Any]) -> None:
-    """Serve /status and /status/alert on `app` (the metrics/admin site, never the public one)."""
+    """Serve the status page and its alert pages on `app` (the metrics/admin site, never the public one)."""
     app[STORE_KEY] = store
     app[SOURCES_KEY] = {"circuits": circuits, "target_check": target_check}
-    app.router.add_get("/status", status_handler)
-    app.router.add_get("/status/alert", alert_handler)
+    app.router.add_get(STATUS_PATH, status_handler)
+    app.router.add_get(ALERT_PAGE_PATH, alert_handler)

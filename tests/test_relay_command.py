@@ -106,3 +106,112 @@ def test_on_a_terminal_the_log_is_text(tmp_path):
     listening = [line for line in lines if "relay listening on" in line]
     assert listening, lines
     assert not listening[0].startswith("{") and " INFO relay.app relay listening on " in listening[0], listening
+
+
+# -- one reading of RELAY_CONFIG and one opening of a store, shared by the operating commands -------------
+
+REFUSED_CONFIG = "targets:\n  rt: {kind: nope}\nroutes: []\n"
+SAMPLE_ALERT = ROOT / "tests" / "samples" / "testaction-metric-static-fired.json"
+
+
+@pytest.mark.parametrize(("argv", "code", "ending"), [
+    (["check-config", "{file}"], 1, "{file}: 2 problems"),
+    (["check-targets", "{file}"], 2, "{file}: fix it first (relay check-config {file})"),
+    (["route", "{file}", str(SAMPLE_ALERT)], 2, None),
+    (["maintenance", "list", "--config", "{file}"], 1, None),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None)
+def test_a_refused_relay_config_lists_each_problem_at_its_line_then_the_commands_ending(tmp_path, capsys, argv,
+                                                                                         code, ending):
+    path = tmp_path / "relay.yaml"
+    path.write_text(REFUSED_CONFIG)
+    assert main([a.format(file=path) for a in argv]) == code
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"{path}:2: targets.rt.kind: must be one of servicenow"), lines
+    assert lines[1] == f"{path}:3: routes: must be a non-empty list of routes", lines
+    assert lines[2:] == ([ending.format(file=path)] if ending else []), lines
+
+
+@pytest.mark.parametrize("argv", [
+    ["check-config", "{file}"], ["check-targets", "{file}"], ["route", "{file}", str(SAMPLE_ALERT)],
+    ["maintenance", "list", "--config", "{file}"],
+], ids=lambda v: " ".join(v[:2]))
+def test_an_unreadable_relay_config_is_one_line_and_exits_2(tmp_path, capsys, argv):
+    missing = tmp_path / "nope.yaml"
+    assert main([a.format(file=missing) for a in argv]) == 2
+    assert capsys.readouterr().err == f"relay: cannot read {missing}: No such file or directory\n"
+
+
+def test_read_config_gives_the_config_or_the_exit_code_once_it_said_why(tmp_path, capsys):
+    from relay.cli import read_config
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("targets:\n  rt: {kind: dry_run}\nroutes:\n  - target: rt\n")
+    bad.write_text(REFUSED_CONFIG)
+    config = read_config(str(good), refused=1)
+    assert not isinstance(config, int) and list(config.targets) == ["rt"]
+    assert capsys.readouterr().err == ""
+    counted: list[int] = []
+    assert read_config(str(bad), refused=7, then=lambda n: counted.append(n) or "after") == 7
+    assert counted == [2] and capsys.readouterr().err.splitlines()[-1] == "after"
+
+
+@pytest.fixture
+def empty_store(tmp_path):
+    """A relay's SQLite store holding nothing."""
+    import asyncio
+
+    from relay.store.sqlite import SqliteStore
+
+    db = tmp_path / "relay.db"
+
+    async def make() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        await store.close()
+
+    asyncio.run(make())
+    return db
+
+
+def test_on_existing_store_runs_the_command_on_the_opened_store_and_returns_its_code(empty_store, capsys):
+    from relay.cli import on_existing_store
+
+    seen: list[int] = []
+
+    async def command(store) -> int:  # type: ignore[no-untyped-def]
+        seen.append(await store.pending())
+        return 7
+
+    assert on_existing_store(f"sqlite:///{empty_store}", command) == 7
+    assert seen == [0] and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("sqlite:///{tmp}/typo/relay.db", "relay: no store at {tmp}/typo/relay.db (from --store or RELAY_STORE): "
+                                      "nothing was created; name the relay's store"),
+    ("mysql://x", "relay: unsupported store 'mysql://x': use sqlite:///path/to/relay.db"),
+])
+def test_on_existing_store_without_a_store_exits_2_and_never_runs_the_command(tmp_path, capsys, url, said):
+    from relay.cli import on_existing_store
+
+    ran: list[object] = []
+
+    async def command(store) -> int:  # type: ignore[no-untyped-def]
+        ran.append(store)
+        return 0
+
+    assert on_existing_store(url.format(tmp=tmp_path), command) == 2
+    assert capsys.readouterr().err.startswith(said.format(tmp=tmp_path))
+    assert ran == [] and not (tmp_path / "typo").exists()
+
+
+def test_on_existing_store_reports_a_store_that_fails_mid_command_in_one_line(empty_store, capsys):
+    from relay.cli import on_existing_store
+    from relay.store import StoreUnavailable
+
+
+    async def command(store) -> int:  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("sqlite: disk I/O error")
+
+    assert on_existing_store(f"sqlite:///{empty_store}", command) == 2
+    assert capsys.readouterr().err == "relay: store unavailable: sqlite: disk I/O error\n"

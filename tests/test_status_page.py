@@ -131,6 +131,25 @@ def test_a_store_that_cannot_be_read_shows_unavailable_not_an_error_page():
     assert dom.by_id["store-error"] == "Store: sqlite: disk I/O error"
 
 
+def test_the_page_is_served_and_links_only_below_the_one_status_path_the_viewer_proxies():
+    from aiohttp import web
+
+    import infra.status_viewer
+    from relay import schema
+    from relay.status_page import add_routes
+
+    assert infra.status_viewer.STATUS_PATH is schema.STATUS_PATH, "the viewer must proxy the path the relay serves"
+    app = web.Application()
+    add_routes(app, store=None, circuits=dict, target_check=lambda: None)  # type: ignore[arg-type]
+    served = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
+    assert served == {schema.STATUS_PATH, schema.STATUS_PATH + "/alert"}, served
+    pages = (render_status(snap(recent=[trail("k1", "delivered")])), render_alert([], "k1", 0.0))
+    own = {a["href"].split("?")[0] for page in pages for a in Dom(page).all("a") if a["href"].startswith("/")}
+    outside = {h for h in own if h != schema.STATUS_PATH and not h.startswith(schema.STATUS_PATH + "/")}
+    # /metrics is the admin port's own, reached there (not through the viewer): the one link outside.
+    assert outside == {"/metrics"}, f"the page links to paths the viewer does not proxy: {outside}"
+
+
 def test_alert_page_lists_each_attempt_with_its_calls():
     t = EventTrail("k", ALERT_ID, "Fired", "t", 0.0, "delivered",
                    (Attempt(1.0, "retry", "rt: 503", (TrailEntry(1.0, "call", "rt", "create", "", "503", 8.0),)),

@@ -19,6 +19,7 @@ from relay.store.base import (
     Retention,
     Store,
     StoreInUse,
+    StoreNotFound,
     StoreUnavailable,
     TicketRecord,
     VersionConflict,
@@ -34,6 +35,7 @@ __all__ = [
     "Retention",
     "Store",
     "StoreInUse",
+    "StoreNotFound",
     "StoreUnavailable",
     "TicketRecord",
     "VersionConflict",
@@ -47,8 +49,9 @@ def open_store(url: str, *, owner: bool = True) -> Store:
 
     owner: this process serves the store (`relay serve`). SQLite has one owner, which holds a lock file
     beside the database (a second one gets StoreInUse at `open`) and releases its dead predecessor's
-    leases; admin commands (`relay dead-letters`) pass False and work beside a running relay. Azure
-    Storage has no owner: any number of replicas share it.
+    leases; admin commands (`relay dead-letters`, `relay alerts`) pass False and work beside a running
+    relay. Azure Storage has no owner (any number of replicas share it), but only an owner creates the
+    queues, table and container it lacks: a non-owner's `open` finds them or raises StoreNotFound.
     """
     if url.startswith(SQLITE_URL_PREFIX):
         from relay.store.sqlite import SqliteStore
@@ -57,7 +60,7 @@ def open_store(url: str, *, owner: bool = True) -> Store:
     if url.startswith(AZURE_STORAGE_URL_PREFIXES):
         from relay.store.azure import AzureStorageStore
 
-        return AzureStorageStore.from_url(url)
+        return AzureStorageStore.from_url(url, create=owner)
     # A mistyped connection string may hold an account key: never echo it.
     secret = "key=" in url.lower() or "signature=" in url.lower()
     shown = "a value holding a key (not shown)" if secret else repr(url)

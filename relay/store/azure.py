@@ -103,6 +103,7 @@ from relay.store.base import (
     Expired,
     LeaseLost,
     Retention,
+    StoreNotFound,
     StoreUnavailable,
     TicketRecord,
     VersionConflict,
@@ -251,7 +252,9 @@ def operation_name(service: str, method: str, url: str) -> str:
 class AzureStorageStore:
     def __init__(self, *, connection_string: str | None = None, account: str | None = None,
                  names: StorageNames = StorageNames(),
-                 operation_timeout: float = OPERATION_TIMEOUT_SECONDS) -> None:
+                 operation_timeout: float = OPERATION_TIMEOUT_SECONDS, create: bool = True) -> None:
+        """create: make the queues, table and container at `open` when missing (`relay serve`). False for
+        an operating command: `open` only looks for them, and raises StoreNotFound when one is missing."""
         if (connection_string is None) == (account is None):
             raise ValueError("give either an Azure Storage connection string or an account name")
         if account is not None and not _ACCOUNT.match(account):
@@ -260,6 +263,7 @@ class AzureStorageStore:
         self.account = account or _account_of(connection_string or "")
         self.names = names
         self.operation_timeout = operation_timeout
+        self.create = create
         self._credential: Any = None
         self._table: TableClient | None = None
         self._queue: QueueClient | None = None
@@ -274,11 +278,11 @@ class AzureStorageStore:
         self.operations = OperationCounter()
 
     @classmethod
-    def from_url(cls, url: str) -> AzureStorageStore:
+    def from_url(cls, url: str, *, create: bool = True) -> AzureStorageStore:
         """`azure-storage://<account>` (managed identity) or a connection string (Azurite, keys)."""
         if url.startswith(AZURE_STORAGE_ACCOUNT_PREFIX):
-            return cls(account=url.removeprefix(AZURE_STORAGE_ACCOUNT_PREFIX).strip("/"))
-        return cls(connection_string=url)
+            return cls(account=url.removeprefix(AZURE_STORAGE_ACCOUNT_PREFIX).strip("/"), create=create)
+        return cls(connection_string=url, create=create)
 
     def __repr__(self) -> str:  # never the connection string: it may hold an account key
         return f"AzureStorageStore(account={self.account!r}, table={self.names.table!r})"
@@ -318,6 +322,9 @@ class AzureStorageStore:
                                        raw_request_hook=count("queue"), **storage_opts)
             self._container = ContainerClient(blob_url, n.container, credential=cred,
                                               raw_request_hook=count("blob"), **storage_opts)
+        if not self.create:
+            await self._find()  # an operating command: unreachable or missing storage is its answer
+            return
         try:
             await self._set_up()
         except StoreUnavailable as exc:
@@ -334,6 +341,36 @@ class AzureStorageStore:
                 _ensure(self._poison.create_queue()),  # type: ignore[union-attr]
                 _ensure(self._container.create_container()),  # type: ignore[union-attr]
             )
+        self._ready = True
+
+    async def _find(self) -> None:
+        """Check that the queues, table and container exist, creating nothing (one read each)."""
+
+        async def missing(kind: str, name: str, look: Any) -> str | None:
+            try:
+                await look
+            except ResourceNotFoundError:
+                return f"{kind} {name!r}"
+            return None
+
+        async def first_row() -> None:
+            async for _ in self._t.list_entities(results_per_page=1, select=["RowKey"]):
+                break
+
+        n = self.names
+        async with self._storage("look for the queues, table and container"):
+            found = await asyncio.gather(
+                missing("table", n.table, first_row()),
+                missing("queue", n.queue, self._q.get_queue_properties()),
+                missing("queue", n.poison_queue, self._poison.get_queue_properties()),  # type: ignore[union-attr]
+                missing("container", n.container,
+                        self._container.get_container_properties()),  # type: ignore[union-attr]
+            )
+        absent = [what for what in found if what is not None]
+        if absent:
+            raise StoreNotFound(
+                f"no relay store in storage account {self.account} (from --store or RELAY_STORE): "
+                f"{', '.join(absent)} not found; nothing was created; name the relay's store")
         self._ready = True
 
     async def _set_up_eventually(self) -> None:

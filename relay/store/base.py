@@ -37,6 +37,10 @@ class StoreInUse(Exception):
     """Another running relay owns this store (SQLite: it holds the lock file beside the database)."""
 
 
+class StoreNotFound(Exception):
+    """An operating command named a store that does not exist (or is no relay store): nothing was created."""
+
+
 # Delivery priorities, highest first. Only alerts' next events compete: one alert's events always go
 # in order, whatever their priorities.
 PRIORITY_URGENT = 2  # resolves (they close incidents) and Sev0/Sev1

@@ -1,14 +1,16 @@
 """The real Request Tracker, started once per test session (skipped, or failed under REQUIRE_E2E=1,
-when it is not installed)."""
+when it is not installed), and its REST2 client for checking what the relay did there."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.e2e.rt_relay import RTAdmin
 from tests.rt_server import RTUnavailable, RunningRT, start_rt
 
 log = logging.getLogger("tests.e2e")
@@ -27,3 +29,9 @@ def rt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRT]:
         yield rt
     finally:
         rt.stop()
+
+
+@pytest.fixture
+async def admin(rt_server: RunningRT) -> AsyncIterator[RTAdmin]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield RTAdmin(rt_server, session)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from devtools.dev_issuer import DevIssuer
-from tests.e2e.test_request_tracker_e2e import SUB, admin, alert_body, post_alert, until_rt  # noqa: F401
+from tests.e2e.rt_relay import RT_TARGET, SUB, alert_body, post_alert, relay_for_rt, until_rt
 from tests.relay_process import RelayProcess
 from tests.rt_server import RunningRT
 
@@ -22,15 +22,7 @@ pytestmark = pytest.mark.e2e
 HOLD_SECONDS = 90  # the four events take RT a while on a busy machine; the hold must outlast them
 WINDOW_SECONDS = 60  # from the relay's start: long enough for it to start and take the alerts on a busy machine
 
-CONFIG = """\
-targets:
-  rt:
-    kind: request_tracker
-    base_url: {url}
-    auth: {{type: token, token_env: RT_TOKEN}}
-    queue: {queue}
-    custom_field: {cf}
-    asset_catalog: {catalog}
+CONFIG = "targets:\n  rt:\n" + RT_TARGET + """\
 routes:
   - match: {{alert_rule: "e2e-flap-*"}}
     target: rt
@@ -48,30 +40,13 @@ async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProc
     now = datetime.now(UTC)
     end = now + timedelta(seconds=WINDOW_SECONDS)
     # Times with their offset spelled out: the window's time_zone applies only to times without one.
-    start_text = (now - timedelta(minutes=5)).isoformat()
-    end_text = end.isoformat()
-    config = tmp_path / "relay.yaml"
-    config.write_text(CONFIG.format(url=rt_server.url, queue=rt_server.queue, cf=rt_server.custom_field,
-                                    catalog=rt_server.catalog, start=start_text, end=end_text,
-                                    hold=HOLD_SECONDS))
-    issuer = DevIssuer()
-    with issuer.serving_in_thread():
-        env = {
-            **issuer.relay_env(),
-            "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
-            "RELAY_CONFIG": str(config),
-            "RT_TOKEN": rt_server.token,
-            "RELAY_LOG_LEVEL": "DEBUG",
-        }
-        process = RelayProcess(env, tmp_path / "relay.log")
-        await asyncio.to_thread(process.start)
-        try:
-            yield process, issuer, end
-        finally:
-            process.stop()
+    start, end_text = (now - timedelta(minutes=5)).isoformat(), end.isoformat()
+    async with relay_for_rt(rt_server, tmp_path, CONFIG, log_level="DEBUG", start=start, end=end_text,
+                            hold=HOLD_SECONDS) as (process, issuer):
+        yield process, issuer, end
 
 
-async def test_a_window_ending_with_its_alert_still_firing_opens_its_ticket_then(rt_server, admin, relay):  # noqa: F811
+async def test_a_window_ending_with_its_alert_still_firing_opens_its_ticket_then(rt_server, admin, relay):
     process, issuer, end = relay
     firing, gone, outside = (str(uuid.uuid4()) for _ in range(3))
     vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/maint-{firing[:8]}"
@@ -104,7 +79,7 @@ async def test_a_window_ending_with_its_alert_still_firing_opens_its_ticket_then
     assert await admin.tickets_with_key(gone) == [], "an alert that resolved inside the window got a ticket"
 
 
-async def test_a_flapping_alert_keeps_its_ticket_open_until_the_held_resolve_is_delivered(rt_server, admin, relay):  # noqa: F811
+async def test_a_flapping_alert_keeps_its_ticket_open_until_the_held_resolve_is_delivered(rt_server, admin, relay):
     process, issuer, _ = relay
     guid = str(uuid.uuid4())
     vm = f"{SUB}/resourcegroups/rg-e2e/providers/microsoft.compute/virtualmachines/flap-{guid[:8]}"

@@ -6,7 +6,6 @@ other's tickets.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,64 +18,11 @@ from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
 from relay.targets import Incident, TargetError, Ticket, request_tracker
 from tests.conftest import load_sample
+from tests.e2e.rt_relay import RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_for_rt, until_rt
 from tests.relay_process import RelayProcess
 from tests.rt_server import RunningRT
 
 pytestmark = pytest.mark.e2e
-
-SUB = "/subscriptions/0f0e0d0c-0b0a-0908-0706-050403020100"
-
-
-class RTAdmin:
-    """Raw REST2 calls for arranging and checking, independent of the code under test."""
-
-    def __init__(self, rt: RunningRT, session: aiohttp.ClientSession) -> None:
-        self.rt = rt
-        self.session = session
-        self.headers = {"Authorization": f"token {rt.token}"}
-
-    async def get(self, path: str) -> Any:
-        async with self.session.get(f"{self.rt.url}/REST/2.0{path}", headers=self.headers) as resp:
-            assert resp.status == 200, f"GET {path}: {resp.status} {await resp.text()}"
-            return await resp.json()
-
-    async def post(self, path: str, body: Any) -> Any:
-        async with self.session.post(
-            f"{self.rt.url}/REST/2.0{path}", json=body, headers=self.headers
-        ) as resp:
-            assert resp.status == 201, f"POST {path}: {resp.status} {await resp.text()}"
-            return await resp.json()
-
-    async def tickets_with_key(self, key: str) -> list[dict[str, Any]]:
-        form = {"query": f"'CF.{{{self.rt.custom_field}}}' = '{key}'", "fields": "Status"}
-        async with self.session.post(
-            f"{self.rt.url}/REST/2.0/tickets", data=form, headers=self.headers
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            return (await resp.json())["items"]
-
-    async def ticket(self, ticket_id: str) -> dict[str, Any]:
-        return await self.get(f"/ticket/{ticket_id}")
-
-    async def comments(self, ticket_id: str) -> list[str]:
-        history = await self.get(f"/ticket/{ticket_id}/history?fields=Type,Data&per_page=100")
-        texts = []
-        for item in history["items"]:
-            if item.get("Type") == "Comment":
-                attachments = await self.get(f"/transaction/{item['id']}/attachments?fields=Content")
-                # in a collection RT gives the content as text (only /attachment/:id gives Base64)
-                texts.extend(str(a.get("Content", "")).strip() for a in attachments["items"])
-        return texts
-
-    async def add_asset(self, name: str) -> str:
-        return (await self.post("/asset", {"Name": name, "Catalog": self.rt.catalog}))["id"]
-
-    async def assets_named(self, name: str) -> list[dict[str, Any]]:
-        form = {"query": f"Catalog = '{self.rt.catalog}' AND Name = '{name}'", "fields": "Name"}
-        async with self.session.post(
-            f"{self.rt.url}/REST/2.0/assets", data=form, headers=self.headers
-        ) as resp:
-            return (await resp.json())["items"]
 
 
 def linked_assets(ticket: dict[str, Any]) -> list[str]:
@@ -103,12 +49,6 @@ def new_alert(resource: str | None = None, key: str | None = None) -> Incident:
         configuration_items=(vm.rsplit("/", 1)[-1],),
         resource_ids=(vm,),
     )
-
-
-@pytest.fixture
-async def admin(rt_server: RunningRT) -> AsyncIterator[RTAdmin]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield RTAdmin(rt_server, session)
 
 
 def make_target(rt: RunningRT, **options: Any) -> request_tracker.RequestTrackerTarget:
@@ -274,23 +214,10 @@ async def test_basic_auth_as_root_works_and_a_wrong_token_is_not_retryable(rt_se
 
 # -- the relay itself: POST /alerts -> store -> worker -> RT -------------------------------------------
 
-RELAY_CONFIG = """\
-targets:
-  rt:
-    kind: request_tracker
-    base_url: {url}
-    auth: {{type: token, token_env: RT_TOKEN}}
-    queue: {queue}
-    custom_field: {cf}
-    asset_catalog: {catalog}
+RELAY_CONFIG = "targets:\n  rt:\n" + RT_TARGET + """\
     timeout_seconds: 30
   rt_reopen:
-    kind: request_tracker
-    base_url: {url}
-    auth: {{type: token, token_env: RT_TOKEN}}
-    queue: {queue}
-    custom_field: {cf}
-    asset_catalog: {catalog}
+""" + RT_TARGET + """\
     ci_binding: create_if_missing
     timeout_seconds: 30
 routes:
@@ -306,65 +233,10 @@ delivery:
 """
 
 
-def alert_body(guid: str, rule: str, vm: str, fired: str, resolved: str | None = None) -> bytes:
-    doc = load_sample("testaction-metric-static-fired.json")
-    e = doc["data"]["essentials"]
-    e["alertId"] = f"{SUB}/providers/Microsoft.AlertsManagement/alerts/{guid}"
-    e["alertRule"] = rule
-    e["severity"] = "Sev1"
-    e["alertTargetIDs"] = [vm]
-    e["configurationItems"] = [vm.rsplit("/", 1)[-1]]
-    e["firedDateTime"] = fired
-    e["monitorCondition"] = "Resolved" if resolved else "Fired"
-    if resolved:
-        e["resolvedDateTime"] = resolved
-    return json.dumps(doc).encode()
-
-
 @pytest.fixture
 async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
-    config = tmp_path / "relay.yaml"
-    config.write_text(
-        RELAY_CONFIG.format(
-            url=rt_server.url, queue=rt_server.queue, cf=rt_server.custom_field, catalog=rt_server.catalog
-        )
-    )
-    issuer = DevIssuer()
-    with issuer.serving_in_thread():
-        env = {
-            **issuer.relay_env(),
-            "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
-            "RELAY_CONFIG": str(config),
-            "RT_TOKEN": rt_server.token,
-            "RELAY_LOG_LEVEL": "INFO",
-        }
-        process = RelayProcess(env, tmp_path / "relay.log")
-        await asyncio.to_thread(process.start)
-        try:
-            yield process, issuer
-        finally:
-            process.stop()
-
-
-async def post_alert(
-    http: aiohttp.ClientSession, relay: RelayProcess, issuer: DevIssuer, body: bytes
-) -> None:
-    headers = {"Authorization": issuer.authorization(), "Content-Type": "application/json"}
-    async with http.post(f"{relay.url}/alerts", data=body, headers=headers) as resp:
-        assert resp.status in (200, 202), f"the relay refused an alert: {resp.status} {await resp.text()}"
-
-
-async def until_rt(what: str, check: Any, relay: RelayProcess, limit: float = 90.0) -> Any:
-    """Poll RT until `check()` returns something truthy; `limit` only guards against a hang."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            log_tail = "\n".join(relay.log_path.read_text(errors="replace").splitlines()[-25:])
-            pytest.fail(f"RT never showed {what}; relay log tail:\n{log_tail}")
-        await asyncio.sleep(0.25)
+    async with relay_for_rt(rt_server, tmp_path, RELAY_CONFIG) as running:
+        yield running
 
 
 async def test_the_relay_opens_dedups_resolves_and_opens_anew_on_refire(rt_server, admin, relay):

@@ -27,12 +27,11 @@ from relay.store import Event
 from relay.store.sqlite import SqliteStore
 from relay.targets import request_tracker
 from tests.conftest import load_sample
-from tests.e2e.test_request_tracker_e2e import RTAdmin
+from tests.e2e.rt_relay import SUB, RTAdmin
 from tests.rt_server import RunningRT
 
 pytestmark = pytest.mark.e2e
 
-SUB = "/subscriptions/0f0e0d0c-0b0a-0908-0706-050403020100"
 T0, T1, T2 = "2026-02-01T10:00:00.000Z", "2026-02-01T10:05:00.000Z", "2026-02-01T10:20:00.000Z"
 
 
@@ -97,12 +96,6 @@ def body_of(guid: str, fired: str, resolved: str | None = None) -> bytes:
     if resolved:
         e["resolvedDateTime"] = resolved
     return json.dumps(doc).encode()
-
-
-@pytest.fixture
-async def admin(rt_server: RunningRT) -> AsyncIterator[RTAdmin]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield RTAdmin(rt_server, session)
 
 
 @pytest.fixture

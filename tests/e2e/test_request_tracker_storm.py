@@ -6,7 +6,6 @@ as RT members of it (MemberOf), the rest as comments on the parent; the parent r
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,22 +14,13 @@ import aiohttp
 import pytest
 
 from devtools.dev_issuer import DevIssuer
-from tests.e2e.test_request_tracker_e2e import SUB, RTAdmin, admin, alert_body, post_alert, until_rt
+from tests.e2e.rt_relay import RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_for_rt, until_rt
 from tests.relay_process import RelayProcess
 from tests.rt_server import RunningRT
 
 pytestmark = pytest.mark.e2e
-__all__ = ["admin"]  # the RT admin fixture, used here too
 
-STORM_CONFIG = """\
-targets:
-  rt:
-    kind: request_tracker
-    base_url: {url}
-    auth: {{type: token, token_env: RT_TOKEN}}
-    queue: {queue}
-    custom_field: {cf}
-    asset_catalog: {catalog}
+STORM_CONFIG = "targets:\n  rt:\n" + RT_TARGET + """\
     ci_binding: none
     timeout_seconds: 30
 routes:
@@ -49,19 +39,8 @@ delivery:
 
 @pytest.fixture
 async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
-    config = tmp_path / "relay.yaml"
-    config.write_text(STORM_CONFIG.format(url=rt_server.url, queue=rt_server.queue, cf=rt_server.custom_field,
-                                          catalog=rt_server.catalog))
-    issuer = DevIssuer()
-    with issuer.serving_in_thread():
-        env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'relay.db'}",
-               "RELAY_CONFIG": str(config), "RT_TOKEN": rt_server.token, "RELAY_LOG_LEVEL": "INFO"}
-        process = RelayProcess(env, tmp_path / "relay.log")
-        await asyncio.to_thread(process.start)
-        try:
-            yield process, issuer
-        finally:
-            process.stop()
+    async with relay_for_rt(rt_server, tmp_path, STORM_CONFIG) as running:
+        yield running
 
 
 def parents_of(ticket: dict[str, Any]) -> list[str]:

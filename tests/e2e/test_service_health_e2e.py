@@ -17,11 +17,11 @@ import pytest
 
 from tests.conftest import load_sample
 from tests.e2e import test_request_tracker_e2e as rt_e2e
-from tests.e2e.test_request_tracker_e2e import post_alert, ticket_content, until_rt
+from tests.e2e.rt_relay import post_alert, until_rt
+from tests.e2e.test_request_tracker_e2e import ticket_content
 
 pytestmark = pytest.mark.e2e
-admin = rt_e2e.admin  # fixtures: RT's REST2 checked independently, and a relay process in front of RT
-relay = rt_e2e.relay
+relay = rt_e2e.relay  # a fixture: the relay process in front of RT (`admin`, RT's REST2, is the conftest's)
 
 SUB_A = "0f0e0d0c-0b0a-0908-0706-050403020100"
 SUB_B = "1f1e1d1c-1b1a-1918-1716-151413121110"
