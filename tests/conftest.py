@@ -63,6 +63,24 @@ def skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture
+def empty_store(tmp_path: Path) -> Path:
+    """The path of a relay's SQLite store that holds nothing, made by the store itself."""
+    import asyncio
+
+    from relay.store.sqlite import SqliteStore
+
+    db = tmp_path / "relay.db"
+
+    async def make() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        await store.close()
+
+    asyncio.run(make())
+    return db
+
+
+@pytest.fixture
 async def issuer() -> AsyncIterator[DevIssuer]:
     iss = DevIssuer()
     await iss.start()

@@ -192,15 +192,8 @@ def test_alerts_commands_never_create_a_store(tmp_path, capsys):
     assert not missing.parent.exists(), "a read-only command created the store's directory"
 
 
-def test_alerts_show_of_an_unknown_alert_says_so_and_fails(tmp_path, capsys):
-    db = tmp_path / "relay.db"
-
-    async def make() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        await store.close()
-
-    asyncio.run(make())
+def test_alerts_show_of_an_unknown_alert_says_so_and_fails(empty_store, capsys):
+    db = empty_store
     assert main(["alerts", "--store", f"sqlite:///{db}", "show", ALERT_ID]) == 1
     assert "no stored event of alert" in capsys.readouterr().err
     assert main(["alerts", "--store", f"sqlite:///{db}", "list", "--since", "yesterday"]) == 2

@@ -155,24 +155,6 @@ def test_read_config_gives_the_config_or_the_exit_code_once_it_said_why(tmp_path
     assert counted == [2] and capsys.readouterr().err.splitlines()[-1] == "after"
 
 
-@pytest.fixture
-def empty_store(tmp_path):
-    """A relay's SQLite store holding nothing."""
-    import asyncio
-
-    from relay.store.sqlite import SqliteStore
-
-    db = tmp_path / "relay.db"
-
-    async def make() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        await store.close()
-
-    asyncio.run(make())
-    return db
-
-
 def test_on_existing_store_runs_the_command_on_the_opened_store_and_returns_its_code(empty_store, capsys):
     from relay.cli import on_existing_store
 

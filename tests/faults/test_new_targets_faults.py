@@ -1,30 +1,30 @@
-"""The SIGKILL and target-outage fault tests, for Jira Service Management and PagerDuty (the ServiceNow
-ones are in test_sigkill_delivery.py and test_target_outage.py): every acknowledged alert delivered
-once, every resolve applied, no step twice, and no retry sooner than a Retry-After."""
+"""The SIGKILL and target-outage fault tests, for Jira Service Management and PagerDuty: the scenarios of
+the ServiceNow ones (test_sigkill_delivery.py, test_target_outage.py), shared in tests/faults/scenarios.py,
+run against each target's fake: every acknowledged alert delivered once, every resolve applied, no step
+twice, and no retry sooner than a Retry-After."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
-import aiohttp
 import pytest
 
-import tests.faults.test_sigkill_delivery as sigkill
 from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
 from relay.app import create_app
 from relay.delivery.lifecycle import ticket_keys
-from relay.intake import STORE_KEY
 from relay.settings import Settings
 from relay.store.sqlite import SqliteStore
 from tests import relay_log
-from tests.e2e.cluster import ACKNOWLEDGED, episode, wait_until
+from tests.e2e.cluster import episode
 from tests.faults.new_targets import KINDS, timed_fake
-from tests.faults.test_sigkill_delivery import pending_deliveries, post_stream
-from tests.faults.test_target_outage import CLOCKS_SLACK
-from tests.relay_process import RelayProcess
+from tests.faults.scenarios import (
+    assert_applied_once_after_restart,
+    assert_served_once,
+    retry_after_violations,
+    serve_outage,
+    sigkill_mid_stream_and_restart,
+)
 
 ALERTS = 10
 TIMEOUT_SECONDS = 0.5
@@ -53,22 +53,6 @@ def key_of(body: bytes) -> str:
     return ticket_keys(parse_alert(json.loads(body)), "alert")[0].key
 
 
-def early_retries(fake) -> tuple[int, list[str]]:  # type: ignore[no-untyped-def]
-    checked, early = 0, []
-    for answer in fake.timeline:
-        if answer.status not in (429, 503) or answer.retry_after is None or answer.correlation_id is None:
-            continue
-        later = [c for c in fake.calls_for(answer.correlation_id) if c.started > answer.ended]
-        if not later:
-            continue
-        checked += 1
-        pause = later[0].started - answer.ended
-        if pause < float(answer.retry_after) - CLOCKS_SLACK:
-            early.append(f"{answer.correlation_id}: {later[0].method} {later[0].path} {pause:.3f}s after "
-                         f"HTTP {answer.status} with Retry-After: {answer.retry_after}")
-    return checked, early
-
-
 @pytest.mark.parametrize("kind", KINDS)
 async def test_target_outage_then_recovery_delivers_all_once_honouring_retry_after(
     kind, aiohttp_server, issuer, tmp_path, monkeypatch, fault_report
@@ -95,42 +79,17 @@ async def test_target_outage_then_recovery_delivers_all_once_honouring_retry_aft
     episodes = [episode(i, f"outage-{kind}") for i in range(ALERTS)]
     keys = [key_of(fired) for fired, _ in episodes]
     try:
-        server = await aiohttp_server(app)
-        store = app[STORE_KEY]
-        headers = {"Authorization": issuer.authorization(), "Content-Type": "application/json"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            for n in (0, 1):
-                for pair in episodes:
-                    async with http.post(server.make_url("/alerts"), data=pair[n], headers=headers) as resp:
-                        assert resp.status in ACKNOWLEDGED, await resp.text()
-
-        async def all_resolved() -> bool:
-            grouped = fake.tickets_by_key()
-            return all(k in grouped and fake.resolved(k) for k in keys) and await store.pending() == 0
-
-        async def progress() -> str:
-            left = sum(f.times for f in fake.faults)
-            return f"{len(fake.tickets_by_key())} keys opened; {await store.pending()} pending; {left} faults left"
-
-        await wait_until(f"every alert resolved in {kind} after the outage", all_resolved, 90, progress)
-
-        async def nothing_in_flight() -> bool:
-            return fake.in_flight == 0
-
-        await wait_until("every hung call landed", nothing_in_flight, HANG_SECONDS + 5)
-        dead = await store.dead_letters()
+        dead = await serve_outage(
+            app, aiohttp_server, issuer.authorization(), episodes, fake, target=kind, hang_seconds=HANG_SECONDS,
+            all_resolved=lambda: all(k in fake.tickets_by_key() and fake.resolved(k) for k in keys),
+            progress=lambda: f"{len(fake.tickets_by_key())} keys opened")
     finally:
         await fake.stop()
 
-    assert all(f.times == 0 for f in fake.faults), "the whole outage must have been served"
-    assert dead == [], f"dead letters: {[d.error for d in dead]}"
     grouped = fake.tickets_by_key()
-    doubled = {k: v for k, v in grouped.items() if len(v) > 1}
-    assert not doubled, f"the outage made the relay open an incident twice: {doubled}"
-    assert sorted(grouped) == sorted(keys)
-    twice = fake.steps_twice()
-    assert not twice, f"the outage made the relay apply a step twice: {twice}"
-    checked, early = early_retries(fake)
+    assert_served_once(fake, dead, grouped, keys)
+    # The start-up target check's probes name no alert: their answers are not followed.
+    checked, early, _ = retry_after_violations(fake, every_call_names_its_alert=False)
     assert checked >= 1, "no answer carrying Retry-After was followed by a retry: the check proved nothing"
     assert not early, "retried sooner than Retry-After: " + "; ".join(early)
     failed = sum(1 for a in fake.timeline if a.status == 0 or a.status >= 400)
@@ -144,7 +103,7 @@ async def test_target_outage_then_recovery_delivers_all_once_honouring_retry_aft
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_alert_once(
-    kind, tmp_path, monkeypatch, fault_report
+    kind, tmp_path, fault_report
 ):
     pairs = [episode(i, f"sigkill-{kind}") for i in range(KILL_ALERTS)]
     episodes = [(fired, resolved if i % 2 == 0 else None) for i, (fired, resolved) in enumerate(pairs)]
@@ -158,7 +117,6 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
     fake.inject("slow", delay=CREATE_SECONDS, method="POST", path=create_path, times=KILL_ALERTS)
     await fake.start()
     issuer = DevIssuer()
-    relay = None
     try:
         with issuer.serving_in_thread():
             config = tmp_path / "relay.yaml"
@@ -166,61 +124,30 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_acknowledged_ale
                                                    "  backoff_max_seconds: 2\n"))
             env = {**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{db}", "RELAY_CONFIG": str(config),
                    "RELAY_LOG_LEVEL": "INFO", **fake.env()}
-            relay = RelayProcess(env, tmp_path / "relay.log")
-            await asyncio.to_thread(relay.start)
-            monkeypatch.setattr(sigkill, "KILL_AFTER", KILL_AFTER)  # post_stream kills after this many
-            results, killed_at = await post_stream(relay, issuer.authorization(), episodes)
-            relay.kill()
-            relay = RelayProcess(env, tmp_path / "relay.log", port=relay.port)
-            restarted_at = time.monotonic()
-            await asyncio.to_thread(relay.start)
-            acked = {k for k, status in results.items() if status in ACKNOWLEDGED}
-            fired = {i for i, condition in acked if condition == "Fired"}
-            resolved = {i for i, condition in acked if condition == "Resolved"}
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-
-                async def drained() -> bool:
-                    grouped = fake.tickets_by_key()
-                    return all(keys[i] in grouped for i in fired) and await pending_deliveries(http, relay) == 0
-
-                async def progress() -> str:
-                    return (f"{len(fake.tickets_by_key())} keys opened for {len(fired)} acknowledged alerts; "
-                            f"{await pending_deliveries(http, relay)} deliveries pending")
-
-                await wait_until("drained after the restart", drained, 120, progress)
-                recovered_in = time.monotonic() - restarted_at
-            relay.stop()
-            relay = None
+            run = await sigkill_mid_stream_and_restart(
+                env, tmp_path / "relay.log", episodes, issuer.authorization(), kill_after=KILL_AFTER,
+                delivered=lambda fired: all(keys[i] in fake.tickets_by_key() for i in fired),
+                opened=lambda: f"{len(fake.tickets_by_key())} keys opened")
     finally:
-        if relay is not None:
-            relay.kill()
         await fake.stop()
-
     store = SqliteStore(db)
     await store.open()
     try:
         dead = await store.dead_letters()
     finally:
         await store.close()
-    assert KILL_AFTER <= len(acked) < len(results), f"the kill must land mid-stream ({len(acked)} acknowledged)"
     grouped = fake.tickets_by_key()
-    doubled = {k: v for k, v in grouped.items() if len(v) > 1}
-    assert not doubled, f"one firing episode opened several incidents: {doubled}"
-    lost = sorted(keys[i] for i in fired if keys[i] not in grouped)
-    assert not lost, f"{len(lost)} acknowledged alerts never reached {kind}: {lost[:5]}"
-    unresolved = sorted(keys[i] for i in resolved if not fake.resolved(keys[i]))
-    assert not unresolved, f"{len(unresolved)} acknowledged resolves were not applied: {unresolved[:5]}"
-    assert dead == [], f"dead letters: {[d.error for d in dead]}"
-    twice = fake.steps_twice()
-    assert not twice, f"a step was applied twice to one incident: {twice}"
+    assert_applied_once_after_restart(run, keys, grouped, fake.resolved, dead, fake, target=kind,
+                                      kill_after=KILL_AFTER)
     in_flight = sum(1 for a in fake.timeline if a.method == "POST" and a.path.endswith(("/issue", "/enqueue"))
-                    and a.started <= killed_at <= a.ended)
+                    and a.started <= run.killed_at <= a.ended)
     adopted = relay_log.count(tmp_path / "relay.log", ": adopted ")
     fault_report(
         f"sigkill under load with delivery ({kind})",
-        f"{len(results)} posted, {len(acked)} acknowledged ({len(fired)} fired, {len(resolved)} resolved), "
+        f"{len(run.results)} posted, {len(run.acked)} acknowledged ({len(run.fired)} fired, "
+        f"{len(run.resolved)} resolved), "
         f"{in_flight} creates/triggers in flight at the kill, {len(grouped)} incidents, "
         f"{adopted} adopted, "
-        f"0 lost, 0 duplicates, 0 steps twice, 0 dead letters, all applied {recovered_in:.1f}s after the restart "
+        f"0 lost, 0 duplicates, 0 steps twice, 0 dead letters, all applied {run.recovered_in:.1f}s after the restart "
         "(default lease)",
     )

@@ -7,23 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import aiohttp
-
 from relay.alerts import parse_alert
 from relay.app import TARGET_CHECKS_KEY, create_app
 from relay.delivery.lifecycle import ticket_keys
-from relay.intake import STORE_KEY
 from relay.settings import Settings
-from tests.e2e.cluster import ACKNOWLEDGED, episode, incidents_by_correlation, wait_until
+from tests.e2e.cluster import episode, incidents_by_correlation, wait_until
+from tests.faults.scenarios import assert_served_once, retry_after_violations, serve_outage
 from tests.faults.servicenow_timeline import TimedServiceNow
 
 ALERTS = 12
 TIMEOUT_SECONDS = 0.5  # the target's per-call timeout
 HANG_SECONDS = 2.0  # a hung call answers (and applies) only this long after it came, well past the timeout
 RETRY_AFTER = "1"
-# The fake stamps with time.monotonic(), the store schedules retries with time.time(): allow for the two
-# clocks' difference over a second, nothing more.
-CLOCKS_SLACK = 0.005
 # The outage, in the order the target serves it: each fault answers that many calls, whichever they are;
 # the first one only the first creates (a create that hangs and then lands is the case that can duplicate).
 OUTAGE = [
@@ -63,26 +58,6 @@ delivery:
     return path
 
 
-def retry_after_violations(servicenow: TimedServiceNow) -> tuple[int, list[str], float]:
-    """(answers carrying Retry-After that were followed by another call for the same alert, the calls
-    that came too early, the shortest pause seen after such an answer)."""
-    checked, early, shortest = 0, [], float("inf")
-    for answer in servicenow.timeline:
-        if answer.status not in (429, 503) or answer.retry_after is None:
-            continue
-        assert answer.correlation_id is not None, f"cannot tell which alert {answer.method} {answer.path} was for"
-        later = [c for c in servicenow.calls_for(answer.correlation_id) if c.started > answer.ended]
-        if not later:
-            continue
-        checked += 1
-        pause = later[0].started - answer.ended
-        shortest = min(shortest, pause)
-        if pause < float(answer.retry_after) - CLOCKS_SLACK:
-            early.append(f"{answer.correlation_id}: {later[0].method} {later[0].path} {pause:.3f}s after an "
-                         f"HTTP {answer.status} with Retry-After: {answer.retry_after}")
-    return checked, early, shortest
-
-
 async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_retry_after(
     aiohttp_server, issuer, tmp_path, monkeypatch, fault_report
 ):
@@ -95,9 +70,8 @@ async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_
     app = create_app(settings, deliver=True)
     episodes = [episode(i, "outage") for i in range(ALERTS)]
     keys = [ticket_keys(parse_alert(json.loads(fired)), "alert")[0].key for fired, _ in episodes]
-    try:
-        server = await aiohttp_server(app)
-        store = app[STORE_KEY]
+
+    async def checked_at_start() -> None:
         # The outage begins once the start-up target check (read-only, no alert's) has had its answers,
         # so that every faulty answer goes to an alert's call.
         async def checked() -> bool:
@@ -106,45 +80,24 @@ async def test_target_outage_then_recovery_delivers_all_in_order_once_honouring_
         await wait_until("checked at start", checked, 10)
         for kind, kw, times in OUTAGE:
             servicenow.inject(kind, times=times, **kw)
-        headers = {"Authorization": issuer.authorization(), "Content-Type": "application/json"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            # Every Fired, then every Resolved: both wait in the store, so the order is the worker's to keep.
-            for n in (0, 1):
-                for pair in episodes:
-                    async with http.post(server.make_url("/alerts"), data=pair[n], headers=headers) as resp:
-                        assert resp.status in ACKNOWLEDGED, await resp.text()
 
-        async def all_resolved() -> bool:
-            grouped = incidents_by_correlation(servicenow)
-            return (all(k in grouped and grouped[k][0].get("state") == "6" for k in keys)
-                    and await store.pending() == 0)
+    def all_resolved() -> bool:
+        grouped = incidents_by_correlation(servicenow)
+        return all(k in grouped and grouped[k][0].get("state") == "6" for k in keys)
 
-        async def progress() -> str:
-            states = sorted(r.get("state", "?") for r in servicenow.incidents.values())
-            left = sum(f.times for f in servicenow.faults)
-            return f"incident states {states}; {await store.pending()} pending; {left} faults not yet served"
-
-        await wait_until("every alert resolved in ServiceNow after the outage", all_resolved, 60, progress)
-        async def nothing_in_flight() -> bool:
-            return servicenow.in_flight == 0
-
-        # A hung call still lands after the relay gave up on it: wait for those, then look for duplicates.
-        await wait_until("every hung call landed", nothing_in_flight, HANG_SECONDS + 5)
-        dead = await store.dead_letters()
+    try:
+        dead = await serve_outage(
+            app, aiohttp_server, issuer.authorization(), episodes, servicenow, target="ServiceNow",
+            hang_seconds=HANG_SECONDS, before_posting=checked_at_start, all_resolved=all_resolved,
+            progress=lambda: f"incident states {sorted(r.get('state', '?') for r in servicenow.incidents.values())}")
     finally:
         await servicenow.stop()
 
-    assert all(f.times == 0 for f in servicenow.faults), "the whole outage must have been served"
-    assert dead == [], f"dead letters: {[d.error for d in dead]}"
     grouped = incidents_by_correlation(servicenow)
-    doubled = {k: [r["number"] for r in v] for k, v in grouped.items() if len(v) > 1}
-    assert not doubled, f"the outage made the relay open an incident twice: {doubled}"
-    twice = servicenow.steps_twice()
-    assert not twice, f"the outage made the relay apply a step twice: {twice}"
-    assert sorted(grouped) == sorted(keys)
+    assert_served_once(servicenow, dead, {k: [r["number"] for r in v] for k, v in grouped.items()}, keys)
     out_of_order = {k: servicenow.applied_to(k) for k in keys if servicenow.applied_to(k) != ["created", "resolved"]}
     assert not out_of_order, f"ServiceNow did not see each alert opened, then resolved: {out_of_order}"
-    checked, early, shortest = retry_after_violations(servicenow)
+    checked, early, shortest = retry_after_violations(servicenow, every_call_names_its_alert=True)
     assert checked >= 1, "no answer carrying Retry-After was followed by a retry: the check proved nothing"
     assert not early, "retried sooner than Retry-After: " + "; ".join(early)
 
