@@ -30,6 +30,13 @@ RT_TARGET = """\
     custom_field: {cf}
     asset_catalog: {catalog}
 """
+# A worker that polls and backs off quickly, so that a test waits on RT rather than on the relay.
+QUICK_DELIVERY = """\
+delivery:
+  poll_seconds: 0.1
+  backoff_base_seconds: 0.2
+  backoff_max_seconds: 2
+"""
 
 
 class RTAdmin:
@@ -84,6 +91,11 @@ class RTAdmin:
             return (await resp.json())["items"]
 
 
+def filled_in(config: str, rt: RunningRT, **fill: Any) -> str:
+    """`config` with its {url}, {queue}, {cf} and {catalog} naming `rt`, any other field from `fill`."""
+    return config.format(url=rt.url, queue=rt.queue, cf=rt.custom_field, catalog=rt.catalog, **fill)
+
+
 @asynccontextmanager
 async def relay_for_rt(rt: RunningRT, tmp_path: Path, config: str, *, log_level: str = "INFO",
                        **fill: Any) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
@@ -91,7 +103,7 @@ async def relay_for_rt(rt: RunningRT, tmp_path: Path, config: str, *, log_level:
     RELAY_CONFIG `config`: its {url}, {queue}, {cf} and {catalog} name the session's RT (its targets read
     the token from RT_TOKEN), any other field comes from `fill`."""
     path = tmp_path / "relay.yaml"
-    path.write_text(config.format(url=rt.url, queue=rt.queue, cf=rt.custom_field, catalog=rt.catalog, **fill))
+    path.write_text(filled_in(config, rt, **fill))
     issuer = DevIssuer()
     with issuer.serving_in_thread():
         env = {
@@ -107,6 +119,18 @@ async def relay_for_rt(rt: RunningRT, tmp_path: Path, config: str, *, log_level:
             yield process, issuer
         finally:
             process.stop()
+
+
+def relay_fixture(config: str) -> Any:
+    """A pytest fixture giving (relay process, dev issuer) for `relay_for_rt` with `config`: a module
+    assigns it to `relay`."""
+
+    @pytest.fixture
+    async def relay(rt_server: RunningRT, tmp_path: Path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
+        async with relay_for_rt(rt_server, tmp_path, config) as running:
+            yield running
+
+    return relay
 
 
 def alert_body(guid: str, rule: str, vm: str, fired: str, resolved: str | None = None) -> bytes:

@@ -14,12 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.dev_issuer import DevIssuer
 from relay.alerts import parse_alert
 from relay.targets import Incident, TargetError, Ticket, request_tracker
 from tests.conftest import load_sample
-from tests.e2e.rt_relay import RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_for_rt, until_rt
-from tests.relay_process import RelayProcess
+from tests.e2e.rt_relay import QUICK_DELIVERY, RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_fixture, until_rt
 from tests.rt_server import RunningRT
 
 pytestmark = pytest.mark.e2e
@@ -226,17 +224,8 @@ routes:
     on_refire: reopen
   - target: rt
     on_refire: new
-delivery:
-  poll_seconds: 0.1
-  backoff_base_seconds: 0.2
-  backoff_max_seconds: 2
-"""
-
-
-@pytest.fixture
-async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
-    async with relay_for_rt(rt_server, tmp_path, RELAY_CONFIG) as running:
-        yield running
+""" + QUICK_DELIVERY
+relay = relay_fixture(RELAY_CONFIG)  # a fixture: (relay process, dev issuer)
 
 
 async def test_the_relay_opens_dedups_resolves_and_opens_anew_on_refire(rt_server, admin, relay):

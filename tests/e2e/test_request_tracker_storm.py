@@ -7,16 +7,12 @@ as RT members of it (MemberOf), the rest as comments on the parent; the parent r
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from devtools.dev_issuer import DevIssuer
-from tests.e2e.rt_relay import RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_for_rt, until_rt
-from tests.relay_process import RelayProcess
-from tests.rt_server import RunningRT
+from tests.e2e.rt_relay import QUICK_DELIVERY, RT_TARGET, SUB, RTAdmin, alert_body, post_alert, relay_fixture, until_rt
 
 pytestmark = pytest.mark.e2e
 
@@ -30,17 +26,8 @@ routes:
       open_parent_after: 5
       children: link
       max_children: 10
-delivery:
-  poll_seconds: 0.1
-  backoff_base_seconds: 0.2
-  backoff_max_seconds: 2
-"""
-
-
-@pytest.fixture
-async def relay(rt_server: RunningRT, tmp_path) -> AsyncIterator[tuple[RelayProcess, DevIssuer]]:
-    async with relay_for_rt(rt_server, tmp_path, STORM_CONFIG) as running:
-        yield running
+""" + QUICK_DELIVERY
+relay = relay_fixture(STORM_CONFIG)  # a fixture: (relay process, dev issuer)
 
 
 def parents_of(ticket: dict[str, Any]) -> list[str]:
