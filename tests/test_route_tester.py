@@ -614,3 +614,59 @@ def test_for_any_assumed_ticket_the_tester_reports_the_lifecycle_decision(sample
 @functools.cache
 def _config():  # loaded once: hypothesis calls the test many times
     return load_config(str(CONFIG))
+
+
+def test_the_documented_state_file_is_one_relay_route_accepts():
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    section = text[text.index("## `relay route FILE"):]
+    doc = json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1))
+    state = parse_state(doc)
+    assert set(doc) == {"tickets", "group", "flap"}, "the example should show every section"
+    assert state.groups["rt"].parent.ticket_number == "900" and state.flap("rt", "k").held is not None
+    text = explain(_noise_config(), parse_alert(load_sample("testaction-metric-dynamic-fired.json")),
+                   at=datetime(2025, 4, 15, 18, 30, tzinfo=UTC), state=state)
+    assert "    assumed: 7 other alert(s) in the window, parent 900 open\n" in text
+
+
+@functools.cache
+def _noise_config():
+    return load_config(str(NOISE_CONFIG))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=st.sampled_from(["testaction-metric-static-fired.json", "testaction-metric-dynamic-fired.json",
+                               "metric-static-resolved.json", "testaction-log-v2-fired.json"]),
+       record=_record, alerts=st.integers(0, 8), at_minute=st.sampled_from([0, 30, 90, 180]))
+def test_for_any_assumed_state_the_noise_tester_reports_what_the_core_decides(sample, record, alerts, at_minute):
+    """Whatever the state, the lifecycle and group lines are the pure core's decisions, with the window on
+    at --at: `decide_with_noise` per key, and `decide_group` (a `note` or `none` alert opens nothing)."""
+    from relay.delivery.grouping import decide_group, group_key
+    from relay.delivery.lifecycle import decide_with_noise, event_facts, instant
+    from relay.delivery.maintenance import active_window
+    from relay.delivery.route_tester import AssumedGroup
+
+    config = _noise_config()
+    alert = parse_alert(load_sample(sample))
+    at = datetime(2025, 4, 15, 18, tzinfo=UTC) + timedelta(minutes=at_minute)
+    state = parse_state({"tickets": {"rt": {"*": record}}, "group": {"rt": {"alerts": alerts}}})
+    text = explain(config, alert, at=at, state=state)
+    facts = event_facts(alert)
+    window = active_window(config.maintenance, alert, instant(at.isoformat()))
+    [route] = config.routes_for(alert)
+    role = None
+    if route.group is not None:
+        gk = group_key(alert, route.group, route.index, facts.fired_at)
+        group = decide_group(facts, AssumedGroup(alerts, alerts).state(route.group, facts.alert, facts.fired_at),
+                             route.group, route.policy.on_resolve, window=window)
+        role = group.role
+        assert f"    this alert: {group.role} ({group.reason})\n" in text
+        assert gk is not None and f"  group: {gk.key} (" in text
+    for key in ticket_keys(alert, route.incident_per):
+        decision = decide_with_noise(facts, state.ticket("rt", key.key), route.policy, window=window,
+                                     damping=route.damping)
+        if role is not None and not role.own_key:
+            assert "    lifecycle: nothing (grouped: " in text
+        else:
+            assert f"    lifecycle: {decision.action} ({decision.reason})\n" in text
