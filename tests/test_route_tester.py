@@ -22,7 +22,8 @@ from relay import cli
 from relay.alerts import parse_alert
 from relay.delivery.config import load_config
 from relay.delivery.lifecycle import ticket_keys
-from relay.delivery.route_tester import AssumedState, RouteView, StateError, explain, parse_state
+from relay.delivery.route_state import AssumedState, StateError, parse_state
+from relay.delivery.route_tester import RouteView, explain
 from tests.conftest import SAMPLES, load_sample
 from tests.test_alerts import envelope
 
@@ -645,7 +646,7 @@ def test_for_any_assumed_state_the_noise_tester_reports_what_the_core_decides(sa
     from relay.delivery.grouping import decide_group, group_key
     from relay.delivery.lifecycle import decide_with_noise, event_facts, instant
     from relay.delivery.maintenance import active_window
-    from relay.delivery.route_tester import AssumedGroup
+    from relay.delivery.route_state import AssumedGroup
 
     config = _noise_config()
     alert = parse_alert(load_sample(sample))
