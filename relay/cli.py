@@ -282,7 +282,8 @@ def _route(path: str, alert_path: str, at_text: str | None, state_path: str | No
     from datetime import UTC, datetime
 
     from relay.alerts import SchemaError, parse_alert, parse_time
-    from relay.delivery.route_tester import StateError, explain, parse_state
+    from relay.delivery.route_state import StateError, parse_state
+    from relay.delivery.route_tester import explain
     from relay.intake.handler import decode_json
 
     try:

@@ -22,11 +22,12 @@ from relay.delivery.grouping import (
     incident_cap,
     links_due,
     parent_summary,
+    release_deferred,
     window_start,
     with_linked,
     with_member_ticket,
 )
-from relay.delivery.lifecycle import Action, EventFacts, Kind, instant
+from relay.delivery.lifecycle import Action, EventFacts, InWindow, Kind, instant
 from relay.schema import GroupChildren, OnResolve
 from tests.conftest import load_sample
 
@@ -302,3 +303,147 @@ def test_the_parent_is_open_exactly_while_an_alert_of_its_window_fires(spec, eve
 
 def test_member_role_enum_round_trips():
     assert Member("x", False, Role("child")).role.has_ticket and not Role.NOTE.has_ticket
+
+
+# -- maintenance windows and flap damping in a group (docs/lifecycle.md "Grouping, windows and flapping") --
+
+PATCH = InWindow("patch", instant("2024-05-01T11:00:00Z"))
+
+
+def test_an_alert_inside_a_window_is_deferred_and_never_counted_toward_the_parent():
+    state, _ = run(NOTE3, storm(3))
+    d = decide_group(fired("late", at(5)), state, NOTE3, window=PATCH)
+    assert (d.role, d.parent) == (Role.DEFERRED, Action.NOTHING), "an alert inside a window opened the parent"
+    assert d.state.count == 3, "an alert inside a window counted toward the threshold"
+    assert "inside maintenance window patch" in d.reason
+    again = decide_group(fired("late", at(5)), d.state, NOTE3, window=PATCH)
+    assert (again.role, again.parent, again.state) == (Role.DEFERRED, Action.NOTHING, d.state), "a duplicate moved it"
+
+
+def test_a_storm_inside_a_window_opens_nothing_and_joins_at_its_end_as_it_would_have():
+    state = None
+    for event in storm(6):
+        d = decide_group(event, state, NOTE3, window=PATCH)
+        assert d.parent is Action.NOTHING
+        state = d.state
+    assert state.count == 0 and state.roles(Role.DEFERRED) == 6
+    roles, actions = [], []
+    for i in range(6):
+        d = release_deferred(f"a{i}", state, NOTE3)
+        roles.append(d.role)
+        actions.append(d.parent)
+        state = d.state
+        if d.parent is Action.CREATE:
+            state = replace(state, parent=state.parent.with_ticket("P", "PARENT"))
+    assert roles == [Role.OWN] * 3 + [Role.NOTE] * 3
+    assert actions == [Action.NOTHING] * 3 + [Action.CREATE, Action.NOTE, Action.NOTE]
+    assert release_deferred("a5", state, NOTE3).parent is Action.NOTHING, "a due event delivered twice acted twice"
+
+
+@pytest.mark.parametrize("events,window_at_end,expected_role,expected_parent,why", [
+    ([fired("a")], PATCH, Role.DEFERRED, Action.NOTHING, "another window still covers it at the end: it waits"),
+    ([fired("a"), resolved("a")], None, Role.DEFERRED, Action.NOTHING, "resolved inside the window: nothing opens"),
+    ([], None, Role.NONE, Action.NOTHING, "nothing deferred: a stray due event does nothing"),
+])
+def test_release_at_a_windows_end(events, window_at_end, expected_role, expected_parent, why):
+    state = None
+    for event in events:
+        state = decide_group(event, state, NOTE3, window=PATCH).state
+    d = release_deferred("a", state, NOTE3, window=window_at_end)
+    assert (d.role, d.parent) == (expected_role, expected_parent), why
+
+
+def test_a_deferred_alert_resolving_never_resolves_the_parent():
+    state, _ = run(NOTE3, [*storm(4), resolved("a0"), resolved("a1"), resolved("a2")])
+    state = decide_group(fired("late", at(4)), state, NOTE3, window=PATCH).state
+    d = decide_group(resolved("late", at(4)), state, NOTE3)
+    assert d.parent is Action.NOTHING and d.state.parent.open, "a never-counted alert resolved the parent"
+    last = decide_group(resolved("a3"), d.state, NOTE3)
+    assert last.parent is Action.RESOLVE, "the parent waited for an alert that was never counted"
+
+
+def test_a_member_firing_again_inside_a_window_tells_the_parent_at_its_end():
+    state, _ = run(NOTE3, [*storm(4), *(resolved(f"a{i}") for i in range(4))])
+    assert not state.parent.open
+    d = decide_group(fired("a0", at(6)), state, NOTE3, window=PATCH)
+    assert (d.role, d.parent, d.state.parent.open) == (Role.OWN, Action.NOTHING, False), "reopened inside the window"
+    end = release_deferred("a0", d.state, NOTE3)
+    assert (end.role, end.parent, end.state.parent.open) == (Role.OWN, Action.REOPEN, True)
+    assert release_deferred("a0", end.state, NOTE3).parent is Action.NOTHING
+
+
+def test_a_flapping_member_counts_once_and_does_not_note_the_parent():
+    state, _ = run(NOTE3, storm(5))
+    for minute in range(2, 9):
+        d = decide_group(fired("a4", at(minute)), state, NOTE3, flapping=True)
+        assert d.parent is Action.NOTHING, f"a flapping re-fire (minute {minute}) noted the parent"
+        state = d.state
+    assert state.count == 5, "a flapping alert counted more than once"
+
+
+def test_a_held_resolve_keeps_the_alert_firing_in_the_group_until_it_is_delivered():
+    state, _ = run(NOTE3, [*storm(4), *(resolved(f"a{i}") for i in range(3))])
+    held = decide_group(resolved("a3"), state, NOTE3, held=True)
+    assert held.parent is Action.NOTHING and held.state.parent.open, "the parent resolved under a held resolve"
+    assert "held" in held.reason
+    delivered = decide_group(resolved("a3"), held.state, NOTE3)  # the hold's due event
+    assert delivered.parent is Action.RESOLVE
+
+
+@st.composite
+def windowed_streams(draw):
+    """Fired/Resolved events of up to 12 alerts, some inside a maintenance window, plus the windows' ends
+    ("release") for some of those, duplicated and shuffled."""
+    events = []
+    for i in range(draw(st.integers(1, 12))):
+        inside = draw(st.booleans())
+        when = at(1, i)
+        events.append(("event", fired(f"a{i}", when), inside))
+        if draw(st.booleans()):
+            events.append(("event", resolved(f"a{i}", when, at(2, i)), False))
+        if inside and draw(st.booleans()):
+            events.append(("release", f"a{i}", False))
+    events += draw(st.lists(st.sampled_from(events), max_size=8))
+    return draw(st.permutations(events))
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs, events=windowed_streams())
+def test_alerts_inside_a_window_never_count_until_its_end_and_the_cap_holds(spec, events):
+    state: GroupState | None = None
+    creates = 0
+    released: set[str] = set()
+    for what, item, inside in events:
+        if what == "release":
+            d = release_deferred(item, state, spec)
+            released.add(item)
+        else:
+            d = decide_group(item, state, spec, window=PATCH if inside else None)
+        creates += d.parent is Action.CREATE
+        state = d.state
+        if d.parent is Action.CREATE:
+            state = replace(state, parent=state.parent.with_ticket("P", "PARENT"))
+    assert creates <= 1, f"the parent was opened {creates} times"
+    only_inside = {e.alert for w, e, inside in events if w == "event" and e.kind is Kind.FIRED and inside} - {
+        e.alert for w, e, inside in events if w == "event" and e.kind is Kind.FIRED and not inside}
+    for alert in only_inside - released:
+        member = state.members.get(alert)
+        assert member is None or not member.role.counted, f"{alert} fired only inside the window and was counted"
+    assert state.roles(Role.OWN) <= spec.open_parent_after and state.roles(Role.CHILD) <= spec.max_children
+    assert state.roles(Role.OWN) + state.roles(Role.CHILD) + creates <= incident_cap(spec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=specs, events=streams())
+def test_a_flapping_alert_counts_once_whatever_its_episodes(spec, events):
+    state: GroupState | None = None
+    notes = 0
+    for event in events:
+        d = decide_group(event, state, spec, flapping=True)
+        notes += d.parent is Action.NOTE
+        state = d.state
+        if d.parent is Action.CREATE:
+            state = replace(state, parent=state.parent.with_ticket("P", "PARENT"))
+    alerts = {e.alert for e in events}
+    assert state.count <= len(alerts), "an alert counted more than once"
+    assert notes <= len(alerts), f"{notes} parent notes for {len(alerts)} alerts: re-fires of a flapping alert noted"

@@ -168,3 +168,111 @@ def test_intake_can_never_store_a_due_event():
     doc["data"]["essentials"]["monitorCondition"] = DUE_CONDITION
     with pytest.raises(SchemaError, match="monitorCondition"):
         parse_alert_json(json.dumps(doc).encode())
+
+
+# -- grouped routes: a window's alerts join at its end; a flapping member counts once ----------------
+
+@pytest.fixture
+async def snow() -> AsyncIterator:
+    from tests.fakes.servicenow import FakeServiceNow
+
+    fake = FakeServiceNow()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def grouped(spec, *, damping=None, maintenance=()):
+    from relay.delivery.routing import DeliverySettings, RelayConfig, TargetConfig
+
+    return RelayConfig(
+        targets={"itsm": TargetConfig(name="itsm", kind="servicenow", block={}, timeout_seconds=5, max_concurrency=8)},
+        routes=(Route(target="itsm", group=spec, damping=damping),),
+        delivery=DeliverySettings(poll_seconds=0.01, backoff_base_seconds=0.01, backoff_max_seconds=0.05,
+                                  lease_seconds=30, shutdown_grace_seconds=5),
+        maintenance=maintenance,
+    )
+
+
+def split(fake):
+    parents = [r for r in fake.incidents.values() if r.get("correlation_id", "").startswith("grp-")]
+    own = [r for r in fake.incidents.values() if not r.get("correlation_id", "").startswith("grp-")]
+    return parents, own
+
+
+async def test_a_storm_inside_a_window_opens_nothing_then_collapses_into_one_parent_at_its_end(store, start, snow):
+    from relay.delivery.grouping import GroupSpec, Role
+    from tests.test_grouping_worker import snow_target
+    from tests.test_worker import guid
+
+    clock = Clock(epoch("2024-05-01T10:30:00Z"))
+    for i in range(1, 7):
+        await accept(store, alert_body(guid=guid(i), fired=f"2024-05-01T10:0{i}:00Z"))
+    worker = await start(store, grouped(GroupSpec(open_parent_after=2), maintenance=(WINDOW,)),
+                         {"itsm": snow_target(snow)}, clock)
+    await until(lambda: drained(store), "the storm recorded")
+    assert snow.incidents == {}, "an alert inside the window opened an incident (or the parent)"
+    assert len(await worker.scheduler.pending()) == 6
+    from relay.alerts import parse_alert_json
+    from relay.delivery.grouping import GroupState, group_key
+    from relay.delivery.lifecycle import instant
+
+    key = group_key(parse_alert_json(alert_body(guid=guid(1))), GroupSpec(), 0, instant("2024-05-01T10:01:00Z"))
+    record = await store.get_ticket("itsm", key.key)
+    assert record is not None and GroupState.from_data(record.data).roles(Role.DEFERRED) == 6
+    assert GroupState.from_data(record.data).count == 0, "alerts inside the window counted toward the parent"
+    clock.now = epoch("2024-05-01T11:00:00Z")
+
+    async def settled() -> bool:
+        return await worker.scheduler.pending() == [] and await drained(store)
+
+    await until(settled, "the window's end handled")
+    parents, own = split(snow)
+    assert len(parents) == 1 and len(own) == 2, f"{len(parents)} parent(s), {len(own)} own incident(s); want 1 and 2"
+    (parent,) = parents
+    assert parent["short_description"].startswith("6 alerts of rule ")
+    assert len(snow.notes(parent["sys_id"])) == 3, "alerts 4-6 are noted on the parent"
+    assert all(r.get("parent_incident") == parent["sys_id"] for r in own), "the first 2 are not linked"
+    clock.now += 3600
+    await asyncio.sleep(0.2)  # several scheduler runs: nothing more happens
+    assert len(snow.incidents) == 3
+
+
+async def test_a_flapping_member_counts_once_and_its_held_resolve_keeps_the_parent_open(store, start, snow):
+    from relay.delivery.grouping import GroupSpec
+    from tests.test_grouping_worker import snow_target
+    from tests.test_worker import guid
+
+    clock = Clock(epoch("2024-05-01T10:04:40Z"))
+    damping = Damping(window_seconds=600, transitions=3, hold_seconds=300)
+    worker = await start(store, grouped(GroupSpec(open_parent_after=2), damping=damping),
+                         {"itsm": snow_target(snow)}, clock)
+    flapper = guid(1)
+    for i in (1, 2, 3):
+        await accept(store, alert_body(guid=guid(i), fired=f"2024-05-01T10:00:0{i}Z"))
+    worker.notify()
+    await until(lambda: drained(store), "three alerts delivered")
+    (parent,), _ = split(snow)
+    # The first alert flaps: resolved, fired, resolved (the fourth change: held), fired (cancels the hold).
+    await accept(store, alert_body(guid=flapper, condition="Resolved", fired="2024-05-01T10:00:01Z",
+                                   resolved="2024-05-01T10:01:00Z"))
+    await accept(store, alert_body(guid=flapper, fired="2024-05-01T10:02:00Z"))
+    await accept(store, alert_body(guid=flapper, condition="Resolved", fired="2024-05-01T10:02:00Z",
+                                   resolved="2024-05-01T10:03:00Z"))
+    await accept(store, alert_body(guid=flapper, fired="2024-05-01T10:04:00Z"))
+    worker.notify()
+    await until(lambda: drained(store), "the flapping delivered")
+    again = [n for n in snow.notes(parent["sys_id"]) if "fired again" in n]
+    assert len(again) == 1, f"{len(again)} 'fired again' notes on the parent; once flapping, re-fires are not noted"
+    for i in (2, 3):
+        await accept(store, alert_body(guid=guid(i), condition="Resolved", fired=f"2024-05-01T10:00:0{i}Z",
+                                       resolved="2024-05-01T10:04:10Z"))
+    await accept(store, alert_body(guid=flapper, condition="Resolved", fired="2024-05-01T10:04:00Z",
+                                   resolved="2024-05-01T10:04:30Z"))
+    worker.notify()
+    await until(lambda: drained(store), "the resolves delivered")
+    assert parent["state"] != "6", "the parent resolved while a flapping member's resolve was held"
+    clock.now = epoch("2024-05-01T10:09:30Z")  # the hold's end
+    await until(lambda: parent["state"] == "6", "the parent resolved once the held resolve was delivered")
+    await until(lambda: drained(store), "settled")
+    assert len(split(snow)[0]) == 1

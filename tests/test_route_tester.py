@@ -22,7 +22,8 @@ from relay import cli
 from relay.alerts import parse_alert
 from relay.delivery.config import load_config
 from relay.delivery.lifecycle import ticket_keys
-from relay.delivery.route_tester import AssumedState, RouteView, StateError, explain, parse_state
+from relay.delivery.route_state import AssumedState, StateError, parse_state
+from relay.delivery.route_tester import RouteView, explain
 from tests.conftest import SAMPLES, load_sample
 from tests.test_alerts import envelope
 
@@ -162,6 +163,111 @@ def test_golden_output_with_an_assumed_state(name, in_tmp, capsys):
                  + "\n")
 
 
+# -- noise control: a group, a window, a flap state (tests/golden/route/noise.yaml) ------------------
+
+NOISE_CONFIG = GOLDEN / "noise.yaml"
+RT_OPEN = {"ticket_number": "42", "open": True, "last_at": "2025-04-15T17:00:00Z"}
+# name: (sample, --at, STATE.json, lines the output must hold)
+NOISE = {
+    # Three alerts of the group's window so far, no parent: this one, alert N+1, opens the parent and gets
+    # no incident of its own (children: note).
+    "group-alert-n-plus-1-opens-the-parent": ("testaction-metric-dynamic-fired.json", AT, {"group": {"rt": {
+        "alerts": 3, "since": "2025-04-15T18:02:00Z"}}}, [
+        "    this alert: note (alert 4 of the window: opens the parent)",
+        "    parent: create: 4 alerts of rule test-dynamicmetricalertrule in test-rg since 18:02 UTC",
+        "    lifecycle: nothing (grouped: a work note on the parent, no incident of its own)"]),
+    # A later alert of the same window, the parent open: a work note on it.
+    "group-later-alert-noted-on-the-parent": ("testaction-metric-dynamic-fired.json", AT, {"group": {"rt": {
+        "alerts": 7, "firing": 5, "since": "2025-04-15T18:02:00Z",
+        "parent": {"ticket_number": "900", "open": True}}}}, [
+        "    assumed: 7 other alert(s) in the window, parent 900 open",
+        "    this alert: note (alert 8 of the window: noted on the parent)",
+        "    parent: note"]),
+    # One of the first N: its own incident, as without grouping.
+    "group-first-alerts-get-their-own-incident": ("testaction-metric-dynamic-fired.json", AT, {"group": {"rt": {
+        "alerts": 1}}}, [
+        "    this alert: own (one of the first 3 of the window)",
+        "    lifecycle: create (fired, no ticket yet)"]),
+    # Inside a maintenance window (mode record), no ticket: the create waits for the window's end.
+    "window-record-create-deferred": ("testaction-log-v2-fired.json", AT, {}, [
+        "  maintenance: window log-patching is on at --at, until 2025-04-15T20:00:00Z (mode record)",
+        "    at its end (2025-04-15T20:00:00Z): create (maintenance window log-patching ended, still firing: "
+        "fired, no ticket yet)",
+        "    lifecycle: record (inside maintenance window log-patching: create deferred to its end "
+        "(2025-04-15T20:00:00.000000000Z))"]),
+    # Mode record, the ticket open: a repeat is not noted.
+    "window-record-repeat-recorded": ("testaction-log-v2-fired.json", AT, {"tickets": {"rt": {"*": RT_OPEN}}}, [
+        "    lifecycle: record (inside maintenance window log-patching (mode record): fired again while open)"]),
+    # Mode note (a window written in Europe/Berlin), the ticket open: the repeat is noted.
+    "window-note-repeat-noted": ("testaction-log-v1-numresults-fired.json", AT, {"tickets": {"rt": {"*": RT_OPEN}}},
+                                 ["  maintenance: window log-v1-freeze is on at --at, until 2025-04-15T20:00:00Z "
+                                  "(mode note)",
+                                  "    lifecycle: note (fired again while open)"]),
+    # No window on at --at: the next run of the one covering the alert.
+    "window-next-run": ("testaction-log-v2-fired.json", "2025-04-15T21:00:00Z", {}, [
+        "  maintenance: no window on at --at; next log-patching (mode record), 2025-04-22 18:00 to 2025-04-22 20:00 "
+        "UTC"]),
+    # A grouped alert inside a window: not counted toward the parent; at the end it joins as alert N+1.
+    "group-inside-a-window-joins-at-its-end": ("testaction-metric-static-fired.json", AT, {"group": {"rt": {
+        "alerts": 3}}}, [
+        "    this alert: deferred (inside maintenance window storage-move: not counted toward the parent; it joins "
+        "the group at the window's end if still firing)",
+        "    at its end, in the group: note (maintenance window ended, still firing: alert 4 of the window: opens "
+        "the parent); parent: create",
+        "    at its end (2025-04-15T19:00:00Z): record (maintenance window storage-move ended, still firing: noted "
+        "on its storm group's parent, no incident of its own)"]),
+    # Flapping: the fourth state change in 600 s would resolve the open ticket: the resolve is held, the
+    # ticket gets the flapping note, and the group counts the alert firing meanwhile.
+    "flap-resolve-held": ("metric-static-resolved.json", AT, {
+        "tickets": {"rt": {"*": {"ticket_number": "42", "open": True, "alerts": {
+            "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e": ["2019-03-22T13:58:24.3713213Z", False,
+                                                     "2019-03-22T13:58:24.3713213Z"]}}}},
+        "flap": {"rt": {"*": {"flips": ["2019-03-22T13:55:00Z", "2019-03-22T13:56:00Z",
+                                        "2019-03-22T13:58:24.3713213Z"]}}},
+        "group": {"rt": {"alerts": 1, "member": {"role": "own"}}}}, [
+        "    ticket key aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e: 4 state change(s) counted in the window (from "
+        "2019-03-22T13:55:00Z); flapping since 2019-03-22T14:03:16Z",
+        "    resolve held until 2019-03-22T14:08:16Z; then, with no re-fire: resolve (held resolve delivered (no "
+        "re-fire within the hold): resolved)",
+        "    this alert: own (flapping: its resolve is held; the group counts it firing until the hold passes)",
+        "    lifecycle: note (flapping: resolve held until 2019-03-22T14:08:16.224631300Z)",
+        "      | This alert is flapping: 4 state changes within 600 s. The incident stays open; each resolve is held "
+        "300 s and delivered only if the alert does not fire again meanwhile."]),
+    # A re-fire while a resolve is held cancels the hold: no note, no second incident.
+    "flap-refire-cancels-the-held-resolve": ("testaction-metric-dynamic-fired.json", AT, {
+        "tickets": {"rt": {"*": {"ticket_number": "42", "open": True, "last_at": "2025-04-15T18:14:00Z",
+                                 "alerts": {"eeeeeeee-4444-5555-6666-ffffffffffff": [
+                                     "2025-04-15T18:12:00Z", True, "2025-04-15T18:14:00Z"]}}}},
+        "flap": {"rt": {"*": {"flips": ["2025-04-15T18:08:00Z", "2025-04-15T18:10:00Z", "2025-04-15T18:12:00Z",
+                                        "2025-04-15T18:14:00Z"],
+                              "flapping": "2025-04-15T18:14:00Z",
+                              "held": {"at": "2025-04-15T18:14:00Z", "fired_at": "2025-04-15T18:12:00Z"}}}},
+        "group": {"rt": {"alerts": 4, "member": {"role": "own", "fired_at": "2025-04-15T18:12:00Z"},
+                         "parent": {"ticket_number": "900", "open": True}}}}, [
+        "    the held resolve (until 2025-04-15T18:19:00Z) is cancelled by this event",
+        "    this alert: own (a flapping member fired again: counted once, the parent is not noted)",
+        "    lifecycle: record (flapping: re-fire cancels the held resolve)"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOISE))
+def test_golden_output_of_noise_control(name, tmp_path, monkeypatch, capsys):
+    sample, at, state, expected = NOISE[name]
+    (tmp_path / NOISE_CONFIG.name).write_text(NOISE_CONFIG.read_text())
+    monkeypatch.chdir(tmp_path)
+    argv = [NOISE_CONFIG.name, alert_file(sample, tmp_path), "--at", at]
+    if state:
+        state_file = tmp_path / f"{name}.state.json"
+        state_file.write_text(json.dumps(state, indent=2))
+        argv += ["--state", state_file.name]
+    rc, out, err = run(capsys, *argv)
+    assert (rc, err) == (0, ""), err
+    for line in expected:
+        assert line + "\n" in out, f"{name}: missing {line!r}"
+    check_golden(f"noise-{name}.txt", transcript(argv, rc, out, err)
+                 + (f"\nSTATE.json:\n{json.dumps(state, indent=2)}\n" if state else ""))
+
+
 def test_the_assumed_state_changes_the_decision(capsys, tmp_path):
     sample = str(SAMPLES / "testaction-smart-detection-fired.json")
     _, fresh, _ = run(capsys, str(CONFIG), sample, "--at", AT)
@@ -193,6 +299,34 @@ def test_the_assumed_state_changes_the_decision(capsys, tmp_path):
     ({"tickets": {"rt": {"k": {"last_at": "yesterday"}}}}, "tickets.rt.k.last_at", "must be an ISO 8601 time"),
     ({"tickets": {"rt": {"k": {"alerts": {"a": ["2025-01-01T00:00:00Z", True, "noon"]}}}}}, "tickets.rt.k.alerts.a[2]",
      "must be an ISO 8601 time"),
+    ({"group": []}, "group", "must be an object of target names"),
+    ({"group": {"rt": 3}}, "group.rt", "must be a group state (an object)"),
+    ({"group": {"rt": {"count": 3}}}, "group.rt.count", "unknown key; expected one of alerts, firing, children"),
+    ({"group": {"rt": {"alerts": -1}}}, "group.rt.alerts", "must be a whole number, 0 or more (got -1)"),
+    ({"group": {"rt": {"alerts": True}}}, "group.rt.alerts", "must be a whole number"),
+    ({"group": {"rt": {"alerts": 2, "firing": 3}}}, "group.rt.firing", "must be at most alerts (2)"),
+    ({"group": {"rt": {"alerts": 2, "children": 3}}}, "group.rt.children", "must be at most alerts (2)"),
+    ({"group": {"rt": {"parent": {"open": True}}}}, "group.rt.parent", "name the parent's ticket_id or ticket_number"),
+    ({"group": {"rt": {"parent": {"ticket_number": "1"}}}}, "group.rt.parent", "say whether the parent is open"),
+    ({"group": {"rt": {"parent": {"ticket_number": 1, "open": True}}}}, "group.rt.parent.ticket_number",
+     "must be a string"),
+    ({"group": {"rt": {"parent": {"ticket_number": "1", "open": "yes"}}}}, "group.rt.parent.open",
+     "must be true or false"),
+    ({"group": {"rt": {"since": "at ten"}}}, "group.rt.since", "must be an ISO 8601 time"),
+    ({"group": {"rt": {"member": {"role": "boss"}}}}, "group.rt.member.role",
+     "must be one of own, child, note, deferred"),
+    ({"group": {"rt": {"member": {"role": "own", "resolved": 0}}}}, "group.rt.member.resolved",
+     "must be true or false"),
+    ({"flap": []}, "flap", "must be an object of target names"),
+    ({"flap": {"rt": []}}, "flap.rt", "must be an object of ticket keys"),
+    ({"flap": {"rt": {"*": {"changes": []}}}}, "flap.rt.*.changes", "unknown key; expected one of flips, flapping"),
+    ({"flap": {"rt": {"*": {"flips": "2025-01-01T00:00:00Z"}}}}, "flap.rt.*.flips", "must be a list"),
+    ({"flap": {"rt": {"*": {"flips": ["2025-01-01T00:00:00Z", "later"]}}}}, "flap.rt.*.flips[1]",
+     "must be an ISO 8601 time"),
+    ({"flap": {"rt": {"*": {"flapping": 5}}}}, "flap.rt.*.flapping", "must be an ISO 8601 time (got 5)"),
+    ({"flap": {"rt": {"*": {"held": {"until": "2025-01-01T00:00:00Z"}}}}}, "flap.rt.*.held.at", "is required"),
+    ({"flap": {"rt": {"*": {"held": {"at": "2025-01-01T00:00:00Z", "for": 300}}}}}, "flap.rt.*.held.for",
+     "unknown key; expected one of at, fired_at, until"),
 ])
 def test_a_state_file_of_the_wrong_shape_names_what_is_wrong(doc, path, message):
     with pytest.raises(StateError) as info:
@@ -201,10 +335,18 @@ def test_a_state_file_of_the_wrong_shape_names_what_is_wrong(doc, path, message)
     assert message in info.value.message
 
 
-def test_the_state_sections_of_other_features_are_kept_for_their_explainers():
-    state = parse_state({"group": {"g": 1}, "flap": {"f": 2}})
-    assert state.raw["group"] == {"g": 1} and state.raw["flap"] == {"f": 2}
-    assert state.ticket("rt", "any") is None
+def test_the_group_and_flap_sections_are_parsed_per_target():
+    state = parse_state({"group": {"rt": {"alerts": 4, "firing": 2, "parent": {"ticket_number": "9", "open": True}}},
+                         "flap": {"rt": {"*": {"flips": ["2025-04-15T18:00:00Z"],
+                                               "held": {"at": "2025-04-15T18:01:00+00:00"}}}}})
+    group = state.groups["rt"]
+    assert (group.alerts, group.firing, group.children, group.parent.ticket_number, group.parent.open) == \
+        (4, 2, 0, "9", True)
+    flap = state.flap("rt", "any key")
+    assert flap.flips == ("2025-04-15T18:00:00.000000000Z",)
+    assert flap.held == {"at": "2025-04-15T18:01:00.000000000Z", "fired_at": "", "until": ""}
+    assert state.flap("snow", "k") is None and state.ticket("rt", "any") is None
+    assert state.raw["group"]["rt"]["alerts"] == 4
 
 
 def test_a_ticket_number_alone_stands_for_the_ticket_and_a_key_beats_the_wildcard():
@@ -253,7 +395,7 @@ def test_each_explainer_adds_its_lines_to_every_matching_route_and_only_those():
 
     alert = parse_alert(load_sample("testaction-servicehealth-fired.json"))
     at = datetime(2025, 4, 15, 18, 30, tzinfo=UTC)
-    text = explain(config, alert, at=at, state=parse_state({"group": "g"}), explainers=[window])
+    text = explain(config, alert, at=at, state=AssumedState(raw={"group": "g"}), explainers=[window])
     assert text.count("  maintenance: none at 18:30 (g)\n") == 1  # route 1 (rt) alone renders; 4 duplicates it
     assert [(v.route.index, v.target.name, [k.key for k in v.keys]) for v in seen] == \
         [(1, "rt", ["sh-test-ttt-aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"])]
@@ -473,3 +615,59 @@ def test_for_any_assumed_ticket_the_tester_reports_the_lifecycle_decision(sample
 @functools.cache
 def _config():  # loaded once: hypothesis calls the test many times
     return load_config(str(CONFIG))
+
+
+def test_the_documented_state_file_is_one_relay_route_accepts():
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    section = text[text.index("## `relay route FILE"):]
+    doc = json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1))
+    state = parse_state(doc)
+    assert set(doc) == {"tickets", "group", "flap"}, "the example should show every section"
+    assert state.groups["rt"].parent.ticket_number == "900" and state.flap("rt", "k").held is not None
+    text = explain(_noise_config(), parse_alert(load_sample("testaction-metric-dynamic-fired.json")),
+                   at=datetime(2025, 4, 15, 18, 30, tzinfo=UTC), state=state)
+    assert "    assumed: 7 other alert(s) in the window, parent 900 open\n" in text
+
+
+@functools.cache
+def _noise_config():
+    return load_config(str(NOISE_CONFIG))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sample=st.sampled_from(["testaction-metric-static-fired.json", "testaction-metric-dynamic-fired.json",
+                               "metric-static-resolved.json", "testaction-log-v2-fired.json"]),
+       record=_record, alerts=st.integers(0, 8), at_minute=st.sampled_from([0, 30, 90, 180]))
+def test_for_any_assumed_state_the_noise_tester_reports_what_the_core_decides(sample, record, alerts, at_minute):
+    """Whatever the state, the lifecycle and group lines are the pure core's decisions, with the window on
+    at --at: `decide_with_noise` per key, and `decide_group` (a `note` or `none` alert opens nothing)."""
+    from relay.delivery.grouping import decide_group, group_key
+    from relay.delivery.lifecycle import decide_with_noise, event_facts, instant
+    from relay.delivery.maintenance import active_window
+    from relay.delivery.route_state import AssumedGroup
+
+    config = _noise_config()
+    alert = parse_alert(load_sample(sample))
+    at = datetime(2025, 4, 15, 18, tzinfo=UTC) + timedelta(minutes=at_minute)
+    state = parse_state({"tickets": {"rt": {"*": record}}, "group": {"rt": {"alerts": alerts}}})
+    text = explain(config, alert, at=at, state=state)
+    facts = event_facts(alert)
+    window = active_window(config.maintenance, alert, instant(at.isoformat()))
+    [route] = config.routes_for(alert)
+    role = None
+    if route.group is not None:
+        gk = group_key(alert, route.group, route.index, facts.fired_at)
+        group = decide_group(facts, AssumedGroup(alerts, alerts).state(route.group, facts.alert, facts.fired_at),
+                             route.group, route.policy.on_resolve, window=window)
+        role = group.role
+        assert f"    this alert: {group.role} ({group.reason})\n" in text
+        assert gk is not None and f"  group: {gk.key} (" in text
+    for key in ticket_keys(alert, route.incident_per):
+        decision = decide_with_noise(facts, state.ticket("rt", key.key), route.policy, window=window,
+                                     damping=route.damping)
+        if role is not None and not role.own_key:
+            assert "    lifecycle: nothing (grouped: " in text
+        else:
+            assert f"    lifecycle: {decision.action} ({decision.reason})\n" in text

@@ -17,6 +17,11 @@ event and that state and says what the alert is in the group (`Role`) and what h
 - the parent resolves when every member has resolved, and reopens when a member fires again after that.
 
 So a window opens at most N + 1 + max_children incidents (N + 1 with `children: note`): `incident_cap`.
+
+Noise control meets grouping here too (docs/lifecycle.md "Grouping, windows and flapping"): an alert
+that fires inside a maintenance window of its route is `deferred` (not counted, opens no parent) until
+the window's end, when `release_deferred` lets it join as if it fired then; a flapping member counts once:
+its re-fires do not note the parent, and while its own resolve is held the group counts it as firing.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from relay.alerts import Alert, ServiceHealthContext, resource_group_of, subscription_of
-from relay.delivery.lifecycle import Action, EventFacts, Kind, TicketState
+from relay.delivery.lifecycle import Action, EventFacts, InWindow, Kind, TicketState, episode
 from relay.schema import GROUP, GROUP_BY_DEFAULT, GroupChildren, OnResolve
 
 # Members tracked one by one per window: a record stays far below Azure Table's 64 KiB per property. Alerts
@@ -42,10 +47,23 @@ class Role(StrEnum):
     CHILD = "child"  # children: link, within max_children: its own incident, linked to the parent
     NOTE = "note"  # a work note on the parent, no ticket of its own
     NONE = "none"  # resolved before it fired (or beyond what is tracked): opens nothing
+    # Fired inside a maintenance window of its route: not counted, no parent; its own key defers its create
+    # to the window's end, when `release_deferred` gives it one of the roles above.
+    DEFERRED = "deferred"
 
     @property
     def has_ticket(self) -> bool:
         return self in (Role.OWN, Role.CHILD)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the alert is one of the window's alerts (counted, waited for before the parent resolves)."""
+        return self not in (Role.NONE, Role.DEFERRED)
+
+    @property
+    def own_key(self) -> bool:
+        """Whether the alert's own ticket key hears of its events (its incident, or the deferral of one)."""
+        return self in (Role.OWN, Role.CHILD, Role.DEFERRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +133,7 @@ class Member:
     role: Role
     ticket_id: str | None = None
     linked: bool = False  # its ticket is linked to the parent
+    deferred: bool = False  # its latest episode fired inside a maintenance window: the parent hears at its end
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +149,7 @@ class GroupState:
     @property
     def count(self) -> int:
         """Alerts in the window so far (those that fired)."""
-        return sum(1 for m in self.members.values() if m.role is not Role.NONE) + self.overflow
+        return sum(1 for m in self.members.values() if m.role.counted) + self.overflow
 
     def roles(self, role: Role) -> int:
         return sum(1 for m in self.members.values() if m.role is role)
@@ -139,7 +158,8 @@ class GroupState:
         return {
             **self.parent.to_data(),
             "group": {
-                "members": {k: [m.fired_at, m.resolved, str(m.role), m.ticket_id, m.linked]
+                "members": {k: [m.fired_at, m.resolved, str(m.role), m.ticket_id, m.linked,
+                                *([True] if m.deferred else [])]
                             for k, m in self.members.items()},
                 "overflow": self.overflow,
                 "since": self.since,
@@ -151,7 +171,7 @@ class GroupState:
         group = data.get("group") or {}
         return cls(
             parent=TicketState.from_data(data),
-            members={str(k): Member(str(v[0]), bool(v[1]), Role(v[2]), v[3], bool(v[4]))
+            members={str(k): Member(str(v[0]), bool(v[1]), Role(v[2]), v[3], bool(v[4]), len(v) > 5 and bool(v[5]))
                      for k, v in (group.get("members") or {}).items()},
             overflow=int(group.get("overflow", 0)),
             since=str(group.get("since", "")),
@@ -167,8 +187,14 @@ class GroupDecision:
 
 
 def decide_group(event: EventFacts, state: GroupState | None, spec: GroupSpec,
-                 on_resolve: OnResolve = OnResolve.RESOLVE) -> GroupDecision:
-    """The grouping table (docs/lifecycle.md "Storm grouping"). Every branch returns; none does I/O."""
+                 on_resolve: OnResolve = OnResolve.RESOLVE, *, window: InWindow | None = None,
+                 flapping: bool = False, held: bool = False) -> GroupDecision:
+    """The grouping table (docs/lifecycle.md "Storm grouping"). Every branch returns; none does I/O.
+
+    `window`: the maintenance window of the route covering the alert at the event's time (a Fired inside
+    one is deferred: not counted, no parent). `flapping`: the alert's own key is in a flapping period (a
+    re-fire does not note the parent). `held`: this Resolved's resolve is held by flap damping (the group
+    counts the alert firing until the hold's due event tells it again)."""
     st = state or GroupState()
     member = st.members.get(event.alert)
     if event.kind is Kind.UPDATE:
@@ -176,21 +202,66 @@ def decide_group(event: EventFacts, state: GroupState | None, spec: GroupSpec,
     if member is not None and event.fired_at < member.fired_at:
         return _with_due_parent(GroupDecision(member.role, Action.NOTHING, "event of an earlier episode", st))
     if event.kind is Kind.FIRED:
-        return _with_due_parent(_fired(event, st, member, spec))
+        return _with_due_parent(_fired(event, st, member, spec, window, flapping))
+    if held and member is not None and member.role.counted and episode(event.fired_at) == episode(member.fired_at):
+        return _with_due_parent(GroupDecision(member.role, Action.NOTHING, "flapping: its resolve is held; the "
+                                              "group counts it firing until the hold passes", st))
     return _with_due_parent(_resolved(event, st, member, on_resolve))
 
 
-def _fired(event: EventFacts, st: GroupState, member: Member | None, spec: GroupSpec) -> GroupDecision:
+def release_deferred(alert: str, state: GroupState | None, spec: GroupSpec, *,
+                     window: InWindow | None = None) -> GroupDecision:
+    """A maintenance window's end for `alert` (its timer's due event): a member whose latest episode fired
+    inside the window and still fires joins the group now, as a Fired would (a new alert takes the next
+    role: own, child or note; a known member notes or reopens the parent). `window`: another window
+    covering it is on at the due time (it waits for that one's end). Once released, nothing more: a due
+    event delivered twice acts once."""
+    st = state or GroupState()
+    member = st.members.get(alert)
+    if member is None or not (member.role is Role.DEFERRED or member.deferred):
+        return GroupDecision(member.role if member else Role.NONE, Action.NOTHING, "nothing deferred in the group",
+                             st)
+    if member.resolved:
+        return _with_due_parent(GroupDecision(member.role, Action.NOTHING, "resolved inside the maintenance window",
+                                              st))
+    if window is not None:
+        return GroupDecision(member.role, Action.NOTHING, f"inside maintenance window {window.name} now", st)
+    rest = replace(st, members={k: m for k, m in st.members.items() if k != alert})
+    if member.role is Role.DEFERRED:
+        event = EventFacts(alert, Kind.FIRED, member.fired_at, member.fired_at)
+        d = _fired(event, rest, None, spec, None, False)
+        return _with_due_parent(replace(d, reason="maintenance window ended, still firing: " + d.reason))
+    again = replace(member, deferred=False)
+    new = replace(st, members={**st.members, alert: again})
+    d = _joined(new, again.role, "maintenance window ended: a member fired again inside it", reopen=True)
+    return _with_due_parent(d)
+
+
+def _fired(event: EventFacts, st: GroupState, member: Member | None, spec: GroupSpec, window: InWindow | None,
+           flapping: bool) -> GroupDecision:
     since = min(st.since, event.fired_at) if st.since else event.fired_at
-    if member is not None and member.role is Role.NONE and event.fired_at > member.fired_at:
-        member = None  # it resolved before it fired once; this episode is a new alert of the window
+    if member is not None and member.role in (Role.NONE, Role.DEFERRED) and event.fired_at > member.fired_at:
+        member = None  # it resolved before it fired once (or was deferred); this episode is a new alert
     if member is not None:
         if event.fired_at == member.fired_at:
             return GroupDecision(member.role, Action.NOTHING, "already applied (or resolved before it fired)", st)
         # A new episode of a member: it stays what it was; a parent it had resolved with reopens.
-        again = replace(member, fired_at=event.fired_at, resolved=False)
+        again = replace(member, fired_at=event.fired_at, resolved=False, deferred=window is not None)
         new = replace(st, members={**st.members, event.alert: again})
+        if window is not None:
+            return GroupDecision(again.role, Action.NOTHING, f"a member fired again inside maintenance window "
+                                 f"{window.name}: the parent hears of it at the window's end", new)
+        if flapping and new.parent.open:
+            return GroupDecision(again.role, Action.NOTHING, "a flapping member fired again: counted once, the "
+                                 "parent is not noted", new)
         return _joined(new, again.role, "a member fired again", reopen=True)
+    if window is not None:
+        if len(st.members) >= MAX_MEMBERS:
+            return GroupDecision(Role.DEFERRED, Action.NOTHING, f"inside maintenance window {window.name}: not "
+                                 "counted; past the members tracked, its incident waits for the window's end", st)
+        new = replace(st, members={**st.members, event.alert: Member(event.fired_at, False, Role.DEFERRED)})
+        return GroupDecision(Role.DEFERRED, Action.NOTHING, f"inside maintenance window {window.name}: not counted "
+                             "toward the parent; it joins the group at the window's end if still firing", new)
     if event.alert not in st.members and len(st.members) >= MAX_MEMBERS:
         new = replace(st, overflow=st.overflow + 1, since=since)
         return _joined(new, Role.NOTE, f"past the {MAX_MEMBERS} members tracked: noted, not tracked", reopen=True)
@@ -232,7 +303,10 @@ def _resolved(event: EventFacts, st: GroupState, member: Member | None, on_resol
         return GroupDecision(member.role, Action.NOTHING, "already resolved", st)
     # (A Resolved of a newer episode than the one on record resolves that episode: its late Fired is a repeat.)
     new = replace(st, members={**st.members, event.alert: replace(member, fired_at=event.fired_at, resolved=True)})
-    firing = [m for m in new.members.values() if m.role is not Role.NONE and not m.resolved]
+    if member.role is Role.DEFERRED:  # never counted: its resolve moves no parent
+        return GroupDecision(member.role, Action.NOTHING, "resolved; it was never counted (fired inside a "
+                             "maintenance window)", new)
+    firing = [m for m in new.members.values() if m.role.counted and not m.resolved]
     if firing or not new.parent.open or new.parent.ticket_id is None:
         return GroupDecision(member.role, Action.NOTHING, f"resolved; {len(firing)} of the window still firing", new)
     if on_resolve is OnResolve.RESOLVE:
@@ -249,7 +323,7 @@ def _with_due_parent(decision: GroupDecision) -> GroupDecision:
     if decision.parent is not Action.NOTHING or st.parent.generation == 0 or st.parent.ticket_id is not None \
             or not st.parent.open:
         return decision
-    if any(m.role is not Role.NONE and not m.resolved for m in st.members.values()) or st.overflow:
+    if any(m.role.counted and not m.resolved for m in st.members.values()) or st.overflow:
         return replace(decision, parent=Action.CREATE, reason=decision.reason + "; the parent is not open yet")
     # Every alert resolved before the parent could open: it never will.
     return replace(decision, reason=decision.reason + "; every alert resolved before the parent opened",

@@ -543,10 +543,11 @@ def decide_with_noise(event: EventFacts, state: TicketState | None, policy: Poli
 
 
 def decide_due(alert: str, at: str, state: TicketState | None, policy: Policy, *,
-               window: InWindow | None = None) -> Decision:
+               window: InWindow | None = None, absorbed: bool = False) -> Decision:
     """A timer of `alert` on this key fired at `at` (the scheduler's due event): a deferred create whose
     window has ended, or a held resolve whose hold has passed. Pure; a timer already settled, or not due
-    yet, does nothing, so a due event delivered twice acts once."""
+    yet, does nothing, so a due event delivered twice acts once. `absorbed`: the alert's storm group took
+    it in at the window's end as a note on its parent (`grouping.release_deferred`): no incident of its own."""
     st = state or TicketState()
     noise = dict(st.noise.get(alert) or {})
     mark = st.alerts.get(alert)
@@ -561,6 +562,9 @@ def decide_due(alert: str, at: str, state: TicketState | None, policy: Policy, *
         if mark is None or mark.resolved:
             return Decision(Action.RECORD, f"maintenance window {deferred['window']} ended; the alert resolved "
                                            "inside it", base)
+        if absorbed:
+            return Decision(Action.RECORD, f"maintenance window {deferred['window']} ended, still firing: noted "
+                                           "on its storm group's parent, no incident of its own", base)
         fired = EventFacts(alert, Kind.FIRED, mark.fired_at, max(mark.at, st.last_at))
         d = _fired(fired, base, policy)
         return replace(d, reason=f"maintenance window {deferred['window']} ended, still firing: {d.reason}")

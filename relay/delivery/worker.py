@@ -31,11 +31,13 @@ from relay.delivery.grouping import (
     GroupDecision,
     GroupKey,
     GroupState,
+    Role,
     decide_group,
     group_key,
     joined_note,
     links_due,
     parent_summary,
+    release_deferred,
     with_linked,
     with_member_ticket,
 )
@@ -495,10 +497,10 @@ class Worker:
                 else:
                     facts = event_facts(alert)
                     keys = ticket_keys(alert, route.incident_per, self.settings.max_configuration_items)
-                    # A due event (a timer of this alert) is its own tickets' business, never its group's.
-                    group = (group_key(alert, route.group, route.index, facts.fired_at)
-                             if route.group and not due else None)
-                    if group is not None:
+                    group = group_key(alert, route.group, route.index, facts.fired_at) if route.group else None
+                    if group is not None and due:
+                        await self._grouped_due(route, target, alert, event, facts, keys, group)  # type: ignore[arg-type]
+                    elif group is not None:
                         await self._grouped(route, target, alert, event, facts, keys, group)  # type: ignore[arg-type]
                     else:
                         for key in keys:
@@ -529,18 +531,19 @@ class Worker:
     # -- lifecycle targets ---------------------------------------------------------------------------
 
     async def _apply(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
-                     key: TicketKey, *, read_first: bool = False) -> None:
+                     key: TicketKey, *, read_first: bool = False, absorbed: bool = False) -> None:
         # Alerts sharing a ticket key (one incident per CI, Service Health threads) take turns here;
         # across processes the record's version does the same job.
         async with self._key_locks.hold((target.name, key.key)):
             for _ in range(RECORD_RETRIES):
-                if await self._apply_once(route, target, alert, event, facts, key, read_first=read_first):
+                if await self._apply_once(route, target, alert, event, facts, key, read_first=read_first,
+                                          absorbed=absorbed):
                     return
             raise _Busy(f"{target.name}: ticket record {key.key} kept changing under this delivery",
                          BUSY_RETRY_SECONDS)
 
     async def _apply_once(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
-                          key: TicketKey, *, read_first: bool = False) -> bool:
+                          key: TicketKey, *, read_first: bool = False, absorbed: bool = False) -> bool:
         """One read-decide-call-record round; False when the record changed meanwhile (decide again)."""
         started = time.perf_counter()
         record = await self.store.get_ticket(target.name, key.key)
@@ -553,7 +556,7 @@ class Worker:
             if record is None:  # nothing was deferred or held under this key
                 return True
             decision = decide_due(facts.alert, event.occurred_at, state, route.policy,
-                                  window=self._window(alert, event.occurred_at))
+                                  window=self._window(alert, event.occurred_at), absorbed=absorbed)
         elif record is None:
             # No record: the first event of this key, or a lost or replaced store. The target's tickets
             # under the key (and its `.N` successors) decide, so nothing stays open and no twin is created.
@@ -638,14 +641,19 @@ class Worker:
         if facts.kind is Kind.RESOLVED:
             record = await self.store.get_ticket(target.name, group.key)
             member = GroupState.from_data(record.data).members.get(facts.alert) if record else None
-            if member is None or member.role.has_ticket:  # unknown here: its own record decides
+            if member is None or member.role.own_key:  # unknown here: its own record decides
                 for key in keys:
                     await self._apply(route, target, alert, event, facts, key,
                                       read_first=member is not None and member.linked)
-            await self._group_step(route, target, alert, event, facts, group)
+            held = await self._noise_of(target, keys, facts.alert, "held", facts.fired_at)
+            await self._group_step(route, target, alert, event, facts, group, held=held)
             return
-        decision = await self._group_step(route, target, alert, event, facts, group)
-        if decision.role.has_ticket:
+        # Inside a maintenance window the alert is not counted (it joins at the window's end); a flapping
+        # member's re-fire does not note the parent (it counts once).
+        decision = await self._group_step(route, target, alert, event, facts, group,
+                                          window=self._window(alert, facts.occurred_at),
+                                          flapping=await self._noise_of(target, keys, facts.alert, "flapping"))
+        if decision.role.own_key:
             for key in keys:
                 await self._apply(route, target, alert, event, facts, key)
         if facts.kind is Kind.FIRED and can_link(target):
@@ -655,9 +663,42 @@ class Worker:
                 own = mine.data.get("ticket_id") if mine else None
             await self._link_members(target, group, facts.alert, own)
 
+    async def _grouped_due(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
+                           keys: list[TicketKey], group: GroupKey) -> None:
+        """A timer of a grouped alert. A held resolve's (the source event is its Resolved): its own incident
+        first, then the group hears the resolve. A maintenance window's end (the source is the Fired it
+        deferred): the group releases the alert first (it may open the parent, or take the alert in as a
+        note: then its own key opens nothing), then its own key decides."""
+        if facts.kind is Kind.RESOLVED:
+            for key in keys:
+                await self._apply(route, target, alert, event, facts, key)
+            if not await self._noise_of(target, keys, facts.alert, "held", facts.fired_at):
+                await self._group_step(route, target, alert, event, facts, group)
+            return
+        decision = await self._group_step(route, target, alert, event, facts, group,
+                                          window=self._window(alert, event.occurred_at), release=True)
+        for key in keys:
+            await self._apply(route, target, alert, event, facts, key, absorbed=decision.role is Role.NOTE)
+        if decision.role.has_ticket and can_link(target):
+            mine = await self.store.get_ticket(target.name, keys[0].key)
+            await self._link_members(target, group, facts.alert, mine.data.get("ticket_id") if mine else None)
+
+    async def _noise_of(self, target: Target, keys: list[TicketKey], alert: str, what: str,
+                        fired_at: str | None = None) -> bool:
+        """Whether the alert's own ticket record holds flap state `what` ("flapping", or a "held" resolve of
+        the episode fired at `fired_at`) on any of its keys."""
+        for key in keys:
+            record = await self.store.get_ticket(target.name, key.key)
+            noise = (TicketState.from_data(record.data).noise.get(alert) or {}) if record else {}
+            if what in noise and (fired_at is None or str(noise[what].get("fired_at", ""))[:19] == fired_at[:19]):
+                return True
+        return False
+
     async def _group_step(self, route: Route, target: Target, alert: Alert, event: Event, facts: EventFacts,
-                          group: GroupKey) -> GroupDecision:
-        """Read the group's record, decide, carry out the parent's action, record; decided again on a conflict."""
+                          group: GroupKey, *, window: InWindow | None = None, flapping: bool = False,
+                          held: bool = False, release: bool = False) -> GroupDecision:
+        """Read the group's record, decide, carry out the parent's action, record; decided again on a conflict.
+        `release`: a maintenance window's end for this alert (`release_deferred`), else the event itself."""
         assert route.group is not None
         key = TicketKey(group.key, ())
         marker = step_marker(event.key)
@@ -668,7 +709,11 @@ class Worker:
                 state = GroupState.from_data(data) if record else None
                 version = record.version if record else None
                 closed = record.closed_at if record else None
-                decision = decide_group(facts, state, route.group, route.policy.on_resolve)
+                if release:
+                    decision = release_deferred(facts.alert, state, route.group, window=window)
+                else:
+                    decision = decide_group(facts, state, route.group, route.policy.on_resolve, window=window,
+                                            flapping=flapping, held=held)
                 action = decision.parent
                 step = data.get("step")
                 mine = isinstance(step, Mapping) and step.get("marker") == marker
@@ -677,7 +722,7 @@ class Worker:
                 log.debug("%s group %s %s: %s, parent %s (%s)", target.name, group.key, facts.kind, decision.role,
                           action, decision.reason)
                 if action is Action.NOTHING:
-                    if record is None or decision.state != state:
+                    if (record is None and not release) or (record is not None and decision.state != state):
                         keep = {k: data[k] for k in ("pending", "step") if k in data}
                         if await self._put(target.name, group.key, {**decision.state.to_data(), **keep}, version,
                                            closed) is None:
