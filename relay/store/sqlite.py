@@ -399,7 +399,8 @@ class SqliteStore:
                       finished: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         failed = None if finished.cancelled() else finished.exception()
         if finished.cancelled() or failed is not None:
-            answers: list[tuple[bool, Any]] = [(False, failed or StoreUnavailable("sqlite: read cancelled"))] * len(batch)
+            error = failed or StoreUnavailable("sqlite: read cancelled")
+            answers: list[tuple[bool, Any]] = [(False, error)] * len(batch)
         else:
             answers = finished.result()
         for (_, fut), (ok, value) in zip(batch, answers, strict=True):
