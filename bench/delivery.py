@@ -46,8 +46,8 @@ class TimedServiceNow(FakeServiceNow):
     def __init__(self) -> None:
         super().__init__()
         self.created_at: dict[str, float] = {}
-        self.down = False
         self._by_key: dict[str, list[dict[str, str]]] = {}  # base key (before a `.N` suffix) -> incidents
+        self.outage: Any = None  # the 503 fault FakeThread puts first; its `times` > 0 while the target is down
 
     def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
         record = super()._new_record(table, values)
@@ -79,7 +79,10 @@ class FakeThread:
     def __enter__(self) -> TimedServiceNow:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
-        # Every call waits 50 ms; while `down`, every call answers 503 instead.
+        # Every call waits 50 ms; during an outage (`fake.outage.times` raised above 0) every call answers
+        # 503 instead. The fake applies the first matching fault with times left, so the outage goes first:
+        # injected after the slow fault it would never apply (the backlog figure was once measured so).
+        self.fake.outage = self.fake.inject("status", times=0, status=503)
         self.fake.inject("slow", times=10**9, delay=FAKE_LATENCY_SECONDS)
         return self.fake
 
@@ -204,14 +207,18 @@ def measure(issuer: DevIssuer, work: Path) -> dict:
         settings = {"backoff_base_seconds": 1, "backoff_max_seconds": 5, "circuit_open_seconds": 2}
         relay, url = run_relay(issuer, fake, work, "backlog", max_concurrency=BACKLOG_CONCURRENCY, **settings)
         try:
-            outage = fake.inject("status", times=10**9, status=503)
+            fake.outage.times = 10**9
             acked = asyncio.run(post_all(url, auth, [alert(i) for i in range(BACKLOG)]))
             time.sleep(2)
-            outage.times = 0  # the outage ends
+            if fake.incident_count:
+                raise RuntimeError(f"{fake.incident_count} incidents opened during the outage: no backlog to drain")
+            refused = len(fake.calls)
+            fake.outage.times = 0  # the outage ends
             back = time.monotonic()
             wait_for(fake, BACKLOG, 900)
             drained = max(fake.created_at.values()) - back
             results["backlog"] = {"events": len(acked), "drain_seconds": round(drained, 1),
+                                  "calls_refused_during_outage": refused,
                                   "incidents_per_second": round(BACKLOG / drained, 1), "delivery": settings,
                                   "max_concurrency": BACKLOG_CONCURRENCY}
         finally:

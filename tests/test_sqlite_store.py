@@ -122,6 +122,31 @@ async def test_one_writes_failure_undoes_only_that_write_in_a_shared_commit(stor
     assert await store.pending() == 1, "the accept committed beside the two refused writes"
 
 
+async def test_ticket_reads_asked_for_together_take_one_hop_to_the_reader(store, monkeypatch):
+    await asyncio.gather(*(store.put_ticket(TicketRecord("rt", f"k{i}", {"ticket_id": str(i)})) for i in range(20)))
+    hops = []
+    submit = store._reader_executor.submit
+    monkeypatch.setattr(store._reader_executor, "submit", lambda *a, **k: hops.append(1) or submit(*a, **k))
+    records = await asyncio.gather(*(store.get_ticket("rt", f"k{i}") for i in range(25)))
+    assert len(hops) == 1, f"25 ticket reads asked for in one turn took {len(hops)} trips to the reader thread"
+    assert [r.data["ticket_id"] if r else None for r in records] == [str(i) for i in range(20)] + [None] * 5
+
+
+async def test_a_failing_read_in_a_shared_hop_fails_only_its_own_caller(store, monkeypatch):
+    hops = []
+    submit = store._reader_executor.submit
+    monkeypatch.setattr(store._reader_executor, "submit", lambda *a, **k: hops.append(1) or submit(*a, **k))
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    results = await asyncio.gather(store._read_together(broken), store._read_together(lambda: "fine"),
+                                   return_exceptions=True)
+    assert len(hops) == 1, "the two reads were meant to share one hop"
+    assert isinstance(results[0], StoreUnavailable), f"a read's own SQLite error gave {results[0]!r}"
+    assert results[1] == "fine", f"the read beside a failing one got {results[1]!r}, not its own answer"
+
+
 async def test_reads_run_on_their_own_connection_beside_the_writes(store):
     gate = threading.Event()
     held = asyncio.ensure_future(store._read(gate.wait))  # a long read holds the reader thread

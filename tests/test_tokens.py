@@ -226,3 +226,35 @@ async def test_keys_not_loaded_when_issuer_is_down_at_start(issuer):
 
 async def test_metadata_issuer_template_is_substituted(issuer, keys):
     assert keys.issuer == issuer.v2_issuer
+
+
+async def test_token_cache_holds_at_most_cache_size_and_drops_the_oldest(validator, issuer, monkeypatch):
+    monkeypatch.setattr("relay.intake.tokens.CACHE_SIZE", 3)
+    headers = [f"Bearer {issuer.mint(overrides={'uti': f'token-{i}'})}" for i in range(4)]
+    for header in headers:
+        await validator.validate(header)
+    assert len(validator._cache) == 3, f"the cache grew past its bound to {len(validator._cache)} entries"
+    calls = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    for header in headers[1:]:
+        await validator.validate(header)
+    assert calls == [], "the three newest tokens must still be cached"
+    await validator.validate(headers[0])
+    assert calls == [1], "the oldest token, dropped to keep the bound, must be verified again"
+
+
+async def test_token_cache_keeps_no_token_text(validator, issuer):
+    header = issuer.authorization()
+    await validator.validate(header)
+    token = header.split(" ", 1)[1]
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in validator._cache), "cache keys must be digests"
+    assert token not in repr(validator._cache), "the cache must not hold the token itself"
+
+
+async def test_refused_header_is_never_cached(validator, issuer):
+    bad = "Bearer " + issuer.mint(overrides={"aud": "api://someone-else"})
+    for _ in range(2):
+        assert await reason_for(validator, bad) == "bad_audience"
+    assert await reason_for(validator, "Bearer " + "x" * 9000) == "oversized"
+    assert len(validator._cache) == 0, "a refused token must not enter the cache"

@@ -326,8 +326,16 @@ class Worker:
     async def _handle(self, claim: Claim) -> None:
         _TRAIL.set([])
         lost = asyncio.Event()
-        renewer = asyncio.create_task(self._keep_leased(claim, asyncio.current_task(), lost),
-                                      name=f"renew-{claim.handle}")
+        # The renewer is a timer until the first renewal is due: most deliveries end well within a third of
+        # the lease, and a task each (created, cancelled, awaited) cost every one of them two turns of the loop.
+        renewer: list[asyncio.Task[None]] = []
+        delivery = asyncio.current_task()
+
+        def start_renewing() -> None:
+            renewer.append(asyncio.create_task(self._keep_leased(claim, delivery, lost), name=f"renew-{claim.handle}"))
+
+        first_renewal = asyncio.get_running_loop().call_later(
+            self.settings.lease_seconds / RENEWALS_PER_LEASE, start_renewing)
         try:
             async with asyncio.timeout(self.settings.deadline_seconds):
                 await self._deliver(claim)
@@ -359,17 +367,18 @@ class Worker:
             except Exception:
                 log.exception("could not give %s back to the store; its lease will expire", claim.event.key[:12])
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            first_renewal.cancel()
+            for task in renewer:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _keep_leased(self, claim: Claim, delivery: asyncio.Task[Any] | None, lost: asyncio.Event) -> None:
-        """Renew the claim's lease every third of it while its delivery runs. Should the lease be lost
-        (it ran out during a store outage and another worker claimed the event), stop the delivery:
-        one event is never delivered by two workers at once."""
+        """Renew the claim's lease now (a third of it has gone) and every third of it after, while its
+        delivery runs. Should the lease be lost (it ran out during a store outage and another worker
+        claimed the event), stop the delivery: one event is never delivered by two workers at once."""
         lease = self.settings.lease_seconds
         while True:
-            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
             try:
                 await self.store.renew(claim, lease)
             except LeaseLost:
@@ -379,6 +388,7 @@ class Worker:
                 return
             except Exception as exc:  # a store blip: try again at the next beat, while the lease lasts
                 log.warning("could not renew the lease on %s: %s", claim.event.key[:12], exc)
+            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
 
     async def _record(self, op: Callable[..., Awaitable[None]], claim: Claim, *args: Any, **kwargs: Any) -> None:
         """Record an outcome (complete, retry_later, dead_letter), retried through a store blip for up to

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -14,6 +16,7 @@ class IntakeMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._outcomes: dict[str, Any] = {}
         self.auth_failures = Counter(
             "relay_auth_failures",
             "Refused tokens by reason",
@@ -31,3 +34,11 @@ class IntakeMetrics:
             "Events accepted and not yet delivered (read from the store at scrape time)",
             registry=self.registry,
         )
+
+    def outcome(self, name: str) -> Any:
+        """`requests.labels(name)`, looked up once per outcome (labels() takes a lock and builds a key on
+        every call, on each request's path)."""
+        child = self._outcomes.get(name)
+        if child is None:
+            child = self._outcomes[name] = self.requests.labels(name)
+        return child

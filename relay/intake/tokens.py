@@ -4,8 +4,9 @@ RS256 only; key by `kid` from the configured tenant's metadata (never from the t
 exact v1 or v2 issuer for our tenant, with the claims of that version (`appid` for v1, `azp` for
 v2); audience, tenant, caller app and role; `exp`/`nbf`/`iat` required with 5 minutes of skew.
 A token valid for longer than Entra ever issues (24 hours) is refused. A verified token is cached by
-its hash until it expires (Azure reuses one token for about an hour), and the cache is emptied whenever
-the key set changes, so a token signed by a key that left the set is checked again, and refused.
+the hash of its Authorization header until it expires (Azure reuses one token for about an hour; at most
+CACHE_SIZE entries, the oldest dropped first), and the cache is emptied whenever the key set changes, so a
+token signed by a key that left the set is checked again, and refused.
 """
 
 from __future__ import annotations
@@ -96,8 +97,12 @@ class TokenValidator:
         return self.keys.issuer or f"https://login.microsoftonline.com/{self.tenant}/v2.0"
 
     async def validate(self, authorization: str | None) -> Caller:
-        token = _bearer(authorization)
-        digest = hashlib.sha256(token.encode()).digest()
+        if not authorization or len(authorization) > MAX_TOKEN_BYTES:
+            return await self._verify(_bearer(authorization), self._clock())  # refused: never cached
+        # Keyed by the digest of the whole header, looked up before the token's form is parsed: only a
+        # header that passed every check before can hit, so the hot path (Azure's one token, reused for
+        # about an hour) is one hash and one dict lookup.
+        digest = hashlib.sha256(authorization.encode()).digest()
         if self._cache_generation != self.keys.generation:
             self._cache.clear()  # what the old key set verified is checked again against the new one
             self._cache_generation = self.keys.generation
@@ -107,7 +112,7 @@ class TokenValidator:
             if now < cached.expires_at + CLOCK_SKEW_SECONDS:
                 return cached
             del self._cache[digest]
-        caller = await self._verify(token, now)
+        caller = await self._verify(_bearer(authorization), now)
         self._cache[digest] = caller
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
