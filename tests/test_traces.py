@@ -262,6 +262,48 @@ async def test_tracing_off_needs_no_opentelemetry_and_stores_nothing_extra(
         assert check.execute("SELECT trace_context FROM events").fetchall() == [(None,)]
 
 
+async def test_a_failed_call_and_the_retry_it_causes_are_marked_failed_in_the_same_trace(
+    aiohttp_client, issuer, tmp_path, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicenow = FakeServiceNow()
+    await servicenow.start()
+    monkeypatch.setenv("SN_PASSWORD", servicenow.password)  # targets read their secrets from the environment
+    try:
+        servicenow.inject("status", status=503, path="/api/now/table/incident", method="POST")
+        config = write_config(tmp_path / "relay.yaml", servicenow)
+        settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'r.db'}",
+                                      "RELAY_CONFIG": str(config)})
+        client = await aiohttp_client(create_app(settings, deliver=True,
+                                                 telemetry_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}))
+        fired, _ = episode(1, "traces-retry")
+        assert (await client.post("/alerts", data=fired, headers=post_headers(issuer))).status == 202
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if servicenow.incidents:
+                break
+            await asyncio.sleep(0.05)
+        await client.close()
+    finally:
+        await servicenow.stop()
+    assert servicenow.incidents, "the retry never created the incident"
+
+    spans = receiver.spans()
+    [server] = [s for s in spans if s.kind == "server"]
+    first, second = sorted((s for s in spans if s.kind == "consumer"),
+                           key=lambda s: s.attributes["relay.delivery.attempt"])
+    assert all(s.trace_id == server.trace_id and s.parent_span_id == server.span_id for s in (first, second)), \
+        "both attempts belong under intake's span"
+    assert first.attributes["relay.delivery.outcome"] == "retry" and first.error, first
+    assert second.attributes["relay.delivery.outcome"] == "delivered" and not second.error, second
+    creates = [s for s in spans if s.kind == "client" and s.attributes["relay.target.call"] == "create"]
+    failed = [s for s in creates if s.parent_span_id == first.span_id]
+    done = [s for s in creates if s.parent_span_id == second.span_id]
+    assert len(failed) == 1 and failed[0].error and failed[0].attributes["relay.target.call.status"] == "503", failed
+    assert "503" in failed[0].status_message, failed[0].status_message
+    assert len(done) == 1 and done[0].attributes["relay.target.call.status"] == "ok", done
+    assert done[0].attributes["relay.ticket.id"] == next(iter(servicenow.incidents))
+
+
 # -- real relay processes: intake to the ServiceNow create, on both backends ---------------------------------
 
 

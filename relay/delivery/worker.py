@@ -1104,7 +1104,8 @@ class Worker:
             return
         at = from_epoch(float(entry["at"]))
         due = Event(key=idempotency_key(source.alert_id, DUE_CONDITION, at), alert_id=source.alert_id,
-                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT)
+                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT,
+                    trace_context=source.trace_context)  # its delivery joins the trace of the event that set it
         await self.store.accept(due)
         self.notify()
 
