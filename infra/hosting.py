@@ -80,8 +80,10 @@ CONTAINER_NAME = "relay"
 # digest of the relay YAML makes a config change roll the replicas.
 CONFIG_DIGEST_ENV = "SECURE_EXPORT_CONFIG_SHA256"
 
-# The managed OpenTelemetry agent's destination name for the stack's OTLP collector, and the service
-# name the relay's metrics carry (learn.microsoft.com/azure/container-apps/opentelemetry-agents).
+# The managed OpenTelemetry agent's destination name for the stack's OTLP collector (it takes the relay's
+# metrics and traces; the name predates traces and is kept so the environment's config does not churn),
+# and the service name the relay's metrics and spans carry
+# (learn.microsoft.com/azure/container-apps/opentelemetry-agents).
 OTEL_DESTINATION = "relay-metrics"
 OTEL_SERVICE_NAME = "secure-export-relay"
 
@@ -569,7 +571,8 @@ class RelayHosting(pulumi.ComponentResource):
         if relay.openid_config_url:
             plain["RELAY_OPENID_CONFIG_URL"] = relay.openid_config_url
         if args.open_telemetry is not None:
-            # The agent sets OTEL_EXPORTER_OTLP_ENDPOINT in the container; the relay exports when it is set.
+            # The agent sets OTEL_EXPORTER_OTLP_ENDPOINT in the container; the relay exports metrics and traces
+            # when it is set.
             plain["OTEL_SERVICE_NAME"] = OTEL_SERVICE_NAME
             plain["OTEL_METRIC_EXPORT_INTERVAL"] = str(args.open_telemetry.export_interval_seconds * 1000)
         env = [app.EnvironmentVarArgs(name=key, value=value) for key, value in plain.items()]
@@ -636,7 +639,8 @@ class RelayHosting(pulumi.ComponentResource):
 
 
 def _open_telemetry_agent(settings: OpenTelemetrySettings | None) -> app.OpenTelemetryConfigurationArgs | None:
-    """The environment's managed agent, forwarding metrics (only) to the stack's OTLP collector."""
+    """The environment's managed agent, forwarding the relay's metrics and traces to the stack's OTLP
+    collector (logs stay with the environment's Log Analytics workspace)."""
     if settings is None:
         return None
     return app.OpenTelemetryConfigurationArgs(
@@ -644,4 +648,5 @@ def _open_telemetry_agent(settings: OpenTelemetrySettings | None) -> app.OpenTel
             otlp_configurations=[app.OtlpConfigurationArgs(name=OTEL_DESTINATION, endpoint=settings.endpoint)]
         ),
         metrics_configuration=app.MetricsConfigurationArgs(destinations=[OTEL_DESTINATION]),
+        traces_configuration=app.TracesConfigurationArgs(destinations=[OTEL_DESTINATION]),
     )

@@ -34,6 +34,7 @@ from relay.intake import (
     ON_ACCEPT_KEY,
     SOURCE_POLICY_KEY,
     STORE_KEY,
+    TRACING_KEY,
     VALIDATOR_KEY,
     InFlight,
     SourcePolicy,
@@ -160,7 +161,7 @@ def create_app(
 
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
     telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
-    OTLP endpoint set the metrics are also pushed (relay/telemetry.py).
+    OTLP endpoint set the metrics are also pushed and the traces exported (relay/telemetry.py).
     alerts_clients: the Alerts Management clients reconciliation uses, one per subscription (default:
     the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section.
     """
@@ -211,15 +212,20 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(keys_ctx)
+    # Checked now, so that a bad OTEL_* variable stops the relay at start.
+    otel_env = os.environ if telemetry_env is None else telemetry_env
+    trace_settings = telemetry.trace_settings(otel_env)
+    if trace_settings is not None:  # before delivery's context, so that it stops after the worker's last span
+        app[TRACING_KEY] = telemetry.Tracing(trace_settings, instance=socket.gethostname())
+        app.cleanup_ctx.append(_tracing_ctx(app[TRACING_KEY]))
     if deliver:  # after the store opens, so the worker stops before the store closes
         _add_delivery(app, store, settings.config_path, metrics.registry)
         if app[DELIVERY_CONFIG_KEY].reconcile is not None:
             _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
     app[METRICS_ADDRESS_KEY] = []
     app.cleanup_ctx.append(_metrics_site(settings, app))
-    # Checked now, so that a bad OTEL_* variable stops the relay at start; exported once delivery's
-    # metrics are registered (cleanup contexts start in order).
-    export_settings = telemetry.export_settings(os.environ if telemetry_env is None else telemetry_env)
+    # Exported once delivery's metrics are registered (cleanup contexts start in order).
+    export_settings = telemetry.export_settings(otel_env)
     if export_settings is not None:
         app.cleanup_ctx.append(_metrics_export(app, metrics.registry, export_settings))
     return app
@@ -253,6 +259,21 @@ def _metrics_export(app: web.Application, registry: CollectorRegistry, settings:
     return ctx
 
 
+def _tracing_ctx(tracing: telemetry.Tracing):  # type: ignore[no-untyped-def]
+    """Export spans while the relay runs; at the end send what is left, off the loop and bounded."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tracing.start()
+        log.info("exporting traces with OTLP (%s) to %s", tracing.settings.protocol, tracing.settings.endpoint)
+        yield
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(tracing.stop)), FINAL_EXPORT_SECONDS)
+        except TimeoutError:
+            log.warning("the last trace export did not finish within %gs; stopping without it", FINAL_EXPORT_SECONDS)
+
+    return ctx
+
+
 def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
     """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
     return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
@@ -269,7 +290,7 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         worker = Worker(store, config, targets, metrics=DeliveryMetrics(registry),
-                        intake_in_flight=app[IN_FLIGHT_KEY])
+                        intake_in_flight=app[IN_FLIGHT_KEY], tracing=app.get(TRACING_KEY))
         running.append(worker)
         await worker.start()
         app[ON_ACCEPT_KEY].append(worker.notify)

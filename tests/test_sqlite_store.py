@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -35,7 +36,7 @@ from relay.store import (
     open_store,
 )
 from relay.store.base import PRIORITIES, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_URGENT, delivery_priority
-from relay.store.sqlite import SqliteStore
+from relay.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.conftest import load_sample, require_e2e
 from tests.relay_process import ROOT, RelayProcess, free_port
 
@@ -624,8 +625,45 @@ async def test_a_database_file_from_an_older_relay_is_migrated_in_place(tmp_path
     finally:
         await store.close()
     check = sqlite3.connect(db)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_file_from_before_trace_contexts_gets_the_column_and_keeps_its_events(tmp_path):
+    db = tmp_path / "relay.db"
+    old, traced = event("old"), dataclasses.replace(event("new"), trace_context=TRACEPARENT)
+    store = await opened(db, owner=True)
+    await store.close()
+    conn = sqlite3.connect(db)  # the layout of user_version 1: events without trace_context
+    conn.execute("ALTER TABLE events DROP COLUMN trace_context")
+    conn.execute("INSERT INTO events (seq, key, alert_id, condition, occurred_at, body, received_at, priority)"
+                 " VALUES (1, ?, ?, ?, ?, ?, ?, 1)", (old.key, old.alert_id, old.condition, old.occurred_at,
+                                                      old.body, time.time()))
+    conn.execute("INSERT INTO deliveries (seq, alert_id, available_at) VALUES (1, ?, 0)", (old.alert_id.lower(),))
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    store = await opened(db, owner=True)
+    try:
+        [claim] = await store.claim(10, LONG)
+        assert claim.event == old and claim.event.trace_context == "", "an old event reads as untraced"
+        assert await store.accept(traced)
+        assert not await store.accept(old), "the old event still deduplicates"
+        stored = {e.key: e.trace_context for e in await store.events()}
+        assert stored == {old.key: "", traced.key: TRACEPARENT}
+        again = await store.event(traced.alert_id, traced.key)
+        assert again is not None and again.trace_context == TRACEPARENT
+    finally:
+        await store.close()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    rows = dict(check.execute("SELECT key, trace_context FROM events").fetchall())
+    check.close()
+    assert rows == {old.key: None, traced.key: TRACEPARENT}, "untraced events store NULL, nothing extra"
 
 
 def test_store_url_forms(tmp_path):

@@ -987,3 +987,44 @@ async def test_azure_trail_adds_no_storage_operation_to_an_outcome(azure):
                     ("queue", "delete message"): 1}, "the same three operations as a complete without trail"
     [got] = await azure.alert_trail(ALERT.format("ops-trail"))
     assert [a.outcome for a in got.attempts] == ["retry", "delivered"]
+
+
+# -- the trace context (relay/telemetry.py: delivery's span continues intake's trace) ----------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_an_events_trace_context_comes_back_with_every_read_of_it_on_any_replica(backend):
+    first, second = await backend.replica(), await backend.replica()
+    traced = dataclasses.replace(event("traced"), trace_context=TRACEPARENT)
+    plain = event("plain")
+    assert await first.accept(traced) and await first.accept(plain)
+    claims: dict[str, Claim] = {}
+    while len(claims) < 2:
+        claims.update({c.event.key: c for c in await claim_eventually(second)})
+    assert claims[traced.key].event.trace_context == TRACEPARENT, "the claim on another replica lost it"
+    assert claims[plain.key].event.trace_context == "", "an event accepted untraced must carry nothing"
+    stored = await second.event(traced.alert_id, traced.key)
+    assert stored is not None and stored.trace_context == TRACEPARENT
+    await second.dead_letter(claims[traced.key], "boom")
+    [dl] = await second.dead_letters()
+    assert dl.event.trace_context == TRACEPARENT
+    await second.replay(None)
+    [again] = await claim_eventually(first)
+    assert again.event.trace_context == TRACEPARENT, "a replayed dead letter left its trace"
+
+
+async def test_azure_a_trace_context_adds_no_storage_operation_and_nothing_without_tracing(azure):
+    azure._next_sweep = float("inf")
+    costs = []
+    for name, context in (("ops-untraced", ""), ("ops-traced", TRACEPARENT)):
+        before = azure.operations.snapshot()
+        assert await azure.accept(dataclasses.replace(event(name), trace_context=context))
+        [c] = await azure.claim(10, LONG)
+        await azure.complete(c)
+        costs.append(azure.operations.snapshot() - before)
+    assert costs[0] == costs[1], f"tracing changed an event's storage operations: {costs}"
+    rows = {e["key"]: e async for e in azure._t.query_entities("RowKey ge 'e-' and RowKey lt 'e.'")}
+    untraced, traced = event("ops-untraced").key, event("ops-traced").key
+    assert "trace_context" not in rows[untraced], "an untraced event must store no trace property"
+    assert rows[traced]["trace_context"] == TRACEPARENT

@@ -99,6 +99,7 @@ from relay.targets import (
     ticket_link,
     truncate,
 )
+from relay.telemetry import Tracing
 
 log = logging.getLogger("relay.delivery.worker")
 _T = TypeVar("_T")
@@ -116,6 +117,8 @@ MAX_IN_FLIGHT = 1024  # and at most this many in all
 # The alert trail of the claim this task is delivering (each claim runs in its own task): decisions and
 # target calls are appended as they happen, and `_record` hands them to the store with the outcome.
 _TRAIL: contextvars.ContextVar[list[TrailEntry] | None] = contextvars.ContextVar("relay_trail", default=None)
+# A recorded outcome as the trail names it (and the delivery's span, with tracing on).
+_OUTCOMES = {"complete": "delivered", "retry_later": "retry", "dead_letter": "dead_letter"}
 
 # Storm grouping: every replica writes one group record per window, so conflicts are expected there.
 GROUP_RECORD_RETRIES = 32  # re-reads of a group record after a conflict before giving the event back
@@ -179,8 +182,12 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         intake_in_flight: Callable[[], int] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        # With tracing on (relay/telemetry.py), each claimed event's delivery is a span in the trace intake
+        # stored with it, and each target call a client span under it; None: no span is made.
+        self.tracing = tracing
         self.config = config
         self.targets = dict(targets)
         self.metrics = metrics or DeliveryMetrics()
@@ -299,7 +306,8 @@ class Worker:
                 await self._wait(self.settings.poll_seconds)
                 continue
             for claim in claims:
-                task = asyncio.create_task(self._handle(claim), name=f"deliver-{claim.handle}")
+                handle = self._handle(claim) if self.tracing is None else self._handle_traced(claim, self.tracing)
+                task = asyncio.create_task(handle, name=f"deliver-{claim.handle}")
                 self._inflight.add(task)
                 self.metrics.in_flight.set(len(self._inflight))
                 task.add_done_callback(self._done)
@@ -373,6 +381,15 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    async def _handle_traced(self, claim: Claim, tracing: Tracing) -> None:
+        """`_handle` as a span of the trace stored with the event (a new trace when it was stored untraced)."""
+        event = claim.event
+        with tracing.span(f"deliver {event.condition}", "consumer", {
+            "relay.alert.id": event.alert_id, "relay.alert.condition": event.condition, "relay.event.key": event.key,
+            "relay.delivery.attempt": claim.attempts + 1,
+        }, parent=event.trace_context or None):
+            await self._handle(claim)
+
     async def _keep_leased(self, claim: Claim, delivery: asyncio.Task[Any] | None, lost: asyncio.Event) -> None:
         """Renew the claim's lease now (a third of it has gone) and every third of it after, while its
         delivery runs. Should the lease be lost (it ran out during a store outage and another worker
@@ -397,6 +414,10 @@ class Worker:
         trail = _TRAIL.get()
         if trail:  # the attempt's trail goes in the outcome's own write
             claim = dataclasses.replace(claim, trail=tuple(trail))
+        if self.tracing is not None:
+            outcome = _OUTCOMES.get(getattr(op, "__name__", ""), "")
+            self.tracing.annotate({"relay.delivery.outcome": outcome},
+                                  error=None if outcome == "delivered" else str(args[-1] if args else outcome))
         for tries in itertools.count():
             try:
                 await op(claim, *args, **kwargs)
@@ -1037,7 +1058,13 @@ class Worker:
         # A slot is held for the call only, not for the store reads and writes around it: with more
         # deliveries in flight than slots (`capacity`), the target's slots never idle on the store.
         async with self._slots[target.name]:
-            return await self._call_in_slot(target, call, fn, *args)
+            if self.tracing is None:
+                return await self._call_in_slot(target, call, fn, *args)
+            with self.tracing.span(f"{target.name} {call}", "client", {
+                "relay.target.name": target.name, "relay.target.kind": getattr(target, "kind", ""),
+                "relay.target.call": call,
+            }):
+                return await self._call_in_slot(target, call, fn, *args)
 
     async def _call_in_slot(self, target: Target | Forwarder, call: str, fn: Callable[..., Awaitable[_T]],
                             *args: Any) -> _T:
@@ -1084,8 +1111,9 @@ class Worker:
 
     def _trail_call(self, target: Target | Forwarder, call: str, args: tuple[Any, ...], started: float, *,
                     result: Any = None, error: BaseException | None = None) -> None:
-        """One target call in the trail: its status, latency and the ticket it returned or acted on."""
-        if _TRAIL.get() is None:
+        """One target call in the trail: its status, latency and the ticket it returned or acted on (and on
+        its client span, with tracing on)."""
+        if _TRAIL.get() is None and self.tracing is None:
             return
         ticket = result if isinstance(result, Ticket) else next((a for a in args if isinstance(a, Ticket)), None)
         if error is None:
@@ -1096,6 +1124,11 @@ class Worker:
             status, detail = "cancelled", "the call was cut off (deadline, shutdown or a lost lease)"
         else:
             status, detail = "error", f"{type(error).__name__}: {error}"
+        if self.tracing is not None:
+            self.tracing.annotate({"relay.target.call.status": status,
+                                   "relay.ticket.id": (ticket.id or "") if ticket else "",
+                                   "relay.ticket.number": (ticket.number or "") if ticket else ""},
+                                  error=None if status == "ok" else detail)
         self._trail_note("call", target=target.name, what=call, status=status, detail=detail,
                          latency_ms=(time.perf_counter() - started) * 1000,
                          ticket=(ticket.number or ticket.id) if ticket else "",
@@ -1126,7 +1159,8 @@ class Worker:
             return
         at = from_epoch(float(entry["at"]))
         due = Event(key=idempotency_key(source.alert_id, DUE_CONDITION, at), alert_id=source.alert_id,
-                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT)
+                    condition=DUE_CONDITION, occurred_at=at, body=source.body, priority=PRIORITY_URGENT,
+                    trace_context=source.trace_context)  # its delivery joins the trace of the event that set it
         await self.store.accept(due)
         self.notify()
 

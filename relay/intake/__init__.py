@@ -12,6 +12,7 @@ from relay.intake.handler import (
     ON_ACCEPT_KEY,
     SOURCE_POLICY_KEY,
     STORE_KEY,
+    TRACING_KEY,
     VALIDATOR_KEY,
     InFlight,
     expect_continue,
@@ -20,4 +21,4 @@ from relay.intake.handler import (
 from relay.intake.sources import SourcePolicy
 
 __all__ = ["IN_FLIGHT_KEY", "MAX_BODY_BYTES", "METRICS_KEY", "ON_ACCEPT_KEY", "SOURCE_POLICY_KEY", "STORE_KEY",
-           "VALIDATOR_KEY", "InFlight", "SourcePolicy", "expect_continue", "post_alert"]
+           "TRACING_KEY", "VALIDATOR_KEY", "InFlight", "SourcePolicy", "expect_continue", "post_alert"]

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from relay.intake.metrics import IntakeMetrics
 from relay.intake.sources import SourcePolicy, source_refusal
 from relay.intake.tokens import TokenRejected, TokenValidator
 from relay.store.base import Event, Store, StoreUnavailable
+from relay.telemetry import Tracing, traceparent
 
 log = logging.getLogger("relay.intake")
 
@@ -39,6 +41,8 @@ METRICS_KEY = web.AppKey("metrics", IntakeMetrics)
 SOURCE_POLICY_KEY = web.AppKey("source_policy", SourcePolicy)
 # Called after each newly committed event (the delivery worker looks at once instead of at its next poll).
 ON_ACCEPT_KEY = web.AppKey("on_accept", list)
+# Present only with tracing on (relay/telemetry.py): then each request is a server span.
+TRACING_KEY = web.AppKey("tracing", Tracing)
 
 
 
@@ -108,20 +112,36 @@ def _keyed(status: int, word: str, key: str) -> web.Response:
 async def post_alert(request: web.Request) -> web.StreamResponse:
     in_flight = request.app.get(IN_FLIGHT_KEY)
     if in_flight is None:
-        return await _post_alert(request)
+        return await _traced(request)
     in_flight.count += 1
     try:
-        return await _post_alert(request)
+        return await _traced(request)
     finally:
         in_flight.count -= 1
 
 
-async def _post_alert(request: web.Request) -> web.StreamResponse:
+async def _traced(request: web.Request) -> web.StreamResponse:
+    tracing = request.app.get(TRACING_KEY)
+    if tracing is None:  # tracing off: no span, nothing stored with the event
+        return await _post_alert(request, None)
+    # A caller's W3C trace context is honoured (the span joins its trace); the Authorization header
+    # never goes on the span.
+    with tracing.span("POST /alerts", "server", {"http.request.method": "POST", "url.path": "/alerts"},
+                      parent=request.headers.get("traceparent"),
+                      tracestate=request.headers.get("tracestate")) as span:
+        resp = await _post_alert(request, span)
+        span.set_attribute("http.response.status_code", resp.status)
+        return resp
+
+
+async def _post_alert(request: web.Request, span: Any) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS_KEY]
 
     def done(outcome: str, resp: web.StreamResponse) -> web.StreamResponse:
         metrics.outcome(outcome).inc()
+        if span is not None:
+            span.set_attribute("relay.intake.outcome", outcome)
         return resp
 
     # The token first: an unauthenticated caller gets nothing read and learns nothing.
@@ -189,6 +209,10 @@ async def _post_alert(request: web.Request) -> web.StreamResponse:
                                                     "detail": "this relay does not take alerts from this source"}))
 
     event = Event.from_alert(alert, body)
+    if span is not None:
+        span.set_attributes({"relay.alert.id": alert.essentials.alert_id, "relay.alert.condition": alert.condition,
+                             "relay.event.key": event.key})
+        event = replace(event, trace_context=traceparent(span))
     started = time.perf_counter()
     try:
         new = await app[STORE_KEY].accept(event)

@@ -4,8 +4,8 @@ Layout (names are the constants below; the Pulumi program creates the same ones)
 
 - Table `relaystate`, one partition per alert (`a` + sha256 of the lower-cased alert id):
   - `alert`: the alert's `next_seq` counter.
-  - `e-<idempotency key>`: the event (dedup marker, metadata, inline body or blob name) and its
-    `state`: pending, done or dead.
+  - `e-<idempotency key>`: the event (dedup marker, metadata, inline body or blob name, and with tracing
+    on intake's W3C `trace_context`) and its `state`: pending, done or dead.
   - `q-<seq, 16 digits>`: one row per event waiting for delivery, holding its lease
     (`lease_until`, `receipt`, `token`), back-off (`available_at`), attempts and last error, and a
     copy of the event (so that a claim reads one row, not two).
@@ -434,6 +434,8 @@ class AzureStorageStore:
             "condition": event.condition, "occurred_at": event.occurred_at, "received_at": time.time(),
             "state": "pending",
         }
+        if event.trace_context:  # intake's span (tracing on): a property of the same entities, no operation more
+            entity["trace_context"] = event.trace_context
         blob_name = None
         if len(event.body) > INLINE_BODY_LIMIT:
             existing = await self._get(pk, erow)
@@ -1112,7 +1114,7 @@ class AzureStorageStore:
         else:
             body = erow.get("body") or b""
         return Event(key=erow["key"], alert_id=erow["alert_id"], condition=erow["condition"],
-                     occurred_at=erow["occurred_at"], body=bytes(body))
+                     occurred_at=erow["occurred_at"], body=bytes(body), trace_context=erow.get("trace_context") or "")
 
     async def _send_token(self, pk: str, delay: float = 0) -> None:
         visibility = min(MAX_VISIBILITY_SECONDS, math.ceil(delay)) or None
@@ -1151,7 +1153,7 @@ async def _after_lost_race(attempt: int) -> None:
 
 
 # The event's fields a q-row carries, so that a claim reads the q-row alone (not the e-row too).
-_EVENT_FIELDS = ("key", "alert_id", "condition", "occurred_at", "received_at", "body", "body_blob")
+_EVENT_FIELDS = ("key", "alert_id", "condition", "occurred_at", "received_at", "body", "body_blob", "trace_context")
 
 
 def _trail_row(pk: str, claim: Claim, outcome: str, error: str = "") -> dict[str, Any] | None:

@@ -70,6 +70,9 @@ class Event:
     # Which alert's next event a backlog delivers first (`delivery_priority`); derived from the body, so
     # not part of an event's identity. Events stored before the field existed read as PRIORITY_NORMAL.
     priority: int = field(default=PRIORITY_NORMAL, compare=False)
+    # The W3C traceparent of intake's span for this event when tracing is on (relay/telemetry.py), "" when
+    # it was off: delivery's span joins that trace, whichever replica claims the event and when.
+    trace_context: str = field(default="", compare=False)
 
     @classmethod
     def from_alert(cls, alert: Alert, body: bytes) -> Event:

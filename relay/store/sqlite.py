@@ -56,7 +56,8 @@ from relay.store.base import (
 T = TypeVar("T")
 log = logging.getLogger("relay.store.sqlite")
 
-SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is a file from before heads, priorities and closed_at
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is a file from before heads, priorities and closed_at, 1 before
+# events.trace_context
 
 TABLES = (
     # A plain rowid (no AUTOINCREMENT): a new row's seq is MAX(seq) + 1, which _insert_events relies
@@ -70,7 +71,8 @@ TABLES = (
         body BLOB NOT NULL,
         received_at REAL NOT NULL,
         priority INTEGER NOT NULL DEFAULT 1,
-        delivered_at REAL  -- set by complete; retention counts a delivered event's age from it
+        delivered_at REAL,  -- set by complete; retention counts a delivered event's age from it
+        trace_context TEXT  -- intake span's W3C traceparent (relay/telemetry.py); NULL with tracing off
     )""",
     """CREATE TABLE IF NOT EXISTS deliveries (
         seq INTEGER PRIMARY KEY REFERENCES events(seq),
@@ -101,6 +103,7 @@ ADDED_COLUMNS = (
     ("events", "priority", "INTEGER NOT NULL DEFAULT 1"),
     ("events", "delivered_at", "REAL"),
     ("tickets", "closed_at", "REAL"),
+    ("events", "trace_context", "TEXT"),
 )
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS deliveries_by_alert ON deliveries(alert_id, seq)",
@@ -526,10 +529,10 @@ class SqliteStore:
         now = time.time()
         before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         db.executemany(
-            "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at, priority)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now, _level(ev.priority))
-             for ev in events],
+            "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at, priority,"
+            " trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now, _level(ev.priority),
+              ev.trace_context or None) for ev in events],
         )
         db.execute(
             "INSERT INTO deliveries (seq, alert_id, available_at)"
@@ -584,7 +587,8 @@ class SqliteStore:
 
         def read() -> list[Event]:
             rows = self._rdb().execute(
-                "SELECT key, alert_id, condition, occurred_at, body, priority FROM events ORDER BY seq"
+                "SELECT key, alert_id, condition, occurred_at, body, priority, COALESCE(trace_context, '')"
+                " FROM events ORDER BY seq"
             ).fetchall()
             return [Event(*row) for row in rows]
 
@@ -595,7 +599,8 @@ class SqliteStore:
 
         def read() -> Event | None:
             row = self._rdb().execute(
-                "SELECT key, alert_id, condition, occurred_at, body, priority FROM events WHERE key = ?", (key,)
+                "SELECT key, alert_id, condition, occurred_at, body, priority, COALESCE(trace_context, '')"
+                " FROM events WHERE key = ?", (key,)
             ).fetchone()
             return Event(*row) if row else None
 
@@ -629,11 +634,11 @@ class SqliteStore:
                     (until, receipt, seq),
                 ).fetchall()
                 db.execute("UPDATE heads SET due_at = ? WHERE alert_id = ?", (until, alert_id))
-                key, alert, condition, occurred_at, body, priority, received_at = db.execute(
-                    "SELECT key, alert_id, condition, occurred_at, body, priority, received_at"
-                    " FROM events WHERE seq = ?", (seq,),
+                *columns, received_at = db.execute(
+                    "SELECT key, alert_id, condition, occurred_at, body, priority, COALESCE(trace_context, ''),"
+                    " received_at FROM events WHERE seq = ?", (seq,),
                 ).fetchone()
-                event = Event(key, alert, condition, occurred_at, body, priority)
+                event = Event(*columns)
                 claims.append(Claim(event=event, receipt=receipt, attempts=attempts - 1, handle=str(seq),
                                     received_at=received_at))
         return claims
@@ -696,7 +701,8 @@ class SqliteStore:
         def read() -> list[DeadLetter]:
             rows = self._rdb().execute(
                 "SELECT x.seq, x.attempts, x.error, x.dead_at, e.key, e.alert_id, e.condition, e.occurred_at,"
-                " e.body, e.priority FROM dead_letters x JOIN events e ON e.seq = x.seq ORDER BY x.seq"
+                " e.body, e.priority, COALESCE(e.trace_context, '')"
+                " FROM dead_letters x JOIN events e ON e.seq = x.seq ORDER BY x.seq"
             ).fetchall()
             return [
                 DeadLetter(id=str(seq), event=Event(*ev), attempts=att, error=err, dead_at=at)

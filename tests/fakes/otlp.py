@@ -1,8 +1,9 @@
-"""A local OTLP/HTTP metrics receiver, after the OpenTelemetry collector's documented HTTP contract
-(opentelemetry.io/docs/specs/otlp/#otlphttp): POST /v1/metrics with an ExportMetricsServiceRequest in
-binary protobuf (Content-Type application/x-protobuf), answered 200 with an ExportMetricsServiceResponse;
-503 with Retry-After while `unavailable` says so (the exporter must retry, not drop or crash); 415 for any
-other content type; 400 for a body that does not decode."""
+"""A local OTLP/HTTP receiver of metrics and traces, after the OpenTelemetry collector's documented HTTP
+contract (opentelemetry.io/docs/specs/otlp/#otlphttp): POST /v1/metrics with an ExportMetricsServiceRequest,
+or /v1/traces with an ExportTraceServiceRequest, in binary protobuf (Content-Type application/x-protobuf),
+answered 200 with the matching Export...ServiceResponse; 503 with Retry-After while `unavailable` says so
+(the exporter must retry, not drop or crash); 415 for any other content type; 400 for a body that does not
+decode."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
 
 PROTOBUF = "application/x-protobuf"
 
@@ -30,8 +36,27 @@ class Point:
 
 
 @dataclass
+class Span:
+    trace_id: str  # 32 hex digits, as a W3C traceparent writes it
+    span_id: str  # 16 hex digits
+    parent_span_id: str  # "" for a trace's root
+    name: str
+    kind: str  # server | client | consumer | producer | internal
+    attributes: dict[str, str | int | float | bool]
+    error: bool  # status code ERROR
+    status_message: str
+    resource: dict[str, str]
+
+
+def _value(v) -> str | int | float | bool:  # type: ignore[no-untyped-def]
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind in ("string_value", "int_value", "double_value", "bool_value") else str(v)
+
+
+@dataclass
 class OtlpReceiver:
     requests: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    trace_requests: list[ExportTraceServiceRequest] = field(default_factory=list)
     unavailable: int = 0  # answer this many requests 503 first
     refused: int = 0
     _runner: web.AppRunner | None = None
@@ -41,6 +66,7 @@ class OtlpReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/metrics", self._export)
+        app.router.add_post("/v1/traces", self._export_traces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -67,6 +93,42 @@ class OtlpReceiver:
         self.requests.append(message)
         self.arrived.set()
         return web.Response(body=ExportMetricsServiceResponse().SerializeToString(), content_type=PROTOBUF)
+
+    async def _export_traces(self, request: web.Request) -> web.Response:
+        if request.content_type != PROTOBUF:
+            return web.Response(status=415, text=f"expected {PROTOBUF}")
+        if self.unavailable > 0:
+            self.unavailable -= 1
+            self.refused += 1
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        message = ExportTraceServiceRequest()
+        try:
+            message.ParseFromString(await request.read())
+        except DecodeError:
+            return web.Response(status=400, text="not an ExportTraceServiceRequest")
+        self.trace_requests.append(message)
+        self.arrived.set()
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type=PROTOBUF)
+
+    def spans(self) -> list[Span]:
+        """Every span received, in the order they arrived."""
+        kinds = {SpanMessage.SPAN_KIND_SERVER: "server", SpanMessage.SPAN_KIND_CLIENT: "client",
+                 SpanMessage.SPAN_KIND_CONSUMER: "consumer", SpanMessage.SPAN_KIND_PRODUCER: "producer",
+                 SpanMessage.SPAN_KIND_INTERNAL: "internal"}
+        found = []
+        for request in self.trace_requests:
+            for rs in request.resource_spans:
+                resource = {kv.key: kv.value.string_value for kv in rs.resource.attributes}
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        found.append(Span(
+                            trace_id=s.trace_id.hex(), span_id=s.span_id.hex(), parent_span_id=s.parent_span_id.hex(),
+                            name=s.name, kind=kinds.get(s.kind, "unspecified"),
+                            attributes={kv.key: _value(kv.value) for kv in s.attributes},
+                            error=s.status.code == s.status.STATUS_CODE_ERROR, status_message=s.status.message,
+                            resource=resource,
+                        ))
+        return found
 
     def resources(self) -> list[dict[str, str]]:
         return [{kv.key: kv.value.string_value for kv in rm.resource.attributes}

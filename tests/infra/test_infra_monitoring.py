@@ -128,6 +128,7 @@ def test_without_emails_no_self_monitoring_is_declared() -> None:
 
 
 def test_open_telemetry_wires_the_managed_agent_and_the_relays_interval() -> None:
+    # Metrics and traces go to the one destination; logs are not routed (they stay in Log Analytics).
     endpoint = "https://collector.example.net:4318"
     plan = run_stack("dev", monitoring={"emails": ["a@example.com"], "openTelemetry": {"endpoint": endpoint}})
     otel = plan.one(ENVIRONMENT).inputs["openTelemetryConfiguration"]
@@ -135,6 +136,9 @@ def test_open_telemetry_wires_the_managed_agent_and_the_relays_interval() -> Non
         {"name": hosting.OTEL_DESTINATION, "endpoint": endpoint}
     ]
     assert otel["metricsConfiguration"]["destinations"] == [hosting.OTEL_DESTINATION]
+    assert otel["tracesConfiguration"]["destinations"] == [hosting.OTEL_DESTINATION], \
+        "the relay's traces (intake to ticket call) are not routed to the collector"
+    assert not otel.get("logsConfiguration")
     env = {e["name"]: e.get("value") for e in plan.one(CONTAINER_APP).inputs["template"]["containers"][0]["env"]}
     assert env["OTEL_METRIC_EXPORT_INTERVAL"] == "60000" and env["OTEL_SERVICE_NAME"] == hosting.OTEL_SERVICE_NAME
 
