@@ -358,7 +358,7 @@ class FakeServiceNow(FakeServer):
         record["sys_updated_on"] = self.clock().astimezone(UTC).strftime(DATETIME_FORMAT)
         record["sys_updated_by"] = user
 
-    def _sync_children(self, parent: dict[str, str], before: str | None, user: str) -> None:
+    def _sync_children(self, parent: dict[str, str], before: str | None, user: str = "admin") -> None:
         """ServiceNow's parent/child state sync, as its business rules run after an incident update."""
         state = parent.get("state")
         if state == before:
