@@ -32,7 +32,7 @@ from relay.intake.itsm_events import (
     verify,
 )
 from relay.settings import Settings, SettingsError
-from relay.targets import Ticket, TicketChange
+from relay.targets import TICKET_STATES, Ticket, TicketChange
 
 SECRET = b"0123456789abcdef0123456789abcdef-sn"
 NOW = 1_772_359_200  # 2026-03-01T10:00:00Z
@@ -403,3 +403,23 @@ async def test_the_public_app_serves_the_endpoint_beside_alerts(aiohttp_client, 
     assert await resp.json() == {"action": "nothing: no ticket record"}
     assert resp.headers["Server"] == "secure-export-relay"
     assert [t for t, _ in sink.applied] == ["dry_run"]
+
+
+# -- the document says what the code does ----------------------------------------------------------------
+
+def test_openapi_documents_every_status_and_the_states_the_endpoint_takes():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    spec = yaml.safe_load((root / "openapi.yaml").read_text())
+    operation = spec["paths"][itsm_events.ROUTE]["post"]
+    source = (root / "relay" / "intake" / "itsm_events.py").read_text()
+    answered = {int(s) for s in re.findall(r"_json\(\s*(\d{3})", source)} | {503}  # 503: never_500
+    assert answered <= {int(s) for s in operation["responses"]}, "every status the endpoint answers is documented"
+    schema = spec["components"]["schemas"]["TicketChange"]
+    assert tuple(schema["properties"]["state"]["enum"]) == TICKET_STATES
+    assert set(schema["properties"]) == set(itsm_events.FIELDS)
+    assert spec["components"]["securitySchemes"]["itsmSignature"]["name"] == SIGNATURE_HEADER
