@@ -3,13 +3,16 @@ fields, and the endpoint's status contract with a recording sink, on loopback.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import os
 import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -409,7 +412,6 @@ async def test_the_public_app_serves_the_endpoint_beside_alerts(aiohttp_client, 
 
 def test_openapi_documents_every_status_and_the_states_the_endpoint_takes():
     import re
-    from pathlib import Path
 
     import yaml
 
@@ -423,3 +425,111 @@ def test_openapi_documents_every_status_and_the_states_the_endpoint_takes():
     assert tuple(schema["properties"]["state"]["enum"]) == TICKET_STATES
     assert set(schema["properties"]) == set(itsm_events.FIELDS)
     assert spec["components"]["securitySchemes"]["itsmSignature"]["name"] == SIGNATURE_HEADER
+
+
+# -- the documented sender examples, run against the endpoint ---------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "reconciliation.md"
+
+
+def documented_block(language: str, after: str) -> str:
+    """The first ```language block after the heading `after` in docs/reconciliation.md."""
+    text = DOCS.read_text()
+    rest = text[text.index(after):]
+    start = rest.index(f"```{language}\n") + len(f"```{language}\n")
+    return rest[start:rest.index("```", start)]
+
+
+# RT's objects, as far as the scrip uses them: a ticket 42 carrying the key, a Status transaction by jane.doe.
+RT_STUBS = r"""
+package RT::Stub; sub new { my ($c, %a) = @_; bless {%a}, $c }
+our $AUTOLOAD; sub AUTOLOAD { my $s = shift; (my $n = $AUTOLOAD) =~ s/.*:://; return if $n eq 'DESTROY';
+  my $v = $s->{$n}; ref $v eq 'CODE' ? $v->(@_) : $v }
+package RT; sub Config { RT::Stub->new(Get => sub { $ENV{SECRET} }) }
+sub Logger { RT::Stub->new(warning => sub { print STDERR "@_\n" }) }
+package main;
+my $self = RT::Stub->new(
+  TicketObj => RT::Stub->new(id => 42, FirstCustomFieldValue => sub { $ENV{KEY} }),
+  TransactionObj => RT::Stub->new(NewValue => 'resolved',
+    CreatedObj => RT::Stub->new(W3CDTF => sub { '2026-03-01T09:59:30Z' }),
+    CreatorObj => RT::Stub->new(Name => "jane.doe")));
+$ENV{URL} or die;
+"""
+
+
+async def test_the_documented_rt_scrip_posts_a_change_the_relay_takes(aiohttp_client):
+    sink = RecordingSink()
+    app = web.Application(middlewares=[never_500])
+    itsm_events.add_routes(app, ["rt"], {"RELAY_ITSM_EVENTS_SECRET_RT": SECRET.decode()})  # the real clock
+    app[TICKET_CHANGE_SINK_KEY] = sink
+    client = await aiohttp_client(app)
+    url = f"http://127.0.0.1:{client.server.port}/itsm-events/rt"
+    scrip = documented_block("perl", "### Request Tracker: a scrip")
+    scrip = scrip.replace("'https://relay.example.com/itsm-events/rt'", "$ENV{URL}")
+    assert "$ENV{URL}" in scrip, "the scrip's URL line changed: update this test"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "perl", "-e", RT_STUBS + "sub run {" + scrip + "}\nrun();",
+            env={"URL": url, "SECRET": SECRET.decode(), "KEY": KEY, "PATH": os.environ["PATH"]},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        pytest.skip("perl is not installed")
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert "answered" not in err.decode(), err.decode()
+    [(target, change)] = sink.applied
+    assert (target, change.ticket.id, change.correlation_key, change.state, change.changed_by) == (
+        "rt", "42", KEY, "resolved", "jane.doe")
+    assert change.changed_at == datetime(2026, 3, 1, 9, 59, 30, tzinfo=UTC)
+
+
+# The Glide APIs the business rule calls, as ServiceNow documents them: generateMac(base64 key, algorithm,
+# data) answers base64; RESTMessageV2 here prints the request it would send instead of sending it.
+GLIDE_STUBS = r"""
+const crypto = require('crypto');
+const gs = {getProperty: () => process.env.SECRET, warn: (m) => console.error(m)};
+const GlideStringUtil = {base64Encode: (s) => Buffer.from(s, 'utf8').toString('base64')};
+function GlideDateTime() { this.getNumericValue = () => Date.now(); }
+function GlideCertificateEncryption() {
+  this.generateMac = (key, algorithm, data) => {
+    if (algorithm !== 'HmacSHA256') throw new Error(algorithm);
+    return crypto.createHmac('sha256', Buffer.from(key, 'base64')).update(data, 'utf8').digest('base64');
+  };
+}
+const sn_ws = {RESTMessageV2: function () {
+  const sent = {headers: {}};
+  this.setEndpoint = (u) => { sent.url = u; }; this.setHttpMethod = (m) => { sent.method = m; };
+  this.setHttpTimeout = () => {}; this.setRequestHeader = (k, v) => { sent.headers[k] = v; };
+  this.setRequestBody = (b) => { sent.body = b; };
+  this.execute = () => { console.log(JSON.stringify(sent)); return {getStatusCode: () => 202, getBody: () => ''}; };
+}};
+const values = {sys_id: '46d44f0f2f0b1110a1c2b3c4d5e6f708', correlation_id: process.env.KEY, state: '7',
+                sys_updated_on: '2026-03-01 09:59:30', sys_updated_by: 'jos\u00e9.garc\u00eda', number: 'INC0010001'};
+const current = {getUniqueValue: () => values.sys_id, getValue: (f) => values[f]};
+"""
+
+
+async def test_the_documented_servicenow_business_rule_sends_a_change_the_relay_takes(aiohttp_client):
+    sink = RecordingSink()
+    app = web.Application(middlewares=[never_500])
+    itsm_events.add_routes(app, ["servicenow"], {"RELAY_ITSM_EVENTS_SECRET_SERVICENOW": SECRET.decode()})
+    app[TICKET_CHANGE_SINK_KEY] = sink
+    client = await aiohttp_client(app)
+    rule = documented_block("javascript", "### ServiceNow: a business rule")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "node", "-e", GLIDE_STUBS + rule.replace("(current, previous);", "(current, null);"),
+            env={"SECRET": SECRET.decode(), "KEY": KEY, "PATH": os.environ["PATH"]},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        pytest.skip("node is not installed")
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    sent = json.loads(out)
+    assert sent["url"].endswith("/itsm-events/servicenow") and sent["method"] == "post"
+    resp = await client.post("/itsm-events/servicenow", data=sent["body"].encode(), headers=sent["headers"])
+    assert resp.status == 202, await resp.text()
+    [(_, change)] = sink.applied
+    assert (change.ticket.id, change.correlation_key, change.state, change.changed_by) == (
+        "46d44f0f2f0b1110a1c2b3c4d5e6f708", KEY, "closed", "jos\u00e9.garc\u00eda")
+    assert change.changed_at == datetime(2026, 3, 1, 9, 59, 30, tzinfo=UTC)
