@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from relay.app import create_app, never_500
 from relay.intake import itsm_events
+from relay.intake.handler import METRICS_KEY
 from relay.intake.itsm_events import (
     MAX_BODY_BYTES,
     MAX_SKEW_SECONDS,
@@ -34,6 +35,7 @@ from relay.intake.itsm_events import (
     sign,
     verify,
 )
+from relay.intake.metrics import IntakeMetrics
 from relay.settings import Settings, SettingsError
 from relay.targets import TICKET_STATES, Ticket, TicketChange
 
@@ -273,6 +275,7 @@ def relay_app(sink: object | None = None, env: dict[str, str] | None = None) -> 
     app = web.Application(middlewares=[never_500])  # as the public app
     env = {"RELAY_ITSM_EVENTS_SECRET_SN_PROD": SECRET.decode()} if env is None else env
     itsm_events.add_routes(app, ["sn-prod", "rt"], env, clock=lambda: float(NOW))
+    app[METRICS_KEY] = IntakeMetrics()
     if sink is not None:
         app[TICKET_CHANGE_SINK_KEY] = sink  # type: ignore[misc]
     return app
@@ -386,10 +389,27 @@ async def test_a_signed_body_with_a_bad_field_answers_422_naming_it(aiohttp_clie
     assert sink.applied == []
 
 
-async def test_a_failing_sink_answers_503_so_the_sender_retries(aiohttp_client):
+async def test_a_failing_sink_answers_503_so_the_sender_retries(aiohttp_client, caplog):
     client = await aiohttp_client(relay_app(FailingSink()))
-    resp = await post(client)
-    assert resp.status == 503 and resp.headers.get("Retry-After")
+    with caplog.at_level(logging.WARNING, logger="relay.intake.itsm_events"):
+        resp = await post(client)
+    assert resp.status == 503 and resp.headers.get("Retry-After") == "5"
+    assert "the store is down" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_requests_are_counted_by_target_and_outcome_with_off_ones_under_a_dash(aiohttp_client):
+    app = relay_app(RecordingSink())
+    client = await aiohttp_client(app)
+    await post(client)
+    await post(client, header=None)
+    await post(client, target="someone-elses")
+    await post(client, target="rt")
+    await post(client, body=json.dumps(doc(state="x")).encode())
+    counted = {(s.labels["target"], s.labels["outcome"]): s.value
+               for m in app[METRICS_KEY].registry.collect() if m.name == "relay_itsm_events"
+               for s in m.samples if s.name == "relay_itsm_events_total"}
+    assert counted == {("sn-prod", "applied"): 1, ("sn-prod", "bad_signature"): 1, ("-", "off"): 2,
+                       ("sn-prod", "invalid"): 1}
 
 
 async def test_the_public_app_serves_the_endpoint_beside_alerts(aiohttp_client, issuer, tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ Status contract: 202 `{"action": ...}` the sink took the change; 404 inbound off
 such target; one answer for all three, so a caller learns nothing of the configuration); 401 a missing or
 malformed `X-Relay-Signature`, a timestamp more than 300 s off, or a MAC that does not match (the body
 says which, never the secret); 413 a body over 16 KiB; 400 not JSON; 422 a field that is missing or
-wrong (the body names it); 503 the sink failed (the sender retries). Docs: docs/reconciliation.md,
+wrong (the body names it); 503 the sink failed (with Retry-After: the sender retries). Counted in
+`relay_itsm_events_total{target,outcome}`. Docs: docs/reconciliation.md,
 "Two-way sync: the inbound endpoint".
 """
 
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from relay.intake.handler import decode_json
+from relay.intake.handler import METRICS_KEY, RETRY_AFTER_SECONDS, decode_json
 from relay.settings import SettingsError
 from relay.targets import TICKET_STATES, Ticket, TicketChange
 
@@ -263,6 +264,15 @@ _OFF = {"error": "not found", "detail": "this relay takes no ITSM events for thi
 
 
 async def post_itsm_event(request: web.Request) -> web.StreamResponse:
+    resp, outcome, target = await _post_itsm_event(request)
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.itsm_events.labels(target, outcome).inc()
+    return resp
+
+
+async def _post_itsm_event(request: web.Request) -> tuple[web.StreamResponse, str, str]:
+    """The answer, the outcome it is counted as, and the target label ("-" while inbound is off for it)."""
     target = request.match_info["target"]
     inbound = request.app.get(INBOUND_SECRETS_KEY)
     sink = request.app.get(TICKET_CHANGE_SINK_KEY)
@@ -270,42 +280,52 @@ async def post_itsm_event(request: web.Request) -> web.StreamResponse:
     if sink is None or inbound is None or secret is None:
         log.info("ITSM event for %r refused: inbound is off for it (%s)", target[:64],
                  "two-way sync is off" if sink is None else "no such target or no secret set")
-        return _json(404, _OFF)
+        return _json(404, _OFF), "off", "-"
     now = inbound.clock()
     header = request.headers.get(SIGNATURE_HEADER)
     try:
         check_timestamp(parse_signature(header)[0], now)  # before a byte of the body is read
     except SignatureRefused as exc:
-        return _refuse(request, target, exc)
+        return _refuse(request, target, exc), "bad_signature", target
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return _too_large()
+        return _too_large(), "too_large", target
     try:
         async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
             body = await _read_bounded(request)
     except TimeoutError:
         resp = _json(408, {"error": "request body not received in time"})
         resp.force_close()
-        return resp
+        return resp, "body_timeout", target
     if body is None:
-        return _too_large()
+        return _too_large(), "too_large", target
     try:
         verify(header, body, secret, now)
     except SignatureRefused as exc:
-        return _refuse(request, target, exc)
+        return _refuse(request, target, exc), "bad_signature", target
     try:
         doc = decode_json(body)
     except (ValueError, RecursionError) as exc:
-        return _json(400, {"error": "malformed JSON", "detail": str(exc)[:200]})
+        return _json(400, {"error": "malformed JSON", "detail": str(exc)[:200]}), "malformed_json", target
     try:
         change = parse_change(doc, now)
     except FieldRefused as exc:
         log.warning("ITSM event for %s refused: %s", target, exc, extra={"status": 422, "field": exc.field})
-        return _json(422, {"error": "not a ticket change", "field": exc.field, "detail": exc.message})
-    action = await sink.apply(target, change)
+        return (_json(422, {"error": "not a ticket change", "field": exc.field, "detail": exc.message}),
+                "invalid", target)
+    try:
+        action = await sink.apply(target, change)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # Azure or the store failed: the sender retries (the change names a state)
+        log.warning("ITSM event for %s ticket %s not applied, answered 503: %s", target, change.ticket.id,
+                    str(exc)[:300] or type(exc).__name__)
+        resp = _json(503, {"error": "two-way sync unavailable, retry later"})
+        resp.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return resp, "unavailable", target
     log.info("ITSM event: %s ticket %s (%s) is %s, changed by %s at %s: %s", target, change.ticket.id,
              change.correlation_key, change.state, change.changed_by or "?", change.changed_at.isoformat(), action,
              extra={"alert_key": change.correlation_key, "outcome": "itsm_event"})
-    return _json(202, {"action": action})
+    return _json(202, {"action": action}), "applied", target
 
 
 def _refuse(request: web.Request, target: str, exc: SignatureRefused) -> web.Response:
