@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.targets import CHANGES_LIMIT, TICKET_STATES, Incident, Ticket, bmc_helix, can_sync
+from relay.targets import CHANGES_LIMIT, TICKET_STATES, Incident, Ticket, TicketChange, bmc_helix, can_sync
 from relay.targets.target_config import TargetConfigError
 from tests.conftest import expect_error
 from tests.fakes.bmc_helix import FakeBmcHelix
@@ -608,3 +611,59 @@ async def test_changed_since_needs_an_aware_since_and_a_positive_limit(target):
 
 def test_the_bmc_helix_target_declares_changed_since():
     assert can_sync(bmc_helix.BmcHelixTarget)
+
+
+async def _page_all(target: bmc_helix.BmcHelixTarget, since: datetime, limit: int) -> list[TicketChange]:
+    """Two-way sync's poll as the contract has it: ask again from the last one's changed_at, dropping what
+    was already seen at that instant, until a page comes back short."""
+    seen: set[tuple[str, datetime]] = set()
+    got: list[TicketChange] = []
+    for _ in range(100):
+        page = await target.changed_since(since, limit=limit)
+        got.extend(c for c in page if (c.ticket.id, c.changed_at) not in seen)
+        seen.update((c.ticket.id, c.changed_at) for c in page)
+        if len(page) < limit:
+            return got
+        since = page[-1].changed_at
+    raise AssertionError("the poll never came to an end")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["Assigned", "In Progress", "Resolved", "Closed"])),
+                     min_size=1, max_size=25),
+    start=st.integers(0, 25),
+    limit=st.integers(2, 4),
+)
+def test_paging_changed_since_sees_each_keyed_incident_in_its_latest_status_once(changes, start, limit):
+    """Whatever changed when (one change a second), paging from `since` answers every keyed incident whose
+    last change is at or after it, in its latest status, and nothing else."""
+
+    async def scenario() -> None:
+        clock = SteppedClock()
+        fake = FakeBmcHelix(clock=clock)
+        await fake.start()
+        target = make_target(fake)
+        try:
+            records: dict[int, dict[str, Any]] = {}
+            for second, (n, status) in enumerate(changes):
+                clock.at(second)
+                if n not in records:
+                    keyed = {"Vendor Ticket Number": f"{KEY}.{n}"} if n else {}
+                    records[n] = fake.add_incident(Status=status, **keyed)
+                else:
+                    fake.update_as(records[n]["Incident Number"], "allen", Status=status)
+            since = T0 + timedelta(seconds=start)
+            got = await _page_all(target, since, limit)
+            expected = {(r["Incident Number"], bmc_helix.sync_state(r["Status"])) for r in records.values()
+                        if r.get("Vendor Ticket Number")
+                        and bmc_helix.parse_datetime(r["Last Modified Date"]) >= since}
+            latest = {c.ticket.id: c.state for c in got}
+            assert set(latest.items()) == expected
+            assert len(latest) == len(got), "an incident answered twice for one change"
+            assert [c.changed_at for c in got] == sorted(c.changed_at for c in got), "oldest first"
+        finally:
+            await target.close()
+            await fake.stop()
+
+    asyncio.run(scenario())
