@@ -107,8 +107,8 @@ INCIDENT_FIELDS = frozenset(
 )
 # Date/time fields: compared and sorted by time (AR keeps them as seconds since 1970 UTC).
 DATE_FIELDS = frozenset({"Submit Date", "Last Modified Date"})
-# Fields only the server sets: a write naming them is refused (AR: "the field is display-only / core").
-CORE_FIELDS = frozenset({"Last Modified Date", "Last Modified By", "Submitter", "Submit Date"})
+# Core fields only the server sets (Submit Date, Last Modified By, Modified Date): a write naming one is refused.
+CORE_FIELDS = frozenset({"Last Modified Date", "Last Modified By", "Submit Date"})
 WORK_LOG_FIELDS = frozenset(
     {
         "Incident Number",
