@@ -39,6 +39,7 @@ from relay.intake import (
     InFlight,
     SourcePolicy,
     expect_continue,
+    itsm_events,
     post_alert,
 )
 from relay.intake.metrics import IntakeMetrics
@@ -222,6 +223,8 @@ def create_app(
         _add_delivery(app, store, settings.config_path, metrics.registry)
         if app[DELIVERY_CONFIG_KEY].reconcile is not None:
             _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
+    # Two-way sync's inbound ticket changes: 404 until a TICKET_CHANGE_SINK_KEY sink is registered.
+    itsm_events.add_routes(app, app[DELIVERY_CONFIG_KEY].targets if deliver else (), os.environ)
     app[METRICS_ADDRESS_KEY] = []
     app.cleanup_ctx.append(_metrics_site(settings, app))
     # Exported once delivery's metrics are registered (cleanup contexts start in order).

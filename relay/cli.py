@@ -162,7 +162,8 @@ def _serve() -> int:
 
     try:
         run(settings)
-    except (ConfigError, TargetConfigError, TelemetryError) as exc:  # RELAY_CONFIG (or a secret it names), OTEL_*
+    # RELAY_CONFIG (or a secret it names), OTEL_*, an inbound ITSM events secret
+    except (ConfigError, TargetConfigError, TelemetryError, SettingsError) as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
     except StoreInUse as exc:  # another relay serves this SQLite file: one line, no traceback

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.targets import Incident, Ticket, bmc_helix
+from relay.targets import CHANGES_LIMIT, TICKET_STATES, Incident, Ticket, TicketChange, bmc_helix, can_sync
 from relay.targets.target_config import TargetConfigError
 from tests.conftest import expect_error
 from tests.fakes.bmc_helix import FakeBmcHelix
@@ -439,3 +443,227 @@ async def test_read_gives_the_status_and_the_latest_work_log_entries_newest_firs
     assert view.notes == ("entry 6", "entry 5", "entry 4", "entry 3", "entry 2")
     await target.resolve(ticket, an_incident(), "resolved")
     assert (await target.read(ticket)).resolved is True
+
+
+# -- two-way sync: changed_since ---------------------------------------------------------------------
+
+T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
+
+
+class SteppedClock:
+    """The fake's clock: each change is stamped at `now`, which a test moves on."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, seconds: float) -> None:
+        self.now = T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(fake: FakeBmcHelix) -> SteppedClock:
+    fake.clock = SteppedClock()
+    return fake.clock
+
+
+@pytest.mark.parametrize(
+    ("status", "reads"),
+    [
+        ("New", "open"),
+        ("Assigned", "open"),  # the relay creates incidents Assigned: nobody has taken it yet
+        ("In Progress", "in_progress"),
+        ("Pending", "in_progress"),  # someone's work, waiting
+        ("Resolved", "resolved"),
+        ("Closed", "closed"),
+        ("Cancelled", "closed"),  # no work is due: as final as Closed
+        ("Waiting Approval", "open"),  # a status the instance added: never read as resolved or closed
+        ("", "open"),
+    ],
+)
+def test_incident_statuses_map_to_the_sync_states(status, reads):
+    assert bmc_helix.sync_state(status) == reads
+    assert reads in TICKET_STATES
+
+
+def test_every_documented_status_has_a_sync_state():
+    assert set(bmc_helix.SYNC_STATES) == {"New", "Assigned", "In Progress", "Pending", "Resolved", "Closed",
+                                          "Cancelled"}
+    assert set(bmc_helix.SYNC_STATES.values()) == set(TICKET_STATES)
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("2019-10-15T23:36:18.000+0000", datetime(2019, 10, 15, 23, 36, 18, tzinfo=UTC)),  # BMC's own example
+        ("2026-03-01T12:00:00.000+0200", datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)),
+        ("2026-03-01T10:00:00Z", datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)),
+        (1772359200, datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)),  # seconds since 1970, as AR stores it
+        ("2026-03-01T10:00:00", None),  # no zone: which time would it be?
+        ("03/01/2026 10:00:00", None),
+        (None, None),
+        (True, None),
+    ],
+)
+def test_last_modified_dates_are_read_with_their_zone_as_utc(value, parsed):
+    assert bmc_helix.parse_datetime(value) == parsed
+
+
+async def test_changed_since_answers_keyed_incidents_modified_at_or_after_since_oldest_first(fake, target, clock):
+    clock.at(-60)
+    fake.add_incident(**{"Vendor Ticket Number": "before-since"})
+    clock.at(0)
+    at_since = await target.create(an_incident())
+    clock.at(30)
+    fake.add_incident(Status="In Progress")  # no correlation value: not the relay's
+    later = await target.create(an_incident(f"{KEY}.2"))
+    clock.at(90)
+    fake.update_as(at_since.id, "allen", Status="Resolved", Status_Reason="No Further Action Required")
+
+    changes = await target.changed_since(T0)
+
+    assert [(c.correlation_key, c.ticket.number, c.state, c.changed_at, c.changed_by) for c in changes] == [
+        (f"{KEY}.2", later.number, "open", T0 + timedelta(seconds=30), fake.username),
+        (KEY, at_since.number, "resolved", T0 + timedelta(seconds=90), "allen"),
+    ]
+    assert changes[1].ticket.resolved
+    call = fake.calls_to("/api/arsys/v1/entry/HPD:IncidentInterface", "GET")[-1]
+    assert call.query["q"] == f"'Vendor Ticket Number' != $NULL$ AND 'Last Modified Date' >= {int(T0.timestamp())}"
+    assert call.query["sort"] == "Last Modified Date.asc,Incident Number.asc"
+    assert call.query["limit"] == str(CHANGES_LIMIT), "the contract's default bound"
+    assert "Last Modified By" in call.query["fields"]
+
+
+async def test_changed_since_converts_since_to_utc_seconds(fake, target, clock):
+    fake.add_incident(**{"Vendor Ticket Number": KEY})  # stamped T0 exactly
+    since = (T0 + timedelta(microseconds=700_000)).astimezone(timezone(timedelta(hours=-5)))
+    changes = await target.changed_since(since)
+    assert [c.correlation_key for c in changes] == [KEY], "an update in the same second is not missed"
+    assert fake.calls_to("HPD:IncidentInterface", "GET")[-1].query["q"].endswith(f">= {int(T0.timestamp())}")
+
+
+async def test_changed_since_uses_the_configured_correlation_field(fake, clock):
+    fake.fields = fake.fields | {"Correlation ID"}
+    fake.add_incident(**{"Correlation ID": KEY})
+    fake.add_incident(**{"Vendor Ticket Number": "someone-else"})
+    target = make_target(fake, correlation_field="Correlation ID")
+    try:
+        changes = await target.changed_since(T0)
+    finally:
+        await target.close()
+    assert [c.correlation_key for c in changes] == [KEY]
+
+
+async def test_changed_since_stops_at_the_limit_and_pages_on_from_the_last_change(fake, target, clock):
+    keys = [f"{KEY}.{n}" for n in range(2, 7)]
+    for n, key in enumerate(keys):
+        clock.at(n * 10)
+        fake.add_incident(**{"Vendor Ticket Number": key})
+    first = await target.changed_since(T0, limit=2)
+    assert [c.correlation_key for c in first] == keys[:2]
+    rest = await target.changed_since(first[-1].changed_at, limit=10)
+    assert [c.correlation_key for c in rest] == keys[1:], "from the last one's instant, that one included"
+
+
+async def test_the_relays_own_resolve_is_stamped_with_its_login(fake, target, clock):
+    ticket = await target.create(an_incident())
+    clock.at(60)
+    await target.resolve(ticket, an_incident(), "alert resolved")
+    (change,) = await target.changed_since(T0 + timedelta(seconds=60))
+    assert (change.state, change.changed_by) == ("resolved", fake.username)
+
+
+async def test_changed_since_refuses_rows_outside_what_it_asked_for(fake, target, clock):
+    fake.add_incident(**{"Vendor Ticket Number": KEY})
+    # A proxy or a changed API answering an old row: the search cannot be trusted.
+    fake.inject("status", status=200, path="HPD:IncidentInterface", body={"entries": [
+        {"values": {"Request ID": "INC1|INC1", "Incident Number": "INC1", "Status": "Assigned",
+                    "Vendor Ticket Number": KEY, "Last Modified Date": "2020-01-01T00:00:00.000+0000"}}]})
+    error = await expect_error(target.changed_since(T0))
+    assert not error.retryable and "refusing to trust the search" in str(error)
+
+
+async def test_changed_since_with_an_unknown_status_reads_open_and_says_so(fake, target, clock, caplog):
+    fake.add_incident(**{"Vendor Ticket Number": KEY, "Status": "Waiting Approval"})
+    with caplog.at_level(logging.WARNING, logger="relay.targets.bmc_helix"):
+        (change,) = await target.changed_since(T0)
+    assert change.state == "open"
+    assert "'Waiting Approval'" in caplog.text and "does not know" in caplog.text
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 17.0), (503, None), (500, None)])
+async def test_changed_since_failures_worth_retrying_are_retryable(fake, target, clock, status, retry_after):
+    await target.create(an_incident())  # logged in
+    fake.inject("status", status=status, path="HPD:IncidentInterface", method="GET",
+                retry_after=None if retry_after is None else "17")
+    error = await expect_error(target.changed_since(T0))
+    assert (error.status, error.retryable, error.retry_after) == (status, True, retry_after)
+
+
+async def test_changed_since_needs_an_aware_since_and_a_positive_limit(target):
+    with pytest.raises(ValueError, match="time zone"):
+        await target.changed_since(datetime(2026, 3, 1, 10, 0))
+    with pytest.raises(ValueError, match="limit"):
+        await target.changed_since(T0, limit=0)
+
+
+def test_the_bmc_helix_target_declares_changed_since():
+    assert can_sync(bmc_helix.BmcHelixTarget)
+
+
+async def _page_all(target: bmc_helix.BmcHelixTarget, since: datetime, limit: int) -> list[TicketChange]:
+    """Two-way sync's poll as the contract has it: ask again from the last one's changed_at, dropping what
+    was already seen at that instant, until a page comes back short."""
+    seen: set[tuple[str, datetime]] = set()
+    got: list[TicketChange] = []
+    for _ in range(100):
+        page = await target.changed_since(since, limit=limit)
+        got.extend(c for c in page if (c.ticket.id, c.changed_at) not in seen)
+        seen.update((c.ticket.id, c.changed_at) for c in page)
+        if len(page) < limit:
+            return got
+        since = page[-1].changed_at
+    raise AssertionError("the poll never came to an end")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["Assigned", "In Progress", "Resolved", "Closed"])),
+                     min_size=1, max_size=25),
+    start=st.integers(0, 25),
+    limit=st.integers(2, 4),
+)
+def test_paging_changed_since_sees_each_keyed_incident_in_its_latest_status_once(changes, start, limit):
+    """Whatever changed when (one change a second), paging from `since` answers every keyed incident whose
+    last change is at or after it, in its latest status, and nothing else."""
+
+    async def scenario() -> None:
+        clock = SteppedClock()
+        fake = FakeBmcHelix(clock=clock)
+        await fake.start()
+        target = make_target(fake)
+        try:
+            records: dict[int, dict[str, Any]] = {}
+            for second, (n, status) in enumerate(changes):
+                clock.at(second)
+                if n not in records:
+                    keyed = {"Vendor Ticket Number": f"{KEY}.{n}"} if n else {}
+                    records[n] = fake.add_incident(Status=status, **keyed)
+                else:
+                    fake.update_as(records[n]["Incident Number"], "allen", Status=status)
+            since = T0 + timedelta(seconds=start)
+            got = await _page_all(target, since, limit)
+            expected = {(r["Incident Number"], bmc_helix.sync_state(r["Status"])) for r in records.values()
+                        if r.get("Vendor Ticket Number")
+                        and bmc_helix.parse_datetime(r["Last Modified Date"]) >= since}
+            latest = {c.ticket.id: c.state for c in got}
+            assert set(latest.items()) == expected
+            assert len(latest) == len(got), "an incident answered twice for one change"
+            assert [c.changed_at for c in got] == sorted(c.changed_at for c in got), "oldest first"
+        finally:
+            await target.close()
+            await fake.stop()
+
+    asyncio.run(scenario())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from relay.targets import Incident, Ticket, servicenow
+from relay.targets import CHANGES_LIMIT, TICKET_STATES, Incident, Ticket, TicketChange, can_sync, servicenow
 from relay.targets.target_config import TargetConfigError
 from tests.conftest import expect_error
 from tests.fakes.servicenow import FakeServiceNow
@@ -552,3 +556,215 @@ async def test_read_gives_the_state_and_the_latest_work_notes_newest_first(fake,
     assert view.notes == ("note 6", "note 5", "note 4", "note 3", "note 2")
     await target.resolve(ticket, an_incident(), "resolved")
     assert (await target.read(ticket)).resolved is True
+
+
+# -- two-way sync: changed_since ---------------------------------------------------------------------
+
+T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
+
+
+class SteppedClock:
+    """The fake's clock: each change is stamped at `now`, which a test moves on."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, seconds: float) -> None:
+        self.now = T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(fake: FakeServiceNow) -> SteppedClock:
+    fake.clock = SteppedClock()
+    return fake.clock
+
+
+@pytest.mark.parametrize(
+    ("state", "reads"),
+    [
+        ("1", "open"),  # New
+        ("2", "in_progress"),  # In Progress
+        ("3", "in_progress"),  # On Hold: someone's work, waiting
+        ("6", "resolved"),
+        ("7", "closed"),
+        ("8", "closed"),  # Canceled: no work is due, as final as Closed
+        ("4", "open"),  # a state the instance added: never read as resolved or closed
+        ("", "open"),
+    ],
+)
+def test_incident_states_map_to_the_sync_states(state, reads):
+    assert servicenow.sync_state(state) == reads
+    assert reads in TICKET_STATES
+
+
+def test_every_documented_incident_state_has_a_sync_state():
+    assert set(servicenow.SYNC_STATES) == {"1", "2", "3", "6", "7", "8"}
+    assert set(servicenow.SYNC_STATES.values()) == set(TICKET_STATES)
+
+
+async def test_changed_since_answers_keyed_incidents_changed_at_or_after_since_oldest_first(fake, target, clock):
+    clock.at(-60)
+    fake.add_incident(correlation_id="before-since", state="2")
+    clock.at(0)
+    at_since = fake.add_incident(correlation_id=KEY, state="1", by="relay")
+    clock.at(30)
+    fake.add_incident(state="2")  # no correlation_id: not the relay's
+    later = fake.add_incident(correlation_id=f"{KEY}.2", state="2", by="relay")
+    clock.at(90)
+    fake.update_as(at_since["sys_id"], "jane.doe", state="6", close_code="Solution provided", close_notes="fixed")
+
+    changes = await target.changed_since(T0)
+
+    assert [(c.correlation_key, c.ticket.id, c.state, c.changed_at, c.changed_by) for c in changes] == [
+        (f"{KEY}.2", later["sys_id"], "in_progress", T0 + timedelta(seconds=30), "relay"),
+        (KEY, at_since["sys_id"], "resolved", T0 + timedelta(seconds=90), "jane.doe"),
+    ]
+    assert changes[1].ticket.resolved and changes[1].ticket.number == at_since["number"]
+    call = fake.calls_to("/api/now/table/incident", "GET")[-1]
+    assert call.query["sysparm_query"] == (
+        "correlation_idISNOTEMPTY^sys_updated_on>=2026-03-01 10:00:00^ORDERBYsys_updated_on^ORDERBYsys_id"
+    )
+    assert call.query["sysparm_limit"] == str(CHANGES_LIMIT), "the contract's default bound"
+    assert "sysparm_display_value" not in call.query, "date-times must come back as UTC values"
+
+
+async def test_changed_since_converts_since_to_utc_and_cuts_it_to_the_second(fake, target, clock):
+    fake.add_incident(correlation_id=KEY)  # stamped T0 exactly
+    since = (T0 + timedelta(microseconds=700_000)).astimezone(timezone(timedelta(hours=2)))
+    changes = await target.changed_since(since)
+    assert [c.correlation_key for c in changes] == [KEY], "an update in the same second is not missed"
+    assert "sys_updated_on>=2026-03-01 10:00:00^" in fake.calls_to("/api/now/table/incident")[-1].query["sysparm_query"]
+    assert changes[0].changed_at.utcoffset() == timedelta(0)
+
+
+async def test_changed_since_stops_at_the_limit_and_pages_on_from_the_last_change(fake, target, clock):
+    keys = [f"{KEY}.{n}" for n in range(2, 7)]
+    for n, key in enumerate(keys):
+        clock.at(n * 10)
+        fake.add_incident(correlation_id=key)
+    first = await target.changed_since(T0, limit=2)
+    assert [c.correlation_key for c in first] == keys[:2]
+    rest = await target.changed_since(first[-1].changed_at, limit=10)
+    assert [c.correlation_key for c in rest] == keys[1:], "from the last one's instant, that one included"
+
+
+async def test_the_relays_own_changes_are_stamped_with_its_account(fake, target, clock):
+    record = fake.add_incident(correlation_id=KEY, state="1", by="relay")
+    clock.at(60)
+    await target.resolve(Ticket(record["sys_id"], record["number"]), an_incident(), "alert resolved")
+    (change,) = await target.changed_since(T0 + timedelta(seconds=60))
+    assert (change.state, change.changed_by) == ("resolved", fake.username)
+
+
+async def test_a_work_note_by_a_person_is_a_change_too(fake, target, clock):
+    record = fake.add_incident(correlation_id=KEY, state="2", by="relay")
+    clock.at(120)
+    fake.update_as(record["sys_id"], "jane.doe", work_notes="looking into it")
+    (change,) = await target.changed_since(T0 + timedelta(seconds=100))
+    assert (change.state, change.changed_by) == ("in_progress", "jane.doe")
+
+
+async def test_a_child_resolved_with_its_parent_is_a_change_by_whoever_resolved_the_parent(fake, target, clock):
+    parent = fake.add_incident(correlation_id="parent-key", state="2")
+    child = fake.add_incident(correlation_id=KEY, state="2", parent_incident=parent["sys_id"])
+    clock.at(60)
+    fake.update_as(parent["sys_id"], "jane.doe", state="6", close_code="Solution provided", close_notes="done")
+    changes = await target.changed_since(T0 + timedelta(seconds=60))
+    assert {(c.ticket.id, c.state, c.changed_by) for c in changes} == {
+        (parent["sys_id"], "resolved", "jane.doe"), (child["sys_id"], "resolved", "jane.doe")}
+
+
+async def test_changed_since_refuses_the_unfiltered_list_an_ignored_clause_returns(fake, clock):
+    fake.unreadable_columns = frozenset({"sys_updated_on"})
+    fake.add_incident(correlation_id=KEY)
+    target = make_target(fake)
+    try:
+        error = await expect_error(target.changed_since(T0 + timedelta(hours=1)))
+    finally:
+        await target.close()
+    assert not error.retryable and "ignored a query clause" in str(error) and "sys_updated_on" in str(error)
+
+
+async def test_changed_since_with_an_unknown_state_reads_open_and_says_so(fake, target, clock, caplog):
+    fake.add_incident(correlation_id=KEY, state="4")
+    with caplog.at_level(logging.WARNING, logger="relay.targets.servicenow"):
+        (change,) = await target.changed_since(T0)
+    assert change.state == "open"
+    assert "'4'" in caplog.text and "does not know" in caplog.text
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 17.0), (503, None), (502, None)])
+async def test_changed_since_failures_worth_retrying_are_retryable(fake, target, clock, status, retry_after):
+    fake.inject("status", status=status, path="/api/now/table/incident",
+                retry_after=None if retry_after is None else "17")
+    error = await expect_error(target.changed_since(T0))
+    assert (error.status, error.retryable, error.retry_after) == (status, True, retry_after)
+
+
+async def test_changed_since_needs_an_aware_since_and_a_positive_limit(target):
+    with pytest.raises(ValueError, match="time zone"):
+        await target.changed_since(datetime(2026, 3, 1, 10, 0))
+    with pytest.raises(ValueError, match="limit"):
+        await target.changed_since(T0, limit=0)
+
+
+def test_the_servicenow_target_declares_changed_since():
+    assert can_sync(servicenow.ServiceNowTarget)
+
+
+async def _page_all(target: servicenow.ServiceNowTarget, since: datetime, limit: int) -> list[TicketChange]:
+    """Two-way sync's poll as the contract has it: ask again from the last one's changed_at, dropping what
+    was already seen at that instant, until a page comes back short."""
+    seen: set[tuple[str, datetime]] = set()
+    got: list[TicketChange] = []
+    for _ in range(100):
+        page = await target.changed_since(since, limit=limit)
+        got.extend(c for c in page if (c.ticket.id, c.changed_at) not in seen)
+        seen.update((c.ticket.id, c.changed_at) for c in page)
+        if len(page) < limit:
+            return got
+        since = page[-1].changed_at
+    raise AssertionError("the poll never came to an end")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["1", "2", "6", "7"])), min_size=1, max_size=25),
+    start=st.integers(0, 25),
+    limit=st.integers(2, 4),
+)
+def test_paging_changed_since_sees_each_keyed_incident_in_its_latest_state_once(changes, start, limit):
+    """Whatever changed when (one change a second), paging from `since` answers every keyed incident whose
+    last change is at or after it, in its latest state, and nothing else. (A page asked from the last one's
+    instant answers that one again, so a page must hold more than the changes of one second: limit >= 2
+    here, CHANGES_LIMIT in the relay.)"""
+
+    async def scenario() -> None:
+        clock = SteppedClock()
+        fake = FakeServiceNow(clock=clock)
+        await fake.start()
+        target = make_target(fake)
+        try:
+            records: dict[int, dict[str, str]] = {}
+            for second, (n, state) in enumerate(changes):
+                clock.at(second)
+                if n not in records:
+                    records[n] = fake.add_incident(correlation_id=f"{KEY}.{n}" if n else "", state=state, by="relay")
+                else:
+                    fake.update_as(records[n]["sys_id"], "jane.doe", state=state)
+            since = T0 + timedelta(seconds=start)
+            got = await _page_all(target, since, limit)
+            expected = {(r["sys_id"], servicenow.sync_state(r["state"])) for r in records.values()
+                        if r["correlation_id"] and servicenow.parse_datetime(r["sys_updated_on"]) >= since}
+            latest = {c.ticket.id: c.state for c in got}
+            assert set(latest.items()) == expected
+            assert len(latest) == len(got), "an incident answered twice for one change"
+            assert [c.changed_at for c in got] == sorted(c.changed_at for c in got), "oldest first"
+        finally:
+            await target.close()
+            await fake.stop()
+
+    asyncio.run(scenario())

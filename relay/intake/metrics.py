@@ -29,6 +29,14 @@ class IntakeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        # target: a target that takes inbound events, or "-" (off or no such target: a caller cannot grow
+        # the label set by naming targets).
+        self.itsm_events = Counter(
+            "relay_itsm_events",
+            "POST /itsm-events requests by target and outcome",
+            ["target", "outcome"],
+            registry=self.registry,
+        )
         self.pending = Gauge(
             "relay_pending_deliveries",
             "Events accepted and not yet delivered (read from the store at scrape time)",

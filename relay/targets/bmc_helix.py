@@ -12,9 +12,11 @@ import logging
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from relay.targets import (
+    CHANGES_LIMIT,
     NOTES_READ,
     SEARCH_LIMIT,
     Finding,
@@ -23,6 +25,7 @@ from relay.targets import (
     TargetError,
     TextLimits,
     Ticket,
+    TicketChange,
     TicketView,
     truncate,
 )
@@ -48,6 +51,24 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 PROBE_KEY = "secure-export start-up check"
 OPEN_STATUSES = ("New", "Assigned", "In Progress", "Pending")
 RESOLVED = "Resolved"
+# Status -> the state two-way sync sees (relay.targets.TICKET_STATES). The relay creates incidents Assigned
+# (to a group, no one on it yet): open, like New. Pending is a person's work waiting on something: in
+# progress. Cancelled is a person deciding that no work is due: for the alert as final as Closed, so it
+# reads closed. A status an instance added reads open (and is logged): the relay never closes an Azure
+# alert on a status it does not know.
+SYNC_STATES: Mapping[str, str] = {
+    "New": "open",
+    "Assigned": "open",
+    "In Progress": "in_progress",
+    "Pending": "in_progress",
+    RESOLVED: "resolved",
+    "Closed": "closed",
+    "Cancelled": "closed",
+}
+UNKNOWN_STATUS_READS = "open"
+# The core fields two-way sync reads: AR stamps both on every change of the entry.
+MODIFIED_DATE = "Last Modified Date"
+MODIFIED_BY = "Last Modified By"
 # Allowed values of the interface's selection fields (BMC's HPD:IncidentInterface_Create field list).
 IMPACTS = ("1-Extensive/Widespread", "2-Significant/Large", "3-Moderate/Limited", "4-Minor/Localized")
 URGENCIES = ("1-Critical", "2-High", "3-Medium", "4-Low")
@@ -221,6 +242,43 @@ class BmcHelixTarget:
             found.append(FoundTicket(carried, self._ticket(row, resolved=row.get("Status") not in OPEN_STATUSES)))
         return found
 
+    async def changed_since(self, since: datetime, limit: int = CHANGES_LIMIT) -> list[TicketChange]:
+        """Incidents with a correlation field whose `Last Modified Date` is at or after `since`, oldest first,
+        at most `limit`: one search of HPD:IncidentInterface. The time goes into the qualification as
+        seconds since 1970 UTC (what AR stores), never as a date string, which AR would read in the
+        account's locale and time zone; `since` is cut to the whole second, the field's precision.
+        `changed_by` is `Last Modified By` (a login; the relay's own for the relay's changes)."""
+        if since.tzinfo is None:
+            raise ValueError("since must carry its time zone")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 (got {limit})")
+        floor = since.astimezone(UTC).replace(microsecond=0)
+        corr = self.options.correlation_field
+        qualification = f"{_field(corr)} != $NULL$ AND {_field(MODIFIED_DATE)} >= {int(floor.timestamp())}"
+        rows = await self._search(qualification, limit=limit, extra_fields=(MODIFIED_DATE, MODIFIED_BY),
+                                  sort=f"{MODIFIED_DATE}.asc,Incident Number.asc")
+        changes: list[TicketChange] = []
+        for row in rows:
+            carried = str(row.get(corr) or "")
+            changed_at = parse_datetime(row.get(MODIFIED_DATE))
+            if not carried or changed_at is None or changed_at < floor or (
+                changes and changed_at < changes[-1].changed_at
+            ):
+                raise TargetError(
+                    f"{self.name}: a search for incidents with {corr} modified since {floor.isoformat()}, oldest "
+                    f"first, returned {row.get('Incident Number')} ({corr} {carried!r}, {MODIFIED_DATE} "
+                    f"{row.get(MODIFIED_DATE)!r}); refusing to trust the search",
+                    retryable=False,
+                )
+            status = str(row.get("Status") or "")
+            state = sync_state(status)
+            if status not in SYNC_STATES:
+                log.warning("%s: %s has Status %r, which the relay does not know: it reads %s (the relay never "
+                            "closes an alert on it)", self.name, row.get("Incident Number"), status, state)
+            ticket = self._ticket(row, resolved=status not in OPEN_STATUSES)
+            changes.append(TicketChange(ticket, carried, state, changed_at, str(row.get(MODIFIED_BY) or "") or None))
+        return changes
+
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
         bound = await self._bind_ci(incident)
@@ -342,13 +400,14 @@ class BmcHelixTarget:
     def _number(self, ticket: Ticket) -> str:
         return ticket.number or ticket.id
 
-    async def _search(self, qualification: str, *, limit: int) -> list[dict[str, Any]]:
+    async def _search(self, qualification: str, *, limit: int, extra_fields: tuple[str, ...] = (),
+                      sort: str = "Submit Date.desc") -> list[dict[str, Any]]:
         corr = self.options.correlation_field
         params = {
             "q": qualification,
-            "fields": f"values(Request ID,Incident Number,Status,{corr})",
+            "fields": f"values({','.join(['Request ID', 'Incident Number', 'Status', corr, *extra_fields])})",
             "limit": str(limit),
-            "sort": "Submit Date.desc",
+            "sort": sort,
         }
         reply = await self.http.request("GET", ENTRY_PATH + INCIDENT_FORM, params=params)
         body = self._json(reply, f"search {INCIDENT_FORM}")
@@ -531,6 +590,23 @@ class BmcHelixTarget:
 
 
 TARGET_CLASS = BmcHelixTarget
+
+
+def sync_state(status: str) -> str:
+    """The two-way sync state (relay.targets.TICKET_STATES) of an incident's Status."""
+    return SYNC_STATES.get(status, UNKNOWN_STATUS_READS)
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An AR date/time as the REST API writes it (ISO 8601 with its zone, `2026-03-01T10:00:00.000+0000`),
+    or as seconds since 1970, as an aware UTC datetime; None when it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else None
 
 
 def _quote(value: str) -> str:

@@ -12,10 +12,12 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from relay.targets import (
+    CHANGES_LIMIT,
     NOTES_READ,
     SEARCH_LIMIT,
     Finding,
@@ -24,6 +26,7 @@ from relay.targets import (
     TargetError,
     TextLimits,
     Ticket,
+    TicketChange,
     TicketView,
     truncate,
 )
@@ -72,6 +75,23 @@ OWNED_COLUMNS = frozenset(
         "number",
     }
 )
+# Incident state -> the state two-way sync sees (relay.targets.TICKET_STATES). On Hold (3) is a person's
+# work waiting on something: in progress. Canceled (8) is a person deciding that no work is due: for the
+# alert that is as final as Closed, so it reads closed. A state an instance added reads open (and is
+# logged): the relay never closes an Azure alert on a state it does not know.
+SYNC_STATES: Mapping[str, str] = {
+    "1": "open",
+    "2": "in_progress",
+    "3": "in_progress",
+    STATE_RESOLVED: "resolved",
+    STATE_CLOSED: "closed",
+    STATE_CANCELED: "closed",
+}
+UNKNOWN_STATE_READS = "open"
+# How the Table API writes date-time values without display values (sys_updated_on): UTC, no zone. An
+# encoded query's date-time given as text (not through javascript:) is taken as UTC too.
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_CHANGE_FIELDS = "sys_id,number,state,correlation_id,sys_updated_on,sys_updated_by"
 OAUTH_TOKEN_PATH = "/oauth_token.do"
 DEFAULT_TOKEN_LIFETIME = 1800.0  # ServiceNow's default access-token lifespan (KB0778194)
 _TICKET_FIELDS = "sys_id,number,state,correlation_id"
@@ -225,6 +245,44 @@ class ServiceNowTarget:
             resolved = str(row.get("state", "")) in INACTIVE_STATES
             found.append(FoundTicket(carried, self._ticket(row, resolved=resolved)))
         return found
+
+    async def changed_since(self, since: datetime, limit: int = CHANGES_LIMIT) -> list[TicketChange]:
+        """Incidents carrying a correlation_id whose `sys_updated_on` is at or after `since`, oldest first
+        (then by sys_id), at most `limit`: one Table API query. `since` is cut to the whole second, the
+        field's precision, so nothing of that second is missed. `changed_by` is `sys_updated_by` (a user
+        name; the relay's own account for the relay's changes)."""
+        if since.tzinfo is None:
+            raise ValueError("since must carry its time zone")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 (got {limit})")
+        floor = since.astimezone(UTC).replace(microsecond=0)
+        query = (f"correlation_idISNOTEMPTY^sys_updated_on>={floor.strftime(DATETIME_FORMAT)}"
+                 "^ORDERBYsys_updated_on^ORDERBYsys_id")
+        rows = await self._query(self.options.table, query, _CHANGE_FIELDS, limit)
+        changes: list[TicketChange] = []
+        for row in rows:
+            carried = str(row.get("correlation_id", ""))
+            changed_at = parse_datetime(row.get("sys_updated_on"))
+            if not carried or not row.get("sys_id") or changed_at is None or changed_at < floor or (
+                changes and changed_at < changes[-1].changed_at
+            ):
+                raise TargetError(
+                    f"{self.name}: ServiceNow answered a search for incidents with a correlation_id updated "
+                    f"since {floor.strftime(DATETIME_FORMAT)} UTC, oldest first, with "
+                    f"{row.get('number') or row.get('sys_id')!s} (correlation_id {carried!r}, sys_updated_on "
+                    f"{row.get('sys_updated_on')!r}): it ignored a query clause (is sys_updated_on readable by "
+                    "this account, and are date-times answered without display values?)",
+                    retryable=False,
+                )
+            state = str(row.get("state", ""))
+            ticket_state = sync_state(state)
+            if state not in SYNC_STATES:
+                log.warning("%s: %s is in state %r, which the relay does not know: it reads %s (the relay never "
+                            "closes an alert on it)", self.name, row.get("number"), state, ticket_state)
+            ticket = self._ticket(row, resolved=state in INACTIVE_STATES)
+            changes.append(TicketChange(ticket, carried, ticket_state, changed_at,
+                                        str(row.get("sys_updated_by") or "") or None))
+        return changes
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
@@ -599,6 +657,19 @@ def _int(value: Any) -> int:
         return int(str(value))
     except ValueError:
         return 0
+
+
+def sync_state(state: str) -> str:
+    """The two-way sync state (relay.targets.TICKET_STATES) of an incident `state` value."""
+    return SYNC_STATES.get(state, UNKNOWN_STATE_READS)
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A Table API date-time ("YYYY-MM-DD HH:MM:SS", UTC) as an aware datetime; None when it is not one."""
+    try:
+        return datetime.strptime(str(value), DATETIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def is_script(value: object) -> bool:

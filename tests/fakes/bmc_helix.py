@@ -13,6 +13,13 @@ Implemented, from BMC's documentation and the peers that call it:
   (each entry gets a `Submit Date`);
 - `GET /api/cmdb/v1.0/instances/{dataset}/{namespace}/{class}?qualification&attributes&limit`
   (`BMC_BaseElement` spans every class) and `POST /api/cmdb/v1.0/instances`.
+- every create and modify of an incident stamps `Last Modified Date` (ISO 8601 with the zone, as the REST
+  API writes date/times: `2026-03-01T10:00:00.000+0000`) and `Last Modified By` (the login that made the
+  change); `update_as(number, login, ...)` is a person's change in Mid Tier. A work-log entry is a record
+  of HPD:WorkLog and leaves the incident's stamps alone;
+- qualifications take a date/time as an integer, seconds since 1970 UTC (what AR stores; a quoted date
+  string would be read in the user's locale and time zone), `$NULL$` for "no value", and `sort` takes
+  several `field.asc|desc` separated by commas (date/times sort by time).
 Unlike ServiceNow, AR rejects an unknown field (in a qualification or a write) with an error.
 Errors are lists of AR status objects. `expire_tokens()` makes every issued token answer 401.
 """
@@ -21,7 +28,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -91,8 +100,15 @@ INCIDENT_FIELDS = frozenset(
         "z1D_Action",
         "Vendor Ticket Number",
         "Outbound Identifier",
+        "Submitter",
+        "Last Modified Date",
+        "Last Modified By",
     }
 )
+# Date/time fields: compared and sorted by time (AR keeps them as seconds since 1970 UTC).
+DATE_FIELDS = frozenset({"Submit Date", "Last Modified Date"})
+# Core fields only the server sets (Submit Date, Last Modified By, Modified Date): a write naming one is refused.
+CORE_FIELDS = frozenset({"Last Modified Date", "Last Modified By", "Submit Date"})
 WORK_LOG_FIELDS = frozenset(
     {
         "Incident Number",
@@ -124,7 +140,8 @@ class QualificationError(ValueError):
 
 
 _TOKEN = re.compile(
-    r"""\s*(?:(?P<field>'[^']*')|(?P<string>"(?:[^"]|"")*")|(?P<op>!=|<=|>=|=|<|>|\bLIKE\b)|"""
+    r"""\s*(?:(?P<field>'[^']*')|(?P<string>"(?:[^"]|"")*")|(?P<number>-?\d+\b)|(?P<null>\$NULL\$)|"""
+    r"""(?P<op>!=|<=|>=|=|<|>|\bLIKE\b)|"""
     r"""(?P<word>\bAND\b|\bOR\b|\bNOT\b)|(?P<paren>[()]))""",
     re.IGNORECASE,
 )
@@ -175,13 +192,22 @@ def parse_qualification(text: str, known: frozenset[str]) -> Any:
             kind == "field"
             and i + 2 < len(tokens)
             and tokens[i + 1][0] == "op"
-            and tokens[i + 2][0] == "string"
+            and tokens[i + 2][0] in ("string", "number", "null")
         ):
             name = value[1:-1]
             if name not in known:
                 raise QualificationError(f"field {name!r} does not exist on this form")
             op = tokens[i + 1][1].upper()
-            expected = tokens[i + 2][1][1:-1].replace('""', '"')
+            literal_kind, literal = tokens[i + 2]
+            if literal_kind == "null":
+                if op not in ("=", "!="):
+                    raise QualificationError(f"$NULL$ compares with = or != only, not {op}")
+                return (lambda v: (v.get(name) in (None, "")) == (op == "=")), i + 3
+            if literal_kind == "number":
+                if name not in DATE_FIELDS:
+                    raise QualificationError(f"field {name!r} is not a date/time: compare it with a string")
+                return _time_comparison(name, op, int(literal)), i + 3
+            expected = literal[1:-1].replace('""', '"')
             return _comparison(name, op, expected), i + 3
         raise QualificationError(f"unexpected {value!r}")
 
@@ -209,6 +235,39 @@ def _comparison(name: str, op: str, expected: str) -> Any:
     return test
 
 
+def _epoch(value: Any) -> int | None:
+    """Seconds since 1970 of a stored ISO 8601 date/time, or None when there is none."""
+    if not value:
+        return None
+    return int(datetime.fromisoformat(str(value)).timestamp())
+
+
+def _time_comparison(name: str, op: str, seconds: int) -> Any:
+    def test(values: dict[str, Any]) -> bool:
+        actual = _epoch(values.get(name))
+        if actual is None:
+            return False
+        return {"=": actual == seconds, "!=": actual != seconds, "<": actual < seconds, ">": actual > seconds,
+                "<=": actual <= seconds, ">=": actual >= seconds}.get(op, False)
+
+    return test
+
+
+def _sort(rows: list[dict[str, Any]], sort: str) -> None:
+    """AR's `sort=a.asc,b.desc`: the first field first; date/times by time."""
+    for part in reversed([p.strip() for p in sort.split(",") if p.strip()]):
+        name, _, direction = part.rpartition(".")
+        if name in DATE_FIELDS:
+            rows.sort(key=lambda r, n=name: _epoch(r.get(n)) or 0, reverse=direction.lower() == "desc")
+        else:
+            rows.sort(key=lambda r, n=name: str(r.get(n) or ""), reverse=direction.lower() == "desc")
+
+
+def iso(moment: datetime) -> str:
+    """A date/time as the AR REST API writes it: `2026-03-01T10:00:00.000+0000`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
 @dataclass
 class CI:
     instance_id: str
@@ -228,6 +287,7 @@ class FakeBmcHelix(FakeServer):
         extra_fields: frozenset[str] = frozenset(),
         require_assignee_to_resolve: bool = False,
         reconcile_new_cis: bool = True,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
         self.username = username
@@ -236,6 +296,8 @@ class FakeBmcHelix(FakeServer):
         self.fields = INCIDENT_FIELDS | extra_fields
         self.require_assignee_to_resolve = require_assignee_to_resolve
         self.reconcile_new_cis = reconcile_new_cis
+        # What Last Modified Date says for a change made now (default: the real time).
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.incidents: dict[str, dict[str, Any]] = {}  # by Incident Number
         self.work_logs: list[dict[str, Any]] = []
         self.status_changes: dict[str, list[str]] = {}  # Incident Number -> the statuses it was moved to
@@ -247,7 +309,7 @@ class FakeBmcHelix(FakeServer):
 
     # -- seeding and inspection ------------------------------------------------------------------
 
-    def add_incident(self, **values: Any) -> dict[str, Any]:
+    def add_incident(self, *, by: str = "Remedy Application Service", **values: Any) -> dict[str, Any]:
         self._seq += 1
         number = f"INC{self._seq:012d}"
         record = {
@@ -257,10 +319,25 @@ class FakeBmcHelix(FakeServer):
             # One second apart, so that a sort on it is the order of creation (the find sorts newest first).
             "Submit Date": f"2026-01-01T{self._seq // 3600:02d}:{self._seq // 60 % 60:02d}:{self._seq % 60:02d}"
             ".000+0000",
+            "Submitter": by,
             **values,
         }
+        self._stamp(record, by)
         self.incidents[number] = record
         return record
+
+    def update_as(self, number: str, login: str, **values: Any) -> dict[str, Any]:
+        """A person's change in Mid Tier (the form's own checks are the person's business)."""
+        record = self.incidents[number]
+        if "Status" in values and values["Status"] != record.get("Status"):
+            self.status_changes.setdefault(number, []).append(values["Status"])
+        record.update(values)
+        self._stamp(record, login)
+        return record
+
+    def _stamp(self, record: dict[str, Any], login: str) -> None:
+        record["Last Modified Date"] = iso(self.clock())
+        record["Last Modified By"] = login
 
     def add_ci(
         self,
@@ -345,6 +422,9 @@ class FakeBmcHelix(FakeServer):
         unknown = sorted(set(values) - self.fields)
         if unknown:
             return _ar_error(400, 8755, "Field not found on the form", unknown[0])
+        core = sorted(set(values) & CORE_FIELDS)
+        if core:
+            return _ar_error(400, 8756, "The field is a core field set by the server", core[0])
         for required in ("Description", "Impact", "Urgency", "Status", "Reported Source", "Service_Type"):
             if not values.get(required):
                 return _ar_error(400, 326, "Required field cannot be blank.", f"HPD:Help Desk : {required}")
@@ -355,7 +435,7 @@ class FakeBmcHelix(FakeServer):
             return _ar_error(400, 10000, "z1D_Action must be CREATE on the create interface")
         if not self._customer_known(values):
             return _ar_error(400, 1291053, "A valid customer is required (First_Name/Last_Name or Login_ID).")
-        record = self.add_incident(**{k: v for k, v in values.items() if k != "z1D_Action"})
+        record = self.add_incident(by=self.username, **{k: v for k, v in values.items() if k != "z1D_Action"})
         record["Status"] = values["Status"]
         wanted = _fields_param(request.query.get("fields"))
         body = {"values": {k: record.get(k) for k in (wanted or ["Incident Number"])}}
@@ -374,8 +454,7 @@ class FakeBmcHelix(FakeServer):
             rows = [r for r in rows if predicate(r)]
         sort = request.query.get("sort")
         if sort:
-            name, _, direction = sort.rpartition(".")
-            rows.sort(key=lambda r: str(r.get(name) or ""), reverse=direction.lower() == "desc")
+            _sort(rows, sort)
         limit = int(request.query.get("limit", "0") or 0)
         if limit:
             rows = rows[:limit]
@@ -406,6 +485,9 @@ class FakeBmcHelix(FakeServer):
         unknown = sorted(set(values) - self.fields)
         if unknown:
             return _ar_error(400, 8755, "Field not found on the form", unknown[0])
+        core = sorted(set(values) & CORE_FIELDS)
+        if core:
+            return _ar_error(400, 8756, "The field is a core field set by the server", core[0])
         bad = self._bad_selection(values)
         if bad:
             return bad
@@ -420,6 +502,7 @@ class FakeBmcHelix(FakeServer):
         if "Status" in values and values["Status"] != record.get("Status"):
             self.status_changes.setdefault(record["Incident Number"], []).append(values["Status"])
         record.update(values)
+        self._stamp(record, self.username)  # the login the AR-JWT was issued to
         return web.Response(status=204)
 
     async def create_work_log(self, request: web.Request) -> web.Response:
@@ -457,8 +540,7 @@ class FakeBmcHelix(FakeServer):
             rows = [r for r in rows if predicate(r)]
         sort = request.query.get("sort")
         if sort:
-            name, _, direction = sort.rpartition(".")
-            rows.sort(key=lambda r: str(r.get(name) or ""), reverse=direction.lower() == "desc")
+            _sort(rows, sort)
         limit = int(request.query.get("limit", "0") or 0)
         if limit:
             rows = rows[:limit]

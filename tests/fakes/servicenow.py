@@ -15,6 +15,12 @@ Behaviour kept from the real thing, because the relay must survive it:
 - the stock parent/child state sync (business rules on incident): when a parent incident is Resolved,
   its open children (`parent_incident`) are Resolved too, with the parent's close code and close notes
   copied; when a parent is set back to In Progress (reopened by an ITIL user), its Resolved children are.
+- every insert and update stamps the record's `sys_updated_on` (UTC, "YYYY-MM-DD HH:MM:SS", the Table
+  API's value without display values) and `sys_updated_by` (the user name of the account that made the
+  change; a business rule's change is the session user's), `sys_created_on`/`sys_created_by` on insert;
+  a work note alone is an update too. `update_as(sys_id, user, ...)` is a person's change in the UI.
+  Encoded queries compare date-times given as text as UTC (`sys_updated_on>=2026-01-01 10:00:00`), and
+  `>`, `>=`, `<`, `<=` compare the stored text, which for that format is the time order.
 Journal entries are readable as rows of `sys_journal_field` (`element_id`, `element`, `value`,
 `sys_created_on`), one per entry, as on an instance.
 The field dictionary `sys_dictionary` (`name` the table, `element` the column, `max_length`,
@@ -30,6 +36,8 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -61,6 +69,9 @@ INCIDENT_COLUMNS = frozenset(
         "work_notes",
         "comments",
         "sys_created_on",
+        "sys_created_by",
+        "sys_updated_on",
+        "sys_updated_by",
         "sys_class_name",
     }
 )
@@ -73,14 +84,17 @@ DICTIONARY_COLUMNS = frozenset({"sys_id", "name", "element", "max_length", "inte
 TASK_COLUMNS = frozenset(
     {"sys_id", "number", "state", "active", "short_description", "description", "correlation_id",
      "correlation_display", "urgency", "impact", "priority", "assignment_group", "contact_type", "cmdb_ci",
-     "work_notes", "comments", "sys_created_on", "sys_class_name"}
+     "work_notes", "comments", "sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by",
+     "sys_class_name"}
 )
+# How the Table API writes a date-time value (sysparm_display_value=false): UTC, no zone.
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # Dictionary lengths of the columns above (an instance's defaults); 40 for the rest.
 COLUMN_LENGTHS = {"short_description": 160, "description": 4000, "correlation_display": 100,
                   "close_notes": 4000, "work_notes": 4000, "comments": 4000}
 _CLAUSE = re.compile(
     r"^(?P<field>[a-z0-9_.]+?)"
-    r"(?P<op>NOT IN|IN|!=|=|LIKE|STARTSWITH|ENDSWITH|ISNOTEMPTY|ISEMPTY)"
+    r"(?P<op>NOT IN|IN|!=|>=|<=|>|<|=|LIKE|STARTSWITH|ENDSWITH|ISNOTEMPTY|ISEMPTY)"
     r"(?P<value>.*)$",
     re.DOTALL,
 )
@@ -104,6 +118,7 @@ class FakeServiceNow(FakeServer):
         unreadable_columns: frozenset[str] = frozenset(),
         dictionary_readable: bool = True,
         correlation_id_length: int | None = 100,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
         self.username = username
@@ -116,6 +131,8 @@ class FakeServiceNow(FakeServer):
         self.dictionary_readable = dictionary_readable
         # correlation_id's dictionary max_length; None: the instance has no such column at all.
         self.correlation_id_length = correlation_id_length
+        # What sys_updated_on says for a change made now (default: the real time, UTC).
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.incidents: dict[str, dict[str, str]] = {}
         self.cis: dict[str, dict[str, str]] = {}
         self.task_cis: dict[str, dict[str, str]] = {}
@@ -126,9 +143,23 @@ class FakeServiceNow(FakeServer):
 
     # -- seeding and inspection ------------------------------------------------------------------
 
-    def add_incident(self, **values: Any) -> dict[str, str]:
-        record = self._new_record("incident", {"state": "1", **{k: str(v) for k, v in values.items()}})
+    def add_incident(self, *, by: str = "admin", **values: Any) -> dict[str, str]:
+        record = self._new_record("incident", {"state": "1", **{k: str(v) for k, v in values.items()}}, by)
         self.incidents[record["sys_id"]] = record
+        return record
+
+    def update_as(self, sys_id: str, user: str, **values: Any) -> dict[str, str]:
+        """A person's change in the UI (no data policy here: a form would have asked for the fields)."""
+        record = self.incidents[sys_id]
+        text = {k: str(v) for k, v in values.items()}
+        journal = {k: text.pop(k) for k in JOURNAL_FIELDS if k in text}
+        before = record.get("state")
+        record.update(text)
+        record["active"] = "false" if record.get("state") in ("7", "8") else "true"
+        self._stamp(record, user)
+        self._sync_children(record, before, user)
+        for field_name, note in journal.items():
+            self.journal.setdefault(sys_id, []).append((field_name, note))
         return record
 
     def add_ci(self, name: str, object_id: str = "", sys_class_name: str = "cmdb_ci") -> dict[str, str]:
@@ -193,6 +224,10 @@ class FakeServiceNow(FakeServer):
         return web.json_response(
             {"access_token": token, "scope": "useraccount", "token_type": "Bearer", "expires_in": 1799}
         )
+
+    def _user(self, request: web.Request) -> str:
+        """Who the call runs as: the basic-auth user, or the user an OAuth client's token acts for."""
+        return self.username
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -265,7 +300,7 @@ class FakeServiceNow(FakeServer):
             values["sys_class_name"] = cls
         elif name == "cmdb_ci":
             values.setdefault("sys_class_name", "cmdb_ci")
-        record = self._new_record(name, values)
+        record = self._new_record(name, values, self._user(request))
         rows[record["sys_id"]] = record
         for field_name, text in journal.items():
             self.journal.setdefault(record["sys_id"], []).append((field_name, text))
@@ -297,9 +332,10 @@ class FakeServiceNow(FakeServer):
                 return refused
         before = record.get("state")
         record.update(values)
+        self._stamp(record, self._user(request))
         if name == "incident":
             record["active"] = "false" if record.get("state") in ("7", "8") else "true"
-            self._sync_children(record, before)
+            self._sync_children(record, before, self._user(request))
         for field_name, text in journal.items():
             self.journal.setdefault(record["sys_id"], []).append((field_name, text))
         result = self._project(record, request.query.get("sysparm_fields"), columns - self.unreadable_columns)
@@ -318,7 +354,11 @@ class FakeServiceNow(FakeServer):
             )
         return None
 
-    def _sync_children(self, parent: dict[str, str], before: str | None) -> None:
+    def _stamp(self, record: dict[str, str], user: str) -> None:
+        record["sys_updated_on"] = self.clock().astimezone(UTC).strftime(DATETIME_FORMAT)
+        record["sys_updated_by"] = user
+
+    def _sync_children(self, parent: dict[str, str], before: str | None, user: str = "admin") -> None:
         """ServiceNow's parent/child state sync, as its business rules run after an incident update."""
         state = parent.get("state")
         if state == before:
@@ -329,11 +369,13 @@ class FakeServiceNow(FakeServer):
             if state == "6" and child.get("state") not in ("6", "7", "8"):
                 child.update(state="6", close_code=parent.get("close_code", ""),
                              close_notes=parent.get("close_notes", ""))
+                self._stamp(child, user)
                 self.journal.setdefault(child["sys_id"], []).append(
                     ("work_notes", f"Resolved by parent incident {parent.get('number')}"))
-                self._sync_children(child, None)
+                self._sync_children(child, None, user)
             elif state == "2" and child.get("state") == "6":
                 child["state"] = "2"
+                self._stamp(child, user)
 
     def _journal_rows(self) -> dict[str, dict[str, str]]:
         """The journal as sys_journal_field rows (read-only here: the relay writes through the incident)."""
@@ -363,14 +405,16 @@ class FakeServiceNow(FakeServer):
                             "active": "true"}
         return rows
 
-    def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
+    def _new_record(self, table: str, values: dict[str, str], by: str = "admin") -> dict[str, str]:
         self._seq += 1
         record = {
+            "sys_created_by": by,
             "sys_id": secrets.token_hex(16),
             "sys_created_on": f"2026-01-01 {self._seq // 3600:02d}:{self._seq // 60 % 60:02d}:"
             f"{self._seq % 60:02d}",
             **values,
         }
+        self._stamp(record, by)
         if table == "incident":
             record["number"] = f"INC{10000 + self._seq:07d}"
             record["active"] = "false" if record.get("state") in ("7", "8") else "true"
@@ -425,6 +469,9 @@ def _holds(record: dict[str, str], field_name: str, op: str, value: str) -> bool
     if op in ("IN", "NOT IN"):
         inside = actual in [v.strip() for v in expected.split(",")]
         return inside if op == "IN" else not inside
+    if op in (">", ">=", "<", "<="):  # the stored text: for date-times "YYYY-MM-DD HH:MM:SS", time order
+        return bool(actual) and {">": actual > expected, ">=": actual >= expected,
+                                 "<": actual < expected, "<=": actual <= expected}[op]
     if op == "LIKE":
         return expected in actual
     if op == "STARTSWITH":
