@@ -36,7 +36,8 @@ def test_sync_is_off_by_default_and_the_poll_runs_every_minute():
 
 
 def test_a_route_enables_closing_and_acknowledging_and_sets_the_interval():
-    config = parse_config(TARGETS + "routes:\n  - target: rt\n    sync: {close_alert: true, acknowledge_on_progress: true}\n"
+    config = parse_config(TARGETS + "routes:\n  - target: rt\n"
+                          "    sync: {close_alert: true, acknowledge_on_progress: true}\n"
                           "sync: {interval_seconds: 30}\n")
     assert config.routes[0].sync == RouteSync(close_alert=True, acknowledge_on_progress=True)
     assert config.sync.interval_seconds == 30
@@ -55,7 +56,8 @@ def test_sync_switched_off_on_such_a_target_is_accepted():
 
 
 @pytest.mark.parametrize(("section", "expected"), [
-    ("routes:\n  - target: rt\n    sync: {close_alert: yes please}\n", "routes[0].sync.close_alert: must be true or false"),
+    ("routes:\n  - target: rt\n    sync: {close_alert: yes please}\n",
+     "routes[0].sync.close_alert: must be true or false"),
     ("routes:\n  - target: rt\n    sync: {close: true}\n", "routes[0].sync.close: unknown key"),
     ("routes:\n  - target: rt\n    sync: true\n", "routes[0].sync: must be a mapping"),
     ("routes:\n  - target: rt\n    incident_per: configuration_item\n    sync: {close_alert: true}\n",

@@ -23,11 +23,13 @@ NOW = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.UTC)
 BOTH = RouteSync(close_alert=True, acknowledge_on_progress=True)
 
 
-def change(state: str = "resolved", by: str | None = "alice", at: dt.datetime = NOW, ticket: str = "42") -> TicketChange:
+def change(state: str = "resolved", by: str | None = "alice", at: dt.datetime = NOW,
+           ticket: str = "42") -> TicketChange:
     return TicketChange(Ticket(ticket, ticket), "key", state, at, by)
 
 
-def alert(state: str = "New", modified: dt.datetime = NOW - dt.timedelta(hours=1), condition: str = "Fired") -> AlertFacts:
+def alert(state: str = "New", modified: dt.datetime = NOW - dt.timedelta(hours=1),
+          condition: str = "Fired") -> AlertFacts:
     return AlertFacts(state, condition, modified)
 
 
@@ -95,8 +97,8 @@ changes = st.builds(change, st.sampled_from(TICKET_STATES), st.sampled_from(["al
                     st.sampled_from(["41", "42"]))
 records = st.builds(TicketFacts, st.sampled_from(["42", None]), st.booleans(), st.booleans(),
                     st.sampled_from(["relay-bot", None]))
-alerts = st.one_of(st.none(), st.builds(AlertFacts, st.sampled_from(ALERT_STATES), st.sampled_from(["Fired", "Resolved"]),
-                                        times))
+alerts = st.one_of(st.none(), st.builds(AlertFacts, st.sampled_from(ALERT_STATES),
+                                        st.sampled_from(["Fired", "Resolved"]), times))
 settings_ = st.builds(RouteSync, st.booleans(), st.booleans())
 
 

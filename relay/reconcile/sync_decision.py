@@ -20,6 +20,8 @@ from relay.targets import TicketChange
 # that runs ahead would otherwise win every "which changed last" comparison against Azure.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 ALERT_STATES = ("New", "Acknowledged", "Closed")  # Alerts Management's alertState
+# The reason when the alert's state is needed and absent: the shell reads the alert and decides again.
+ALERT_GONE = "Azure no longer has the alert"
 
 
 class SyncAction(StrEnum):
@@ -88,7 +90,7 @@ def decide_sync(change: TicketChange, ticket: TicketFacts, alert: AlertFacts | N
         return SyncDecision(nothing, f"the ticket's change time {change.changed_at.isoformat()} lies ahead of the "
                                      "relay's clock", record)
     if alert is None:
-        return SyncDecision(nothing, "Azure no longer has the alert", record)
+        return SyncDecision(nothing, ALERT_GONE, record)
     if alert.last_modified > change.changed_at:
         return SyncDecision(nothing, f"the alert changed in Azure ({alert.last_modified.isoformat()}) after the "
                                      f"ticket did ({change.changed_at.isoformat()})", record)
