@@ -57,7 +57,7 @@ class Source:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAlertsManagement]:
-    server = FakeAlertsManagement()
+    server = FakeAlertsManagement(now=NOW)  # change-state stamps lastModifiedDateTime with NOW
     await server.start()
     yield server
     await server.stop()

@@ -53,6 +53,7 @@ SHARED_KEYS = {
     "sh-": "a Service Health incident is not an alert two-way sync can close",
 }
 ACTIONS = ("close", "acknowledge", "nothing", "skipped", "failed")
+_NEVER: dict[str, Any] = {"last_success": None, "last_error": None, "last_poll": None, "polls": 0}
 NEW_STATE = {SyncAction.CLOSE: "Closed", SyncAction.ACKNOWLEDGE: "Acknowledged"}
 
 
@@ -118,8 +119,7 @@ class TicketSync:
 
     def status(self) -> dict[str, Any]:
         """For /readyz details: per syncing target, the last poll's success (UTC), failure and result."""
-        return {name: dict(self.last.get(name) or {"last_success": None, "last_error": None, "last_poll": None})
-                for name in self.config.syncing_targets()}
+        return {name: dict(self.last.get(name) or _NEVER) for name in self.config.syncing_targets()}
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -251,14 +251,14 @@ class TicketSync:
     async def poll(self, target: str, lease: JobLease) -> PollResult:
         """One poll of `target` from the cursor kept with `lease` (which this replica holds)."""
         result = PollResult()
-        entry = self.last.setdefault(target, {"last_success": None, "last_error": None, "last_poll": None})
+        entry = self.last.setdefault(target, dict(_NEVER))
         try:
             await self._poll(target, lease, result)
         except Exception as exc:
             entry["last_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             raise
         entry.update(last_success=iso(datetime.fromtimestamp(self.wall_clock(), UTC)), last_error=None,
-                     last_poll=result.as_dict())
+                     last_poll=result.as_dict(), polls=int(entry["polls"]) + 1)
         return result
 
     async def _poll(self, target: str, lease: JobLease, result: PollResult) -> None:
