@@ -171,8 +171,9 @@ def create_app(
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
     telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
     OTLP endpoint set the metrics are also pushed (relay/telemetry.py).
-    alerts_clients: the Alerts Management clients reconciliation uses, one per subscription (default:
-    the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section.
+    alerts_clients: the Alerts Management clients reconciliation and two-way sync use, one per subscription
+    (default: the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section or a
+    route with `sync:` on.
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
