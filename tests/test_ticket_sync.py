@@ -12,11 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from relay.alerts import parse_alert
+from relay.delivery.alert_trail import show_text
 from relay.delivery.config import parse_config
 from relay.delivery.lifecycle import TicketState, decide, event_facts
 from relay.reconcile import azure_client_factory
 from relay.reconcile.sync import TicketSync, alert_parts, job_name, store_key
-from relay.store.base import Event, TicketRecord
+from relay.store.base import Event, TicketRecord, TrailEntry
 from relay.store.leases import JobLease
 from relay.store.sqlite import SqliteStore
 from relay.targets import CHANGES_LIMIT, Ticket, TicketChange
@@ -137,6 +138,12 @@ async def test_a_persons_resolve_closes_the_alert_with_a_comment_naming_the_tick
     record = await store.get_ticket("rt", key)
     assert record is not None and not record.data["open"]
     assert record.data["closed_by"]["by"] == "alice" and record.closed_at is not None
+    [trail] = await store.alert_trail(alert["id"])
+    [attempt] = [a for a in trail.attempts if a.outcome == "sync"]
+    assert [(e.what, e.ticket) for e in attempt.entries] == [("sync close", "42")]
+    assert "resolved by alice" in attempt.entries[0].detail
+    shown = show_text([trail])
+    assert "two-way sync" in shown and "decide rt sync close (ticket 42)" in shown, shown
 
 
 async def test_a_persons_take_acknowledges_a_new_alert_only(store, fake):
@@ -239,6 +246,19 @@ async def test_a_refusal_no_retry_can_fix_is_counted_failed_and_passed_over(stor
     finally:
         await sync.close()
     assert registry.get_sample_value("relay_sync_actions_total", {"target": "rt", "action": "failed"}) == 1
+
+
+async def test_a_trail_attempt_is_added_to_a_stored_event_on_both_backends(backend: Backend) -> None:  # noqa: F811
+    store = await backend.replica()
+    doc = json.loads((SAMPLES / "testaction-metric-static-fired.json").read_text())
+    event = Event.from_alert(parse_alert(doc), json.dumps(doc).encode())
+    await store.accept(event)
+    entry = TrailEntry(at=1.0, kind="decision", target="rt", what="sync nothing", detail="why", ticket="7")
+    assert await store.add_trail(event.alert_id, event.key, "sync", (entry,))
+    assert not await store.add_trail(event.alert_id, "0" * 64, "sync", (entry,))
+    [trail] = await store.alert_trail(event.alert_id)
+    assert [(a.outcome, a.entries) for a in trail.attempts] == [("sync", (entry,))]
+    assert [t.ticket for t in trail.tickets] == ["7"]
 
 
 # -- the poll ------------------------------------------------------------------------------------

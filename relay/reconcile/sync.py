@@ -37,7 +37,7 @@ from relay.reconcile.sync_decision import (
     TicketFacts,
     decide_sync,
 )
-from relay.store.base import Store, TicketRecord, VersionConflict
+from relay.store.base import Store, TicketRecord, TrailEntry, VersionConflict
 from relay.store.leases import JobLease
 from relay.targets import CHANGES_LIMIT, TicketChange
 
@@ -55,6 +55,7 @@ SHARED_KEYS = {
 ACTIONS = ("close", "acknowledge", "nothing", "skipped", "failed")
 _NEVER: dict[str, Any] = {"last_success": None, "last_error": None, "last_poll": None, "polls": 0}
 NEW_STATE = {SyncAction.CLOSE: "Closed", SyncAction.ACKNOWLEDGE: "Acknowledged"}
+SYNC_OUTCOME = "sync"  # the outcome of the trail attempt a sync decision adds to the alert's latest event
 
 
 def job_name(target: str) -> str:
@@ -135,35 +136,45 @@ class TicketSync:
 
     async def apply(self, target: str, change: TicketChange) -> str:
         """Decide and carry out one ticket change; answers what was done and why (`<action>: <reason>`).
-        Raises when Azure or the store fail in a way worth trying again (after the client's retries)."""
-        action, reason = await self._apply(target, change)
+        Raises when Azure or the store fail in a way worth trying again (after the client's retries).
+        Every decision on a ticket of one alert but "the ticket is open" goes to that alert's trail too
+        (`relay alerts show`), as an attempt "sync" of its latest stored event."""
+        action, reason, alert_id = await self._apply(target, change)
         self.actions.labels(target, action).inc()
+        if alert_id is not None and change.state != "open":
+            await self._trail(target, alert_id, change, action, reason)
         log_at = log.info if action in ("close", "acknowledge") or change.state != "open" else log.debug
         log_at("sync %s ticket %s (%s, %s by %s): %s: %s", target, change.ticket.number or change.ticket.id,
                change.correlation_key, change.state, change.changed_by or "?", action, reason)
         return f"{action}: {reason}"
 
-    async def _apply(self, target: str, change: TicketChange) -> tuple[str, str]:
+    async def _apply(self, target: str, change: TicketChange) -> tuple[str, str, str | None]:
+        """(action, reason, the alert's id when the ticket is one alert's)."""
         if target not in self.targets:
-            return "skipped", f"no target named {target!r}"
+            return "skipped", f"no target named {target!r}", None
         key = store_key(change.correlation_key)
         for prefix, why in SHARED_KEYS.items():
             if key.startswith(prefix):
-                return "skipped", why
+                return "skipped", why, None
         record = await self.store.get_ticket(target, key)
         if record is None:
-            return "skipped", "the store holds no record of this ticket (not the relay's, or expired)"
+            return "skipped", "the store holds no record of this ticket (not the relay's, or expired)", None
         state = TicketState.from_data(record.data)
         if len(state.alert_ids) != 1:
             return "skipped", ("the ticket record names no alert id (written before alert ids were kept)"
-                               if not state.alert_ids else "the ticket stands for several alerts")
+                               if not state.alert_ids else "the ticket stands for several alerts"), None
         alert_id = next(iter(state.alert_ids.values()))
         parts = alert_parts(alert_id)
         if parts is None:
-            return "skipped", f"{alert_id[:120]} is not an Alerts Management alert id"
+            return "skipped", f"{alert_id[:120]} is not an Alerts Management alert id", None
         settings = await self._route_sync(target, alert_id)
         if not settings.enabled:
-            return "nothing", "two-way sync is off on the alert's route"
+            return "nothing", "two-way sync is off on the alert's route", None
+        action, reason = await self._decide_and_act(target, key, state, parts, settings, change)
+        return action, reason, alert_id
+
+    async def _decide_and_act(self, target: str, key: str, state: TicketState, parts: tuple[str, str],
+                              settings: RouteSync, change: TicketChange) -> tuple[str, str]:
         facts = TicketFacts(ticket_id=state.ticket_id, relay_resolved=not state.open and not state.closed_by,
                             person_closed=bool(state.closed_by), relay_account=getattr(self.targets[target],
                                                                                          "account", None))
@@ -182,6 +193,15 @@ class TicketSync:
                 raise
             return "failed", f"Azure refused change-state ({_status(exc)}): {str(exc)[:200]}"
         return str(decision.action), decision.reason
+
+    async def _trail(self, target: str, alert_id: str, change: TicketChange, action: str, reason: str) -> None:
+        trails = await self.store.alert_trail(alert_id)
+        if not trails:
+            return
+        entry = TrailEntry(at=self.wall_clock(), kind="decision", target=target, what=f"sync {action}",
+                           detail=f"ticket {change.state} by {change.changed_by or '?'} at {iso(change.changed_at)}: "
+                                  f"{reason}", ticket=change.ticket.number or change.ticket.id)
+        await self.store.add_trail(trails[-1].alert_id, trails[-1].key, SYNC_OUTCOME, (entry,))
 
     async def _route_sync(self, target: str, alert_id: str) -> RouteSync:
         """The `sync:` of the route that sent this alert to `target`: the one every route to the target
