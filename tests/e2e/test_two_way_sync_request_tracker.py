@@ -22,7 +22,7 @@ import relay.app
 from relay.app import DELIVERY_CONFIG_KEY, STORE_KEY, TICKET_SYNC_KEY, create_app
 from relay.reconcile import azure_client_factory
 from relay.settings import Settings
-from tests.conftest import load_sample
+from tests.conftest import load_sample, scrape
 from tests.e2e.test_request_tracker_e2e import RTAdmin, admin  # noqa: F401 (the fixture)
 from tests.fakes.alerts_management import FakeAlertsManagement
 from tests.rt_server import RunningRT
@@ -149,6 +149,11 @@ async def test_a_persons_resolve_closes_the_alert_and_nothing_else_moves(
         comment = fake.state_comments[0][1] or ""
         assert f"rt ticket {tickets[guid(by_hand)]} was resolved by {rt_server.operator}" in comment, comment
         assert fake.alerts[by_hand["id"].lower()]["properties"]["essentials"]["alertState"] == "Closed"
+
+        ready = await (await client.get("/readyz")).json()
+        assert ready["details"]["sync"]["rt"]["last_success"] is not None, ready
+        metrics = await scrape(client)
+        assert 'relay_sync_actions_total{action="close",target="rt"} 1.0' in metrics
 
         # The person's close is in the ticket record: the episode's Resolved leaves the ticket alone.
         record = await client.app[STORE_KEY].get_ticket("rt", guid(by_hand))
