@@ -30,6 +30,7 @@ sources = source_subscriptions(cfg.azure.subscription_id, [scope for rule in cfg
 reconciled = reconcile_config.subscriptions(cfg.reconcile, sources) if cfg.reconcile else ()
 wired_rules = reconcile_config.rule_ids(cfg.azure.subscription_id, names.resource_group, cfg.alerts)
 reconcile_section = reconcile_config.relay_section(cfg.reconcile, reconciled, wired_rules) if cfg.reconcile else None
+synced = reconcile_config.sync_subscriptions(cfg.routes, [*sources, *reconciled])
 
 hosting = RelayHosting(
     "relay",
@@ -49,6 +50,7 @@ hosting = RelayHosting(
         audiences=[cfg.entra.identifier_uri, cfg.entra.client_id],
         allowed_subscriptions=sources,
         reconcile_subscriptions=reconciled,
+        sync_subscriptions=synced,
         open_telemetry=cfg.monitoring.open_telemetry if cfg.monitoring else None,
         admin_port_in_environment=cfg.status_viewer is not None,
     ),

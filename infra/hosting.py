@@ -61,6 +61,9 @@ STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 MONITORING_READER = "43d0d8ad-25c7-4714-9337-8ba259a9fe05"
+# Monitoring Contributor, Azure's built-in role (learn.microsoft.com, "Azure built-in roles for Monitor"):
+# it includes Microsoft.AlertsManagement/alerts/changestate/action, which two-way sync calls.
+MONITORING_CONTRIBUTOR = "749f88d5-cbae-40b8-bcfc-e573ddc772fa"
 
 # Role assignments can take minutes to reach the services that check them (Azure documents up to 30):
 # the first revision waits this long after its grants, so that its Key Vault references, image pull
@@ -115,6 +118,9 @@ class RelayHostingArgs:
     admin_port_in_environment: bool = False
     # Subscriptions reconciliation lists alerts of (docs/reconciliation.md): Monitoring Reader on each.
     reconcile_subscriptions: Sequence[str] = ()
+    # Subscriptions whose alerts two-way sync closes or acknowledges (routes with `sync:` on): Monitoring
+    # Contributor on each, beside Monitoring Reader.
+    sync_subscriptions: Sequence[str] = ()
 
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([0-9a-fA-F-]{36})(?:/|$)")
@@ -475,6 +481,10 @@ class RelayHosting(pulumi.ComponentResource):
             # subscription's assignment needs Owner or User Access Administrator there (docs/deploy.md).
             *(self._grant(f"monitoring-reader-{sub}", MONITORING_READER, f"/subscriptions/{sub}")
               for sub in self._args.reconcile_subscriptions),
+            # Two-way sync changes alert states (Alerts - Change State), only where a syncing route's
+            # alerts come from.
+            *(self._grant(f"monitoring-contributor-{sub}", MONITORING_CONTRIBUTOR, f"/subscriptions/{sub}")
+              for sub in self._args.sync_subscriptions),
         ]
 
     def _registries(self) -> list[app.RegistryCredentialsArgs]:

@@ -48,8 +48,9 @@ from relay.intake.tokens import TokenValidator
 from relay.listener import CappedTCPSite, accept_error_handler, connection_cap, raise_open_files_limit
 from relay.logs import AccessLogger, install_request_filter
 from relay.reconcile import JOB_NAME as RECONCILE_JOB
-from relay.reconcile import Reconciler, azure_client_factory
+from relay.reconcile import Reconciler, TicketSync, azure_client_factory
 from relay.reconcile.job import AlertsClient
+from relay.reconcile.sync import job_name as sync_job_name
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
 from relay.settings import Settings
 from relay.store import Store, StoreUnavailable, open_store
@@ -86,6 +87,9 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 # Reconciliation's first pass comes this long after start: the webhooks Azure retries land first.
 RECONCILE_FIRST_PASS_SECONDS = 30.0
 RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
+SYNC_FIRST_POLL_SECONDS = 10.0  # the first poll only sets each target's cursor to now
+TICKET_SYNC_KEY = web.AppKey("ticket_sync", TicketSync)
+TARGETS_KEY = web.AppKey("targets", dict)  # the delivery worker's target objects, by name
 
 # Retention's first pass comes a minute after start (not at start: a restart loop must not turn
 # into a deletion loop, and start-up stays quick), then every `retention.interval_minutes`.
@@ -124,9 +128,15 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, object] = {"ready": ok, "checks": checks}
     if DELIVERY_CONFIG_KEY in app:  # the target check informs, never decides: an ITSM outage is not ours
         body["targets"] = readiness_details(app.get(TARGET_CHECKS_KEY), app[DELIVERY_CONFIG_KEY].targets)
+    details: dict[str, object] = {}
     reconciler = app.get(RECONCILER_KEY)
     if reconciler is not None:  # details only: Azure being unreachable does not make the relay unready
-        body["details"] = {"reconcile": reconciler.status()}
+        details["reconcile"] = reconciler.status()
+    ticket_sync = app.get(TICKET_SYNC_KEY)
+    if ticket_sync is not None:  # details only, as reconciliation's
+        details["sync"] = ticket_sync.status()
+    if details:
+        body["details"] = details
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -163,8 +173,9 @@ def create_app(
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
     telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
     OTLP endpoint set the metrics are also pushed and the traces exported (relay/telemetry.py).
-    alerts_clients: the Alerts Management clients reconciliation uses, one per subscription (default:
-    the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section.
+    alerts_clients: the Alerts Management clients reconciliation and two-way sync use, one per subscription
+    (default: the SDK's, with DefaultAzureCredential); only with `deliver` and a `reconcile:` section or a
+    route with `sync:` on.
     """
     # Header fields up to 16 KiB reach the handler, so an oversized token is a 401 like any bad token
     # (the validator refuses Authorization headers over 8 KiB; Entra app tokens are 1-2 KiB).
@@ -223,6 +234,8 @@ def create_app(
         _add_delivery(app, store, settings.config_path, metrics.registry)
         if app[DELIVERY_CONFIG_KEY].reconcile is not None:
             _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
+        if app[DELIVERY_CONFIG_KEY].syncing_targets():
+            _add_sync(app, store, app[DELIVERY_CONFIG_KEY], app[TARGETS_KEY], metrics.registry, alerts_clients)
     # Two-way sync's inbound ticket changes: 404 until a TICKET_CHANGE_SINK_KEY sink is registered.
     itsm_events.add_routes(app, app[DELIVERY_CONFIG_KEY].targets if deliver else (), os.environ)
     app[METRICS_ADDRESS_KEY] = []
@@ -289,6 +302,7 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
     config = load_config(config_path) if config_path else default_config()
     targets = build_targets(config)
     app[DELIVERY_CONFIG_KEY] = config
+    app[TARGETS_KEY] = targets
     running: list[Worker] = app[WORKERS_KEY]
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -354,6 +368,44 @@ def _add_reconcile(app: web.Application, store: Store, settings: ReconcileSettin
         stopping.set()
         await task
         await reconciler.close()
+        if credential is not None:
+            await credential.close()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def _add_sync(app: web.Application, store: Store, config: RelayConfig, targets: Mapping[str, Target | Forwarder],
+              registry: CollectorRegistry | None, clients: Callable[[str], AlertsClient] | None) -> None:
+    """Two-way sync (docs/reconciliation.md "Two-way sync"): each syncing target polled every
+    `sync.interval_seconds`, one replica at a time through the store's `sync-<target>` lease."""
+    credential = None
+    if clients is None:
+        from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
+
+        credential = DefaultAzureCredential()
+        clients = azure_client_factory(credential)
+    ticket_sync = TicketSync(store, config, targets, clients, registry=registry)
+    app[TICKET_SYNC_KEY] = ticket_sync
+    app[itsm_events.TICKET_CHANGE_SINK_KEY] = ticket_sync  # POST /itsm-events/<target> applies through it
+    every = config.sync.interval_seconds
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        owner = uuid.uuid4().hex
+        tasks = []
+        for name in config.syncing_targets():
+            lease = JobLease(store, sync_job_name(name), owner=owner, seconds=every * 2 + 60)
+
+            async def poll(name: str = name, lease: JobLease = lease) -> None:
+                await ticket_sync.poll(name, lease)
+
+            tasks.append(asyncio.create_task(run_leased(lease, every=every, run=poll, stopping=stopping,
+                                                        first=min(SYNC_FIRST_POLL_SECONDS, every)),
+                                             name=f"sync-{name}"))
+        yield
+        stopping.set()
+        await asyncio.gather(*tasks)
+        await ticket_sync.close()
         if credential is not None:
             await credential.close()
 

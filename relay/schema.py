@@ -78,6 +78,7 @@ INCIDENT_PER = tuple(IncidentPer)
 ROUTE_KEYS = ("match", "target", "fields", "on_repeat", "on_refire", "on_resolve", "incident_per", "summary",
               "description", "continue", "group")
 ROUTE_KEYS = (*ROUTE_KEYS, "flapping")  # issue 15: flap damping (relay.delivery.flapping)
+ROUTE_KEYS = (*ROUTE_KEYS, "sync")  # issue 16: two-way sync (relay.reconcile.sync)
 MATCH_KEYS = ("severity", "monitoring_service", "alert_rule", "signal_type", "subscription", "resource_group",
               "custom_properties")
 MATCH_LISTS = tuple(k for k in MATCH_KEYS if k != "custom_properties")
@@ -164,6 +165,14 @@ RECONCILE: dict[str, Bound] = {
 # default takes both (only stateful metric and log alerts ever resolve).
 RECONCILE_ALERT_TYPES = ("Metric", "Log")
 RECONCILE_KEYS = ("subscriptions", "rule_ids", "alert_types", *RECONCILE)
+
+# Two-way sync (docs/reconciliation.md "Two-way sync"): a route's `sync:` says what a person's change of its
+# tickets does to the Azure alert (both off by default); the top-level `sync:` how often each syncing
+# target is polled for the tickets that changed.
+SYNC_ROUTE_KEYS = ("close_alert", "acknowledge_on_progress")
+SYNC: dict[str, Bound] = {
+    "interval_seconds": Bound(10, 86400, 60),
+}
 # The custom property a body synthesized by reconciliation carries (a webhook never does: customProperties
 # come from the action group, and RELAY_ALLOWED_* decide who may send); rendering marks the ticket text.
 RECONCILED_PROPERTY = "relay.reconciled"

@@ -30,6 +30,9 @@ ROOT_PASSWORD = "password"  # what rt-setup-database gives root when no password
 QUEUE = "Azure Alerts"
 CUSTOM_FIELD = "AzureAlertId"
 CATALOG = "Azure resources"
+# A person working the queue (not the relay's account): two-way sync's tests resolve tickets as them.
+OPERATOR = "operator"
+OPERATOR_PASSWORD = "operator-password"
 READY_TIMEOUT_SECONDS = 90.0
 
 SITE_CONFIG = """\
@@ -52,7 +55,8 @@ Set($MasonSessionDir, '{dir}/sessions');
 """
 
 # RT initialdata (see the package's docs/initialdata): the queue, the correlation custom field applied
-# to it, a catalog for the assets that stand in for CIs, and an auth token for root.
+# to it, a catalog for the assets that stand in for CIs, an auth token for root, and a privileged operator
+# who may see and change the queue's tickets (a person, for two-way sync's tests).
 SEED = """\
 @Queues = ({{ Name => '{queue}', Description => 'Azure Monitor alerts relayed by secure-export' }});
 @CustomFields = ({{
@@ -60,6 +64,10 @@ SEED = """\
     ApplyTo => ['{queue}'], Description => 'Correlation key of the Azure alert',
 }});
 @Catalogs = ({{ Name => '{catalog}', Description => 'Azure resources, named by ARM id' }});
+@Users = ({{ Name => '{operator}', Password => '{operator_password}', RealName => 'Queue operator',
+            EmailAddress => '{operator}@example.com', Privileged => 1 }});
+@ACL = ({{ UserId => '{operator}', Queue => '{queue}',
+          Right => ['SeeQueue', 'ShowTicket', 'ModifyTicket', 'SeeCustomField', 'ReplyToTicket', 'CommentOnTicket'] }});
 @Final = (sub {{
     my $root = RT::User->new(RT->SystemUser);
     $root->Load('root');
@@ -89,6 +97,8 @@ class RunningRT:
     custom_field: str = CUSTOM_FIELD
     catalog: str = CATALOG
     root_password: str = ROOT_PASSWORD
+    operator: str = OPERATOR
+    operator_password: str = OPERATOR_PASSWORD
 
     @property
     def log_path(self) -> Path:
@@ -143,7 +153,8 @@ def start_rt(directory: Path, port: int | None = None) -> RunningRT:
         stale.unlink(missing_ok=True)
     (directory / "RT_SiteConfig.pm").write_text(SITE_CONFIG.format(db=db, port=port, dir=directory))
     (directory / "seed.pl").write_text(
-        SEED.format(queue=QUEUE, cf=CUSTOM_FIELD, catalog=CATALOG, token_file=token_file)
+        SEED.format(queue=QUEUE, cf=CUSTOM_FIELD, catalog=CATALOG, token_file=token_file, operator=OPERATOR,
+                    operator_password=OPERATOR_PASSWORD)
     )
     env = {
         **os.environ,

@@ -1,7 +1,10 @@
 """The stack's `secure-export:reconcile` section: reconciliation with the Alerts Management API
 (docs/reconciliation.md). Present (and `enabled`, the default), the stack grants the relay's identity
 Monitoring Reader on each subscription it reconciles and renders the relay's `reconcile:` section with
-the ids of the alert rules it declares; the relay checks the values (`relay check-config`)."""
+the ids of the alert rules it declares; the relay checks the values (`relay check-config`).
+
+Two-way sync (a route's `sync:` with `close_alert` or `acknowledge_on_progress` on) changes alert states:
+`sync_subscriptions` names where the identity needs Monitoring Contributor for it."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config.model import AlertRule, DynamicMetricAlertRule, LogSearchAlertRule, MetricAlertRule
+from infra.config.model import AlertRule, DynamicMetricAlertRule, LogSearchAlertRule, MetricAlertRule, Route
 from infra.config.reader import ConfigError, Section, _guid
 from relay import schema
 
@@ -80,3 +83,21 @@ def relay_section(settings: ReconcileStack, subscription_ids: Sequence[str], rul
     if settings.alert_types is not None:
         section["alert_types"] = list(settings.alert_types)
     return section
+
+
+def syncs(route: Route) -> bool:
+    """Whether a route turns two-way sync on (`sync: {close_alert: true}` or `acknowledge_on_progress`)."""
+    sync = route.options.get("sync")
+    return isinstance(sync, Mapping) and any(sync.get(key) is True for key in schema.SYNC_ROUTE_KEYS)
+
+
+def sync_subscriptions(routes: Sequence[Route], sources: Sequence[str]) -> tuple[str, ...]:
+    """The subscriptions whose alerts two-way sync may close or acknowledge: for each syncing route, the
+    subscriptions its `match.subscription` names, else every source subscription (its alerts may come from
+    any of them); each once, in order. Empty when no route syncs."""
+    out: list[str] = []
+    for route in routes:
+        if syncs(route):
+            named = route.match.get("subscription")
+            out.extend(s.lower() for s in (named or sources))
+    return tuple(dict.fromkeys(out))

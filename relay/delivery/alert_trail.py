@@ -86,6 +86,8 @@ def show_text(trails: list[EventTrail]) -> str:
 
 
 def _attempt_lines(n: int, attempt: Attempt) -> list[str]:
+    if attempt.outcome == "sync":  # two-way sync's decision on the event's ticket (relay.reconcile.sync)
+        return [f"  two-way sync, {iso(attempt.at)}", *(f"    {entry_text(e)}" for e in attempt.entries)]
     head = f"  attempt {n}, {iso(attempt.at)}: {attempt.outcome}"
     if attempt.error:
         head += f": {_one_line(attempt.error)}"

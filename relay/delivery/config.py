@@ -29,6 +29,8 @@ from relay.delivery.routing import (
     RelayConfig,
     RetentionSettings,
     Route,
+    RouteSync,
+    SyncSettings,
     TargetConfig,
 )
 from relay.schema import (
@@ -59,6 +61,8 @@ from relay.schema import (
     RETENTION,
     ROUTE_KEYS,
     SEVERITIES,
+    SYNC,
+    SYNC_ROUTE_KEYS,
     TARGET_NAME,
     TARGET_NAME_RULE,
     TIMEOUT_SECONDS,
@@ -70,7 +74,7 @@ from relay.schema import (
     OnRepeat,
     OnResolve,
 )
-from relay.targets import TARGET_MODULES, build_target, can_link, load_kind
+from relay.targets import TARGET_MODULES, build_target, can_link, can_sync, load_kind
 from relay.targets.target_config import TargetConfigError
 
 Path = tuple[str | int, ...]
@@ -361,7 +365,8 @@ class _Validator(_NoiseChecks):
         if doc is None:
             self.bad((), "the file is empty; it needs targets: and routes: (see docs/configuration.md)")
             return None
-        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention", "reconcile", "maintenance"))
+        root = self.mapping(doc, (), ("targets", "routes", "delivery", "retention", "reconcile", "maintenance",
+                                      "sync"))
         if root is None:
             return None
         targets = self.targets(root.get("targets"))
@@ -370,8 +375,9 @@ class _Validator(_NoiseChecks):
         retention = self.retention(root.get("retention"))
         reconcile = self.reconcile(root.get("reconcile"), retention) if "reconcile" in root else None
         maintenance = self.maintenance(root.get("maintenance"), retention)
+        sync = self.sync_settings(root.get("sync"))
         return RelayConfig(targets=targets, routes=tuple(routes), delivery=delivery, retention=retention,
-                           reconcile=reconcile, maintenance=maintenance)
+                           reconcile=reconcile, maintenance=maintenance, sync=sync)
 
     # targets ---------------------------------------------------------------------------------------
 
@@ -507,7 +513,52 @@ class _Validator(_NoiseChecks):
             index=index,
             group=self.group(body, incident_per, path, targets.get(target) if isinstance(target, str) else None),
             damping=self.flapping(body.get("flapping"), (*path, "flapping")),
+            sync=self.route_sync(body.get("sync"), (*path, "sync"), incident_per,
+                                 targets.get(target) if isinstance(target, str) else None),
         )
+
+    def route_sync(self, value: Any, path: Path, incident_per: IncidentPer,
+                   target: TargetConfig | None) -> RouteSync:
+        """A route's `sync:` (two-way sync): only for a target whose kind can say which tickets changed
+        (`changed_since`), and for one incident per alert (a CI's incident gathers several alerts)."""
+        if value is None:
+            return RouteSync()
+        body = self.mapping(value, path, SYNC_ROUTE_KEYS)
+        if body is None:
+            return RouteSync()
+        flags = {}
+        for key in SYNC_ROUTE_KEYS:
+            flag = body.get(key, False)
+            if not isinstance(flag, bool):
+                self.bad((*path, key), f"must be true or false (got {_type(flag)})")
+                flag = False
+            flags[key] = flag
+        sync = RouteSync(**flags)
+        if not sync.enabled or target is None:
+            return sync
+        try:
+            cls = load_kind(target.kind).TARGET_CLASS
+        except ImportError:  # reported at the target's kind
+            return sync
+        if not can_sync(cls):
+            kinds = ", ".join(k for k in TARGET_MODULES if can_sync(load_kind(k).TARGET_CLASS))
+            self.bad(path, f"cannot apply to target {target.name!r} ({target.kind}): the relay cannot read which of "
+                           f"its tickets changed (no changed_since); two-way sync needs a target of kind {kinds} "
+                           "(docs/reconciliation.md)")
+        elif incident_per is not IncidentPer.ALERT:
+            self.bad(path, f"needs incident_per: alert (got {incident_per}): an incident per configuration item "
+                           "gathers several alerts, and closing its ticket says nothing about one of them")
+        return sync
+
+    def sync_settings(self, value: Any) -> SyncSettings:
+        path: Path = ("sync",)
+        if value is None:
+            return SyncSettings()
+        body = self.mapping(value, path, SYNC)
+        if body is None:
+            return SyncSettings()
+        kw = {key: self.bounded(body[key], (*path, key), bound) for key, bound in SYNC.items() if key in body}
+        return SyncSettings(**kw)
 
     def group(self, body: Mapping[str, Any], incident_per: IncidentPer, path: Path,
               target: TargetConfig | None) -> GroupSpec | None:

@@ -113,6 +113,10 @@ class TicketState:
     # Issue 15, per alert: flap damping (`flips`, `flapping`, a `held` resolve) and a create `deferred` by
     # a maintenance window; plain JSON, read by `decide_with_noise` and `decide_due` only.
     noise: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Issue 16 (two-way sync): a person resolved or closed the ticket in the target: {"by", "at", "ticket"}.
+    # The ticket is then not open; later events of the episode make no call (a Resolved is recorded), a
+    # re-fire follows on_refire, and opening an incident again clears it.
+    closed_by: Mapping[str, str] | None = None
 
     def with_ticket(self, ticket_id: str, number: str | None) -> TicketState:
         return replace(self, ticket_id=ticket_id, ticket_number=number)
@@ -128,6 +132,7 @@ class TicketState:
             **({"alert_ids": dict(self.alert_ids)} if self.alert_ids else {}),
             **({"refused": list(self.refused)} if self.refused else {}),
             **({"noise": {k: dict(v) for k, v in self.noise.items()}} if self.noise else {}),
+            **({"closed_by": dict(self.closed_by)} if self.closed_by else {}),
         }
 
     @classmethod
@@ -142,6 +147,7 @@ class TicketState:
             alert_ids={str(k): str(v) for k, v in (data.get("alert_ids") or {}).items()},
             refused=tuple(str(r) for r in data.get("refused") or ()),
             noise={str(k): dict(v) for k, v in (data.get("noise") or {}).items()},
+            closed_by={str(k): str(v) for k, v in data["closed_by"].items()} if data.get("closed_by") else None,
         )
 
 
@@ -214,6 +220,9 @@ def _resolved(event: EventFacts, st: TicketState, policy: Policy) -> Decision:
     if st.ticket_id is None:
         return Decision(Action.RECORD, "resolved, no ticket (resolved before fired, or unknown alert)", marked)
     if not st.open:
+        if st.closed_by:
+            return Decision(Action.RECORD, f"resolved, ticket already closed by {st.closed_by.get('by') or 'a person'} "
+                                           "in the target (two-way sync): not touched again", marked)
         return Decision(Action.RECORD, "resolved, ticket already resolved", marked)
     if any(not m.resolved for m in marked.alerts.values()):
         return Decision(Action.RECORD, "resolved, other alerts on this ticket still firing", marked)
@@ -235,7 +244,7 @@ def _update(event: EventFacts, st: TicketState, mark: Mark | None, policy: Polic
 
 
 def _opened(st: TicketState, event: EventFacts, new_ticket: bool) -> TicketState:
-    st = _touched(st, event)
+    st = replace(_touched(st, event), closed_by=None)
     if new_ticket:
         return replace(st, ticket_id=None, ticket_number=None, open=True, generation=st.generation + 1)
     return replace(st, open=True)
@@ -254,6 +263,15 @@ def _with_mark(st: TicketState, alert: str, mark: Mark) -> TicketState:
             if k != alert:
                 del alerts[k]
     return replace(st, alerts=alerts)
+
+
+def closed_by_person(state: TicketState, *, ticket_id: str, by: str | None, at: str) -> TicketState | None:
+    """The state once a person resolved or closed ticket `ticket_id` in the target (two-way sync saw it), or
+    None when there is nothing to record: another ticket is current under the key, or the ticket is already
+    recorded closed. Later events of the episode then leave the ticket alone (`decide`: not open)."""
+    if state.ticket_id != ticket_id or (not state.open and state.closed_by):
+        return None
+    return replace(state, open=False, closed_by={"by": by or "", "at": at, "ticket": ticket_id})
 
 
 # -- from an alert to facts -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from relay.schema import (
     RECONCILE,
     RECONCILE_ALERT_TYPES,
     RETENTION,
+    SYNC,
     TIMEOUT_SECONDS,
     IncidentPer,
 )
@@ -80,6 +81,27 @@ class Route:
     index: int = 0
     group: GroupSpec | None = None  # storm grouping (relay.delivery.grouping); None: every alert on its own
     damping: Damping | None = None  # `flapping:` (issue 15); None: no flap damping
+    sync: RouteSync = field(default_factory=lambda: RouteSync())  # `sync:` (issue 16); off by default
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSync:
+    """A route's `sync:` (two-way sync, relay.reconcile.sync): what a person's change of one of its tickets
+    does to the Azure alert. Both off by default."""
+
+    close_alert: bool = False  # a person resolved or closed the ticket: the alert goes to Closed
+    acknowledge_on_progress: bool = False  # a person took the ticket (in progress): a New alert is Acknowledged
+
+    @property
+    def enabled(self) -> bool:
+        return self.close_alert or self.acknowledge_on_progress
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """The top-level `sync:` section; bounds and defaults are `relay.schema.SYNC`'s."""
+
+    interval_seconds: float = SYNC["interval_seconds"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +180,11 @@ class RelayConfig:
     reconcile: ReconcileSettings | None = None  # None: no `reconcile:` section, the job does not run
     # `maintenance:` (issue 15): relay.delivery.maintenance.Window objects (that module imports this one).
     maintenance: tuple[Any, ...] = ()
+    sync: SyncSettings = field(default_factory=SyncSettings)
+
+    def syncing_targets(self) -> tuple[str, ...]:
+        """The targets some route enables two-way sync for, in the order first named."""
+        return tuple(dict.fromkeys(r.target for r in self.routes if r.sync.enabled))
 
     def routes_for(self, alert: Alert) -> list[Route]:
         """Matching routes in order: the first, then more while routes say `continue: true`; one per target."""

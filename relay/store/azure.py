@@ -106,6 +106,7 @@ from relay.store.base import (
     StoreNotFound,
     StoreUnavailable,
     TicketRecord,
+    TrailEntry,
     VersionConflict,
     check_trail_query,
     tickets_of,
@@ -1000,6 +1001,25 @@ class AzureStorageStore:
             return
 
     # -- the alert trail (reads) --------------------------------------------------------------------
+
+    async def add_trail(self, alert_id: str, key: str, outcome: str, entries: tuple[TrailEntry, ...]) -> bool:
+        if not entries:
+            return False
+        pk = alert_partition(alert_id)
+        row = {"PartitionKey": pk, "RowKey": f"r-{key}-{time.time_ns():020d}", "at": time.time(),
+               "outcome": outcome, "error": "", "entries": trail_json(entries)}
+        async with self._storage("add to an event's trail"):
+            try:  # the e-row must still be there (the merge fails the batch otherwise): one entity batch
+                await self._t.submit_transaction([
+                    ("update", {"PartitionKey": pk, "RowKey": "e-" + key, "has_trail": True},
+                     {"mode": UpdateMode.MERGE}),
+                    ("upsert", row, {"mode": UpdateMode.REPLACE}),
+                ])
+            except TableTransactionError as exc:
+                if _code(exc) == "ResourceNotFound":
+                    return False
+                raise
+        return True
 
     async def alert_trail(self, alert: str) -> list[EventTrail]:
         async with self._storage("read an alert's trail"):

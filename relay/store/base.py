@@ -358,6 +358,11 @@ class Store(Protocol):
         allows at wall-clock time `now` (with their payload blobs and trail). Never touches pending events."""
         ...
 
+    async def add_trail(self, alert_id: str, key: str, outcome: str, entries: tuple[TrailEntry, ...]) -> bool:
+        """Add one attempt (`outcome`, e.g. "sync") with `entries` to a stored event's trail, outside any
+        claim (two-way sync's actions on the event's ticket). False when the store no longer holds the event."""
+        ...
+
     async def alert_trail(self, alert: str) -> list[EventTrail]:
         """Every stored event of one alert (named by its alert id, any case, or by one of its events'
         keys), oldest first, each with its attempts; [] when the store holds none. Read-only."""

@@ -46,6 +46,7 @@ from relay.store.base import (
     StoreInUse,
     StoreUnavailable,
     TicketRecord,
+    TrailEntry,
     VersionConflict,
     check_trail_query,
     tickets_of,
@@ -784,6 +785,17 @@ class SqliteStore:
         return await self._write(write)
 
     # -- the alert trail (reads) ------------------------------------------------------------------
+
+    async def add_trail(self, alert_id: str, key: str, outcome: str, entries: tuple[TrailEntry, ...]) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT seq FROM events WHERE key = ?", (key,)).fetchone()
+            if row is None or not entries:
+                return False
+            db.execute("INSERT INTO trail (seq, at, outcome, error, entries) VALUES (?, ?, ?, ?, ?)",
+                       (int(row[0]), time.time(), outcome, "", trail_json(entries)))
+            return True
+
+        return await self._write(write)
 
     async def alert_trail(self, alert: str) -> list[EventTrail]:
         return await self._read(lambda: _read_alert_trail(self._rdb(), alert))

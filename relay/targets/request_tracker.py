@@ -14,10 +14,13 @@ import logging
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from relay.targets import (
+    CHANGES_LIMIT,
     NOTES_READ,
     SEARCH_LIMIT,
     Finding,
@@ -26,6 +29,7 @@ from relay.targets import (
     TargetError,
     TextLimits,
     Ticket,
+    TicketChange,
     TicketView,
     truncate,
 )
@@ -71,6 +75,18 @@ NOTE_TRANSACTIONS = ("Comment", "Correspond")
 # The LookupType of a ticket custom field (RT::CustomField): the kind the correlation key needs.
 TICKET_CF_LOOKUP = "RT::Queue-RT::Ticket"
 HISTORY_PAGE = 20  # transactions read per `read`, newest first; notes are picked from these
+# Two-way sync: RT's default lifecycle's statuses as `relay.targets.TICKET_STATES`. "new" is a ticket nobody
+# took yet (open); "open" is RT's "someone works on it", like "stalled" (waiting on someone): in_progress;
+# "resolved" (or the configured resolved_status) is resolved; "rejected" and "deleted" are closed. A status
+# of a custom lifecycle not listed here reads as open while active, closed when inactive.
+SYNC_STATES: Mapping[str, str] = {
+    "new": "open",
+    "open": "in_progress",
+    "stalled": "in_progress",
+    "resolved": "resolved",
+    "rejected": "closed",
+    "deleted": "closed",
+}
 # Characters with a meaning in TicketSQL/AssetSQL string literals: refused rather than escaped.
 _SQL_UNSAFE = "'\"\\"
 
@@ -86,6 +102,9 @@ class RequestTrackerOptions:
     requestor: str | None = None
     resolved_status: str = "resolved"  # RT's default lifecycle: new/open/stalled -> resolved
     reopen_status: str = "open"  # the lifecycle's "Re-open" action
+    # The time zone RT reads TicketSQL dates in (two-way sync's `LastUpdated >= '...'`): the relay account's
+    # own Timezone preference, else RT's $Timezone (RT_Config.pm ships "US/Eastern"). REST2 answers in UTC.
+    timezone: str = "UTC"
 
 
 OPTION_KEYS = option_keys(RequestTrackerOptions)
@@ -113,12 +132,16 @@ class RequestTrackerTarget:
         return f"{self.http.base_url}/Ticket/Display.html?id={ticket.id}"
 
     def __init__(
-        self, name: str, http: VendorHTTP, options: RequestTrackerOptions, ci_cache: CICache[str] | None = None
+        self, name: str, http: VendorHTTP, options: RequestTrackerOptions, ci_cache: CICache[str] | None = None,
+        account: str | None = None,
     ) -> None:
         self.name = name
         self.http = http
         self.options = options
         self._checked_queues: set[str] = set()
+        # The RT user the relay acts as (two-way sync tells its own changes from a person's): the basic auth
+        # user, else learnt from the Creator of the tickets it opened.
+        self.account: str | None = account
         self.ci_cache: CICache[str] = ci_cache if ci_cache is not None else CICache()
 
     def ticket_link(self, ticket: Ticket) -> str:
@@ -204,6 +227,65 @@ class RequestTrackerTarget:
             resolved = self._inactive(str(row.get("Status")))
             found.append(FoundTicket(carried, Ticket(id=str(row["id"]), number=str(row["id"]), resolved=resolved)))
         return found
+
+    async def changed_since(self, since: datetime, limit: int = CHANGES_LIMIT) -> list[TicketChange]:
+        """Tickets carrying the correlation custom field whose LastUpdated is at or after `since`, oldest
+        first, at most `limit`: one REST2 search (`LastUpdated >= '<since>'` in the `timezone` option's
+        zone, as TicketSQL reads dates in the account's zone; whole seconds, as RT stores them), ordered by
+        LastUpdated. REST2 writes dates in UTC (`2026-12-02T10:11:12Z`); rows before `since` (a wrong
+        `timezone`) are dropped with a warning. `changed_by` is LastUpdatedBy (the user's name)."""
+        if since.tzinfo is None:
+            raise ValueError("since must carry its time zone (UTC)")
+        cf = self.options.custom_field
+        local = since.astimezone(ZoneInfo(self.options.timezone)).strftime("%Y-%m-%d %H:%M:%S")
+        form = {
+            "query": f"'CF.{{{cf}}}' IS NOT NULL AND LastUpdated >= '{local}'",
+            "fields": "Status,CustomFields,LastUpdated,LastUpdatedBy,Creator",
+            "per_page": str(limit),
+            "orderby": "LastUpdated",
+            "order": "ASC",
+        }
+        reply = await self.http.request("POST", f"{REST2}/tickets", form=form)
+        body = self._json(reply, "search changed tickets")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > limit:
+            raise self.http.bad_answer(reply, "search changed tickets",
+                                       f"the answer has no 'items' list of at most {limit}")
+        floor = since.astimezone(UTC).replace(microsecond=0)
+        changes: list[TicketChange] = []
+        early = 0
+        for row in items:
+            values = self._cf_values(row) if isinstance(row, dict) else []
+            changed_at = _rt_time(row.get("LastUpdated")) if isinstance(row, dict) else None
+            if not values or not row.get("id") or changed_at is None:
+                raise self.http.bad_answer(reply, "search changed tickets",
+                                           f"ticket #{row.get('id') if isinstance(row, dict) else '?'} carries no "
+                                           f"{cf} or no LastUpdated")
+            if changed_at < floor:
+                early += 1
+                continue
+            creator = _user(row.get("Creator"))
+            if self.account is None and creator:
+                self.account = creator  # the relay creates every ticket that carries its correlation key
+            status = str(row.get("Status") or "")
+            changes.append(TicketChange(
+                ticket=Ticket(id=str(row["id"]), number=str(row["id"]), resolved=self._inactive(status)),
+                correlation_key=values[0], state=self.sync_state(status), changed_at=changed_at,
+                changed_by=_user(row.get("LastUpdatedBy"))))
+        if early:
+            log.warning("%s: RT answered %d tickets last updated before %s: is the target's timezone option "
+                        "(%s) the relay account's time zone in RT?", self.name, early,
+                        floor.isoformat(), self.options.timezone)
+        changes.sort(key=lambda c: c.changed_at)
+        return changes
+
+    def sync_state(self, status: str) -> str:
+        """An RT status as one of TICKET_STATES (`SYNC_STATES`; the configured resolved_status is resolved)."""
+        if status == self.options.resolved_status:
+            return "resolved"
+        if status in SYNC_STATES:
+            return SYNC_STATES[status]
+        return "closed" if self._inactive(status) else "open"
 
     async def create(self, incident: Incident) -> Ticket:
         key = self._key(incident)
@@ -537,6 +619,24 @@ def asset_name(ref: CIRef) -> str:
     return ref.arm_id or ref.name
 
 
+def _rt_time(value: Any) -> datetime | None:
+    """A REST2 date (`2026-12-02T10:11:12Z`, always UTC) as an aware datetime; None when absent."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _user(value: Any) -> str | None:
+    """A REST2 user reference (`{"type": "user", "id": "root", ...}`) as the user's name."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value not in (None, "") else None
+
+
 def _rt_message(reply: Reply) -> str | None:
     body = reply.json_or_none()
     if isinstance(body, dict) and body.get("message"):
@@ -560,9 +660,17 @@ def from_config(
     for key in _SQL_OPTIONS:
         if any(c in getattr(options, key) for c in _SQL_UNSAFE):
             opts.problem(key, "must not contain quotes or backslashes")
+    try:
+        ZoneInfo(options.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        opts.problem("timezone", f"must be an IANA time zone name such as UTC or Europe/Berlin (got "
+                                 f"{options.timezone!r})")
+    raw_auth = cfg.get("auth")
+    account = raw_auth.get("username") if isinstance(raw_auth, Mapping) and raw_auth.get("type") == "basic" else None
     http = VendorHTTP.from_options(opts, base_url=base_url, auth=_auth(opts, env), logger=log)
     opts.check()
-    return RequestTrackerTarget(name, http, options, CICache(cache))
+    return RequestTrackerTarget(name, http, options, CICache(cache),
+                                account=account if isinstance(account, str) else None)
 
 
 def _auth(opts: Options, env: Mapping[str, str]) -> Auth | None:

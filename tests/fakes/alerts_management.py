@@ -11,7 +11,8 @@ reference (Alerts - Get All, Alerts - Get By Id, Alerts - Change State), served 
   "properties": {"essentials": {...}}}` with the documented essentials fields.
 - `GET .../alerts/{alertId}` (404 ResourceNotFound for an unknown id), `POST .../alerts/{alertId}/
   changestate?newState=New|Acknowledged|Closed` (400 for another state): the alert with its new
-  alertState, lastModifiedDateTime and lastModifiedUserName; `state_changes` records each.
+  alertState, lastModifiedDateTime and lastModifiedUserName; `state_changes` records each, and
+  `state_comments` the optional body's `comments` (the REST reference's `Comments`: `{"comments": "..."}`).
 - Every call needs `api-version=2019-05-05-preview` (else 400 InvalidApiVersionParameter) and
   `Authorization: Bearer <token>` with the fake's token (else 401 AuthenticationFailed), as ARM does.
 - 429 with Retry-After and 5xx through `FakeServer.inject`, with ARM's error body.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import ssl
 import tempfile
 import uuid
@@ -120,6 +122,7 @@ class FakeAlertsManagement(FakeServer):
         self.now = now  # None: the wall clock (timeRange / customTimeRange windows end here)
         self.alerts: dict[str, dict[str, Any]] = {}  # lower-case id -> the alert resource
         self.state_changes: list[tuple[str, str]] = []  # (alert id, new state)
+        self.state_comments: list[tuple[str, str | None]] = []  # (alert id, the change's comment)
         self.ssl_context, self.ca_path = make_test_tls()
         self._parsed: dict[str, dt.datetime] = {}
 
@@ -156,6 +159,11 @@ class FakeAlertsManagement(FakeServer):
         e["monitorCondition"] = "Resolved"
         e["monitorConditionResolvedDateTime"] = arm_time(at)
         e["lastModifiedDateTime"] = arm_time(at)
+
+    def change_in_portal(self, alert_id: str, state: str, at: dt.datetime, user: str = "someone@example.com") -> None:
+        """A person changes the alert's state in the Azure portal at `at`."""
+        e = self.alerts[alert_id.lower()]["properties"]["essentials"]
+        e.update(alertState=state, lastModifiedDateTime=arm_time(at), lastModifiedUserName=user)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -285,9 +293,18 @@ class FakeAlertsManagement(FakeServer):
         state = request.query.get("newState")
         if state not in STATES:
             return _error(400, "BadRequest", f"newState must be one of {', '.join(STATES)} (got {state!r}).")
+        comment = None
+        raw = await request.read()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _error(400, "BadRequest", "The request body is not valid JSON.")
+            comment = body.get("comments") if isinstance(body, dict) else None
         e = alert["properties"]["essentials"]
         e["alertState"] = state
         e["lastModifiedDateTime"] = arm_time(self._now())
         e["lastModifiedUserName"] = "relay"
         self.state_changes.append((alert["id"], state))
+        self.state_comments.append((alert["id"], comment))
         return web.json_response(alert)

@@ -14,6 +14,10 @@ The end-to-end suite runs the real RT; this fake exists for what a real RT will 
 - every comment is a transaction in the ticket's history (`GET /ticket/:id/history`, with `orderby`,
   `order` and `per_page`), its text an attachment (`GET /transaction/:id/attachments`, where a
   collection gives the content as text).
+- tickets carry `Creator`, `LastUpdated` (written in UTC, whole seconds: `2026-12-02T10:11:12Z`, as REST2's
+  format_datetime does) and `LastUpdatedBy` (a user reference `{"type": "user", "id": <name>}`); a search
+  takes `LastUpdated >= '<YYYY-MM-DD HH:MM:SS>'` read in `timezone` (the account's zone, as TicketSQL
+  reads dates), `'CF.{..}' IS NOT NULL`, and `orderby=LastUpdated`; `act_as` is a person changing a ticket;
 - the read-only lookups of the relay's start-up check, as RT 5.0.3 answers them: `GET /rt` (the
   version), `POST /customfields` (a search by `Name` and `LookupType`; every queue's ticket custom
   fields are of `RT::Queue-RT::Ticket`) and `GET /catalog/:name` (404 `Not Found` when unknown).
@@ -23,8 +27,10 @@ Auth: `Authorization: token <t>` or basic.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -41,8 +47,10 @@ TRANSITIONS = {
 }
 ACTIVE = ("new", "open", "stalled")
 _CONDITION = re.compile(
-    r"^\s*(?P<field>'CF\.\{[^}]+\}'|\w+)\s*(?P<op>=|!=|LIKE)\s*'(?P<value>(?:[^'\\]|\\.)*)'\s*$"
+    r"^\s*(?P<field>'CF\.\{[^}]+\}'|\w+)\s*(?P<op>=|!=|LIKE|>=|<=|>|<)\s*'(?P<value>(?:[^'\\]|\\.)*)'\s*$"
 )
+_NOT_NULL = re.compile(r"^\s*(?P<field>'CF\.\{[^}]+\}'|\w+)\s+IS\s+NOT\s+NULL\s*$", re.IGNORECASE)
+DATE_FIELDS = ("LastUpdated",)
 
 
 def _message(status: int, text: str) -> web.Response:
@@ -68,6 +76,20 @@ class FakeRequestTracker(FakeServer):
         self.comments: dict[int, list[str]] = {}
         self.transactions: dict[int, dict[str, Any]] = {}  # id -> {ticket, Type, Content}
         self.status_changes: dict[int, list[str]] = {}  # ticket id -> the statuses it was moved to
+        self.timezone = "UTC"  # the zone TicketSQL dates are read in (the account's, else RT's $Timezone)
+        self.now = lambda: dt.datetime.now(dt.UTC)  # the clock LastUpdated is written from
+
+    def _touch(self, ticket: dict[str, Any], user: str | None = None) -> None:
+        ticket["LastUpdated"] = self.now().astimezone(dt.UTC).replace(microsecond=0)
+        ticket["LastUpdatedBy"] = user or self.username
+
+    def act_as(self, user: str, ticket_id: int, status: str) -> None:
+        """A person (`user`) moves a ticket to `status` in RT's web UI."""
+        ticket = self.tickets[ticket_id]
+        ticket["Status"] = status
+        self.status_changes.setdefault(ticket_id, []).append(status)
+        self._transaction(ticket_id, "Status", "")
+        self._touch(ticket, user)
 
     # -- seeding and inspection ------------------------------------------------------------------
 
@@ -83,7 +105,9 @@ class FakeRequestTracker(FakeServer):
             "CustomFields": dict(cfs),
             "RefersTo": [],
             "MemberOf": [],
+            "Creator": self.username,
         }
+        self._touch(ticket)
         self.tickets[ticket["id"]] = ticket
         return ticket
 
@@ -175,7 +199,8 @@ class FakeRequestTracker(FakeServer):
         rows = [
             t for t in self.tickets.values() if all(any(self._ticket_holds(t, *c) for c in g) for g in conditions)
         ]
-        rows.sort(key=lambda t: t["id"], reverse=form.get("order") == "DESC")
+        order_by = str(form.get("orderby", "id"))
+        rows.sort(key=lambda t: (t[order_by], t["id"]), reverse=form.get("order") == "DESC")
         per_page = int(str(form.get("per_page", "20")))
         items = [self._ticket_json(t) for t in rows[:per_page]]
         return web.json_response(
@@ -235,6 +260,7 @@ class FakeRequestTracker(FakeServer):
             else:
                 ticket["MemberOf"].append(str(parent))
                 messages.append(f"Ticket {ticket['id']} member of Ticket {parent}.")
+        self._touch(ticket)
         return web.json_response(messages)
 
     async def comment(self, request: web.Request) -> web.Response:
@@ -246,6 +272,7 @@ class FakeRequestTracker(FakeServer):
         body = await request.json()
         self.comments.setdefault(ticket["id"], []).append(body.get("Content", ""))
         self._transaction(ticket["id"], "Comment", body.get("Content", ""))
+        self._touch(ticket)
         messages = ["Comments added"]
         status = body.get("Status")
         if status:
@@ -312,6 +339,14 @@ class FakeRequestTracker(FakeServer):
         self.transactions[len(self.transactions) + 1] = {"ticket": ticket_id, "Type": kind, "Content": content}
 
     def _ticket_holds(self, ticket: dict[str, Any], field: str, op: str, value: str) -> bool:
+        if op == "IS NOT NULL":
+            held = ticket["CustomFields"].get(field[5:-2]) if field.startswith("'CF.{") else ticket.get(field)
+            return held not in (None, "")
+        if field in DATE_FIELDS:
+            when = dt.datetime.fromisoformat(value).replace(tzinfo=ZoneInfo(self.timezone)).astimezone(dt.UTC)
+            actual_at: dt.datetime = ticket[field]
+            return {">=": actual_at >= when, ">": actual_at > when, "<=": actual_at <= when,
+                    "<": actual_at < when, "=": actual_at == when}[op]
         if field.startswith("'CF.{"):
             actual = str(ticket["CustomFields"].get(field[5:-2], ""))
         elif field == "Status" and value == "__Active__":
@@ -334,6 +369,10 @@ class FakeRequestTracker(FakeServer):
             "Status": ticket["Status"],
             "Subject": ticket["Subject"],
             "CustomFields": cfs,
+            "Creator": {"type": "user", "id": ticket["Creator"], "_url": f"/REST/2.0/user/{ticket['Creator']}"},
+            "LastUpdated": ticket["LastUpdated"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "LastUpdatedBy": {"type": "user", "id": ticket["LastUpdatedBy"],
+                              "_url": f"/REST/2.0/user/{ticket['LastUpdatedBy']}"},
             "_hyperlinks": links,
         }
 
@@ -347,6 +386,9 @@ def _parse(query: str) -> list[list[tuple[str, str, str]]]:
             part = part[1:-1]
         group = []
         for alternative in re.split(r"\s+OR\s+", part):
+            if (nn := _NOT_NULL.match(alternative)) is not None:
+                group.append((nn["field"], "IS NOT NULL", ""))
+                continue
             m = _CONDITION.match(alternative)
             if m is None:
                 raise ValueError(f"Wrong query, expecting a VALUE in '{alternative}'")
