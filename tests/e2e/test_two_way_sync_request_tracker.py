@@ -23,7 +23,6 @@ from relay.app import DELIVERY_CONFIG_KEY, STORE_KEY, TICKET_SYNC_KEY, create_ap
 from relay.reconcile import azure_client_factory
 from relay.settings import Settings
 from tests.conftest import load_sample, scrape
-from tests.e2e.test_request_tracker_e2e import RTAdmin, admin  # noqa: F401 (the fixture)
 from tests.fakes.alerts_management import FakeAlertsManagement
 from tests.rt_server import RunningRT
 from tests.test_alerts_management_fake import StaticCredential
@@ -90,7 +89,7 @@ async def as_operator(rt: RunningRT, ticket_id: str, status: str) -> None:
 
 
 async def test_a_persons_resolve_closes_the_alert_and_nothing_else_moves(
-        rt_server, admin, aiohttp_client, issuer, tmp_path, monkeypatch):  # noqa: F811
+        rt_server, admin, aiohttp_client, issuer, tmp_path, monkeypatch):
     fake = FakeAlertsManagement()
     await fake.start()
     config = tmp_path / "relay.yaml"
