@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -345,16 +346,22 @@ def _target_check_ctx(targets: Mapping[str, Target | Forwarder], results: dict,
     return ctx
 
 
+def _alerts_clients(clients: Callable[[str], AlertsClient] | None) -> tuple[Callable[[str], AlertsClient], Any]:
+    """The Alerts Management clients to use, and the credential to close at the end (None when the
+    caller gave the clients): by default the SDK's, with the relay's managed identity (DefaultAzureCredential)."""
+    if clients is not None:
+        return clients, None
+    from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
+
+    credential = DefaultAzureCredential()
+    return azure_client_factory(credential), credential
+
+
 def _add_reconcile(app: web.Application, store: Store, settings: ReconcileSettings,
                    registry: CollectorRegistry | None, clients: Callable[[str], AlertsClient] | None) -> None:
     """Reconciliation with the Alerts Management API (docs/reconciliation.md): one replica at a time
     through the store's `reconcile` lease, a first pass RECONCILE_FIRST_PASS_SECONDS after start."""
-    credential = None
-    if clients is None:
-        from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
-
-        credential = DefaultAzureCredential()
-        clients = azure_client_factory(credential)
+    clients, credential = _alerts_clients(clients)
     reconciler = Reconciler(store, settings, clients, registry=registry, on_accept=app[ON_ACCEPT_KEY])
     app[RECONCILER_KEY] = reconciler
     every = settings.interval_minutes * 60
@@ -378,12 +385,7 @@ def _add_sync(app: web.Application, store: Store, config: RelayConfig, targets: 
               registry: CollectorRegistry | None, clients: Callable[[str], AlertsClient] | None) -> None:
     """Two-way sync (docs/reconciliation.md "Two-way sync"): each syncing target polled every
     `sync.interval_seconds`, one replica at a time through the store's `sync-<target>` lease."""
-    credential = None
-    if clients is None:
-        from azure.identity.aio import DefaultAzureCredential  # the relay's managed identity in Azure
-
-        credential = DefaultAzureCredential()
-        clients = azure_client_factory(credential)
+    clients, credential = _alerts_clients(clients)
     ticket_sync = TicketSync(store, config, targets, clients, registry=registry)
     app[TICKET_SYNC_KEY] = ticket_sync
     app[itsm_events.TICKET_CHANGE_SINK_KEY] = ticket_sync  # POST /itsm-events/<target> applies through it

@@ -60,6 +60,25 @@ def azure_client_factory(credential: Any, **options: Any) -> Callable[[str], Ale
     return make
 
 
+class SubscriptionClients:
+    """One Alerts Management client per subscription, made on first use and closed together
+    (reconciliation and two-way sync each keep one set)."""
+
+    def __init__(self, client_for: Callable[[str], AlertsClient]) -> None:
+        self._client_for = client_for
+        self._clients: dict[str, AlertsClient] = {}
+
+    def __call__(self, subscription: str) -> AlertsClient:
+        if subscription not in self._clients:
+            self._clients[subscription] = self._client_for(subscription)
+        return self._clients[subscription]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
 @dataclass
 class PassResult:
     listed: int = 0
@@ -81,12 +100,11 @@ class Reconciler:
                  page_size: int = PAGE_SIZE) -> None:
         self.store = store
         self.settings = settings
-        self.client_for = client_for
+        self._client = SubscriptionClients(client_for)
         self.on_accept = on_accept
         self.wall_clock = wall_clock
         self.max_pages = max_pages
         self.page_size = page_size
-        self.clients: dict[str, AlertsClient] = {}
         self.reconciled = Counter("relay_reconciled_events_total",
                                   "Events reconciliation synthesized and the store took (the webhook never came)",
                                   ["condition"], registry=registry)
@@ -108,14 +126,7 @@ class Reconciler:
                 "last_pass": self.last_pass.as_dict() if self.last_pass else None}
 
     async def close(self) -> None:
-        for client in self.clients.values():
-            await client.close()
-        self.clients.clear()
-
-    def _client(self, subscription: str) -> AlertsClient:
-        if subscription not in self.clients:
-            self.clients[subscription] = self.client_for(subscription)
-        return self.clients[subscription]
+        await self._client.close()
 
     async def run_once(self) -> PassResult:
         """One pass over every configured subscription; raises when a listing fails (after retries)."""

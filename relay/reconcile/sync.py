@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 from relay.alerts import SchemaError, parse_alert_json
 from relay.delivery.lifecycle import TicketState, closed_at, closed_by_person
 from relay.delivery.routing import RelayConfig, RouteSync
-from relay.reconcile.job import AlertsClient
+from relay.reconcile.job import AlertsClient, SubscriptionClients
 from relay.reconcile.sync_decision import (
     ALERT_GONE,
     AlertFacts,
@@ -106,10 +106,9 @@ class TicketSync:
         self.store = store
         self.config = config
         self.targets = targets
-        self.client_for = client_for
+        self._client = SubscriptionClients(client_for)
         self.wall_clock = wall_clock
         self.max_pages = max_pages
-        self.clients: dict[str, AlertsClient] = {}
         self.actions = Counter("relay_sync_actions_total",
                                "Two-way sync's decisions on tickets that changed, per target and action",
                                ["target", "action"], registry=registry)
@@ -123,14 +122,7 @@ class TicketSync:
         return {name: dict(self.last.get(name) or _NEVER) for name in self.config.syncing_targets()}
 
     async def close(self) -> None:
-        for client in self.clients.values():
-            await client.close()
-        self.clients.clear()
-
-    def _client(self, subscription: str) -> AlertsClient:
-        if subscription not in self.clients:
-            self.clients[subscription] = self.client_for(subscription)
-        return self.clients[subscription]
+        await self._client.close()
 
     # -- one change ------------------------------------------------------------------------------
 

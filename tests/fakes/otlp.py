@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from google.protobuf.message import DecodeError
@@ -79,36 +80,29 @@ class OtlpReceiver:
             await self._runner.cleanup()
 
     async def _export(self, request: web.Request) -> web.Response:
-        if request.content_type != PROTOBUF:
-            return web.Response(status=415, text=f"expected {PROTOBUF}")
-        if self.unavailable > 0:
-            self.unavailable -= 1
-            self.refused += 1
-            return web.Response(status=503, headers={"Retry-After": "0"})
-        message = ExportMetricsServiceRequest()
-        try:
-            message.ParseFromString(await request.read())
-        except DecodeError:
-            return web.Response(status=400, text="not an ExportMetricsServiceRequest")
-        self.requests.append(message)
-        self.arrived.set()
-        return web.Response(body=ExportMetricsServiceResponse().SerializeToString(), content_type=PROTOBUF)
+        return await self._receive(request, ExportMetricsServiceRequest, ExportMetricsServiceResponse, self.requests)
 
     async def _export_traces(self, request: web.Request) -> web.Response:
+        return await self._receive(request, ExportTraceServiceRequest, ExportTraceServiceResponse,
+                                   self.trace_requests)
+
+    async def _receive(self, request: web.Request, request_type: Any, response_type: Any,
+                       into: list[Any]) -> web.Response:
+        """One OTLP/HTTP export: protobuf only, the injected 503s first, then the message kept in `into`."""
         if request.content_type != PROTOBUF:
             return web.Response(status=415, text=f"expected {PROTOBUF}")
         if self.unavailable > 0:
             self.unavailable -= 1
             self.refused += 1
             return web.Response(status=503, headers={"Retry-After": "0"})
-        message = ExportTraceServiceRequest()
+        message = request_type()
         try:
             message.ParseFromString(await request.read())
         except DecodeError:
-            return web.Response(status=400, text="not an ExportTraceServiceRequest")
-        self.trace_requests.append(message)
+            return web.Response(status=400, text=f"not an {request_type.__name__}")
+        into.append(message)
         self.arrived.set()
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(), content_type=PROTOBUF)
+        return web.Response(body=response_type().SerializeToString(), content_type=PROTOBUF)
 
     def spans(self) -> list[Span]:
         """Every span received, in the order they arrived."""
