@@ -325,3 +325,31 @@ async def test_a_whole_page_at_one_instant_does_not_stall_the_poll(store, fake):
         await sync.close()
     assert await lease.get("cursor") == (NOW + dt.timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert result.actions == {}
+
+
+async def test_at_the_defaults_each_syncing_target_is_polled_every_60_s_under_its_own_lease(
+        tmp_path, monkeypatch, aiohttp_client, issuer, fake):  # type: ignore[no-untyped-def]
+    """The e2e polls every 10 s (the lowest interval); this shows what a user's config without `sync:` gets:
+    the app polls each syncing target every 60 s, the first poll 10 s after start, under `sync-<target>`'s
+    lease (two intervals and a minute), and stops the poll with the app."""
+    import relay.app
+    from relay.app import SYNC_FIRST_POLL_SECONDS, create_app
+    from relay.settings import Settings
+
+    scheduled: list[dict[str, object]] = []
+
+    async def recording_run_leased(lease, *, every, run, stopping, first):  # type: ignore[no-untyped-def]
+        scheduled.append({"job": lease.name, "seconds": lease.seconds, "every": every, "first": first})
+        await stopping.wait()
+
+    monkeypatch.setattr(relay.app, "run_leased", recording_run_leased)
+    monkeypatch.setenv("RT_TOKEN", "placeholder")
+    (tmp_path / "relay.yaml").write_text(CONFIG)
+    settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'r.db'}",
+                                  "RELAY_CONFIG": str(tmp_path / "relay.yaml")})
+    app = create_app(settings, deliver=True, alerts_clients=clients(fake))
+    client = await aiohttp_client(app)
+    sync_jobs = [s for s in scheduled if str(s["job"]).startswith("sync")]
+    assert sync_jobs == [{"job": job_name("rt"), "seconds": 60 * 2 + 60, "every": 60, "first": SYNC_FIRST_POLL_SECONDS}]
+    assert SYNC_FIRST_POLL_SECONDS == 10
+    await client.close()
