@@ -49,8 +49,8 @@ class TimedServiceNow(FakeServiceNow):
         self._by_key: dict[str, list[dict[str, str]]] = {}  # base key (before a `.N` suffix) -> incidents
         self.outage: Any = None  # the 503 fault FakeThread puts first; its `times` > 0 while the target is down
 
-    def _new_record(self, table: str, values: dict[str, str]) -> dict[str, str]:
-        record = super()._new_record(table, values)
+    def _new_record(self, table: str, values: dict[str, str], by: str = "admin") -> dict[str, str]:
+        record = super()._new_record(table, values, by)
         if table == "incident":
             key = values.get("correlation_id", "")
             self.created_at.setdefault(key, time.monotonic())
