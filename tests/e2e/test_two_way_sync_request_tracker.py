@@ -23,6 +23,7 @@ from relay.app import DELIVERY_CONFIG_KEY, STORE_KEY, TICKET_SYNC_KEY, create_ap
 from relay.reconcile import azure_client_factory
 from relay.settings import Settings
 from tests.conftest import load_sample, scrape
+from tests.e2e.rt_relay import RT_TARGET, filled_in
 from tests.fakes.alerts_management import FakeAlertsManagement
 from tests.rt_server import RunningRT
 from tests.test_alerts_management_fake import StaticCredential
@@ -33,15 +34,7 @@ SUB = "0f0e0d0c-0b0a-0908-0706-050403020100"
 RULE = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Insights/metricAlerts/cpu-high"
 INTERVAL = 10  # seconds between polls (the lowest `sync.interval_seconds` takes)
 
-RELAY_CONFIG = """\
-targets:
-  rt:
-    kind: request_tracker
-    base_url: {url}
-    auth: {{type: token, token_env: RT_TOKEN}}
-    queue: {queue}
-    custom_field: {cf}
-    asset_catalog: {catalog}
+RELAY_CONFIG = "targets:\n  rt:\n" + RT_TARGET + """\
     ci_binding: none
 routes:
   - target: rt
@@ -93,8 +86,7 @@ async def test_a_persons_resolve_closes_the_alert_and_nothing_else_moves(
     fake = FakeAlertsManagement()
     await fake.start()
     config = tmp_path / "relay.yaml"
-    config.write_text(RELAY_CONFIG.format(url=rt_server.url, queue=rt_server.queue, cf=rt_server.custom_field,
-                                          catalog=rt_server.catalog, interval=INTERVAL))
+    config.write_text(filled_in(RELAY_CONFIG, rt_server, interval=INTERVAL))
     settings = Settings.from_env({**issuer.relay_env(), "RELAY_STORE": f"sqlite:///{tmp_path / 'r.db'}",
                                   "RELAY_CONFIG": str(config)})
     monkeypatch.setenv("RT_TOKEN", rt_server.token)
