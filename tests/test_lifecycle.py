@@ -21,6 +21,7 @@ from relay.delivery.lifecycle import (
     correlation_key,
     create_intent,
     create_intent_wait,
+    dead_writers_intent,
     decide,
     event_facts,
     instant,
@@ -452,6 +453,17 @@ def test_create_intent_wait(extra, event_key, owner, now, left):
     pending = {"since": 100.0, "correlation_key": "k", **extra}
     assert create_intent_wait(pending, now=now, event_key=event_key, owner=owner,
                               call_timeout=5.0, adopt_after=30.0) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(("extra", "dead"), [
+    ({"event": "e1", "owner": "dead"}, True),  # this event's, by a process whose lease ended: look at once
+    ({"event": "e1", "owner": "me"}, False),  # this process's own (an unanswered create it still waits for)
+    ({"event": "e2", "owner": "other"}, False),  # another event of a shared key: its delivery may be live
+    ({"event": "e1"}, False),  # written before owners were recorded
+])
+def test_only_this_events_intent_by_another_process_is_a_dead_writers(extra, dead):
+    pending = {"since": 100.0, "correlation_key": "k", **extra}
+    assert dead_writers_intent(pending, event_key="e1", owner="me") is dead
 
 
 def test_a_create_intent_names_its_event_and_owner():

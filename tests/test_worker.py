@@ -788,6 +788,50 @@ async def test_a_create_cut_off_by_its_workers_death_is_adopted_after_one_call_t
     assert metric(worker, "relay_deliveries_total", target="itsm", outcome="adopt") == 1
 
 
+def at_default_call_timeout(config: RelayConfig) -> RelayConfig:
+    """`config` with every target at the default `timeout_seconds` (30 s), as a user gets it."""
+    return replace(config, targets={n: replace(t, timeout_seconds=TargetConfig("x", "fake", {}).timeout_seconds)
+                                    for n, t in config.targets.items()})
+
+
+async def crashed_mid_create(store: SqliteStore) -> None:
+    """The store as a SIGKILL just after the create intent's commit leaves it: the intent, written a moment
+    ago for the alert's event by a process that is gone."""
+    [event] = await store.events()
+    await store.put_ticket(TicketRecord("itsm", GUID, {"pending": {
+        "since": time.time(), "correlation_key": GUID, "event": event.key, "owner": "a-dead-process"}}))
+
+
+async def test_a_create_that_landed_before_its_workers_death_is_adopted_at_once_not_after_the_call_timeout(
+        store, running):
+    # bench/recovery.py: a SIGKILL mid-create left the intent; the create reached the target. The restart
+    # must not leave the acknowledged alert waiting out the dead writer's call timeout (30 s).
+    target = FakeTarget()
+    target.tickets["t9"] = {"key": GUID, "resolved": False, "notes": [], "cis": (), "summary": "s"}
+    await accept(store, alert_body())
+    await crashed_mid_create(store)
+    spy = SpyStore(store)
+    worker = await running(spy, at_default_call_timeout(make_config()), {"itsm": target})
+    await until(lambda: drained(store), "the restarted worker adopted the crashed create", limit=10)
+    assert spy.delays == [], f"the restarted worker put the event off instead of adopting at once: {spy.delays}"
+    assert target.count("create") == 0, f"a create that had landed was sent again: {target.calls}"
+    assert (await store.get_ticket("itsm", GUID)).data["ticket_id"] == "t9"
+    assert metric(worker, "relay_deliveries_total", target="itsm", outcome="adopt") == 1
+
+
+async def test_a_crashed_create_not_found_at_the_restart_still_waits_the_default_call_timeout(store, running):
+    # Nothing under the key yet: the dead writer's create may be on its way (sent, not yet applied), so the
+    # restart looks once and then respects the intent for the writer's call timeout (30 s by default).
+    target = FakeTarget()
+    await accept(store, alert_body())
+    await crashed_mid_create(store)
+    spy = SpyStore(store)
+    await running(spy, at_default_call_timeout(make_config()), {"itsm": target})
+    await until(lambda: spy.delays, "the event was put back to wait")
+    assert 25 < spy.delays[0] <= 30, f"the dead writer's intent was not held for the call timeout: {spy.delays}"
+    assert target.count("find") >= 1 and target.count("create") == 0, target.calls
+
+
 async def test_a_live_intent_of_another_event_on_a_shared_key_still_waits_adopt_after(store, running):
     target = FakeTarget()
     await accept(store, alert_body())

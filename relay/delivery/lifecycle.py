@@ -400,23 +400,30 @@ def create_intent(correlation_key: str, *, since: float, event_key: str, owner: 
     return {"since": since, "correlation_key": correlation_key, "event": event_key, "owner": owner}
 
 
+def dead_writers_intent(pending: Mapping[str, Any], *, event_key: str, owner: str) -> bool:
+    """Whether an intent to create was written for this very event by another worker process. This one
+    holds the event's lease now, so that writer's lease ended: it died (a crash mid-create) or lost the
+    lease and stops. Whatever its create did is done or on its way; nothing live races this delivery."""
+    return pending.get("event") == event_key and pending.get("owner") not in (None, owner)
+
+
 def create_intent_wait(pending: Mapping[str, Any], *, now: float, event_key: str, owner: str,
                        call_timeout: float, adopt_after: float) -> float:
     """Seconds an intent to create must still be respected before its key is searched for and adopted.
 
     - Its writer saw the create go unanswered (`unanswered_at`): the target may still apply it, for up to
       `adopt_after` from then.
-    - It was written for this very event by another worker process: this one holds the event's lease now,
-      so that writer's lease ended (it died, or lost the lease and stops). Its create could not have waited
-      for an answer longer than `call_timeout` after `since`; past that, search (a crash then costs one call
-      timeout, not `adopt_after`).
+    - It was written for this very event by another worker process (`dead_writers_intent`): that writer's
+      lease ended. Its create could not have waited for an answer longer than `call_timeout` after `since`;
+      past that, search (a crash then costs one call timeout, not `adopt_after`). The worker searches once
+      before waiting, too: a create that already landed is adopted at once.
     - Otherwise (another event of a shared key may be creating right now, or an intent from before owners
       were recorded): `adopt_after` from `since`.
     """
     since = float(pending.get("since", 0))
     if "unanswered_at" in pending:
         return float(pending["unanswered_at"]) + adopt_after - now
-    if pending.get("event") == event_key and pending.get("owner") not in (None, owner):
+    if dead_writers_intent(pending, event_key=event_key, owner=owner):
         return since + min(call_timeout, adopt_after) - now
     return since + adopt_after - now
 

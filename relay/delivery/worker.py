@@ -53,6 +53,7 @@ from relay.delivery.lifecycle import (
     correlation_key,
     create_intent,
     create_intent_wait,
+    dead_writers_intent,
     decide_due,
     decide_with_noise,
     event_facts,
@@ -972,7 +973,7 @@ class Worker:
         Before the call the intent is written to the ticket record, guarded by its version: of two workers,
         only one gets to create. It outlives a crash; the next delivery finds and adopts once it may
         (`create_intent_wait`: a create that got no answer may land for `adopt_after_seconds`; one cut off
-        by its worker's death, for that worker's call timeout). None: the record
+        by its worker's death, for that worker's call timeout, and is looked for at once). None: the record
         changed meanwhile (decide again). `searched`: the key had no record and a search of the target by it
         just found nothing, so no earlier attempt can have created it and the find is skipped.
         """
@@ -982,6 +983,14 @@ class Worker:
             left = create_intent_wait(pending, now=self.wall_clock(), event_key=event_key, owner=self.owner,
                                       call_timeout=cfg.timeout_seconds, adopt_after=self.settings.adopt_after(cfg))
             if left > 0:
+                if dead_writers_intent(pending, event_key=event_key, owner=self.owner):
+                    # A crash mid-create: what the dead writer sent has usually landed by the time its
+                    # event comes back, so look before waiting out the writer's call timeout.
+                    found = await self._call(target, "find", target.find, incident)
+                    if found is not None and not found.resolved:
+                        log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
+                                 found.number or found.id, incident.correlation_key)
+                        return found, version, "adopt"
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
         intent = {**base, "pending": create_intent(incident.correlation_key, since=self.wall_clock(),
