@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -111,22 +110,6 @@ async def test_worker_writes_share_intakes_group_commits(store):
     assert spent < 30, f"800 concurrent writes of intake and the worker took {spent} commits: they do not share"
     assert await store.pending() == 200 + 50
     assert len(await store.dead_letters()) == 50
-
-
-async def test_a_worker_write_wakes_before_the_accepts_of_its_commit(store):
-    # A create intent committed beside intake's accepts must have its create sent before those accepts
-    # are answered: a crash right after an answer then never finds a durable intent with nothing sent.
-    woken: list[str] = []
-
-    async def note(what: str, write: Any) -> None:
-        await write
-        woken.append(what)
-
-    await asyncio.gather(*(note("accept", store.accept(event(i))) for i in range(8)),
-                         note("intent", store.put_ticket(TicketRecord("rt", "k", {"pending": {"since": 1.0}}))),
-                         *(note("accept", store.accept(event(100 + i))) for i in range(8)))
-    assert store.commits == 1, f"the writes did not share one commit ({store.commits}): the test proves nothing"
-    assert woken[0] == "intent", f"intake's accepts woke before the worker's write of the same commit: {woken}"
 
 
 async def test_one_writes_failure_undoes_only_that_write_in_a_shared_commit(store):

@@ -489,10 +489,9 @@ class SqliteStore:
                 continue
             self.commits += 1
             self._after_commit()
-            # The worker's writes wake first: a create intent committed here is followed at once by its
-            # create, before intake answers the 202s of this commit. Woken after, a crash in between
-            # (say, a client that stops the relay on an answer) left a durable intent whose create was
-            # never sent, which the restart must wait a call timeout for (docs/lifecycle.md).
+            for (_, fut), new in zip(accepts, inserted, strict=True):
+                if not fut.done():
+                    fut.set_result(new)
             for (_, fut), (ok, value) in zip(ops, outcomes, strict=True):
                 if fut.done():
                     continue
@@ -500,9 +499,6 @@ class SqliteStore:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
-            for (_, fut), new in zip(accepts, inserted, strict=True):
-                if not fut.done():
-                    fut.set_result(new)
 
     def _commit_batch(self, events: list[Event], ops: list[Callable[[sqlite3.Connection], Any]]
                       ) -> tuple[list[bool], list[tuple[bool, Any]]]:
