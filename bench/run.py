@@ -98,13 +98,21 @@ def recovery_section(r: dict | None) -> list[str]:
         "target is the default. SQLite: `relay serve` is SIGKILLed mid-stream and restarted on the same "
         "database. Azure Storage (Azurite): one of two replicas is SIGKILLed; the other carries on.",
         "",
-        "| what | acknowledged | without incident at the restart | all applied | duplicates |",
-        "|---|---|---|---|---|",
+        "| what | acknowledged | without incident at the restart | all applied and recorded | "
+        "retries held by a dead process's create intent | duplicates |",
+        "|---|---|---|---|---|---|",
         f"| SQLite, SIGKILL and restart | {k['alerts_acknowledged']} | {k['without_incident_at_restart']} | "
         f"{k['restart_to_all_applied_seconds']:.1f} s after the restart ({k['kill_to_all_applied_seconds']:.1f} s "
-        f"after the kill) | {k['duplicates']} |",
+        f"after the kill) | {k.get('held_for_a_crashed_intent', '-')} | {k['duplicates']} |",
         f"| Azurite, one of two replicas SIGKILLed | {a['alerts_acknowledged']} | - | "
-        f"{a['kill_to_all_applied_seconds']:.1f} s after the kill | {a['duplicates']} |",
+        f"{a['kill_to_all_applied_seconds']:.1f} s after the kill | {a.get('held_for_a_crashed_intent', '-')} | "
+        f"{a['duplicates']} |",
+        "",
+        "A kill between a create intent's commit and its create leaving the process leaves an intent the "
+        "relay cannot tell from a create on its way: the restart holds that key for one call timeout "
+        "(30 s by default; docs/lifecycle.md, \"After a crash\"), so a run that hits that window takes "
+        "about 30 s, one that does not a few seconds. Azure Storage: the dead replica's leased events "
+        "wait out their lease (30 s) before the survivor takes them.",
         "",
         "Aim: within 30 s of the restart (SQLite), within 45 s of a replica's death (Azure Storage).",
         "",
