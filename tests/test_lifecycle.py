@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -295,6 +296,22 @@ def test_instant_without_zone_is_utc_and_bad_text_is_refused():
     assert instant("2024-01-01T00:00:00") == instant("2024-01-01T00:00:00Z") == "2024-01-01T00:00:00.000000000Z"
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         instant("yesterday")
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+       st.sampled_from(["Z", "", "+00:00", "+0530", "-08:00"]), st.integers(0, 9))
+def test_instant_is_the_utc_time_whatever_zone_and_digits_it_was_written_with(when, zone, digits):
+    text = when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{when.microsecond:06d}"[:digits + 1] if digits else "") + zone
+    offset = "+00:00" if zone in ("", "Z") else (zone if ":" in zone else f"{zone[:3]}:{zone[3:]}")
+    utc = datetime.fromisoformat(when.strftime("%Y-%m-%dT%H:%M:%S") + offset).astimezone(UTC)
+    frac = f"{when.microsecond:06d}"[:digits] if digits else ""
+    assert instant(text) == utc.strftime("%Y-%m-%dT%H:%M:%S") + "." + frac.ljust(9, "0") + "Z"
+
+
+@pytest.mark.parametrize("text", ["2024-02-30T00:00:00Z", "2024-13-01T00:00:00.1Z", "2024-01-01T24:00:00"])
+def test_an_instant_that_is_no_real_time_is_refused(text):
+    with pytest.raises(ValueError):
+        instant(text)
 
 
 def test_ticket_state_survives_a_json_round_trip():

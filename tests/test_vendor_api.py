@@ -70,6 +70,13 @@ def test_a_key_over_the_field_length_or_with_forbidden_characters_is_refused():
     assert checked_key("t", incident("abc-1.2_3"), max_length=10, forbidden="^") == "abc-1.2_3"
 
 
+@pytest.mark.parametrize("key", ["a\x00b", "a\x1fb", "a\nb"])
+def test_a_key_with_a_control_character_is_refused_for_good(key):
+    with pytest.raises(TargetError, match="contains") as info:
+        checked_key("t", incident(key), max_length=10, forbidden="^")
+    assert not info.value.retryable
+
+
 def test_ci_references_pair_names_with_the_arm_id_of_the_resource_they_name():
     refs = ci_references(incident(cis=("web-01", "printer-7"), resource_ids=(VM.lower(), DB)))
     assert refs == [CIRef(VM.lower(), "web-01"), CIRef(None, "printer-7")]

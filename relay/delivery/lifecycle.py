@@ -288,9 +288,15 @@ def instant(text: str) -> str:
     if not m:
         raise ValueError(f"not an ISO 8601 time: {text[:40]!r}")
     whole, frac, tz = m.groups()
+    digits = (frac or "").ljust(9, "0")[:9]
+    if tz in (None, "Z") and whole[0] != "0":
+        # Already UTC (Azure always writes Z): the text is its own UTC form once it is known to be a real
+        # time; converting (astimezone, strftime) cost a delivery more than deciding did.
+        datetime.fromisoformat(whole)
+        return f"{whole}.{digits}Z"
     offset = "+00:00" if tz in (None, "Z") else (tz if ":" in tz else f"{tz[:3]}:{tz[3:]}")
     dt = datetime.fromisoformat(whole + offset).astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + "." + (frac or "").ljust(9, "0")[:9] + "Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + "." + digits + "Z"
 
 
 def episode(fired_at: str) -> str:

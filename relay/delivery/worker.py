@@ -648,12 +648,13 @@ class Worker:
                         action)
             return False
         ticket = new_state.ticket_number or new_state.ticket_id
-        log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
-                 extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": event.condition,
-                        "target": target.name, "ticket": ticket, "ticket_key": key.key, "outcome": outcome,
-                        "subject": incident.summary, "link": ticket_link(target, Ticket(
-                            new_state.ticket_id or "", new_state.ticket_number)),
-                        "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+        if log.isEnabledFor(logging.INFO):  # its fields (a ticket link, ...) only when it is written
+            log.info("%s: %s %s for %s (%s)", target.name, outcome, ticket, incident.correlation_key, decision.reason,
+                     extra={"alert_key": alert.correlation_key, "event_key": event.key, "condition": event.condition,
+                            "target": target.name, "ticket": ticket, "ticket_key": key.key, "outcome": outcome,
+                            "subject": incident.summary, "link": ticket_link(target, Ticket(
+                                new_state.ticket_id or "", new_state.ticket_number)),
+                            "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
         self.metrics.deliveries.labels(target.name, outcome).inc()
         return True
 

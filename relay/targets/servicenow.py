@@ -569,7 +569,7 @@ class ServiceNowTarget:
             return []
         bound: list[tuple[str, Hashable]] = []
         for ref in ci_references(incident):
-            if any("^" in v or any(ord(c) < 32 for c in v) or is_script(v) for v in (ref.arm_id or "", ref.name)):
+            if any(_UNQUERYABLE.search(v) or is_script(v) for v in (ref.arm_id or "", ref.name)):
                 log.warning("%s: CI %r cannot be put in an encoded query; left unbound", self.name, ref)
                 continue
             cache_key = ci_key(ref)
@@ -650,6 +650,8 @@ TARGET_CLASS = ServiceNowTarget
 # ServiceNow evaluates a query value or field value that starts with `javascript:` on the server (any
 # case; it tolerates whitespace around and inside the word), so none is ever sent.
 _SCRIPT = re.compile(r"\s*j\s*a\s*v\s*a\s*s\s*c\s*r\s*i\s*p\s*t\s*:", re.IGNORECASE)
+# What an encoded query cannot carry in a value: its clause separator, and control characters.
+_UNQUERYABLE = re.compile(r"[\^\x00-\x1f]")
 
 
 def _int(value: Any) -> int:
