@@ -86,6 +86,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+# Made once: json.loads with hooks builds a new decoder (and its C scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
 def decode_json(body: bytes) -> Any:
     """The document in `body`: UTF-8 only (RFC 8259 §8.1; a leading BOM is ignored), no NaN/Infinity,
     no key twice in one object. ValueError (or RecursionError when nested too deep) otherwise."""
@@ -95,7 +99,9 @@ def decode_json(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _BadJSON(f"the body is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
-    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    if text.startswith("\ufeff"):  # a second BOM: what json.loads says of one
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
