@@ -5,7 +5,7 @@ import os
 
 from aiohttp import web
 
-from relay.app import SHUTDOWN_TIMEOUT_SECONDS, create_app, event_loop
+from relay.app import SHUTDOWN_TIMEOUT_SECONDS, create_app, event_loop, freeze_startup_objects
 from relay.settings import Settings
 
 
@@ -13,7 +13,13 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("RELAY_LOG_LEVEL", "WARNING"))
     settings = Settings.from_env(os.environ)
     loop, _ = event_loop()  # uvloop, as `relay serve` runs
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+    app = create_app(settings)
+
+    async def freeze(app: web.Application) -> None:  # as `relay serve` does once started
+        freeze_startup_objects()
+
+    app.on_startup.append(freeze)
+    web.run_app(app, host=settings.host, port=settings.port,
                 shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS, access_log=None, print=None, loop=loop)
 
 

@@ -255,6 +255,45 @@ async def test_accept_cost_does_not_grow_with_the_backlog(tmp_path):
     )
 
 
+class _RowCounter:
+    """The writer's connection, counting the rows its statements hand back to Python."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn, self.rows = conn, 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._conn, name)
+
+    def execute(self, *args):  # type: ignore[no-untyped-def]
+        rows = self._conn.execute(*args).fetchall()
+        self.rows += len(rows)
+        return _Rows(rows)
+
+
+class _Rows(list):
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        return self[0] if self else None
+
+    def fetchall(self):  # type: ignore[no-untyped-def]
+        return list(self)
+
+
+async def test_a_group_commit_reads_back_rows_per_batch_not_per_event(tmp_path):
+    # Each row a statement returns is a step the sqlite3 module takes with the GIL let go and taken back:
+    # with the event loop busy, each was a wait (a context switch) on the commit's path.
+    store = await opened(tmp_path / "rows.db")
+    try:
+        counter = _RowCounter(store._db())
+        store._conn = counter  # type: ignore[assignment]
+        results = await asyncio.gather(*(store.accept(event(f"new-{i}")) for i in range(32)),
+                                       store.accept(event("new-0")))
+        assert results == [True] * 32 + [False], "one new event each, the repeat a duplicate"
+        assert counter.rows <= 4, f"one group commit of 32 accepts read {counter.rows} rows back from SQLite"
+    finally:
+        store._conn = counter._conn
+        await store.close()
+
+
 def test_claim_plan_is_an_index_range_on_the_heads(tmp_path):
     s = SqliteStore(tmp_path / "plan.db")
     asyncio.run(s.open())

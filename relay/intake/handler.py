@@ -86,6 +86,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+# Made once: json.loads with hooks builds a new decoder (and its C scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
 def decode_json(body: bytes) -> Any:
     """The document in `body`: UTF-8 only (RFC 8259 §8.1; a leading BOM is ignored), no NaN/Infinity,
     no key twice in one object. ValueError (or RecursionError when nested too deep) otherwise."""
@@ -95,37 +99,45 @@ def decode_json(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _BadJSON(f"the body is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
-    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    if text.startswith("\ufeff"):  # a second BOM: what json.loads says of one
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
 
 
+_KEYED_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+
+
 def _keyed(status: int, word: str, key: str) -> web.Response:
     """The 202/200 answer, as _json would write it: the key is hex (a SHA-256 digest), so the bytes are
-    put together without a JSON encoder on the hot path."""
+    put together without a JSON encoder on the hot path, and the Content-Type header is given whole
+    (content_type= and charset= are parsed and put together again on every response)."""
     return web.Response(status=status, body=b'{"status": "%s", "key": "%s"}' % (word.encode(), key.encode()),
-                        content_type="application/json", charset="utf-8")
+                        headers=_KEYED_HEADERS)
 
 
 async def post_alert(request: web.Request) -> web.StreamResponse:
-    in_flight = request.app.get(IN_FLIGHT_KEY)
+    # One coroutine in front of the handler's own, not one per concern: each is made, awaited and
+    # resumed after the commit, on every request.
+    app = request.app
+    in_flight = app.get(IN_FLIGHT_KEY)
+    tracing = app.get(TRACING_KEY)
     if in_flight is None:
-        return await _traced(request)
+        return await (_post_alert(request, None) if tracing is None else _traced(request, tracing))
     in_flight.count += 1
     try:
-        return await _traced(request)
+        return await (_post_alert(request, None) if tracing is None else _traced(request, tracing))
     finally:
         in_flight.count -= 1
 
 
-async def _traced(request: web.Request) -> web.StreamResponse:
-    tracing = request.app.get(TRACING_KEY)
-    if tracing is None:  # tracing off: no span, nothing stored with the event
-        return await _post_alert(request, None)
-    # A caller's W3C trace context is honoured (the span joins its trace); the Authorization header
-    # never goes on the span.
+async def _traced(request: web.Request, tracing: Tracing) -> web.StreamResponse:
+    """With tracing on, each request is a server span (with tracing off, none: nothing is stored with
+    the event). A caller's W3C trace context is honoured (the span joins its trace); the Authorization
+    header never goes on the span."""
     with tracing.span("POST /alerts", "server", {"http.request.method": "POST", "url.path": "/alerts"},
                       parent=request.headers.get("traceparent"),
                       tracestate=request.headers.get("tracestate")) as span:

@@ -550,7 +550,10 @@ class SqliteStore:
             " FROM new n JOIN events e ON e.seq = n.seq GROUP BY n.alert_id",
             (before,),
         )
-        inserted = {row[0] for row in db.execute("SELECT key FROM events WHERE seq > ?", (before,))}
+        # One row (a JSON array), not one per event: the sqlite3 module lets go of the GIL around every step
+        # and takes it back after each, and with the event loop busy each of those waits is a context switch.
+        (keys,) = db.execute("SELECT json_group_array(key) FROM events WHERE seq > ?", (before,)).fetchone()
+        inserted = set(json.loads(keys))
         # A key inserted by this batch is new for its first holder only; later copies are duplicates.
         results = []
         for ev in events:
