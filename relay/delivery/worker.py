@@ -987,10 +987,8 @@ class Worker:
                 if dead_writers_intent(pending, event_key=event_key, owner=self.owner):
                     # A crash mid-create: what the dead writer sent has usually landed by the time its
                     # event comes back, so look before waiting out the writer's call timeout.
-                    found = await self._call(target, "find", target.find, incident)
-                    if found is not None and not found.resolved:
-                        log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
-                                 found.number or found.id, incident.correlation_key)
+                    found = await self._find_open(target, incident)
+                    if found is not None:
                         return found, version, "adopt"
                 raise _Busy(f"{target.name}: another delivery is opening the incident for {key.key}", left)
         base = {k: v for k, v in data.items() if k != "pending"}
@@ -1001,10 +999,8 @@ class Worker:
             return None
         creating = False
         try:
-            found = None if searched else await self._call(target, "find", target.find, incident)
-            if found is not None and not found.resolved:
-                log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
-                         found.number or found.id, incident.correlation_key)
+            found = None if searched else await self._find_open(target, incident)
+            if found is not None:
                 return found, intent_version, "adopt"
             creating = True
             ticket = await self._call(target, "create", target.create, incident)
@@ -1023,6 +1019,15 @@ class Worker:
             # Nothing was opened, or what was is already findable: drop the intent so the retry need not wait.
             await asyncio.shield(self._put(target.name, key.key, base, intent_version, None))
             raise
+
+    async def _find_open(self, target: Target, incident: Incident) -> Ticket | None:
+        """The open incident a crashed delivery created with this correlation key, to adopt (None: none)."""
+        found = await self._call(target, "find", target.find, incident)
+        if found is None or found.resolved:
+            return None
+        log.info("%s: adopted %s for %s (created before a crash, not recorded)", target.name,
+                 found.number or found.id, incident.correlation_key)
+        return found
 
     async def _update_incident(self, target: Target, action: Action, key: TicketKey, state: TicketState,
                                incident: Incident, base: Mapping[str, Any], version: str | None,

@@ -125,11 +125,12 @@ async def post_alert(request: web.Request) -> web.StreamResponse:
     app = request.app
     in_flight = app.get(IN_FLIGHT_KEY)
     tracing = app.get(TRACING_KEY)
+    handling = _post_alert(request, None) if tracing is None else _traced(request, tracing)
     if in_flight is None:
-        return await (_post_alert(request, None) if tracing is None else _traced(request, tracing))
+        return await handling
     in_flight.count += 1
     try:
-        return await (_post_alert(request, None) if tracing is None else _traced(request, tracing))
+        return await handling
     finally:
         in_flight.count -= 1
 
