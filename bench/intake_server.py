@@ -5,7 +5,8 @@ import os
 
 from aiohttp import web
 
-from relay.app import SHUTDOWN_TIMEOUT_SECONDS, create_app, event_loop, freeze_startup_objects
+from relay.app import SHUTDOWN_TIMEOUT_SECONDS, create_app
+from relay.event_loop import event_loop, freeze_startup_objects
 from relay.settings import Settings
 
 

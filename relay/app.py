@@ -9,7 +9,6 @@ worker's `notify` to intake's on-accept callbacks. Intake and delivery know noth
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -23,11 +22,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from relay import status_page, telemetry
-from relay.delivery.config import load_config
+from relay.delivery.config import build_targets, load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import ReconcileSettings, RelayConfig, RetentionSettings, default_config
 from relay.delivery.target_check import TargetCheckMetrics, check_periodically, readiness_details
 from relay.delivery.worker import Worker
+from relay.delivery_process import DeliveryProcess
+from relay.event_loop import event_loop, freeze_startup_objects
 from relay.intake import (
     IN_FLIGHT_KEY,
     MAX_BODY_BYTES,
@@ -53,10 +54,10 @@ from relay.reconcile import Reconciler, TicketSync, azure_client_factory
 from relay.reconcile.job import AlertsClient
 from relay.reconcile.sync import job_name as sync_job_name
 from relay.schema import AZURE_STORAGE_ACCOUNT_PREFIX, DELIVERY, SQLITE_URL_PREFIX
-from relay.settings import Settings
+from relay.settings import DELIVERY_PROCESS_SEPARATE, Settings
 from relay.store import Store, StoreUnavailable, open_store
 from relay.store.leases import JobLease, run_leased
-from relay.targets import Forwarder, Target, build_target
+from relay.targets import Forwarder, Target
 
 log = logging.getLogger("relay.app")
 
@@ -68,6 +69,8 @@ SHUTDOWN_TIMEOUT_SECONDS = DELIVERY["shutdown_grace_seconds"].default
 DELIVERY_CONFIG_KEY = web.AppKey("delivery_config", RelayConfig)
 METRICS_ADDRESS_KEY = web.AppKey("metrics_address", list)  # [(host, port)] once the metrics site listens
 WORKERS_KEY = web.AppKey("workers", list)  # the running delivery worker (the status page reads its circuits)
+# With RELAY_DELIVERY_PROCESS=separate, the delivery worker's process (the status page and /metrics ask it).
+DELIVERY_PROCESS_KEY = web.AppKey("delivery_process", DeliveryProcess)
 # The latest target check per target name (relay.delivery.target_check.TargetCheck), once it has run.
 TARGET_CHECKS_KEY = web.AppKey("target_checks", dict)
 # How long an idle keep-alive connection stays open. aiohttp (3.14) has no separate timeout for request
@@ -136,13 +139,20 @@ async def readyz(request: web.Request) -> web.Response:
     ticket_sync = app.get(TICKET_SYNC_KEY)
     if ticket_sync is not None:  # details only, as reconciliation's
         details["sync"] = ticket_sync.status()
+    child = app.get(DELIVERY_PROCESS_KEY)
+    if child is not None:  # details only: intake takes alerts while the delivery process restarts
+        details["delivery_process"] = child.status()
     if details:
         body["details"] = details
     return web.json_response(body, status=200 if ok else 503)
 
 
 async def read_pending(app: web.Application) -> None:
-    """Refresh the queue-depth gauge from the store (at each scrape, and before each OTLP export)."""
+    """Refresh what the registry reads from elsewhere (at each scrape, and before each OTLP export): the
+    queue-depth gauge from the store, and the delivery process's metric families from it."""
+    child = app.get(DELIVERY_PROCESS_KEY)
+    if child is not None:
+        await child.refresh_metrics()
     store = app.get(STORE_KEY)
     if store is not None:
         try:
@@ -166,12 +176,15 @@ def create_app(
     keys: SigningKeys | None = None,
     metrics: IntakeMetrics | None = None,
     deliver: bool = False,
+    separate_delivery: bool = False,
     telemetry_env: Mapping[str, str] | None = None,
     alerts_clients: Callable[[str], AlertsClient] | None = None,
 ) -> web.Application:
     """Build the relay. Starting it opens the store and loads signing keys; stopping closes them.
 
     deliver: also run the delivery worker (RELAY_CONFIG, or a dry run to stdout); `relay serve` does.
+    separate_delivery: run it in a child process of its own (relay.delivery_process), as `relay serve`
+    does by default (RELAY_DELIVERY_PROCESS); otherwise on this app's event loop.
     telemetry_env: where the OTEL_* variables come from (default: the process environment); with an
     OTLP endpoint set the metrics are also pushed and the traces exported (relay/telemetry.py).
     alerts_clients: the Alerts Management clients reconciliation and two-way sync use, one per subscription
@@ -232,7 +245,7 @@ def create_app(
         app[TRACING_KEY] = telemetry.Tracing(trace_settings, instance=socket.gethostname())
         app.cleanup_ctx.append(_tracing_ctx(app[TRACING_KEY]))
     if deliver:  # after the store opens, so the worker stops before the store closes
-        _add_delivery(app, store, settings.config_path, metrics.registry)
+        _add_delivery(app, store, settings.config_path, metrics.registry, separate=separate_delivery)
         if app[DELIVERY_CONFIG_KEY].reconcile is not None:
             _add_reconcile(app, store, app[DELIVERY_CONFIG_KEY].reconcile, metrics.registry, alerts_clients)
         if app[DELIVERY_CONFIG_KEY].syncing_targets():
@@ -291,19 +304,47 @@ def _tracing_ctx(tracing: telemetry.Tracing):  # type: ignore[no-untyped-def]
     return ctx
 
 
-def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
-    """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
-    return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
-
-
 def _add_delivery(app: web.Application, store: Store, config_path: str | None,
-                  registry: CollectorRegistry | None) -> None:
+                  registry: CollectorRegistry, *, separate: bool) -> None:
     """Load RELAY_CONFIG (default: dry run to stdout) and build the targets now, so that a bad file or a
-    missing secret stops the relay at start; the worker starts with the app and wakes on each accept."""
+    missing secret stops the relay at start; the worker starts with the app and wakes on each accept.
+    separate: the worker runs in the delivery process (started once the store is open, before the relay
+    listens); this process keeps retention and the target check, and builds the targets for those and
+    for two-way sync."""
     config = load_config(config_path) if config_path else default_config()
     targets = build_targets(config)
     app[DELIVERY_CONFIG_KEY] = config
     app[TARGETS_KEY] = targets
+    if separate:
+        _add_delivery_process(app, store, config, registry)
+    else:
+        _add_worker(app, store, config, targets, registry)
+    app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
+    app[TARGET_CHECKS_KEY] = {}
+    app.cleanup_ctx.append(_target_check_ctx(targets, app[TARGET_CHECKS_KEY], registry))
+
+
+def _add_delivery_process(app: web.Application, store: Store, config: RelayConfig,
+                          registry: CollectorRegistry) -> None:
+    child = DeliveryProcess(store, grace_seconds=config.delivery.shutdown_grace_seconds)
+    app[DELIVERY_PROCESS_KEY] = child
+    registry.register(child.metrics)  # type: ignore[arg-type]  # a collector: its families, on /metrics
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await child.start()
+        app[ON_ACCEPT_KEY].append(child.wake)
+        yield
+        await child.stop()
+
+    async def begin_shutdown(app: web.Application) -> None:
+        child.begin_shutdown()  # as the inline worker's: stop claiming now, finish within the grace
+
+    app.cleanup_ctx.append(ctx)
+    app.on_shutdown.append(begin_shutdown)
+
+
+def _add_worker(app: web.Application, store: Store, config: RelayConfig,
+                targets: Mapping[str, Target | Forwarder], registry: CollectorRegistry) -> None:
     running: list[Worker] = app[WORKERS_KEY]
 
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -323,9 +364,6 @@ def _add_delivery(app: web.Application, store: Store, config_path: str | None,
 
     app.cleanup_ctx.append(delivery_ctx)
     app.on_shutdown.append(begin_shutdown)
-    app.cleanup_ctx.append(_retention_ctx(store, config.retention, registry))
-    app[TARGET_CHECKS_KEY] = {}
-    app.cleanup_ctx.append(_target_check_ctx(targets, app[TARGET_CHECKS_KEY], registry))
 
 
 def _target_check_ctx(targets: Mapping[str, Target | Forwarder], results: dict,
@@ -477,6 +515,8 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
         side = web.Application()
         side[METRICS_KEY] = main[METRICS_KEY]
         side[STORE_KEY] = main[STORE_KEY]
+        if DELIVERY_PROCESS_KEY in main:
+            side[DELIVERY_PROCESS_KEY] = main[DELIVERY_PROCESS_KEY]
         side.router.add_get("/metrics", metrics_handler)
         _add_status_page(side, main)
         runner = web.AppRunner(side, access_log=None)
@@ -493,7 +533,10 @@ def _metrics_site(settings: Settings, main: web.Application):  # type: ignore[no
 def _add_status_page(side: web.Application, main: web.Application) -> None:
     """The read-only status page (relay.status_page), on the metrics/admin site only."""
 
-    def circuits() -> dict[str, str]:
+    async def circuits() -> dict[str, str]:
+        child = main.get(DELIVERY_PROCESS_KEY)
+        if child is not None:
+            return await child.circuits()
         return {name: state for worker in main[WORKERS_KEY] for name, state in worker.circuit_states().items()}
 
     def target_check() -> object:
@@ -510,41 +553,10 @@ def _add_status_page(side: web.Application, main: web.Application) -> None:
     status_page.add_routes(side, main[STORE_KEY], circuits=circuits, target_check=target_check)
 
 
-def event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
-    """uvloop where it is installed (a runtime dependency, but not on Windows), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop(), "asyncio"
-    return uvloop.new_event_loop(), "uvloop"
-
-
-# Python's default is 700: the youngest generation is collected once 700 more containers were made
-# than freed. A request's own objects (its JSON document, its alert, its response) are freed by reference
-# counting when it ends, yet 32 requests in flight crossed 700 every ~80 requests, and each collection
-# walked all of them (~0.5 ms): ~8 us of every request's CPU (gc callbacks under bench/intake.py's load).
-# At 10,000 a whole 10 s run of that load made no young collection at all; cyclic garbage, the only
-# kind collections free, waits at most 10,000 containers (a few MiB) longer.
-YOUNG_GC_THRESHOLD = 10_000
-
-
-def freeze_startup_objects() -> None:
-    """Put what start-up made (modules, the app, config, targets) beyond the garbage collector's reach,
-    and collect the youngest generation less often (YOUNG_GC_THRESHOLD).
-
-    Python's full collections walk every tracked object; with the relay's start-up heap that was a pause
-    of 30-50 ms on the event loop every few seconds of a storm (measured with gc callbacks on the 2-core
-    benchmark machine), and those pauses were the storm's slowest 202s. Frozen objects are never walked
-    (they live as long as the process anyway), so a full collection sees only what was made since."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
-
-
 def run(settings: Settings) -> None:
     """Serve until stopped. Raises StoreInUse when another relay owns the store (the CLI says so in one line)."""
-    app = create_app(settings, deliver=True)
+    app = create_app(settings, deliver=True,
+                     separate_delivery=settings.delivery_process == DELIVERY_PROCESS_SEPARATE)
     cap = connection_cap(raise_open_files_limit())
     loop, loop_name = event_loop()
 

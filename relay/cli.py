@@ -156,6 +156,7 @@ def _serve() -> int:
         return 2
     from relay.app import run
     from relay.delivery.config import ConfigError
+    from relay.delivery_process import DeliveryProcessFailed
     from relay.store import StoreInUse
     from relay.targets.target_config import TargetConfigError
     from relay.telemetry import TelemetryError
@@ -166,8 +167,8 @@ def _serve() -> int:
     except (ConfigError, TargetConfigError, TelemetryError, SettingsError) as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
-    except StoreInUse as exc:  # another relay serves this SQLite file: one line, no traceback
-        print(f"relay: {exc}", file=sys.stderr)
+    except (StoreInUse, DeliveryProcessFailed) as exc:  # another relay serves this SQLite file, or the
+        print(f"relay: {exc}", file=sys.stderr)  # delivery process did not start: one line, no traceback
         return 1
     except OSError as exc:
         if settings.config_path is None or exc.filename != settings.config_path:
@@ -211,7 +212,7 @@ def _check_targets(path: str | None) -> int:
     """0: every probe passed or could not look; 1: one failed; 2: the file or a secret it names is wrong."""
     import asyncio
 
-    from relay.app import build_targets
+    from relay.delivery.config import build_targets
     from relay.delivery.target_check import check_targets, report_lines, verdict
     from relay.targets.target_config import TargetConfigError
 

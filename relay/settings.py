@@ -20,6 +20,11 @@ DEFAULT_OPENID_CONFIG_URL = "https://login.microsoftonline.com/{tenant}/v2.0/.we
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_STORE_URL = "sqlite:///./relay.db"
+# Where `relay serve` runs the delivery worker: in a child process of its own (intake and delivery then
+# use a core each, and a storm's deliveries never starve intake), or on intake's event loop.
+DELIVERY_PROCESS_SEPARATE = "separate"
+DELIVERY_PROCESS_INLINE = "inline"
+DELIVERY_PROCESS_MODES = (DELIVERY_PROCESS_SEPARATE, DELIVERY_PROCESS_INLINE)
 
 
 def fetch_url_problem(url: str) -> str | None:
@@ -86,6 +91,8 @@ ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
     EnvironmentVariable("RELAY_ALLOWED_ALERT_RULES", "unset (any)",
                         "comma-separated alert rule ids or glob patterns over them"),
     EnvironmentVariable("RELAY_CONFIG", "unset (dry run)", "path of the targets-and-routes YAML"),
+    EnvironmentVariable("RELAY_DELIVERY_PROCESS", DELIVERY_PROCESS_SEPARATE,
+                        "separate (the delivery worker in a child process) or inline (on intake's event loop)"),
     EnvironmentVariable("RELAY_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     EnvironmentVariable("RELAY_LOG_FORMAT", "json unless the log stream is a terminal",
                         "json (one object per line) or text"),
@@ -131,6 +138,7 @@ class Settings:
     # Issue 12 item 15: empty means any source (with a warning at start).
     allowed_subscriptions: tuple[str, ...] = ()
     allowed_alert_rules: tuple[str, ...] = ()
+    delivery_process: str = DELIVERY_PROCESS_SEPARATE  # one of DELIVERY_PROCESS_MODES
 
     @property
     def metadata_url(self) -> str:
@@ -177,6 +185,10 @@ class Settings:
                     "RELAY_ALLOWED_ALERT_RULES must be comma-separated alert rule ids or glob patterns over them, "
                     f"each starting with /subscriptions/ or * (got {rule[:60]!r})"
                 )
+        delivery_process = env.get("RELAY_DELIVERY_PROCESS", "").strip().lower() or DELIVERY_PROCESS_SEPARATE
+        if delivery_process not in DELIVERY_PROCESS_MODES:
+            raise SettingsError(f"RELAY_DELIVERY_PROCESS must be {' or '.join(DELIVERY_PROCESS_MODES)} "
+                                f"(got {env['RELAY_DELIVERY_PROCESS'][:20]!r})")
         return cls(
             tenant_id=tenant.lower(),
             audiences=audiences,
@@ -191,6 +203,7 @@ class Settings:
             config_path=env.get("RELAY_CONFIG", "").strip() or None,
             allowed_subscriptions=tuple(s.lower() for s in subscriptions),
             allowed_alert_rules=rules,
+            delivery_process=delivery_process,
         )
 
 

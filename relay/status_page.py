@@ -4,7 +4,8 @@
 It shows the recent events with their tickets and links, how many wait for delivery, the dead
 letters with the command that replays them, each target's circuit, and the start-up target check.
 Server-rendered (no JavaScript); everything shown is escaped. `render_*` are pure functions over a
-`StatusSnapshot`; `status_handler` gathers one from the store and the running worker.
+`StatusSnapshot`; `status_handler` gathers one from the store and the running worker (by default in
+the delivery process).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import dataclasses
 import html
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -252,7 +253,9 @@ async def status_handler(request: web.Request) -> web.Response:
     import time
 
     sources = request.app[SOURCES_KEY]
-    snap = await snapshot(request.app[STORE_KEY], sources["circuits"](), sources["target_check"](), time.time())
+    # The circuits are the delivery worker's, read from wherever it runs (its own process, by default).
+    snap = await snapshot(request.app[STORE_KEY], await sources["circuits"](), sources["target_check"](),
+                          time.time())
     return _html(render_status(snap))
 
 
@@ -270,7 +273,7 @@ async def alert_handler(request: web.Request) -> web.Response:
     return _html(render_alert(trails, alert, time.time()))
 
 
-def add_routes(app: web.Application, store: Store, *, circuits: Callable[[], Mapping[str, str]],
+def add_routes(app: web.Application, store: Store, *, circuits: Callable[[], Awaitable[Mapping[str, str]]],
                target_check: Callable[[], Any]) -> None:
     """Serve the status page and its alert pages on `app` (the metrics/admin site, never the public one)."""
     app[STORE_KEY] = store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from relay.app import event_loop
+from relay.event_loop import event_loop
 
 
 def test_serve_uses_uvloop_when_it_is_installed():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.alerts import Alert, parse_alert
-from relay.app import freeze_startup_objects
+from relay.event_loop import freeze_startup_objects
 from relay.intake.handler import decode_json
 from relay.store.base import Event
 

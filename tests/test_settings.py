@@ -21,7 +21,12 @@ def test_defaults():
     assert s.store_url == "sqlite:///./relay.db"
     assert (s.host, s.port, s.metrics_host, s.metrics_port) == ("0.0.0.0", 8080, "127.0.0.1", 9090)
     assert (s.allowed_subscriptions, s.allowed_alert_rules) == ((), ())
+    assert s.delivery_process == "separate"
     assert s.metadata_url == f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration"
+
+
+def test_delivery_process_inline_keeps_one_process():
+    assert Settings.from_env({**GOOD, "RELAY_DELIVERY_PROCESS": " Inline "}).delivery_process == "inline"
 
 
 def test_sovereign_cloud_metadata_url_template():
@@ -44,6 +49,7 @@ def test_sovereign_cloud_metadata_url_template():
         ({**GOOD, "RELAY_PORT": "http"}, "RELAY_PORT"),
         ({**GOOD, "RELAY_PORT": "70000"}, "RELAY_PORT"),
         ({**GOOD, "RELAY_METRICS_PORT": "-1"}, "RELAY_METRICS_PORT"),
+        ({**GOOD, "RELAY_DELIVERY_PROCESS": "thread"}, "RELAY_DELIVERY_PROCESS"),
     ],
 )
 def test_bad_setting_names_the_variable(env, variable):

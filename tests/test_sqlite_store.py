@@ -711,3 +711,42 @@ def test_store_url_forms(tmp_path):
     assert SqliteStore.from_url("sqlite:///relay.db", owner=True).owner
     with pytest.raises(ValueError, match="malformed sqlite store URL"):
         SqliteStore.from_url("sqlite://relay.db")
+
+
+async def test_a_commit_waits_for_its_turn_and_goes_the_moment_the_other_writer_lets_go(tmp_path):
+    """Two processes write one file (`relay serve` and its delivery process): they take turns through a
+    flock on `<db>.write-turn`, not through SQLite's sleep-and-retry busy handler, which let a writer that
+    commits all the time starve the other (intake's commits waited up to 1.4 s)."""
+    import fcntl
+
+    from relay.store.sqlite import WRITE_TURN_SUFFIX
+
+    store = await opened(tmp_path / "relay.db", owner=True)
+    other = os.open(str(tmp_path / "relay.db") + WRITE_TURN_SUFFIX, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # the other process is committing
+        accepting = asyncio.create_task(store.accept(event(1)))
+        await asyncio.sleep(0.3)
+        assert not accepting.done(), "a commit went ahead while another writer held its turn"
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(accepting, 5) is True
+    finally:
+        os.close(other)
+        await store.close()
+
+
+async def test_the_owner_releases_its_dead_delivery_processs_leases_at_once(tmp_path):
+    owner = await opened(tmp_path / "relay.db", owner=True)
+    child = await opened(tmp_path / "relay.db")
+    try:
+        await owner.accept(event(1))
+        [held] = await child.claim(10, lease_seconds=3600)
+        assert await owner.claim(10, lease_seconds=30) == [], "a leased event was claimable"
+        assert await owner.release_leases() == 1
+        [again] = await owner.claim(10, lease_seconds=30)
+        assert again.event.key == held.event.key and again.attempts == 1, "the attempt must stay counted"
+        with pytest.raises(RuntimeError, match="only the relay that owns"):
+            await child.release_leases()
+    finally:
+        await child.close()
+        await owner.close()

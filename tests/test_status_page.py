@@ -140,7 +140,10 @@ def test_the_page_is_served_and_links_only_below_the_one_status_path_the_viewer_
 
     assert infra.status_viewer.STATUS_PATH is schema.STATUS_PATH, "the viewer must proxy the path the relay serves"
     app = web.Application()
-    add_routes(app, store=None, circuits=dict, target_check=lambda: None)  # type: ignore[arg-type]
+    async def no_circuits() -> dict[str, str]:
+        return {}
+
+    add_routes(app, store=None, circuits=no_circuits, target_check=lambda: None)  # type: ignore[arg-type]
     served = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}
     assert served == {schema.STATUS_PATH, schema.STATUS_PATH + "/alert"}, served
     pages = (render_status(snap(recent=[trail("k1", "delivered")])), render_alert([], "k1", 0.0))

@@ -74,7 +74,7 @@ from relay.schema import (
     OnRepeat,
     OnResolve,
 )
-from relay.targets import TARGET_MODULES, build_target, can_link, can_sync, load_kind
+from relay.targets import TARGET_MODULES, Forwarder, Target, build_target, can_link, can_sync, load_kind
 from relay.targets.target_config import TargetConfigError
 
 Path = tuple[str | int, ...]
@@ -105,6 +105,11 @@ def load_config(path: str) -> RelayConfig:
     """Read and validate the file, including each target's own options; raises ConfigError (or OSError)."""
     with open(path, encoding="utf-8") as f:
         return parse_config(f.read(), source=path, check_target_options=True)
+
+
+def build_targets(config: RelayConfig, env: Mapping[str, str] | None = None) -> dict[str, Target | Forwarder]:
+    """One target object per configured target (secrets read from `env`; raises TargetConfigError)."""
+    return {name: build_target(name, cfg.block, env) for name, cfg in config.targets.items()}
 
 
 def parse_config(text: str, source: str = "RELAY_CONFIG", check_target_options: bool = False,

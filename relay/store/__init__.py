@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, owner: bool = True) -> Store:
+def open_store(url: str, *, owner: bool = True, create: bool | None = None) -> Store:
     """Build the backend named by RELAY_STORE (not yet opened).
 
     owner: this process serves the store (`relay serve`). SQLite has one owner, which holds a lock file
@@ -52,6 +52,8 @@ def open_store(url: str, *, owner: bool = True) -> Store:
     leases; admin commands (`relay dead-letters`, `relay alerts`) pass False and work beside a running
     relay. Azure Storage has no owner (any number of replicas share it), but only an owner creates the
     queues, table and container it lacks: a non-owner's `open` finds them or raises StoreNotFound.
+    create: for Azure Storage, whether `open` creates what is missing (default: `owner`); `relay serve`'s
+    delivery process opens the store as no owner that still creates, as a replica would.
     """
     if url.startswith(SQLITE_URL_PREFIX):
         from relay.store.sqlite import SqliteStore
@@ -60,7 +62,7 @@ def open_store(url: str, *, owner: bool = True) -> Store:
     if url.startswith(AZURE_STORAGE_URL_PREFIXES):
         from relay.store.azure import AzureStorageStore
 
-        return AzureStorageStore.from_url(url, create=owner)
+        return AzureStorageStore.from_url(url, create=owner if create is None else create)
     # A mistyped connection string may hold an account key: never echo it.
     secret = "key=" in url.lower() or "signature=" in url.lower()
     shown = "a value holding a key (not shown)" if secret else repr(url)
