@@ -70,6 +70,13 @@ def test_a_key_over_the_field_length_or_with_forbidden_characters_is_refused():
     assert checked_key("t", incident("abc-1.2_3"), max_length=10, forbidden="^") == "abc-1.2_3"
 
 
+@pytest.mark.parametrize("char", ["]", "\\", "-", "^", "'", '"'])
+def test_forbidden_characters_are_taken_literally_even_where_a_pattern_would_read_them(char):
+    with pytest.raises(TargetError, match="contains"):
+        checked_key("t", incident(f"a{char}b"), max_length=10, forbidden="]\\-^'\"")
+    assert checked_key("t", incident("ab.c"), max_length=10, forbidden="]\\-^'\"") == "ab.c"
+
+
 @pytest.mark.parametrize("key", ["a\x00b", "a\x1fb", "a\nb"])
 def test_a_key_with_a_control_character_is_refused_for_good(key):
     with pytest.raises(TargetError, match="contains") as info:
