@@ -238,19 +238,10 @@ class RequestTrackerTarget:
             raise ValueError("since must carry its time zone (UTC)")
         cf = self.options.custom_field
         local = since.astimezone(ZoneInfo(self.options.timezone)).strftime("%Y-%m-%d %H:%M:%S")
-        form = {
-            "query": f"'CF.{{{cf}}}' IS NOT NULL AND LastUpdated >= '{local}'",
-            "fields": "Status,CustomFields,LastUpdated,LastUpdatedBy,Creator",
-            "per_page": str(limit),
-            "orderby": "LastUpdated",
-            "order": "ASC",
-        }
-        reply = await self.http.request("POST", f"{REST2}/tickets", form=form)
-        body = self._json(reply, "search changed tickets")
-        items = body.get("items") if isinstance(body, dict) else None
-        if not isinstance(items, list) or len(items) > limit:
-            raise self.http.bad_answer(reply, "search changed tickets",
-                                       f"the answer has no 'items' list of at most {limit}")
+        reply, items = await self._search_rows(
+            f"'CF.{{{cf}}}' IS NOT NULL AND LastUpdated >= '{local}'", per_page=limit,
+            fields="Status,CustomFields,LastUpdated,LastUpdatedBy,Creator", orderby="LastUpdated", order="ASC",
+            what="search changed tickets")
         floor = since.astimezone(UTC).replace(microsecond=0)
         changes: list[TicketChange] = []
         early = 0
@@ -460,22 +451,23 @@ class RequestTrackerTarget:
         self._checked_queues.add(queue)
 
     async def _search(self, query: str, *, per_page: int) -> list[dict[str, Any]]:
-        form = {
-            "query": query,
-            "fields": "Status,CustomFields",
-            "per_page": str(per_page),
-            "orderby": "id",
-            "order": "DESC",
-        }
+        """Tickets matching `query`, newest first."""
+        _, items = await self._search_rows(query, per_page=per_page, fields="Status,CustomFields", orderby="id",
+                                           order="DESC", what="search tickets")
+        return items
+
+    async def _search_rows(self, query: str, *, per_page: int, fields: str, orderby: str, order: str,
+                           what: str) -> tuple[Any, list[Any]]:
+        """One REST2 ticket search (one page of at most `per_page` rows): the reply and its `items`."""
+        form = {"query": query, "fields": fields, "per_page": str(per_page), "orderby": orderby, "order": order}
         reply = await self.http.request("POST", f"{REST2}/tickets", form=form)
-        body = self._json(reply, "search tickets")
+        body = self._json(reply, what)
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list):
-            raise self.http.bad_answer(reply, "search tickets", "the answer has no 'items' list")
+            raise self.http.bad_answer(reply, what, "the answer has no 'items' list")
         if len(items) > per_page:
-            problem = f"it returned {len(items)} for per_page={per_page}"
-            raise self.http.bad_answer(reply, "search tickets", problem)
-        return items
+            raise self.http.bad_answer(reply, what, f"it returned {len(items)} for per_page={per_page}")
+        return reply, items
 
     def _inactive(self, status: str) -> bool:
         return status == self.options.resolved_status or status in INACTIVE_STATUSES
