@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import telemetry
+from relay.child_process import die_with_parent, exit_description, frame, read_frame
 from relay.delivery.config import build_targets, load_config
 from relay.delivery.metrics import DeliveryMetrics
 from relay.delivery.routing import default_config
@@ -67,7 +67,6 @@ STABLE_SECONDS = 60.0
 # weights 1024 : 335), and delivery still always runs (an accepted alert is already durable). Not
 # measured: the benchmarks run everything at nice 19, where a child cannot go lower.
 CHILD_NICENESS = 5
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DeliveryProcessFailed(RuntimeError):
@@ -79,23 +78,6 @@ def restart_delay(quick_deaths: int) -> float:
     return RESTART_DELAYS_SECONDS[min(max(quick_deaths - 1, 0), len(RESTART_DELAYS_SECONDS) - 1)]
 
 
-def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
-
-
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    size = int.from_bytes(await reader.readexactly(4), "big")
-    return await reader.readexactly(size)
-
-
-def exit_description(code: int) -> str:
-    """A child's exit status in words: 'exit code 1' or 'signal SIGKILL'."""
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 class ChildMetrics:
@@ -316,17 +298,6 @@ class DeliveryProcess:
 
 # -- the child ----------------------------------------------------------------------------------------
 
-def _die_with_parent(parent: int) -> None:
-    """On Linux, be killed when the parent dies (however it dies); everywhere, exit if it is gone already."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass  # the socket's end of file still tells the child
-    if os.getppid() != parent:
-        raise SystemExit(0)
-
-
 async def serve_child(sock: socket.socket, settings: Settings, env: Mapping[str, str]) -> None:
     """Run the delivery worker on the relay's store until SIGTERM (stop within the grace) or the parent's
     end of `sock` closing (stop at once: the parent is gone)."""
@@ -386,7 +357,7 @@ async def serve_child(sock: socket.socket, settings: Settings, env: Mapping[str,
 def main(argv: list[str]) -> int:
     """`python -m relay.delivery_process FD PARENT_PID NICENESS`, as DeliveryProcess starts it."""
     fd, parent, niceness = (int(a) for a in argv[1:4])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which stops us
     log_settings = LogSettings.from_env(os.environ, terminal=sys.stderr.isatty())
     configure_logging(log_settings.level, log_settings.format)

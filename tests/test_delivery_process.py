@@ -19,13 +19,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.dev_issuer import DevIssuer
+from relay.child_process import exit_description, read_frame
 from relay.delivery_process import (
     METRICS,
     RESTART_DELAYS_SECONDS,
     STATE,
     ChildMetrics,
-    exit_description,
-    read_frame,
     restart_delay,
     serve_child,
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 
 import pytest
 
@@ -200,7 +202,11 @@ async def test_missing_alert_id_gets_422_naming_it(client, issuer):
 
 async def test_store_that_cannot_commit_gives_503_with_retry_after(client, issuer):
     store = client.app[STORE_KEY]
-    store._conn.close()  # the database goes away under the relay
+    # The database goes away under the relay: its writer's connection, and its commit process, which a
+    # restart cannot bring back (the file's folder is gone).
+    store._conn.close()
+    store._committer.path = "/nonexistent/folder/relay.db"
+    os.kill(store._committer.pid, signal.SIGKILL)
     resp = await post(client, body_of(METRIC), issuer.authorization())
     assert resp.status == 503
     assert "Retry-After" in resp.headers

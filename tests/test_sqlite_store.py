@@ -719,7 +719,7 @@ async def test_a_commit_waits_for_its_turn_and_goes_the_moment_the_other_writer_
     commits all the time starve the other (intake's commits waited up to 1.4 s)."""
     import fcntl
 
-    from relay.store.sqlite import WRITE_TURN_SUFFIX
+    from relay.store.sqlite_commits import WRITE_TURN_SUFFIX
 
     store = await opened(tmp_path / "relay.db", owner=True)
     other = os.open(str(tmp_path / "relay.db") + WRITE_TURN_SUFFIX, os.O_RDWR)

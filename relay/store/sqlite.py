@@ -15,8 +15,6 @@ scan whatever the backlog. The relay that serves a file owns it through an advis
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -32,8 +30,6 @@ from typing import Any, TypeVar
 from relay.schema import SQLITE_URL_PREFIX
 from relay.store.base import (
     PRIORITIES,
-    PRIORITY_LOW,
-    PRIORITY_URGENT,
     TRAIL_DETAIL_LIMIT,
     Attempt,
     Claim,
@@ -52,6 +48,17 @@ from relay.store.base import (
     tickets_of,
     trail_from_json,
     trail_json,
+)
+from relay.store.sqlite_commits import (
+    JOURNAL_SIZE_LIMIT,
+    CommitProcess,
+    connect_writer,
+    insert_events,
+    is_disk_full,
+    open_write_turn,
+    rollback,
+    unavailable,
+    write_turn,
 )
 
 T = TypeVar("T")
@@ -145,20 +152,12 @@ TRAIL_TABLES = (
 )
 # Rows one retention step deletes: short transactions, so intake's commits slip in between them.
 EXPIRE_CHUNK = 500
-# Truncate the WAL back to this after a checkpoint, so a burst does not leave a large WAL file behind.
-JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 # Checkpoints (copying the WAL into the database file, and fsyncing it) run on a thread and connection of
 # their own, after this many group commits, never inside a commit: SQLite's automatic checkpoint ran in
 # whichever commit crossed 1,000 WAL pages, and stalled every request waiting on that commit (the storm
 # benchmark's slowest 202s came in clusters, one per automatic checkpoint). In WAL mode a checkpoint runs
 # beside the writer; a PASSIVE one never waits for it or for readers.
 CHECKPOINT_EVERY_COMMITS = 100
-# Beside the database: the processes writing it (the serving relay and its delivery process) take turns
-# at group commits through a flock on this file. Left to SQLite alone, a writer finding the write lock
-# taken sleeps and retries (1, 2, 5, 10 ... 100 ms), and one that keeps committing starves the other:
-# with the delivery process committing all the time, intake's commits waited up to 1.4 s. A flock waiter
-# is woken the moment the lock is let go, so the two alternate.
-WRITE_TURN_SUFFIX = ".write-turn"
 
 
 class SqliteStore:
@@ -166,8 +165,13 @@ class SqliteStore:
     holds it, and release the leases a dead predecessor held. owner=False: admin commands and tests;
     any number of them may open the file beside the owner."""
 
-    def __init__(self, path: str | Path, *, owner: bool = False) -> None:
+    def __init__(self, path: str | Path, *, owner: bool = False, commit_process: bool | None = None) -> None:
         self.path = str(path)
+        # Intake's accepts commit in a process of their own (relay.store.sqlite_commits) where the serving
+        # relay owns a file; elsewhere (and for an in-memory database) on the writer thread, as every
+        # other write does.
+        use_process = owner if commit_process is None else commit_process
+        self._committer = CommitProcess(self.path) if use_process and self.path != ":memory:" else None
         self.lock_path = self.path + ".lock"
         self.owner = owner
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -180,7 +184,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None  # the writer's
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._turn_fd: int | None = None  # WRITE_TURN_SUFFIX's, for the writer thread
+        self._turn_fd: int | None = None  # the write-turn file's (sqlite_commits.write_turn), for the writer thread
         self._accepts: list[tuple[Event, asyncio.Future[bool]]] = []
         self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []  # _read_together's next batch
@@ -202,6 +206,12 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._run(self._open_sync)
+        if self._committer is not None:
+            try:
+                await self._committer.start()
+            except BaseException:
+                await self._run(self._close_writer)
+                raise
         await self._read(self._open_reader)
         self._checkpointer = await asyncio.get_running_loop().run_in_executor(
             self._checkpoint_executor, self._connect_checkpointer)
@@ -216,18 +226,15 @@ class SqliteStore:
                 os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             if self.owner:
                 self._take_lock()
-            if self.path != ":memory:":
-                self._turn_fd = os.open(self.path + WRITE_TURN_SUFFIX, os.O_CREAT | os.O_RDWR, 0o600)
+            self._turn_fd = open_write_turn(self.path)
         except OSError as exc:
             raise self._unavailable(exc) from exc
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: the WAL is fsynced at every commit, so an acknowledged alert survives power loss.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it (CHECKPOINT_EVERY_COMMITS)
+            conn = connect_writer(self.path)  # checkpoints: the checkpoint thread (CHECKPOINT_EVERY_COMMITS)
+        except BaseException:
+            self._drop_lock()
+            raise
+        try:
             self._migrate(conn)
             _ensure_trail(conn)
             if self.owner:
@@ -301,18 +308,12 @@ class SqliteStore:
             os.close(self._turn_fd)
             self._turn_fd = None
 
-    @contextlib.contextmanager
-    def _write_turn(self) -> Any:
-        """This process's turn at writing (WRITE_TURN_SUFFIX): blocks the writer thread, never the loop.
-        A process that dies holding it lets it go with its descriptors."""
-        if self._turn_fd is None:
-            yield
-            return
-        fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+    def _close_writer(self) -> None:
+        """Close the writer's connection and let the lock go (an open that failed after them)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._drop_lock()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
@@ -374,6 +375,8 @@ class SqliteStore:
         self._committing = []
         self._accepts.clear()
         self._ops.clear()
+        if self._committer is not None:
+            await self._committer.close()
         loop = asyncio.get_running_loop()
         if self._reader is not None:
             reader, self._reader = self._reader, None
@@ -394,11 +397,7 @@ class SqliteStore:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         """One clear message per failure; a full disk says so (SQLITE_FULL, or ENOSPC from the OS)."""
-        full = (isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL) or (
-            isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-        if full:
-            return StoreUnavailable(f"sqlite: disk full: cannot write {self.path}")
-        return StoreUnavailable(f"sqlite: {exc}")
+        return unavailable(self.path, str(exc), is_disk_full(exc))
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         """Run `fn` on the writer's thread (outside the group commit: opening, and tests)."""
@@ -477,7 +476,7 @@ class SqliteStore:
             result = fn(db)
             db.execute("COMMIT")
         except BaseException:
-            _rollback(db)
+            rollback(db)
             raise
         return result
 
@@ -510,35 +509,51 @@ class SqliteStore:
             if not accepts and not ops:
                 continue
             self._committing = [fut for _, fut in [*accepts, *ops]]
-            try:
-                inserted, outcomes = await self._run(
-                    self._commit_batch, [e for e, _ in accepts], [fn for fn, _ in ops]
-                )
-            except Exception as exc:  # every waiter learns the commit failed; none is acknowledged
-                err = exc if isinstance(exc, StoreUnavailable) else self._unavailable(exc)
-                for _, fut in [*accepts, *ops]:
-                    if not fut.done():
-                        fut.set_exception(err)
-                continue
-            self.commits += 1
-            self._after_commit()
-            for (_, fut), new in zip(accepts, inserted, strict=True):
+            events, fns = [e for e, _ in accepts], [fn for fn, _ in ops]
+            inserted: list[bool] | BaseException
+            outcomes: list[tuple[bool, Any]] | BaseException
+            if self._committer is not None and events:
+                # Accepts to the commit process, other writes on the writer thread, both at once (the write
+                # turn orders their transactions); each group learns its own outcome.
+                inserted, outcomes = await asyncio.gather(self._committer.commit(events), self._ops_only(fns),
+                                                          return_exceptions=True)
+            else:
+                try:
+                    inserted, outcomes = await self._run(self._commit_batch, events, fns)
+                except Exception as exc:
+                    inserted = outcomes = exc
+            if not isinstance(inserted, BaseException) or not isinstance(outcomes, BaseException):
+                self.commits += 1
+                self._after_commit()
+            self._settle(accepts, inserted, lambda fut, new: fut.set_result(new))
+            self._settle(ops, outcomes, _set_outcome)
+
+    async def _ops_only(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        if not fns:
+            return []
+        _, outcomes = await self._run(self._commit_batch, [], fns)
+        return outcomes
+
+    def _settle(self, waiters: list[tuple[Any, asyncio.Future[Any]]], results: list[Any] | BaseException,
+                answer: Callable[[asyncio.Future[Any], Any], None]) -> None:
+        """Answer each waiter from its result; when the commit failed, every one of them learns it (none is
+        acknowledged)."""
+        if isinstance(results, BaseException):
+            err = results if isinstance(results, StoreUnavailable) else self._unavailable(results)
+            for _, fut in waiters:
                 if not fut.done():
-                    fut.set_result(new)
-            for (_, fut), (ok, value) in zip(ops, outcomes, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                    fut.set_exception(err)
+            return
+        for (_, fut), result in zip(waiters, results, strict=True):
+            if not fut.done():
+                answer(fut, result)
 
     def _commit_batch(self, events: list[Event], ops: list[Callable[[sqlite3.Connection], Any]]
                       ) -> tuple[list[bool], list[tuple[bool, Any]]]:
         # A handful of statements per batch, not per event: this thread then holds the GIL only
         # briefly and the event loop keeps serving requests while SQLite writes and fsyncs.
         db = self._db()
-        with self._write_turn():
+        with write_turn(self._turn_fd):
             return self._commit_batch_in_turn(db, events, ops)
 
     def _commit_batch_in_turn(self, db: sqlite3.Connection, events: list[Event],
@@ -546,7 +561,7 @@ class SqliteStore:
                               ) -> tuple[list[bool], list[tuple[bool, Any]]]:
         db.execute("BEGIN IMMEDIATE")
         try:
-            inserted = self._insert_events(db, events) if events else []
+            inserted = insert_events(db, events) if events else []
             outcomes: list[tuple[bool, Any]] = []
             for fn in ops:
                 db.execute("SAVEPOINT op")
@@ -561,44 +576,9 @@ class SqliteStore:
                 db.execute("RELEASE op")
             db.execute("COMMIT")
         except BaseException:
-            _rollback(db)
+            rollback(db)
             raise
         return inserted, outcomes
-
-    def _insert_events(self, db: sqlite3.Connection, events: list[Event]) -> list[bool]:
-        now = time.time()
-        before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        db.executemany(
-            "INSERT OR IGNORE INTO events (key, alert_id, condition, occurred_at, body, received_at, priority,"
-            " trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(ev.key, ev.alert_id, ev.condition, ev.occurred_at, ev.body, now, _level(ev.priority),
-              ev.trace_context or None) for ev in events],
-        )
-        db.execute(
-            "INSERT INTO deliveries (seq, alert_id, available_at)"
-            " SELECT seq, lower(alert_id), ? FROM events WHERE seq > ?",
-            (now, before),
-        )
-        # An alert with nothing queued gets its first new event as its head; one with a head keeps it.
-        # MATERIALIZED: read this batch's rows by seq first; left to itself, the planner serves the
-        # GROUP BY from deliveries_by_alert, scanning the whole backlog on every commit.
-        db.execute(
-            "WITH new AS MATERIALIZED (SELECT seq, alert_id, available_at FROM deliveries WHERE seq > ?)"
-            " INSERT OR IGNORE INTO heads (alert_id, seq, priority, due_at)"
-            " SELECT n.alert_id, MIN(n.seq), e.priority, n.available_at"
-            " FROM new n JOIN events e ON e.seq = n.seq GROUP BY n.alert_id",
-            (before,),
-        )
-        # One row (a JSON array), not one per event: the sqlite3 module lets go of the GIL around every step
-        # and takes it back after each, and with the event loop busy each of those waits is a context switch.
-        (keys,) = db.execute("SELECT json_group_array(key) FROM events WHERE seq > ?", (before,)).fetchone()
-        inserted = set(json.loads(keys))
-        # A key inserted by this batch is new for its first holder only; later copies are duplicates.
-        results = []
-        for ev in events:
-            results.append(ev.key in inserted)
-            inserted.discard(ev.key)
-        return results
 
     @staticmethod
     def _refresh_head(db: sqlite3.Connection, alert_id: str) -> None:
@@ -923,7 +903,7 @@ def _ensure_trail(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        rollback(conn)
         raise
 
 
@@ -981,15 +961,9 @@ def _read_recent_events(db: sqlite3.Connection, since: float | None, state: str 
     return trails
 
 
-def _level(priority: int) -> int:
-    """The stored priority: one of PRIORITIES (claim scans each level), out-of-range values clamped."""
-    return min(max(priority, PRIORITY_LOW), PRIORITY_URGENT)
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    # SQLite may already have rolled back (a full disk does): a second ROLLBACK would only raise
-    # "cannot rollback - no transaction is active" over the error that matters.
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-
+def _set_outcome(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    ok, value = outcome
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
