@@ -1,10 +1,11 @@
 """The embedded store: one SQLite file in WAL mode with synchronous=FULL, owned by one relay.
 
-Every write (intake's accepts and the worker's claims, renewals and outcomes alike) goes through one
-writer thread that group-commits: while one transaction is being fsynced, new writes gather in the
-next batch, so one fsync covers many of them and intake's commits never wait behind a worker's
-separate transaction. Reads run on a second connection and thread (WAL lets readers beside the
-writer), so a long read never holds a commit up.
+Every write (intake's accepts and the worker's claims, renewals and outcomes alike) is group-committed:
+while one transaction is being fsynced, new writes gather in the next batch, so one fsync covers many of
+them and intake's commits never wait behind a worker's separate transaction. The serving relay's accepts
+commit in a process of their own (relay.store.sqlite_commits: why there); every other write, and every
+write of a store opened with owner=False, goes through one writer thread. Reads run on a second
+connection and thread (WAL lets readers beside the writer), so a long read never holds a commit up.
 
 Claims read only what they claim: `heads` holds each alert's next event with its priority and the
 time it is due, kept on every write that changes an alert's queue, so a claim is an index range
