@@ -39,10 +39,36 @@ def machine() -> str:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """The resident set of a process and of its helper processes (the relay's delivery and commit
+    processes are its children), summed."""
+    return sum(_own_rss_mib(p) for p in [pid, *descendants(pid)])
+
+
+def _own_rss_mib(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0  # ended since it was listed
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    return 0.0  # a zombie has no VmRSS
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:

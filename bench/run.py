@@ -18,53 +18,33 @@ RAW = ROOT / "docs" / "benchmarks.json"
 # measures, so that the next person re-checks it after a change.
 FINDINGS = """## Where the aims are missed, and why
 
-- **Intake throughput is bounded by the durable commit, not by token checks or parsing.** The cold
-  path (an RSA verify per request) is no slower than the hot path, in two runs even faster: the
-  verify runs in native code that lets the store thread have the GIL, which points at the commit
-  thread being starved of the GIL by a busy event loop. The pure-Python work per request
-  (JSON parse ~12 us, schema model ~12 us, idempotency key ~3 us, metrics ~4 us) is small. With 32
-  connections, throughput is connections / latency, and latency is about two group-commit round trips
-  (a request waits for the batch being committed, then for its own). Timed inside the store under
-  this load: a batch averages ~16 events and takes ~2.4 ms of SQLite work (inserts ~1.5 ms, fsync'd
-  COMMIT ~0.9 ms), but ~4-5 ms from the event loop's point of view, because the SQLite thread and the
-  event loop share one GIL and the machine's two cores with wrk. Running SQLite inline on the loop
-  (no thread) gave the same figure: it trades the GIL waits for the loop blocking in each fsync (~0.8 ms
-  per batch). Alone in one thread, a batch of 16 costs ~0.15 ms of inserts and ~0.8 ms of COMMIT.
-  Tried and kept: one `executemany` per batch
-  instead of per-event statements, and no AUTOINCREMENT (about +10 % each in the store alone). Tried
-  and dropped: a multi-row INSERT, a shorter GIL switch interval, `wal_autocheckpoint=0`, a 32-byte
-  blob key, and running only BEGIN and COMMIT on the store thread with the inserts on the loop (no gain
-  beyond run-to-run noise of about 15 %).
-  Next steps worth measuring: the commit path in a process of its own (no GIL shared with the
-  event loop), and uvloop. For scale: Azure sends at most 1,500 webhook calls a minute per
-  subscription (25 a second), two orders of magnitude under these figures.
-- **Intake lost ground in the round of issues 10-13, and got most of it back** (A/B runs of
-  `bench.intake` on the same quiet 2-core AMD EPYC machine, 2026-12-02, one run each): intake alone,
-  hot/cold, was 3,497/4,782 req/s before the round (8d0e1d2), 3,691/5,648 just before the SQLite
-  rewrite (b465b41), and 2,564/2,348 right after it (1bbead9), as in the tables above. py-spy put 57 %
-  of the samples on the store's writer thread, 23 % on one statement: the `heads` upkeep at accept,
-  which SQLite served from `deliveries_by_alert` and so scanned the whole backlog on every commit
-  (intake alone has no worker, so its backlog grows through the run). Reading the batch's rows first
-  (a MATERIALIZED CTE) fixed it: one `bench.intake` run after the fix gave 3,141/4,789 req/s (p99
-  21.3/11.3 ms) against a 21,389 req/s ceiling; the tables above predate the fix.
-  `tests/test_sqlite_store.py` now counts an accept's SQLite steps at backlogs of 100 and 10,000.
-- **The storm's intake p99 (about 70 ms against an aim of 25) is the relay's one event loop being full.**
-  py-spy during the storm (2026-12-02, 2-core Xeon): the main thread is busy ~95 % of the time, about
-  a third of it in intake (the handler ~20 %, aiohttp's request handling the rest), about a sixth in the
-  delivery worker, the rest in the loop and aiohttp; the SQLite writer thread is active ~5 %. Found and
-  fixed on the way: full garbage collections of 30-50 ms every few seconds (the slowest 202s came in
-  clusters, one per collection; `relay serve` now freezes its start-up heap and they are under 8 ms),
-  SQLite's automatic checkpoint inside a commit (now on a thread of its own), and the old Python load
-  generator sharing a GIL with the ServiceNow fake (the storm is now posted by wrk). The worker yields to
-  a busy intake (relay/delivery/loop_share.py): intake's p50 fell from 42-47 to 29-31 ms, its p99 did
-  not move. Next step worth measuring: delivery in a process of its own, so that intake and delivery
-  stop sharing one core's worth of Python.
-- **The whole relay is slower than intake alone** because the delivery worker shares the process and
-  the SQLite thread: every event is claimed, delivered and completed through the same store.
+- **Intake's commits moved out of the event loop's process** (2026-12-03, the 2-core AMD EPYC machine,
+  `bench.intake`'s hot load, timed inside the store): on the writer thread a batch of ~16 events waited
+  1.5 ms for the thread to get the GIL and took 2.5 ms where it needs ~1 ms alone (Python's sqlite3 takes
+  the GIL back after every SQLite step, and each time waits for the busy loop to let go of it), so a
+  commit cycle was 4.2 ms and the event loop sat idle ~40 % of the time (py-spy) with every request
+  waiting on a commit. A shorter GIL switch interval (0.5 and 0.1 ms) did not help, and committing on
+  the loop itself (no thread) was slower (1,900-2,800 req/s: the loop blocks in each fsync). In a commit
+  process of its own (`relay/store/sqlite_commits.py`) the loop only writes the batch to a socket: intake
+  alone went from 3,400-4,400 to 6,200-6,400 req/s in A/B runs, p99 from 15-23 to 13-15 ms. What is left
+  per request is the loop's own Python (py-spy, main thread: aiohttp's request and response handling
+  ~45 %, of which writing the response to the socket ~18 %; the JSON parse with the duplicate-key hook
+  ~14 %; the common-schema model ~8 %; the store's accept ~5 %). For scale: Azure sends at most 1,500
+  webhook calls a minute per subscription (25 a second).
+- **The storm's intake p99** was the relay's one event loop being full (py-spy, 2026-12-02: the main
+  thread busy ~95 %, a third in intake, a sixth in delivery). Delivery now runs in a process of its own
+  (`RELAY_DELIVERY_PROCESS=separate`, the default), and intake's commits in another: in A/B storm runs
+  on 2026-12-03 intake's p99 went from 65-112 ms (one process) to 28-31 ms (delivery process) to
+  15-18 ms (and the commit process), incidents/s from 272 to 534-552 to 572-583. Inside the commit
+  process during a storm, its wait for the write turn (the delivery process commits the same file) was
+  0.4 ms on average, 7 ms at p99. Found and fixed on the way there: full garbage collections of
+  30-50 ms (the start-up heap is frozen), SQLite's automatic checkpoint inside a commit (now on a thread
+  of its own), and the two processes' writers starving each other in SQLite's busy handler (they take
+  turns through a flock).
 - **Backlog drain**: with 10,000 events queued, a claim reads only the SQLite store's `heads` table
   (one index range scan per priority; tests/test_sqlite_store.py counts SQLite's steps at backlogs of
-  100 and 10,000), and the worker's writes share intake's group commits, so the drain rate does not
-  depend on the backlog's size. On paper the drain is bounded by the target: `max_concurrency` 64 slots
+  100 and 10,000), and the delivery process's writes are group-committed too, so the drain rate does
+  not depend on the backlog's size. On paper the drain is bounded by the target: `max_concurrency` 64 slots
   and 2 calls of ~55 ms per incident open at most ~580 incidents/s, so 10,000 take at least ~17 s, plus
   up to `backoff_max_seconds` (5 s) before the last backed-off events come due. Figures up to
   2026-12-02 08:00 UTC (10 s, 972/s) measured no backlog at all: the benchmark injected its 503 outage
@@ -130,7 +110,8 @@ def soak_section(r: dict | None) -> list[str]:
         "",
         "| what | first minute | last minute |",
         "|---|---|---|",
-        f"| resident set size | {r['rss_mib']['start']:.0f} MiB | {r['rss_mib']['end']:.0f} MiB |",
+        f"| resident set size{'' if r.get('rss_scope') == 'tree' else ' (the serving process alone)'} | "
+        f"{r['rss_mib']['start']:.0f} MiB | {r['rss_mib']['end']:.0f} MiB |",
         f"| store on disk (database + WAL) | {r['store_mib']['start']:.1f} MiB | {r['store_mib']['end']:.1f} MiB |",
         f"| 202 p50 / p99 | {lat['start_p50']:.1f} / {lat['start_p99']:.1f} ms | "
         f"{lat['end_p50']:.1f} / {lat['end_p99']:.1f} ms |",
@@ -247,11 +228,15 @@ def render(results: dict, when: str, host: str) -> str:
         "",
         "## 5. Memory",
         "",
+        *(["Each figure sums a process and its helpers: intake's commit process, and for the whole relay the "
+           "delivery process too."] if i.get("rss_scope") == "tree" else
+          ["Each figure is the serving process alone (this run predates summing its helper processes)."]),
+        "",
         "| what | resident set size |",
         "|---|---|",
         f"| intake idle | {i['rss_idle_mib']:.0f} MiB |",
         f"| intake at peak under load 1 | {i['rss_load_mib']:.0f} MiB |",
-        f"| whole relay (with the delivery worker) idle | {i['relay_rss_idle_mib']:.0f} MiB |",
+        f"| whole relay (intake, delivery process) idle | {i['relay_rss_idle_mib']:.0f} MiB |",
         "",
         *storage_ops_section(results.get("storage_ops")),
         *reconcile_section(results.get("reconcile")),

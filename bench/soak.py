@@ -100,6 +100,7 @@ def measure(issuer: DevIssuer, work: Path) -> dict:
     return {
         "seconds": SECONDS, "rate": RATE, "events": sent, "incidents": fake.incident_count,
         "rss_mib": {"start": round(marks["start"][0], 1), "end": round(marks["end"][0], 1)},
+        "rss_scope": "tree",  # rss_mib sums the relay's helper processes
         "store_mib": {"start": round(marks["start"][1] / 2**20, 1), "end": round(marks["end"][1] / 2**20, 1)},
         "store_bytes_per_event": round(per_event),
         "plateau_gib_at_default_retention": round(per_event * RATE * 86400 * DEFAULT_DELIVERED_DAYS / 2**30, 1),
