@@ -10,7 +10,6 @@ import asyncio
 import ctypes
 import os
 import signal
-import socket
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -24,24 +23,6 @@ def frame(payload: bytes) -> bytes:
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
     size = int.from_bytes(await reader.readexactly(FRAME_HEADER_BYTES), "big")
     return await reader.readexactly(size)
-
-
-def read_frame_blocking(sock: socket.socket) -> bytes | None:
-    """The next frame from a blocking socket; None when the other end closed it (between frames or in one)."""
-    header = _read_exactly(sock, FRAME_HEADER_BYTES)
-    if header is None:
-        return None
-    return _read_exactly(sock, int.from_bytes(header, "big"))
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
 
 
 def exit_description(code: int) -> str:

@@ -172,7 +172,8 @@ class SqliteStore:
         # relay owns a file; elsewhere (and for an in-memory database) on the writer thread, as every
         # other write does.
         use_process = owner if commit_process is None else commit_process
-        self._committer = CommitProcess(self.path) if use_process and self.path != ":memory:" else None
+        self._committer = (CommitProcess(self.path, on_commit=self._committed)
+                           if use_process and self.path != ":memory:" else None)
         self.lock_path = self.path + ".lock"
         self.owner = owner
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -254,6 +255,11 @@ class SqliteStore:
     def _checkpoint(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _committed(self) -> None:
+        """A group commit of the commit process's."""
+        self.commits += 1
+        self._after_commit()
 
     def _after_commit(self) -> None:
         """Start a checkpoint on its own thread every CHECKPOINT_EVERY_COMMITS commits (one at a time);
@@ -487,8 +493,11 @@ class SqliteStore:
         if self._wake is None:
             raise StoreUnavailable("store is not open")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._accepts.append((event, fut))
-        self._wake.set()
+        if self._committer is not None:
+            self._committer.add(event, fut)  # the commit process's own group commit
+        else:
+            self._accepts.append((event, fut))
+            self._wake.set()
         return await fut
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -510,44 +519,28 @@ class SqliteStore:
             if not accepts and not ops:
                 continue
             self._committing = [fut for _, fut in [*accepts, *ops]]
-            events, fns = [e for e, _ in accepts], [fn for fn, _ in ops]
-            inserted: list[bool] | BaseException
-            outcomes: list[tuple[bool, Any]] | BaseException
-            if self._committer is not None and events:
-                # Accepts to the commit process, other writes on the writer thread, both at once (the write
-                # turn orders their transactions); each group learns its own outcome.
-                inserted, outcomes = await asyncio.gather(self._committer.commit(events), self._ops_only(fns),
-                                                          return_exceptions=True)
-            else:
-                try:
-                    inserted, outcomes = await self._run(self._commit_batch, events, fns)
-                except Exception as exc:
-                    inserted = outcomes = exc
-            if not isinstance(inserted, BaseException) or not isinstance(outcomes, BaseException):
-                self.commits += 1
-                self._after_commit()
-            self._settle(accepts, inserted, lambda fut, new: fut.set_result(new))
-            self._settle(ops, outcomes, _set_outcome)
-
-    async def _ops_only(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        if not fns:
-            return []
-        _, outcomes = await self._run(self._commit_batch, [], fns)
-        return outcomes
-
-    def _settle(self, waiters: list[tuple[Any, asyncio.Future[Any]]], results: list[Any] | BaseException,
-                answer: Callable[[asyncio.Future[Any], Any], None]) -> None:
-        """Answer each waiter from its result; when the commit failed, every one of them learns it (none is
-        acknowledged)."""
-        if isinstance(results, BaseException):
-            err = results if isinstance(results, StoreUnavailable) else self._unavailable(results)
-            for _, fut in waiters:
+            try:
+                inserted, outcomes = await self._run(
+                    self._commit_batch, [e for e, _ in accepts], [fn for fn, _ in ops]
+                )
+            except Exception as exc:  # every waiter learns the commit failed; none is acknowledged
+                err = exc if isinstance(exc, StoreUnavailable) else self._unavailable(exc)
+                for _, fut in [*accepts, *ops]:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self.commits += 1
+            self._after_commit()
+            for (_, fut), new in zip(accepts, inserted, strict=True):
                 if not fut.done():
-                    fut.set_exception(err)
-            return
-        for (_, fut), result in zip(waiters, results, strict=True):
-            if not fut.done():
-                answer(fut, result)
+                    fut.set_result(new)
+            for (_, fut), (ok, value) in zip(ops, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
 
     def _commit_batch(self, events: list[Event], ops: list[Callable[[sqlite3.Connection], Any]]
                       ) -> tuple[list[bool], list[tuple[bool, Any]]]:
@@ -960,11 +953,3 @@ def _read_recent_events(db: sqlite3.Connection, since: float | None, state: str 
         trails.append(EventTrail(key, aid, condition, occurred_at, received_at, st, (),
                                  tickets_of(_attempts(db, seq))))
     return trails
-
-
-def _set_outcome(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
-    ok, value = outcome
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
