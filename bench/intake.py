@@ -24,6 +24,11 @@ BODY_SAMPLE = ROOT / "tests" / "samples" / "testaction-log-v2-fired.json"  # 4,0
 SECONDS = 10
 COLD_SECONDS = 5
 COLD_TOKENS = 25_000
+# Before each server's figures: load it this long first. With 2 s, intake's first measured phase (hot)
+# came out slower than the heavier cold phase after it: on this machine a fresh relay under load kept
+# speeding up for its first ~20 s (warm 7,667, hot 7,509, cold 11,568, hot 9,983, cold 12,541, hot
+# 11,609 req/s in one run of alternating phases, 2026-12-03), so the order, not the path, set them apart.
+WARMUP_SECONDS = 10
 
 LUA = """
 local counter = 0
@@ -85,7 +90,7 @@ def measure(issuer: DevIssuer, work: Path) -> dict:
     bare = Process([sys.executable, "-m", "bench.bare_server", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", bare.proc)
-        run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=2)  # warm-up
+        run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=WARMUP_SECONDS)  # warm-up
         results["ceiling"] = run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=SECONDS).__dict__
     finally:
         bare.stop()
@@ -100,7 +105,7 @@ def measure(issuer: DevIssuer, work: Path) -> dict:
         wait_http(f"http://127.0.0.1:{port}/readyz", intake.proc)
         time.sleep(1)
         results["rss_idle_mib"] = rss_mib(intake.pid)
-        run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=2)
+        run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=WARMUP_SECONDS)
         peak = PeakRss(intake.pid)
         peak.start()
         results["intake_hot"] = run_wrk(f"http://127.0.0.1:{port}/alerts", hot, seconds=SECONDS).__dict__
