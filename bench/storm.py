@@ -155,10 +155,23 @@ def measure(issuer: DevIssuer, work: Path) -> dict[str, Any]:
             relay.stop()
 
 
+# A storm lasts ~7 s, and on this shared 2-core machine one run's intake p99 varied from 12 to 28 ms
+# with nothing changed (2026-12-03): the figures are the run with the median p99 of RUNS, and every
+# run's p99 and incidents/s are kept beside them.
+RUNS = 3
+
+
 def run() -> dict[str, Any]:
     issuer = DevIssuer()
-    with issuer.serving_in_thread(), tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
-        return measure(issuer, Path(tmp))
+    runs = []
+    with issuer.serving_in_thread():
+        for n in range(RUNS):
+            with tempfile.TemporaryDirectory(prefix=f"bench-storm-{n}-") as tmp:
+                runs.append(measure(issuer, Path(tmp)))
+    median = sorted(runs, key=lambda r: r["intake_p99_ms"])[len(runs) // 2]
+    return {**median, "runs": len(runs), "runs_intake_p99_ms": [r["intake_p99_ms"] for r in runs],
+            "runs_incidents_per_second": [r["incidents_per_second"] for r in runs],
+            "runs_duplicates": [r["duplicates"] for r in runs]}
 
 
 if __name__ == "__main__":
