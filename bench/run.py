@@ -26,7 +26,15 @@ FINDINGS = """## Where the aims are missed, and why
   waiting on a commit. A shorter GIL switch interval (0.5 and 0.1 ms) did not help, and committing on
   the loop itself (no thread) was slower (1,900-2,800 req/s: the loop blocks in each fsync). In a commit
   process of its own (`relay/store/sqlite_commits.py`) the loop only writes the batch to a socket: intake
-  alone went from 3,400-4,400 to 6,200-6,400 req/s in A/B runs, p99 from 15-23 to 13-15 ms. What is left
+  alone went from 3,400-4,400 to 6,200-6,400 req/s in A/B runs, p99 from 15-23 to 13-15 ms. Two more
+  steps followed. The loop's side of a 0.4 ms commit measured 2-5 ms: awaiting the answer took a pass of
+  the loop's ready queue per hop (task wake-up, gather, stream reader), so the protocol now runs in the
+  socket's callbacks, and the parent sends each pass's accepts at once while the child commits every
+  frame that reached it in one transaction (7,500-11,600 req/s). And a 175-220 ms p99 in every run's
+  later phases was the WAL: SQLite starts it over only when a write finds it wholly checkpointed, which
+  under writes that never pause never happened, so it grew to 800 MB in 25 s and the write that finally
+  started it over (truncating it) took 70-290 ms; each checkpoint now ends with a short pass under the
+  write turn (hot p99 12-14 ms, 7,600-13,000 req/s in the same alternating-phase runs). What is left
   per request is the loop's own Python (py-spy, main thread: aiohttp's request and response handling
   ~45 %, of which writing the response to the socket ~18 %; the JSON parse with the duplicate-key hook
   ~14 %; the common-schema model ~8 %; the store's accept ~5 %). For scale: Azure sends at most 1,500

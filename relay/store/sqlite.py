@@ -157,8 +157,15 @@ EXPIRE_CHUNK = 500
 # their own, after this many group commits, never inside a commit: SQLite's automatic checkpoint ran in
 # whichever commit crossed 1,000 WAL pages, and stalled every request waiting on that commit (the storm
 # benchmark's slowest 202s came in clusters, one per automatic checkpoint). In WAL mode a checkpoint runs
-# beside the writer; a PASSIVE one never waits for it or for readers.
+# beside the writer; a PASSIVE one never waits for it or for readers. But SQLite starts the WAL over only
+# when a write finds it wholly checkpointed, and under sustained load a write always came before the
+# checkpoint had caught up: the WAL grew to 800 MB in 25 s of bench/intake.py's load, and the write that
+# finally started it over (truncating it to JOURNAL_SIZE_LIMIT) took 70-290 ms, every request with it.
+# So each checkpoint copies the bulk beside the writers, then takes the write turn for a second pass over
+# the few frames written meanwhile (a few ms); the next write starts the WAL over.
 CHECKPOINT_EVERY_COMMITS = 100
+CHECKPOINT_PASSES_BESIDE_WRITERS = 4
+CHECKPOINT_FRAMES_UNDER_TURN = 64  # at most about this many frames are left for the pass under the turn
 
 
 class SqliteStore:
@@ -180,6 +187,7 @@ class SqliteStore:
         self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._checkpoint_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
         self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_turn_fd: int | None = None  # its own: a flock is shared by the holders of one descriptor
         self._checkpointing: asyncio.Future[Any] | None = None
         self._commits_since_checkpoint = 0
         self.checkpoints = 0  # checkpoints run by the checkpoint thread; tests read it
@@ -253,7 +261,19 @@ class SqliteStore:
         return conn
 
     def _checkpoint(self) -> None:
-        if self._checkpointer is not None:
+        if self._checkpointer is None:
+            return
+        # Beside the writers, until a pass finds few frames written since the last (each pass copies what
+        # came during the one before, and fsyncs the database), then the rest with every writer waiting.
+        frames = -1
+        for _ in range(CHECKPOINT_PASSES_BESIDE_WRITERS):
+            _, log_frames, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if 0 <= log_frames - frames < CHECKPOINT_FRAMES_UNDER_TURN:
+                break
+            frames = log_frames
+        if self._checkpoint_turn_fd is None:
+            self._checkpoint_turn_fd = open_write_turn(self.path)
+        with write_turn(self._checkpoint_turn_fd):
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _committed(self) -> None:
@@ -393,6 +413,9 @@ class SqliteStore:
         if self._checkpointer is not None:
             checkpointer, self._checkpointer = self._checkpointer, None
             await loop.run_in_executor(self._checkpoint_executor, checkpointer.close)
+        if self._checkpoint_turn_fd is not None:
+            os.close(self._checkpoint_turn_fd)
+            self._checkpoint_turn_fd = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             # The last connection to close checkpoints the WAL into the database by itself.
